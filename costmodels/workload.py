@@ -1,0 +1,599 @@
+"""The transformer workload: every op of a model with its FLOPs and the bytes it reads and writes.
+
+``forward_ops`` lists the ops of one forward pass over a :class:`Batch` (token statistics of one
+or many queries), ``training_ops`` adds the backward pass (input-gradient and weight-gradient
+matmuls separately) and ``inference_ops`` builds prefill / decode steps from per-query cached
+and new token counts, as the inference roofline analysers (LLM-Viewer, Transformer Roofline
+Analyzer) accept them.
+
+Conventions (one op = one kernel of a straightforward implementation):
+
+* A matmul of ``m`` tokens by a weight of ``k`` inputs × ``n`` outputs costs ``2·m·n·k`` FLOPs
+  (+ ``m·n`` for a bias) and moves its weight, its input ``m·k`` and its output ``m·n``.
+* Attention counts the unmasked (query, key) pairs: a query with ``c`` cached and ``n`` new
+  tokens attends ``n·c + n(n+1)/2`` pairs under the causal mask (a kernel that skips masked
+  blocks, as FlashAttention does; an eager kernel computes the full ``n·(c+n)``).
+  ``Batch.training(..., causal=False)`` counts the full square, as Megatron's FLOP formula does.
+* Elementwise FLOPs per element: SiLU 4 (exp, add, divide, multiply), GELU 8 (tanh approximation:
+  cube 2, scale 1, add 1, scale 1, tanh 1, add 1, multiply 1), gated act·mul = act + 1;
+  RMSNorm 4h+2 per token (square, sum, scale, gain; mean and rsqrt), LayerNorm 7h+3 (mean, centre,
+  square, sum, scale, gain, bias; mean, variance, rsqrt); softmax 5 per score (max, subtract, exp,
+  sum, divide); rotary 3 per rotated element (two multiplies, one add).
+  Transformer Roofline Analyzer counts act·mul as ``(act+1)·I + n`` FLOPs for ``n`` tokens; the
+  correct count is ``(act+1)·I·n`` — every one of the ``n·I`` elements is activated and multiplied.
+* MoE experts at inference touch ``E·(1-(1-k/E)^T)`` distinct experts for ``T`` tokens (uniform,
+  independent top-k routing), so decode reads only those experts' weights; training reads all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from costmodels.architectures import ModelSpec
+from costmodels.errors import ConfigError
+from costmodels.hardware import bytes_per_element
+
+ACTIVATION_FLOPS = {
+    "silu": 4.0,
+    "swish": 4.0,
+    "gelu": 8.0,
+    "gelu_new": 8.0,
+    "gelu_pytorch_tanh": 8.0,
+    "gelu_fast": 8.0,
+    "relu": 1.0,
+}
+SOFTMAX_FLOPS = 5.0
+ROTARY_FLOPS = 3.0
+
+
+@dataclass(frozen=True)
+class Op:
+    """One kernel. FLOPs and bytes are per execution; ``count`` executions per step (layers).
+
+    ``params`` are the parameters the op owns (0 for a tied LM head, whose weight is the
+    embedding's). A matmul op is ``gemms`` GEMMs of geometry ``mnk`` = (tokens, output features,
+    input features) each (``gemms`` > 1: MoE experts), for shape-dependent efficiency models; its
+    FLOPs are ``2·m·n·k·gemms`` plus the bias adds. ``phase`` is ``fwd``, ``bwd_input`` (input
+    gradients) or ``bwd_weight`` (weight gradients).
+    """
+
+    name: str
+    kind: str  # matmul | attention | elementwise | norm | embedding
+    flops: float
+    weight_bytes: float
+    input_bytes: float
+    output_bytes: float
+    count: int = 1
+    params: int = 0
+    phase: str = "fwd"
+    mnk: tuple[float, float, float] | None = None
+    gemms: float = 1.0
+
+    @property
+    def gemm_flops(self) -> float:
+        """FLOPs of the matrix products alone (no bias adds); 0 for non-matmul ops."""
+        return 2.0 * self.mnk[0] * self.mnk[1] * self.mnk[2] * self.gemms if self.mnk else 0.0
+
+    @property
+    def bytes(self) -> float:
+        return self.weight_bytes + self.input_bytes + self.output_bytes
+
+    @property
+    def intensity(self) -> float:
+        """Operational intensity, FLOPs per byte moved."""
+        return self.flops / self.bytes if self.bytes else float("inf")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Token statistics of a batch of queries, all an op builder needs.
+
+    ``new_tokens`` = Σ n_i go through the linear layers; ``context_tokens`` = Σ (c_i + n_i) keys
+    and values are read by attention; ``pairs`` = Σ attended (query, key) pairs; ``logit_tokens``
+    rows go through the LM head.
+    """
+
+    new_tokens: float
+    context_tokens: float
+    pairs: float
+    sequences: int
+    logit_tokens: float
+
+    @classmethod
+    def training(cls, batch_size: int, seq_len: int, causal: bool = True) -> Batch:
+        """``batch_size`` sequences of ``seq_len`` tokens, logits for every token."""
+        _check_positive(batch_size=batch_size, seq_len=seq_len)
+        pairs = seq_len * (seq_len + 1) / 2 if causal else float(seq_len * seq_len)
+        tokens = float(batch_size * seq_len)
+        return cls(tokens, tokens, batch_size * pairs, batch_size, tokens)
+
+    @classmethod
+    def inference(cls, cached_tokens: Sequence[int], input_tokens: Sequence[int]) -> Batch:
+        """One query per entry: ``c_i`` tokens already in the KV cache, ``n_i`` new tokens.
+        Only each query's last token needs logits (next-token prediction)."""
+        if len(cached_tokens) != len(input_tokens):
+            raise ConfigError(
+                f"cached_tokens has {len(cached_tokens)} entries but input_tokens has {len(input_tokens)}:"
+                " give one (cached, input) pair per query"
+            )
+        if not input_tokens:
+            raise ConfigError("input_tokens is empty: give at least one query")
+        for c, n in zip(cached_tokens, input_tokens, strict=True):
+            if c < 0 or n < 1:
+                raise ConfigError(
+                    f"query with cached_tokens={c}, input_tokens={n}: need cached >= 0, input >= 1"
+                )
+        pairs = sum(n * c + n * (n + 1) / 2 for c, n in zip(cached_tokens, input_tokens, strict=True))
+        return cls(
+            float(sum(input_tokens)),
+            float(sum(cached_tokens) + sum(input_tokens)),
+            pairs,
+            len(input_tokens),
+            float(len(input_tokens)),
+        )
+
+
+def _check_positive(**values: float) -> None:
+    for name, value in values.items():
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+
+
+@dataclass(frozen=True)
+class _Bytes:
+    """Bytes per element of weights, activations and the KV cache."""
+
+    weight: float
+    act: float
+    kv: float
+
+
+# --------------------------------------------------------------------------------------------
+# Op constructors
+
+
+def _linear(
+    name: str,
+    tokens: float,
+    in_f: int,
+    out_f: int,
+    bias: bool,
+    b: _Bytes,
+    count: int,
+    experts: int = 1,
+    experts_read: float = 1.0,
+) -> Op:
+    """``tokens`` rows through ``experts`` weights of ``in_f × out_f``; ``experts_read`` of them touched."""
+    params = experts * (in_f * out_f + (out_f if bias else 0))
+    return Op(
+        name,
+        "matmul",
+        2.0 * tokens * in_f * out_f + (tokens * out_f if bias else 0.0),
+        weight_bytes=experts_read * (in_f * out_f + (out_f if bias else 0)) * b.weight,
+        input_bytes=tokens * in_f * b.act,
+        output_bytes=tokens * out_f * b.act,
+        count=count,
+        params=params,
+        mnk=(tokens / max(experts_read, 1.0), float(out_f), float(in_f)),
+        gemms=max(experts_read, 1.0),
+    )
+
+
+def _norm(name: str, spec: ModelSpec, rows: float, width: int, b: _Bytes, count: int, kind: str = "") -> Op:
+    kind = kind or spec.norm
+    per_row = 4 * width + 2 if kind == "rmsnorm" else 7 * width + 3
+    params = width * (2 if kind == "layernorm" and spec.norm_bias else 1)
+    return Op(
+        name,
+        "norm",
+        rows * per_row,
+        params * b.weight,
+        rows * width * b.act,
+        rows * width * b.act,
+        count=count,
+        params=params,
+    )
+
+
+def _elementwise(
+    name: str,
+    elements: float,
+    flops_per_element: float,
+    inputs: int,
+    b: _Bytes,
+    count: int,
+    outputs: float = 1.0,
+) -> Op:
+    return Op(
+        name,
+        "elementwise",
+        elements * flops_per_element,
+        0.0,
+        inputs * elements * b.act,
+        outputs * elements * b.act,
+        count=count,
+    )
+
+
+def _activation_flops(spec: ModelSpec) -> float:
+    try:
+        return ACTIVATION_FLOPS[spec.activation]
+    except KeyError:
+        raise ConfigError(
+            f"{spec.model_type}: unsupported activation '{spec.activation}'; "
+            f"supported: {', '.join(ACTIVATION_FLOPS)}"
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------
+# Attention
+
+
+def _sdpa(
+    spec: ModelSpec,
+    bt: Batch,
+    b: _Bytes,
+    count: int,
+    qk_dim: int,
+    v_dim: int,
+    kv_heads: int,
+    k_width: int,
+    v_width: int,
+    fused: bool,
+) -> list[Op]:
+    """Scores QKᵀ, softmax and AV for ``num_heads`` query heads of width ``qk_dim`` / ``v_dim``.
+    K and V are read once per KV head group: ``context_tokens · k_width`` elements."""
+    nh, t = spec.num_heads, bt.new_tokens
+    q_bytes, o_bytes = t * nh * qk_dim * b.act, t * nh * v_dim * b.act
+    k_bytes, v_bytes = bt.context_tokens * k_width * b.kv, bt.context_tokens * v_width * b.kv
+    score_flops, av_flops = 2.0 * bt.pairs * nh * qk_dim, 2.0 * bt.pairs * nh * v_dim
+    scores = bt.pairs * nh
+    softmax_flops = SOFTMAX_FLOPS + (1.0 if spec.positions == "alibi" else 0.0)  # ALiBi adds a bias
+    if fused:
+        return [
+            Op(
+                "attn.sdpa",
+                "attention",
+                score_flops + av_flops + softmax_flops * scores,
+                0.0,
+                q_bytes + k_bytes + v_bytes,
+                o_bytes,
+                count=count,
+            )
+        ]
+    return [
+        Op("attn.scores", "attention", score_flops, 0.0, q_bytes + k_bytes, scores * b.act, count=count),
+        _elementwise("attn.softmax", scores, softmax_flops, 1, b, count),
+        Op("attn.av", "attention", av_flops, 0.0, scores * b.act + v_bytes, o_bytes, count=count),
+    ]
+
+
+def _attention_ops(spec: ModelSpec, bt: Batch, b: _Bytes, fused: bool, mla_absorb: bool) -> list[Op]:
+    if spec.mla is not None:
+        return _mla_ops(spec, bt, b, fused, mla_absorb)
+    h, nh, nkv, d, n = spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.num_layers
+    t = bt.new_tokens
+    ops = [_linear("attn.qkv_proj", t, h, (nh + 2 * nkv) * d, spec.qkv_bias, b, n)]
+    if spec.qk_norm:
+        q_norm = _norm("attn.q_norm", spec, t * nh, d, b, n, "rmsnorm")
+        k_norm = _norm("attn.k_norm", spec, t * nkv, d, b, n, "rmsnorm")
+        ops += [q_norm, replace(k_norm, params=d, weight_bytes=d * b.weight)]
+    if spec.positions == "rotary":
+        ops.append(_elementwise("attn.rotary", t * (nh + nkv) * spec.rotary_dim, ROTARY_FLOPS, 1, b, n))
+    ops += _sdpa(spec, bt, b, n, d, d, nkv, nkv * d, nkv * d, fused)
+    ops.append(_linear("attn.o_proj", t, nh * d, h, spec.attn_out_bias, b, n))
+    return ops
+
+
+def _mla_ops(spec: ModelSpec, bt: Batch, b: _Bytes, fused: bool, absorb: bool) -> list[Op]:
+    """Multi-head latent attention (DeepSeek-V2 paper, Sec. 2.1; DeepSeek-V3 config names).
+
+    Naive form (training, ``absorb=False``): decompress keys/values of every context token with
+    ``kv_b_proj`` and attend per head with width nope+rope. Absorbed form (inference): fold W_UK into
+    the query and W_UV after attention, so attention runs on the cached latent (r_kv + rope per token,
+    shared by all heads) and the cache is never decompressed.
+    """
+    m, h, nh, n, t = spec.mla, spec.hidden_size, spec.num_heads, spec.num_layers, bt.new_tokens
+    qk = m.qk_nope_head_dim + m.qk_rope_head_dim
+    if m.q_lora_rank:
+        ops = [
+            _linear("attn.q_a_proj", t, h, m.q_lora_rank, spec.qkv_bias, b, n),
+            _norm("attn.q_a_norm", spec, t, m.q_lora_rank, b, n),
+            _linear("attn.q_b_proj", t, m.q_lora_rank, nh * qk, False, b, n),
+        ]
+    else:
+        ops = [_linear("attn.q_proj", t, h, nh * qk, False, b, n)]
+    ops += [
+        _linear("attn.kv_a_proj", t, h, m.kv_lora_rank + m.qk_rope_head_dim, spec.qkv_bias, b, n),
+        _norm("attn.kv_a_norm", spec, t, m.kv_lora_rank, b, n),
+        _elementwise("attn.rotary", t * (nh + 1) * m.qk_rope_head_dim, ROTARY_FLOPS, 1, b, n),
+    ]
+    if absorb:
+        latent = m.kv_lora_rank + m.qk_rope_head_dim
+        ops.append(_linear("attn.q_absorb_uk", t, m.qk_nope_head_dim * nh, m.kv_lora_rank * nh, False, b, n))
+        ops[-1] = replace(
+            ops[-1],
+            flops=2.0 * t * nh * m.qk_nope_head_dim * m.kv_lora_rank,
+            params=nh * m.qk_nope_head_dim * m.kv_lora_rank,
+            weight_bytes=nh * m.qk_nope_head_dim * m.kv_lora_rank * b.weight,
+        )
+        ops += _sdpa(spec, bt, b, n, latent, m.kv_lora_rank, 1, latent, 0, fused)
+        up = _linear("attn.v_absorb_uv", t, m.kv_lora_rank * nh, m.v_head_dim * nh, False, b, n)
+        ops.append(
+            replace(
+                up,
+                flops=2.0 * t * nh * m.kv_lora_rank * m.v_head_dim,
+                params=nh * m.kv_lora_rank * m.v_head_dim,
+                weight_bytes=nh * m.kv_lora_rank * m.v_head_dim * b.weight,
+            )
+        )
+    else:
+        ops.append(
+            _linear(
+                "attn.kv_b_proj",
+                bt.context_tokens,
+                m.kv_lora_rank,
+                nh * (m.qk_nope_head_dim + m.v_head_dim),
+                False,
+                b,
+                n,
+            )
+        )
+        ops += _sdpa(
+            spec, bt, replace(b, kv=b.act), n, qk, m.v_head_dim, nh, nh * qk, nh * m.v_head_dim, fused
+        )
+    ops.append(_linear("attn.o_proj", t, nh * m.v_head_dim, h, spec.attn_out_bias, b, n))
+    return ops
+
+
+# --------------------------------------------------------------------------------------------
+# MLP and MoE
+
+
+def _mlp_ops(
+    spec: ModelSpec,
+    prefix: str,
+    tokens: float,
+    width: int,
+    b: _Bytes,
+    count: int,
+    experts: int = 1,
+    experts_read: float = 1.0,
+) -> list[Op]:
+    """Gated (gate/up → act·mul → down) or plain (up → act → down) MLP of ``width``."""
+    h, act = spec.hidden_size, _activation_flops(spec)
+    if spec.gated_mlp:
+        return [
+            _linear(
+                f"{prefix}.gate_up_proj", tokens, h, 2 * width, spec.mlp_bias, b, count, experts, experts_read
+            ),
+            _elementwise(f"{prefix}.act_mul", tokens * width, act + 1.0, 2, b, count),
+            _linear(f"{prefix}.down_proj", tokens, width, h, spec.mlp_bias, b, count, experts, experts_read),
+        ]
+    return [
+        _linear(f"{prefix}.up_proj", tokens, h, width, spec.mlp_bias, b, count),
+        _elementwise(f"{prefix}.act", tokens * width, act, 1, b, count),
+        _linear(f"{prefix}.down_proj", tokens, width, h, spec.mlp_bias, b, count),
+    ]
+
+
+def experts_touched(num_experts: int, top_k: int, tokens: float) -> float:
+    """Expected distinct experts hit by ``tokens`` tokens routed uniformly to ``top_k`` of ``num_experts``:
+    E·(1 − (1 − k/E)^T)."""
+    return num_experts * (1.0 - (1.0 - top_k / num_experts) ** tokens)
+
+
+def _moe_ops(spec: ModelSpec, bt: Batch, b: _Bytes, count: int, all_experts: bool) -> list[Op]:
+    moe, h, t = spec.moe, spec.hidden_size, bt.new_tokens
+    read = float(moe.num_experts) if all_experts else experts_touched(moe.num_experts, moe.top_k, t)
+    routed = t * moe.top_k
+    ops = [
+        _linear("moe.router", t, h, moe.num_experts, False, b, count),
+        _elementwise("moe.router_softmax_topk", t * moe.num_experts, SOFTMAX_FLOPS, 1, b, count),
+        *_mlp_ops(spec, "moe.experts", routed, moe.expert_intermediate, b, count, moe.num_experts, read),
+        _elementwise("moe.combine", routed * h, 2.0, 1, b, count, outputs=1.0 / moe.top_k),
+    ]
+    if moe.shared_intermediate:
+        ops += _mlp_ops(spec, "moe.shared", t, moe.shared_intermediate, b, count)
+    return ops
+
+
+# --------------------------------------------------------------------------------------------
+# The whole model
+
+
+def _embedding_ops(spec: ModelSpec, bt: Batch, b: _Bytes) -> list[Op]:
+    h, t = spec.hidden_size, bt.new_tokens
+    ops = [
+        Op(
+            "embed.tokens",
+            "embedding",
+            0.0,
+            t * h * b.weight,
+            t * 4.0,
+            t * h * b.act,
+            params=spec.vocab_size * h,
+        )
+    ]
+    if spec.positions == "learned":
+        ops.append(
+            Op(
+                "embed.positions",
+                "embedding",
+                t * h,
+                t * h * b.weight,
+                t * h * b.act,
+                t * h * b.act,
+                params=spec.max_positions * h,
+            )
+        )
+    if spec.embedding_norm:
+        ops.append(_norm("embed.norm", spec, t, h, b, 1))
+    return ops
+
+
+def _block_ops(
+    spec: ModelSpec, bt: Batch, b: _Bytes, fused: bool, mla_absorb: bool, all_experts: bool
+) -> list[Op]:
+    h, t, n = spec.hidden_size, bt.new_tokens, spec.num_layers
+    ops = [_norm("attn_norm", spec, t, h, b, n)]
+    ops += _attention_ops(spec, bt, b, fused, mla_absorb)
+    if spec.parallel_block:
+        if spec.norms_per_layer == 2:
+            ops.append(_norm("mlp_norm", spec, t, h, b, n))
+        # attention and MLP read the same residual stream; their outputs are added to it at once
+        ops_residual = [_elementwise("residual_add", t * h, 2.0, 3, b, n)]
+    else:
+        ops += [_elementwise("attn.residual_add", t * h, 1.0, 2, b, n), _norm("mlp_norm", spec, t, h, b, n)]
+        ops_residual = [_elementwise("mlp.residual_add", t * h, 1.0, 2, b, n)]
+    for kind, count in spec.layer_kinds:
+        if kind == "moe":
+            ops += _moe_ops(spec, bt, b, count, all_experts)
+        else:
+            ops += _mlp_ops(spec, "mlp", t, spec.intermediate_size, b, count)
+    return ops + ops_residual
+
+
+def _head_ops(spec: ModelSpec, bt: Batch, b: _Bytes, with_loss: bool) -> list[Op]:
+    h, v, rows = spec.hidden_size, spec.vocab_size, bt.logit_tokens
+    head = _linear("lm_head", rows, h, v, spec.lm_head_bias, b, 1)
+    if spec.tie_embeddings:
+        head = replace(head, params=0)  # the weight is the token embedding, counted there
+    ops = [_norm("final_norm", spec, bt.new_tokens, h, b, 1), head]
+    if with_loss:
+        ops.append(_elementwise("loss.cross_entropy", rows * v, SOFTMAX_FLOPS, 1, b, 1, outputs=1.0 / v))
+    return ops
+
+
+def _bytes(precision: str, kv_precision: str | None = None) -> _Bytes:
+    size = bytes_per_element(precision)
+    return _Bytes(weight=size, act=size, kv=bytes_per_element(kv_precision or precision))
+
+
+def forward_ops(
+    spec: ModelSpec,
+    batch: Batch,
+    precision: str = "bf16",
+    *,
+    kv_precision: str | None = None,
+    fused_attention: bool = False,
+    mla_absorb: bool = False,
+    all_experts: bool = True,
+    with_loss: bool = False,
+) -> list[Op]:
+    """Ops of one forward pass, in execution order (per-layer ops carry ``count`` = layers)."""
+    b = _bytes(precision, kv_precision)
+    return [
+        *_embedding_ops(spec, batch, b),
+        *_block_ops(spec, batch, b, fused_attention, mla_absorb, all_experts),
+        *_head_ops(spec, batch, b, with_loss),
+    ]
+
+
+def _backward(op: Op) -> list[Op]:
+    """Backward ops of one forward op.
+
+    Matmul Y = X·W + b: input gradient dX = dY·Wᵀ (2mnk FLOPs; reads W and dY, writes dX) and
+    weight gradient dW = Xᵀ·dY, db = Σ dY (2mnk + mn FLOPs; reads X and dY, writes dW). Embedding:
+    scatter-add of dY into the gathered rows. Attention matmuls have no weights: both operand
+    gradients, 2× forward FLOPs. Elementwise ops and norms: ≈2× forward FLOPs, reading the saved
+    input and dY and writing dX (a norm's gain also gets its gradient).
+    """
+    if op.kind == "matmul":
+        dgrad = replace(
+            op,
+            name=f"{op.name}.dgrad",
+            phase="bwd_input",
+            flops=op.gemm_flops,
+            params=0,
+            input_bytes=op.output_bytes,
+            output_bytes=op.input_bytes,
+        )
+        wgrad = replace(
+            op,
+            name=f"{op.name}.wgrad",
+            phase="bwd_weight",
+            params=0,
+            weight_bytes=0.0,
+            input_bytes=op.input_bytes + op.output_bytes,
+            output_bytes=op.weight_bytes,
+        )
+        return [dgrad, wgrad]
+    if op.kind == "embedding":
+        rows = op.output_bytes  # T·h activations: dY rows read, the same number of gradient rows written
+        return [
+            replace(
+                op,
+                name=f"{op.name}.wgrad",
+                phase="bwd_weight",
+                params=0,
+                weight_bytes=0.0,
+                input_bytes=rows,
+                output_bytes=op.weight_bytes,
+            )
+        ]
+    return [
+        replace(
+            op,
+            name=f"{op.name}.bwd",
+            phase="bwd_input",
+            flops=2.0 * op.flops,
+            params=0,
+            input_bytes=op.input_bytes + op.output_bytes,
+            output_bytes=op.input_bytes + op.weight_bytes,
+        )
+    ]
+
+
+def training_ops(
+    spec: ModelSpec,
+    batch_size: int,
+    seq_len: int,
+    precision: str = "bf16",
+    *,
+    causal: bool = True,
+    fused_attention: bool = True,
+) -> list[Op]:
+    """Forward (with the loss) then backward ops of one training micro-step of ``batch_size`` sequences."""
+    fwd = forward_ops(
+        spec,
+        Batch.training(batch_size, seq_len, causal),
+        precision,
+        fused_attention=fused_attention,
+        with_loss=True,
+    )
+    return fwd + [bop for op in reversed(fwd) for bop in _backward(op)]
+
+
+def inference_ops(
+    spec: ModelSpec,
+    cached_tokens: Sequence[int],
+    input_tokens: Sequence[int],
+    precision: str = "fp16",
+    *,
+    kv_precision: str | None = None,
+    fused_attention: bool = False,
+    mla_absorb: bool = True,
+) -> list[Op]:
+    """Ops of one inference step: prefill (cached 0, input = prompt) or decode (input 1) or a mix."""
+    return forward_ops(
+        spec,
+        Batch.inference(cached_tokens, input_tokens),
+        precision,
+        kv_precision=kv_precision,
+        fused_attention=fused_attention,
+        mla_absorb=mla_absorb,
+        all_experts=False,
+    )
+
+
+def parameter_count(spec: ModelSpec) -> int:
+    """Parameters of the model: the sum of the parameters every op owns (tied weights once)."""
+    return int(sum(op.params * op.count for op in forward_ops(spec, Batch.training(1, 1))))
+
+
+def kv_cache_bytes(spec: ModelSpec, tokens: float, kv_precision: str = "fp16") -> float:
+    """KV cache held for ``tokens`` tokens: layers · tokens · elements per token · bytes per element.
+    Llama-2-7B fp16: 32 · 2·32·128 · 2 B = 0.5 MiB per token, 512 GiB for 2^20 tokens."""
+    return spec.num_layers * tokens * spec.kv_cache_elements_per_token * bytes_per_element(kv_precision)
