@@ -1,0 +1,187 @@
+"""``python -m dse.roofline``: per-op FLOPs, bytes and roofline time of one inference step.
+
+    python -m dse.roofline model=llama2_7b hardware=h100_sxm batch_size=2 \\
+        'cached_tokens=[1048576,1024]' 'input_tokens=[1,1]' [format=json] [plot=roofline.png]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from costmodels.errors import ConfigError
+from costmodels.hardware import bytes_per_element, peak_flops
+from costmodels.roofline import RooflinePoint, ridge_intensity, roofline
+from costmodels.workload import inference_ops, kv_cache_bytes, parameter_count
+from dse._app import format_table, print_json, run_app
+from dse.hardware import hardware_from_config
+from dse.models import load_model
+from dse.units import fmt_bytes, fmt_count, fmt_time
+
+
+def queries(cfg: DictConfig) -> tuple[list[int], list[int]]:
+    """Per-query (cached, input) token lists; a single entry is repeated for all ``batch_size`` queries."""
+    n = int(cfg.batch_size)
+    if n < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {n}")
+    cached, new = list(cfg.cached_tokens), list(cfg.input_tokens)
+    for name, values in (("cached_tokens", cached), ("input_tokens", new)):
+        if len(values) == 1:
+            values *= n
+        if len(values) != n:
+            raise ConfigError(f"{name} has {len(values)} entries for batch_size={n}: give 1 or {n}")
+        if not all(isinstance(v, int) for v in values):
+            raise ConfigError(f"{name} must be integers, got {values}")
+    return cached, new
+
+
+def model_name(cfg: DictConfig) -> str:
+    choice = HydraConfig.get().runtime.choices.get("model", "?")
+    return str(cfg.model.source) if choice == "path" else choice
+
+
+def report(cfg: DictConfig) -> dict[str, Any]:
+    """The roofline report as a JSON-ready dict (SI units)."""
+    spec = load_model(cfg.model)
+    hw = hardware_from_config(cfg.hardware)
+    cached, new = queries(cfg)
+    peak, bandwidth = peak_flops(hw, cfg.precision), hw.hbm_bandwidth_Bps
+    ops = inference_ops(
+        spec,
+        cached,
+        new,
+        cfg.precision,
+        kv_precision=cfg.kv_precision,
+        fused_attention=cfg.fused_attention,
+        mla_absorb=cfg.mla_absorb,
+    )
+    points = roofline(ops, peak, bandwidth)
+    params = parameter_count(spec)
+    kv_precision = cfg.kv_precision or cfg.precision
+    return {
+        "model": model_name(cfg),
+        "model_type": spec.model_type,
+        "hardware": hw.name,
+        "precision": cfg.precision,
+        "queries": [{"cached_tokens": c, "input_tokens": n} for c, n in zip(cached, new, strict=True)],
+        "peak_flops": float(peak),
+        "bandwidth_Bps": float(bandwidth),
+        "ridge_flops_per_byte": float(ridge_intensity(peak, bandwidth)),
+        "params": params,
+        "weights_bytes": params * bytes_per_element(cfg.precision),
+        "kv_cache_bytes": kv_cache_bytes(spec, sum(cached) + sum(new), kv_precision),
+        "ops": [_op_row(p) for p in points],
+        "totals": {
+            "flops": sum(p.op.flops * p.op.count for p in points),
+            "bytes": sum(p.op.bytes * p.op.count for p in points),
+            "time_s": sum(p.total_time_s for p in points),
+        },
+    }
+
+
+def _op_row(p: RooflinePoint) -> dict[str, Any]:
+    op = p.op
+    return {
+        "name": op.name,
+        "kind": op.kind,
+        "count": op.count,
+        "flops": op.flops,
+        "weight_bytes": op.weight_bytes,
+        "input_bytes": op.input_bytes,
+        "output_bytes": op.output_bytes,
+        "intensity": op.intensity,
+        "bound": p.bound,
+        "time_s": p.time_s,
+        "total_time_s": p.total_time_s,
+    }
+
+
+def render(rep: dict[str, Any]) -> str:
+    rows = [
+        [
+            o["name"],
+            o["count"],
+            fmt_count(o["flops"]),
+            fmt_bytes(o["weight_bytes"]),
+            fmt_bytes(o["input_bytes"]),
+            fmt_bytes(o["output_bytes"]),
+            f"{o['intensity']:.2f}",
+            o["bound"],
+            fmt_time(o["time_s"]),
+            fmt_time(o["total_time_s"]),
+        ]
+        for o in rep["ops"]
+    ]
+    table = format_table(
+        ["op", "count", "FLOPs", "weights", "inputs", "outputs", "FLOP/B", "bound", "time", "time x count"],
+        rows,
+        align="lrrrrrrlrr",
+    )
+    t = rep["totals"]
+    summary = [
+        f"model {rep['model']} ({rep['model_type']}) on {rep['hardware']}, {rep['precision']}: "
+        f"{len(rep['queries'])} queries, peak {fmt_count(rep['peak_flops'], 'FLOP/s')}, "
+        f"HBM {fmt_count(rep['bandwidth_Bps'], 'B/s')}, ridge {rep['ridge_flops_per_byte']:.1f} FLOP/B",
+        "",
+        table,
+        "",
+        f"total FLOPs      {fmt_count(t['flops'])}",
+        f"total bytes      {fmt_bytes(t['bytes'])}",
+        f"total time       {fmt_time(t['time_s'])} (roofline bound, sum over ops)",
+        f"parameters       {rep['params']:,}",
+        f"weight bytes     {fmt_bytes(rep['weights_bytes'])}",
+        f"KV cache bytes   {fmt_bytes(rep['kv_cache_bytes'])}",
+    ]
+    return "\n".join(summary)
+
+
+def plot_roofline(rep: dict[str, Any], path: Path) -> None:
+    """Ops on the hardware roofline: x = FLOPs per byte, y = attained FLOP/s (log-log)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    peak, bw = rep["peak_flops"], rep["bandwidth_Bps"]
+    ops = [o for o in rep["ops"] if o["flops"] > 0 and o["time_s"] > 0]
+    xs = np.array([o["intensity"] for o in ops])
+    ys = np.array([o["flops"] / o["time_s"] for o in ops])
+    grid = np.logspace(
+        np.log10(max(min(xs.min(), 1.0) / 4, 1e-3)), np.log10(max(xs.max(), peak / bw) * 4), 200
+    )
+    fig, ax = plt.subplots(figsize=(9, 6))
+    ax.loglog(grid, np.minimum(peak, grid * bw), "k-", lw=2, label=f"{rep['hardware']} roofline")
+    for o, x, y in zip(ops, xs, ys, strict=True):
+        ax.scatter(x, y, s=25, color="tab:red" if o["bound"] == "memory" else "tab:blue")
+        ax.annotate(o["name"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("operational intensity (FLOP/byte)")
+    ax.set_ylabel("attained FLOP/s")
+    ax.set_title(f"{rep['model']} on {rep['hardware']} ({rep['precision']})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def task(cfg: DictConfig) -> None:
+    rep = report(cfg)
+    if cfg.plot:
+        plot_roofline(rep, Path(str(cfg.plot)))
+    if cfg.format == "json":
+        print_json(rep)
+    elif cfg.format == "table":
+        print(render(rep))
+    else:
+        raise ConfigError(f"format must be 'table' or 'json', got '{cfg.format}'")
+
+
+def main() -> None:
+    run_app(task, "roofline")
+
+
+if __name__ == "__main__":
+    main()
