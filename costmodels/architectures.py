@@ -72,6 +72,8 @@ class ModelSpec:
     parallel_block: bool = False
     embedding_norm: bool = False
     qk_norm: bool = False
+    attention_dropout: float = 0.0  # dropout probability on attention probabilities (training)
+    hidden_dropout: float = 0.0  # dropout probability on block outputs and embeddings (training)
     layer_kinds: tuple[tuple[str, int], ...] = ()
     moe: MoESpec | None = None
     mla: MLASpec | None = None
@@ -166,6 +168,8 @@ def _gpt2(c: _Fields) -> ModelSpec:
         max_positions=c.int("n_positions", default=1024),
         rotary_dim=0,
         tie_embeddings=bool(c.get("tie_word_embeddings", True)),
+        attention_dropout=float(c.get("attn_pdrop", 0.1)),
+        hidden_dropout=float(c.get("resid_pdrop", 0.1)),
     )
 
 
@@ -194,6 +198,8 @@ def _gptj(c: _Fields) -> ModelSpec:
         tie_embeddings=bool(c.get("tie_word_embeddings", False)),
         lm_head_bias=True,
         parallel_block=True,
+        attention_dropout=float(c.get("attn_pdrop", 0.0)),
+        hidden_dropout=float(c.get("resid_pdrop", 0.0)),
     )
 
 
@@ -223,6 +229,8 @@ def _gpt_neox(c: _Fields) -> ModelSpec:
         rotary_dim=int(head_dim * float(c.get("rotary_pct", c.get("partial_rotary_factor", 0.25)))),
         tie_embeddings=bool(c.get("tie_word_embeddings", False)),
         parallel_block=bool(c.get("use_parallel_residual", True)),
+        attention_dropout=float(c.get("attention_dropout", 0.0)),
+        hidden_dropout=float(c.get("hidden_dropout", 0.0)),
     )
 
 
@@ -255,6 +263,7 @@ def _llama_like(
         rotary_dim=head_dim,
         tie_embeddings=bool(c.get("tie_word_embeddings", False)),
         qk_norm=qk_norm,
+        attention_dropout=float(c.get("attention_dropout", 0.0)),
     )
 
 
@@ -341,6 +350,8 @@ def _mpt(c: _Fields) -> ModelSpec:
         max_positions=c.int("max_seq_len", default=2048),
         rotary_dim=0,
         tie_embeddings=True,
+        attention_dropout=float(attn.get("attn_pdrop", 0.0)),
+        hidden_dropout=float(c.get("resid_pdrop", 0.0)),
     )
 
 
@@ -368,6 +379,8 @@ def _bloom(c: _Fields) -> ModelSpec:
         rotary_dim=0,
         tie_embeddings=bool(c.get("tie_word_embeddings", True)),
         embedding_norm=True,
+        attention_dropout=float(c.get("attention_dropout", 0.0)),
+        hidden_dropout=float(c.get("hidden_dropout", 0.0)),
     )
 
 
@@ -405,6 +418,8 @@ def _falcon(c: _Fields) -> ModelSpec:
         rotary_dim=0 if c.get("alibi", False) else h // heads,
         tie_embeddings=bool(c.get("tie_word_embeddings", True)),
         parallel_block=parallel,
+        attention_dropout=float(c.get("attention_dropout", 0.0)),
+        hidden_dropout=float(c.get("hidden_dropout", 0.0)),
     )
 
 
@@ -451,6 +466,7 @@ def _deepseek_v3(c: _Fields) -> ModelSpec:
         max_positions=c.int("max_position_embeddings", default=4096),
         rotary_dim=mla.qk_rope_head_dim,
         tie_embeddings=bool(c.get("tie_word_embeddings", False)),
+        attention_dropout=float(c.get("attention_dropout", 0.0)),
         layer_kinds=kinds,
         moe=moe,
         mla=mla,

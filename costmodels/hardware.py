@@ -88,6 +88,18 @@ class Hardware:
     host_memory_bytes: Scalar = 0.0
     host_bandwidth_Bps: Scalar = 0.0
 
+    # --- achievable fractions and overheads (per hardware or kernel class; 1.0 / 0 = ideal roofline) ---
+    compute_units: Scalar = 0.0  # SMs / CUs that matmul tiles are spread over (0: no wave quantization)
+    matmul_tile_m: Scalar = 128.0  # output tile rows of the GEMM kernels (wave quantization)
+    matmul_tile_n: Scalar = 128.0  # output tile columns
+    matmul_efficiency: Scalar = 1.0  # fraction of peak a large GEMM sustains
+    attention_efficiency: Scalar = 1.0  # fraction of peak of unfused attention batched GEMMs (QKᵀ, AV)
+    flash_attention_efficiency: Scalar = 1.0  # fraction of peak a fused (flash) attention kernel sustains
+    memory_efficiency: Scalar = 1.0  # fraction of HBM bandwidth a GEMM streaming its weights sustains
+    elementwise_efficiency: Scalar = 1.0  # fraction of HBM bandwidth elementwise / norm kernels sustain
+    collective_efficiency: Scalar = 1.0  # achieved bus bandwidth / link bandwidth (NCCL busbw)
+    kernel_overhead_s: Scalar = 0.0  # launch + tail time added to every kernel
+
     # --- power and cost ---
     power_w: Scalar = 0.0  # TDP per device
     price_usd_per_hour: Scalar = 0.0  # on-demand cloud price per device; 0.0 = unknown

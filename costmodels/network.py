@@ -67,8 +67,11 @@ class Link:
 
     def __post_init__(self) -> None:
         # Only concrete Python numbers are checked; arrays and tracers pass through.
-        checks = (("bandwidth_Bps", lambda v: v > 0, "> 0"), ("latency_s", lambda v: v >= 0, ">= 0"),
-                  ("efficiency", lambda v: 0 < v <= 1, "in (0, 1]"))
+        checks = (
+            ("bandwidth_Bps", lambda v: v > 0, "> 0"),
+            ("latency_s", lambda v: v >= 0, ">= 0"),
+            ("efficiency", lambda v: 0 < v <= 1, "in (0, 1]"),
+        )
         for name, ok, rule in checks:
             value = getattr(self, name)
             if isinstance(value, numbers.Real) and not ok(value):
@@ -179,17 +182,28 @@ def _direct_send_recv(s: jax.Array, n: jax.Array, link: Link) -> jax.Array:
 
 
 # kind -> algorithm -> formula; the first algorithm of each kind is its default.
-_FLAT: Mapping[str, Mapping[str, Formula]] = MappingProxyType({
-    "all_reduce": {"ring": _ring_all_reduce, "tree": _tree_all_reduce,
-                   "recursive_doubling": _recursive_doubling_all_reduce,
-                   "halving_doubling": _halving_doubling_all_reduce},
-    "all_gather": {"ring": _ring_gather_or_scatter, "recursive_doubling": _recursive_gather_or_scatter},
-    "reduce_scatter": {"ring": _ring_gather_or_scatter, "recursive_doubling": _recursive_gather_or_scatter},
-    "all_to_all": {"ring": _pairwise_all_to_all, "bruck": _bruck_all_to_all},
-    "broadcast": {"ring": _ring_broadcast, "tree": _tree_broadcast,
-                  "scatter_allgather": _scatter_allgather_broadcast},
-    "send_recv": {"direct": _direct_send_recv},
-})
+_FLAT: Mapping[str, Mapping[str, Formula]] = MappingProxyType(
+    {
+        "all_reduce": {
+            "ring": _ring_all_reduce,
+            "tree": _tree_all_reduce,
+            "recursive_doubling": _recursive_doubling_all_reduce,
+            "halving_doubling": _halving_doubling_all_reduce,
+        },
+        "all_gather": {"ring": _ring_gather_or_scatter, "recursive_doubling": _recursive_gather_or_scatter},
+        "reduce_scatter": {
+            "ring": _ring_gather_or_scatter,
+            "recursive_doubling": _recursive_gather_or_scatter,
+        },
+        "all_to_all": {"ring": _pairwise_all_to_all, "bruck": _bruck_all_to_all},
+        "broadcast": {
+            "ring": _ring_broadcast,
+            "tree": _tree_broadcast,
+            "scatter_allgather": _scatter_allgather_broadcast,
+        },
+        "send_recv": {"direct": _direct_send_recv},
+    }
+)
 
 #: Valid algorithm names per collective kind (the first is the default).
 ALGORITHMS: Mapping[str, tuple[str, ...]] = MappingProxyType({k: tuple(v) for k, v in _FLAT.items()})
@@ -201,13 +215,13 @@ def _lookup(kind: str, algorithm: str | None) -> Formula:
     by_name = _FLAT[kind]
     name = next(iter(by_name)) if algorithm is None else algorithm
     if name not in by_name:
-        raise ConfigError(
-            f"unknown algorithm {name!r} for {kind}; valid algorithms: {', '.join(by_name)}")
+        raise ConfigError(f"unknown algorithm {name!r} for {kind}; valid algorithms: {', '.join(by_name)}")
     return by_name[name]
 
 
-def collective_time_s(kind: str, size_bytes: ArrayLike, n: ArrayLike, link: Link,
-                      algorithm: str | None = None) -> jax.Array:
+def collective_time_s(
+    kind: str, size_bytes: ArrayLike, n: ArrayLike, link: Link, algorithm: str | None = None
+) -> jax.Array:
     """Time of collective ``kind`` (a key of ``ALGORITHMS``) over ``n`` devices on one tier.
 
     ``algorithm=None`` takes the kind's default ("ring"; "direct" for send_recv, where ``n`` counts
@@ -234,8 +248,9 @@ def all_gather_time_s(size_bytes: ArrayLike, n: ArrayLike, link: Link, algorithm
     return collective_time_s("all_gather", size_bytes, n, link, algorithm)
 
 
-def reduce_scatter_time_s(size_bytes: ArrayLike, n: ArrayLike, link: Link,
-                          algorithm: str = "ring") -> jax.Array:
+def reduce_scatter_time_s(
+    size_bytes: ArrayLike, n: ArrayLike, link: Link, algorithm: str = "ring"
+) -> jax.Array:
     """Reduce-scatter, S = INPUT per device. ring (n-1)α + (n-1)/n·S/B; recursive_doubling (recursive
     halving) L(n)α + (n-1)/n·S/B  [TRG05]. Reduction arithmetic is not included."""
     return collective_time_s("reduce_scatter", size_bytes, n, link, algorithm)
@@ -259,10 +274,16 @@ def send_recv_time_s(size_bytes: ArrayLike, link: Link, hops: ArrayLike = 1) -> 
     return collective_time_s("send_recv", size_bytes, _as_float(hops) + 1.0, link)
 
 
-_BUS_FACTOR: Mapping[str, Callable[[jax.Array], jax.Array]] = MappingProxyType({
-    "all_reduce": lambda m: 2 * (m - 1) / m, "all_gather": lambda m: (m - 1) / m,
-    "reduce_scatter": lambda m: (m - 1) / m, "all_to_all": lambda m: (m - 1) / m,
-    "broadcast": jnp.ones_like, "send_recv": jnp.ones_like})
+_BUS_FACTOR: Mapping[str, Callable[[jax.Array], jax.Array]] = MappingProxyType(
+    {
+        "all_reduce": lambda m: 2 * (m - 1) / m,
+        "all_gather": lambda m: (m - 1) / m,
+        "reduce_scatter": lambda m: (m - 1) / m,
+        "all_to_all": lambda m: (m - 1) / m,
+        "broadcast": jnp.ones_like,
+        "send_recv": jnp.ones_like,
+    }
+)
 
 
 def bus_bandwidth_factor(kind: str, n: ArrayLike) -> jax.Array:
@@ -277,9 +298,15 @@ def bus_bandwidth_factor(kind: str, n: ArrayLike) -> jax.Array:
 # Where k devices share one NIC, pass bandwidth_Bps = NIC bandwidth / k.
 
 
-def hierarchical_all_reduce_time_s(size_bytes: ArrayLike, n_inner: ArrayLike, n_outer: ArrayLike,
-                                   inner: Link, outer: Link, inner_algorithm: str = "ring",
-                                   outer_algorithm: str = "ring") -> jax.Array:
+def hierarchical_all_reduce_time_s(
+    size_bytes: ArrayLike,
+    n_inner: ArrayLike,
+    n_outer: ArrayLike,
+    inner: Link,
+    outer: Link,
+    inner_algorithm: str = "ring",
+    outer_algorithm: str = "ring",
+) -> jax.Array:
     """Intra reduce-scatter(S) + inter all-reduce(S/n_inner) + intra all-gather(S)  [M18; NCCL/Megatron].
 
     Ring on both tiers: 2(a-1)α_i + 2(a-1)/a·S/B_i + 2(b-1)α_o + 2(b-1)/b·S/(a·B_o), a = n_inner,
@@ -294,9 +321,15 @@ def hierarchical_all_reduce_time_s(size_bytes: ArrayLike, n_inner: ArrayLike, n_
     return rs + ar + all_gather_time_s(size_bytes, n_inner, inner, inner_algorithm)
 
 
-def hierarchical_all_gather_time_s(size_bytes: ArrayLike, n_inner: ArrayLike, n_outer: ArrayLike,
-                                   inner: Link, outer: Link, inner_algorithm: str = "ring",
-                                   outer_algorithm: str = "ring") -> jax.Array:
+def hierarchical_all_gather_time_s(
+    size_bytes: ArrayLike,
+    n_inner: ArrayLike,
+    n_outer: ArrayLike,
+    inner: Link,
+    outer: Link,
+    inner_algorithm: str = "ring",
+    outer_algorithm: str = "ring",
+) -> jax.Array:
     """Inter all-gather (output S/n_inner, among same-rank devices) then intra all-gather (output S).
 
     Outer first so that only (b-1)/b·S/a crosses the slow tier per device  [M18, reversed RS]."""
@@ -306,20 +339,33 @@ def hierarchical_all_gather_time_s(size_bytes: ArrayLike, n_inner: ArrayLike, n_
     return outer_t + all_gather_time_s(size_bytes, n_inner, inner, inner_algorithm)
 
 
-def hierarchical_reduce_scatter_time_s(size_bytes: ArrayLike, n_inner: ArrayLike, n_outer: ArrayLike,
-                                       inner: Link, outer: Link, inner_algorithm: str = "ring",
-                                       outer_algorithm: str = "ring") -> jax.Array:
+def hierarchical_reduce_scatter_time_s(
+    size_bytes: ArrayLike,
+    n_inner: ArrayLike,
+    n_outer: ArrayLike,
+    inner: Link,
+    outer: Link,
+    inner_algorithm: str = "ring",
+    outer_algorithm: str = "ring",
+) -> jax.Array:
     """Intra reduce-scatter (input S) then inter reduce-scatter (input S/n_inner)  [M18]."""
     _check_concrete("size_bytes", size_bytes, 0)
     _check_concrete("n_inner", n_inner, 1)
     inner_t = reduce_scatter_time_s(size_bytes, n_inner, inner, inner_algorithm)
-    return inner_t + reduce_scatter_time_s(_as_float(size_bytes) / _at_least_1(n_inner), n_outer, outer,
-                                           outer_algorithm)
+    return inner_t + reduce_scatter_time_s(
+        _as_float(size_bytes) / _at_least_1(n_inner), n_outer, outer, outer_algorithm
+    )
 
 
-def hierarchical_all_to_all_time_s(size_bytes: ArrayLike, n_inner: ArrayLike, n_outer: ArrayLike,
-                                   inner: Link, outer: Link, inner_algorithm: str = "ring",
-                                   outer_algorithm: str = "ring") -> jax.Array:
+def hierarchical_all_to_all_time_s(
+    size_bytes: ArrayLike,
+    n_inner: ArrayLike,
+    n_outer: ArrayLike,
+    inner: Link,
+    outer: Link,
+    inner_algorithm: str = "ring",
+    outer_algorithm: str = "ring",
+) -> jax.Array:
     """Two-phase all-to-all [R22]: intra all-to-all of S (regroup by destination rail), then inter
     all-to-all of S among same-rank devices.
 
@@ -331,15 +377,26 @@ def hierarchical_all_to_all_time_s(size_bytes: ArrayLike, n_inner: ArrayLike, n_
     return inner_t + all_to_all_time_s(size_bytes, n_outer, outer, outer_algorithm)
 
 
-_HIERARCHICAL = MappingProxyType({
-    "all_reduce": hierarchical_all_reduce_time_s, "all_gather": hierarchical_all_gather_time_s,
-    "reduce_scatter": hierarchical_reduce_scatter_time_s, "all_to_all": hierarchical_all_to_all_time_s,
-})
+_HIERARCHICAL = MappingProxyType(
+    {
+        "all_reduce": hierarchical_all_reduce_time_s,
+        "all_gather": hierarchical_all_gather_time_s,
+        "reduce_scatter": hierarchical_reduce_scatter_time_s,
+        "all_to_all": hierarchical_all_to_all_time_s,
+    }
+)
 
 
-def hierarchical_collective_time_s(kind: str, size_bytes: ArrayLike, n_inner: ArrayLike, n_outer: ArrayLike,
-                                   inner: Link, outer: Link, inner_algorithm: str = "ring",
-                                   outer_algorithm: str = "ring") -> jax.Array:
+def hierarchical_collective_time_s(
+    kind: str,
+    size_bytes: ArrayLike,
+    n_inner: ArrayLike,
+    n_outer: ArrayLike,
+    inner: Link,
+    outer: Link,
+    inner_algorithm: str = "ring",
+    outer_algorithm: str = "ring",
+) -> jax.Array:
     """Dispatch a two-tier collective by kind (all_reduce, all_gather, reduce_scatter, all_to_all)."""
     if kind not in _HIERARCHICAL:
         valid = ", ".join(_HIERARCHICAL)
@@ -387,8 +444,9 @@ def _mesh_rs_s(size: jax.Array, dims: tuple[jax.Array, ...], link: Link, wraparo
     return total
 
 
-def mesh_reduce_scatter_time_s(size_bytes: ArrayLike, dims: Sequence[ArrayLike], link: Link,
-                               wraparound: bool) -> jax.Array:
+def mesh_reduce_scatter_time_s(
+    size_bytes: ArrayLike, dims: Sequence[ArrayLike], link: Link, wraparound: bool
+) -> jax.Array:
     """Reduce-scatter of S (input per device) over a 1/2/3-D mesh or torus, one dimension at a time.
 
     Torus: Σ_i (d_i-1)α + (N-1)/N·S/(2B); mesh: Σ_i 2(d_i-1)α (1 hop where d_i = 2) + (N-1)/N·S/B.
@@ -397,21 +455,24 @@ def mesh_reduce_scatter_time_s(size_bytes: ArrayLike, dims: Sequence[ArrayLike],
     return _mesh_rs_s(_as_float(size_bytes), _check_dims(dims), link, wraparound)
 
 
-def mesh_all_gather_time_s(size_bytes: ArrayLike, dims: Sequence[ArrayLike], link: Link,
-                           wraparound: bool) -> jax.Array:
+def mesh_all_gather_time_s(
+    size_bytes: ArrayLike, dims: Sequence[ArrayLike], link: Link, wraparound: bool
+) -> jax.Array:
     """All-gather to S (output per device), dimensions in reverse order; same cost as reduce-scatter."""
     return mesh_reduce_scatter_time_s(size_bytes, dims, link, wraparound)
 
 
-def mesh_all_reduce_time_s(size_bytes: ArrayLike, dims: Sequence[ArrayLike], link: Link,
-                           wraparound: bool) -> jax.Array:
+def mesh_all_reduce_time_s(
+    size_bytes: ArrayLike, dims: Sequence[ArrayLike], link: Link, wraparound: bool
+) -> jax.Array:
     """Reduce-scatter along d_1..d_D, then all-gather along d_D..d_1 [K21]; torus 4×4, S, α, B:
     2·(3+3)·α + (15/16)·S/B. Dimensions run one after another (not concurrently)."""
     return 2 * mesh_reduce_scatter_time_s(size_bytes, dims, link, wraparound)
 
 
-def mesh_all_to_all_time_s(size_bytes: ArrayLike, dims: Sequence[ArrayLike], link: Link,
-                           wraparound: bool) -> jax.Array:
+def mesh_all_to_all_time_s(
+    size_bytes: ArrayLike, dims: Sequence[ArrayLike], link: Link, wraparound: bool
+) -> jax.Array:
     """All-to-all of S per device (S/N to each device) on a mesh/torus, bandwidth-bound [DT04].
 
     Bisection: cut the longest dimension k = max d_i into halves of N_a = floor(k/2)·N/k and

@@ -52,10 +52,10 @@ class Op:
     """One kernel. FLOPs and bytes are per execution; ``count`` executions per step (layers).
 
     ``params`` are the parameters the op owns (0 for a tied LM head, whose weight is the
-    embedding's). A matmul op is ``gemms`` GEMMs of geometry ``mnk`` = (tokens, output features,
-    input features) each (``gemms`` > 1: MoE experts), for shape-dependent efficiency models; its
-    FLOPs are ``2·m·n·k·gemms`` plus the bias adds. ``phase`` is ``fwd``, ``bwd_input`` (input
-    gradients) or ``bwd_weight`` (weight gradients).
+    embedding's). A matmul op is ``gemms`` GEMMs (> 1: MoE experts) of geometry ``mnk`` = (output
+    rows, output columns, reduction) each — (tokens, output features, input features) in the forward
+    pass — for shape-dependent efficiency models; its FLOPs are ``2·m·n·k·gemms`` plus the bias
+    adds. ``phase`` is ``fwd``, ``bwd_input`` (input gradients) or ``bwd_weight`` (weight gradients).
     """
 
     name: str
@@ -471,6 +471,23 @@ def _bytes(precision: str, kv_precision: str | None = None) -> _Bytes:
     return _Bytes(weight=size, act=size, kv=bytes_per_element(kv_precision or precision))
 
 
+def _with_dropout(spec: ModelSpec, ops: list[Op], b: _Bytes) -> list[Op]:
+    """Training dropout, where the config sets it (Megatron-LM's kernels): a separate kernel on the
+    attention probabilities (reads them, writes them and a 1-byte mask; 2 FLOPs per element), and
+    on block outputs fused into the residual add (bias-dropout-add: +2 FLOPs and a mask per element).
+    Fused (flash) attention applies its dropout inside the kernel."""
+    out: list[Op] = []
+    for op in ops:
+        if spec.hidden_dropout > 0 and op.name.endswith("residual_add"):
+            elements = op.output_bytes / b.act
+            op = replace(op, flops=op.flops + 2.0 * elements, output_bytes=op.output_bytes + elements)
+        out.append(op)
+        if spec.attention_dropout > 0 and op.name == "attn.softmax":
+            elements = op.output_bytes / b.act
+            out.append(_elementwise("attn.dropout", elements, 2.0, 1, b, op.count, outputs=1.0 + 1.0 / b.act))
+    return out
+
+
 def forward_ops(
     spec: ModelSpec,
     batch: Batch,
@@ -481,14 +498,17 @@ def forward_ops(
     mla_absorb: bool = False,
     all_experts: bool = True,
     with_loss: bool = False,
+    dropout: bool = False,
 ) -> list[Op]:
-    """Ops of one forward pass, in execution order (per-layer ops carry ``count`` = layers)."""
+    """Ops of one forward pass, in execution order (per-layer ops carry ``count`` = layers).
+    ``dropout`` adds the training-time dropout kernels the config asks for."""
     b = _bytes(precision, kv_precision)
-    return [
+    ops = [
         *_embedding_ops(spec, batch, b),
         *_block_ops(spec, batch, b, fused_attention, mla_absorb, all_experts),
         *_head_ops(spec, batch, b, with_loss),
     ]
+    return _with_dropout(spec, ops, b) if dropout else ops
 
 
 def _backward(op: Op) -> list[Op]:
@@ -509,6 +529,7 @@ def _backward(op: Op) -> list[Op]:
             params=0,
             input_bytes=op.output_bytes,
             output_bytes=op.input_bytes,
+            mnk=(op.mnk[0], op.mnk[2], op.mnk[1]),  # dX: tokens × in-features, reduced over out-features
         )
         wgrad = replace(
             op,
@@ -516,6 +537,7 @@ def _backward(op: Op) -> list[Op]:
             phase="bwd_weight",
             params=0,
             weight_bytes=0.0,
+            mnk=(op.mnk[2], op.mnk[1], op.mnk[0]),  # dW: in × out features, reduced over tokens
             input_bytes=op.input_bytes + op.output_bytes,
             output_bytes=op.weight_bytes,
         )
@@ -562,6 +584,7 @@ def training_ops(
         precision,
         fused_attention=fused_attention,
         with_loss=True,
+        dropout=True,
     )
     return fwd + [bop for op in reversed(fwd) for bop in _backward(op)]
 

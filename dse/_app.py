@@ -71,17 +71,26 @@ def run_app(task: Callable[[DictConfig], Any], config_name: str, positional: Seq
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
     def _main(cfg: DictConfig) -> Any:
         try:
-            return task(cfg)
+            task(cfg)
+            sys.stdout.flush()
         except ConfigError as exc:
             fail(str(exc))
         except MissingMandatoryValue as exc:
             fail(f"missing required value '{exc.full_key}': pass {exc.full_key}=...")
+        except BrokenPipeError:  # output piped into `head` and closed early: not an error
+            _silence_stdout()
+        return None
 
     try:
         _main()
         sys.stdout.flush()
-    except BrokenPipeError:  # output piped into `head` and closed early: not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except BrokenPipeError:
+        _silence_stdout()
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def print_json(payload: Any) -> None:

@@ -1,0 +1,112 @@
+"""Kernel time on one device: the roofline with achievable efficiencies and a per-kernel overhead.
+
+    time = max(FLOPs / (peak · efficiency), bytes / (HBM bandwidth · memory_efficiency)) + overhead
+
+The efficiency depends on the kernel class (Hardware fields):
+
+* **matmul** — ``matmul_efficiency`` for a large GEMM, times the *wave quantization* factor of the
+  output tiles (a GEMM of ``T`` tiles on ``U`` compute units runs ``ceil(T/U)`` waves: efficiency
+  ``T / (ceil(T/U)·U)``; NVIDIA "Matrix multiplication background" user's guide, Sec. "Wave
+  quantization") and the *tile quantization* factor of the output columns (``n`` padded up to the
+  tile width). Skinny GEMMs (rows below one tile) are not padded in rows: cuBLAS picks GEMV-like
+  kernels for them, and they are memory-bound anyway.
+* **attention** — the unfused score (QKᵀ) and AV batched GEMMs of an eager implementation, with
+  their small reduction (the head width), at ``attention_efficiency``; a fused flash kernel
+  (Dao 2023; Shah et al. 2024) at ``flash_attention_efficiency``.
+* **elementwise / norm / embedding** — memory-bound at ``elementwise_efficiency`` of HBM bandwidth
+  (their FLOPs run on the vector units at the fp32 peak where it is known); GEMMs and attention
+  kernels stream at ``memory_efficiency``. Eager elementwise kernels (several passes, fp32
+  upcasts, reductions) reach a smaller fraction of the bandwidth than a GEMM streaming its weights.
+
+All arguments may be JAX arrays; ``jnp.maximum`` passes the gradient to the binding roof, so
+``grad`` with respect to peak FLOP/s and bandwidth is finite (a subgradient at the kink). The
+``ceil`` of the quantization factors acts on shapes, never on hardware knobs, so it blocks no
+gradient we take. ``smooth_max`` is the relaxation the gradient-descent driver can switch on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+
+from costmodels.hardware import Hardware
+
+Array = Any
+
+KIND_MATMUL, KIND_ATTENTION, KIND_FLASH, KIND_ELEMENTWISE, KIND_EMBEDDING = 0, 1, 2, 3, 4
+KINDS = {
+    "matmul": KIND_MATMUL,
+    "attention": KIND_ATTENTION,
+    "flash": KIND_FLASH,
+    "elementwise": KIND_ELEMENTWISE,
+    "norm": KIND_ELEMENTWISE,
+    "embedding": KIND_EMBEDDING,
+}
+
+
+def smooth_max(a: Array, b: Array, temperature: float = 0.0) -> Array:
+    """max(a, b), or its log-sum-exp relaxation ``t·log(e^(a/t) + e^(b/t))`` at relative temperature t."""
+    if temperature <= 0.0:
+        return jnp.maximum(a, b)
+    scale = jnp.maximum(jnp.maximum(a, b), 1e-30) * temperature
+    return scale * jnp.logaddexp(a / scale, b / scale)
+
+
+def _tile(extent: Array, largest: Array) -> Array:
+    """The tile edge a GEMM library picks for an output extent: the next power of two, 16..largest."""
+    return jnp.clip(2.0 ** jnp.ceil(jnp.log2(jnp.maximum(extent, 1.0))), 16.0, largest)
+
+
+SPLIT_K_MIN_DEPTH = 256.0  # smallest slice of the reduction a split-K GEMM gives one compute unit
+
+
+def wave_efficiency(hw: Hardware, rows: Array, cols: Array, gemms: Array = 1.0, reduce: Array = 1.0) -> Array:
+    """Tile and wave quantization of a (grouped) GEMM with a ``rows × cols`` output per GEMM: the
+    output is padded to whole tiles (narrow outputs get narrower tiles, down to 16), a GEMM with fewer
+    tiles than compute units splits its reduction over idle units (split-K, in slices of at least
+    256), and the work units run in whole waves over the compute units."""
+    tm, tn = _tile(rows, hw.matmul_tile_m), _tile(cols, hw.matmul_tile_n)
+    tiles_m, tiles_n = jnp.ceil(rows / tm), jnp.ceil(cols / tn)
+    pad = rows / (tiles_m * tm) * cols / (tiles_n * tn)
+    units_ = jnp.maximum(hw.compute_units, 1.0)
+    output_tiles = tiles_m * tiles_n * gemms
+    split_k = jnp.clip(
+        jnp.floor(units_ / output_tiles), 1.0, jnp.maximum(jnp.floor(reduce / SPLIT_K_MIN_DEPTH), 1.0)
+    )
+    tiles = output_tiles * split_k
+    units = jnp.maximum(hw.compute_units, 1.0)
+    waves = jnp.where(hw.compute_units > 0, tiles / (jnp.ceil(tiles / units) * units), 1.0)
+    return pad * waves
+
+
+def kernel_time_s(
+    hw: Hardware,
+    peak_flops: Array,
+    kind: Array,
+    flops: Array,
+    bytes_: Array,
+    rows: Array = 1.0,
+    cols: Array = 1.0,
+    gemms: Array = 1.0,
+    reduce: Array = 1.0,
+    temperature: float = 0.0,
+) -> Array:
+    """Time of a kernel of class ``kind`` (one of the KIND_* codes, may be an array over ops)."""
+    matmul_eff = hw.matmul_efficiency * wave_efficiency(hw, rows, cols, gemms, reduce)
+    efficiency = jnp.where(
+        kind == KIND_MATMUL,
+        matmul_eff,
+        jnp.where(
+            kind == KIND_ATTENTION,
+            hw.attention_efficiency,
+            jnp.where(kind == KIND_FLASH, hw.flash_attention_efficiency, 1.0),
+        ),
+    )
+    vector_peak = jnp.where(hw.peak_flops_fp32 > 0, hw.peak_flops_fp32, peak_flops)
+    compute_peak = jnp.where(kind >= KIND_ELEMENTWISE, vector_peak, peak_flops)
+    compute_s = flops / (compute_peak * efficiency)
+    bandwidth_eff = jnp.where(kind >= KIND_ELEMENTWISE, hw.elementwise_efficiency, hw.memory_efficiency)
+    memory_s = bytes_ / (hw.hbm_bandwidth_Bps * bandwidth_eff)
+    busy = flops + bytes_ > 0
+    return jnp.where(busy, smooth_max(compute_s, memory_s, temperature) + hw.kernel_overhead_s, 0.0)

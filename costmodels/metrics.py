@@ -1,0 +1,56 @@
+"""FLOP counts behind MFU and HFU, and throughput conversions.
+
+* **Model FLOPs** (MFU numerator): the matmul and attention FLOPs of the forward and backward
+  passes of the model itself, without recomputation — PaLM (Chowdhery et al. 2022, App. B) and
+  Megatron-LM (Narayanan et al. 2021, Eq. 3 without the recompute term) count attention over the
+  full ``s×s`` score matrix, and so does this function (``causal=False``). For a GPT this equals
+  ``72·B·s·l·h²·(1 + s/6h + V/12lh)`` per batch of ``B`` sequences (a test checks it).
+* **Hardware FLOPs** (HFU numerator): model FLOPs plus the forward FLOPs recomputed in the backward
+  pass (all layers' forward for full recomputation, the attention core for selective).
+
+Elementwise ops are excluded from both, as in those definitions.
+"""
+
+from __future__ import annotations
+
+from costmodels.architectures import ModelSpec
+from costmodels.workload import Batch, Op, forward_ops, training_ops
+
+SECONDS_PER_DAY = 86_400.0
+
+
+def _matmul_flops(ops: list[Op]) -> float:
+    """GEMM FLOPs of matmul ops plus attention-matmul FLOPs (no bias adds, no elementwise)."""
+    return sum(
+        (op.gemm_flops if op.kind == "matmul" else op.flops) * op.count
+        for op in ops
+        if op.kind in ("matmul", "attention")
+    )
+
+
+def model_flops_per_sequence(spec: ModelSpec, seq_len: int) -> float:
+    """Forward + backward matmul and attention FLOPs of one training sequence (the MFU count)."""
+    return _matmul_flops(training_ops(spec, 1, seq_len, causal=False, fused_attention=False))
+
+
+def recompute_flops_per_sequence(spec: ModelSpec, seq_len: int, recompute: str) -> float:
+    """Extra forward FLOPs re-executed in the backward pass: all layer ops (full) or the attention
+    core (selective: QKᵀ and AV, Korthikanti et al. 2022 Sec. 5); the same attention convention."""
+    if recompute == "none":
+        return 0.0
+    fwd = forward_ops(spec, Batch.training(1, seq_len, causal=False))
+    if recompute == "selective":
+        return _matmul_flops([op for op in fwd if op.kind == "attention"])
+    return _matmul_flops(
+        [op for op in fwd if op.count == spec.num_layers or op.name.startswith(("moe.", "mlp."))]
+    )
+
+
+def tokens_per_day(samples_per_s: float, seq_len: int) -> float:
+    """samples/s · tokens per sample · 86,400 s."""
+    return samples_per_s * seq_len * SECONDS_PER_DAY
+
+
+def mfu(model_flops_per_s: float, num_devices: int, peak_flops: float) -> float:
+    """Model FLOPs utilisation: achieved model FLOP/s over the devices' aggregate dense peak."""
+    return model_flops_per_s / (num_devices * peak_flops)

@@ -1,0 +1,259 @@
+"""Ops on one device: a static table of a model's ops, sharded by a parallel plan and priced.
+
+:func:`table_from_ops` turns workload ops (one sequence / one query) into arrays over ops with how
+tensor parallelism shards each (Megatron-LM, Shoeybi et al. 2019: column-parallel QKV / MLP-up /
+LM head, row-parallel attention-out / MLP-down, heads split for attention, norms replicated or
+split along the sequence with sequence parallelism, Korthikanti et al. 2022). :func:`shard` scales
+and divides it for a plan (arrays, so ``vmap`` over plans works) and :func:`op_times` prices the
+forward and backward kernels with the compute model. :func:`collective_s` and :func:`p2p_s` place a
+parallel group on the scale-up or scale-out tier from its stride in rank order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from costmodels import network
+from costmodels.architectures import ModelSpec
+from costmodels.compute import (
+    KIND_ATTENTION,
+    KIND_ELEMENTWISE,
+    KIND_EMBEDDING,
+    KIND_FLASH,
+    KIND_MATMUL,
+    kernel_time_s,
+)
+from costmodels.hardware import Hardware
+from costmodels.parallel import Plan
+from costmodels.workload import Op
+
+Array = Any
+
+# How tensor parallelism shards an op (Megatron-LM): which of FLOPs / weight / input / output it divides.
+RULE_REPLICATED, RULE_COLUMN, RULE_ROW, RULE_SPLIT, RULE_VOCAB = 0, 1, 2, 3, 4
+_COLUMN = ("qkv_proj", "q_proj", "q_b_proj", "kv_b_proj", "gate_up_proj", "up_proj", "lm_head")
+_ROW = ("o_proj", "down_proj")
+_SPLIT = (
+    "attn.scores",
+    "attn.softmax",
+    "attn.av",
+    "attn.sdpa",
+    "attn.rotary",
+    "attn.q_norm",
+    "attn.k_norm",
+    "act_mul",
+    ".act",
+    "attn.dropout",
+    "loss.cross_entropy",
+)
+GROUP_FIRST, GROUP_LAYER, GROUP_LAST = 0, 1, 2
+
+
+def _rule(op: Op) -> int:
+    if op.name.startswith("embed.tokens"):
+        return RULE_VOCAB
+    if op.name.endswith(_COLUMN):
+        return RULE_COLUMN
+    if op.name.endswith(_ROW):
+        return RULE_ROW
+    if op.name.startswith(_SPLIT) or op.name.endswith(_SPLIT):
+        return RULE_SPLIT
+    return RULE_REPLICATED  # norms, residual adds, router, MLA down-projections (Megatron replicates them)
+
+
+@dataclass(frozen=True)
+class OpTable:
+    """Forward ops of one sequence as arrays over ops (static: NumPy)."""
+
+    flops: np.ndarray
+    weight_bytes: np.ndarray
+    input_bytes: np.ndarray
+    output_bytes: np.ndarray
+    layers: np.ndarray  # executions per step (layers of its kind); 1 for embedding / head ops
+    group: np.ndarray  # 0 first stage, 1 every stage (layers), 2 last stage
+    kind: np.ndarray
+    rule: np.ndarray
+    rows: np.ndarray  # GEMM output rows per sequence (tokens, or routed tokens per expert)
+    cols: np.ndarray
+    reduce: np.ndarray
+    gemms: np.ndarray  # GEMMs per sequence (experts, or batch·heads for attention)
+    expert: np.ndarray  # 1 for routed-expert ops (sharded over ep)
+    attention_core: np.ndarray  # recomputed by selective recomputation
+    names: tuple[str, ...]
+
+
+def _attention_geometry(op: Op, spec: ModelSpec, queries: float, keys: float) -> tuple[float, ...]:
+    """Batched-GEMM geometry (rows, cols, reduce, gemms) of an attention op: per head, ``queries``
+    query rows against ``keys`` keys; the head width is what its FLOPs imply."""
+    if op.name != "attn.av" and op.name != "attn.scores":
+        return queries, keys, float(spec.head_dim), float(spec.num_heads)
+    d = op.flops / (2.0 * spec.num_heads * queries * keys) if op.flops else float(spec.head_dim)
+    if op.name == "attn.av":
+        return queries, d, keys, float(spec.num_heads)
+    return queries, keys, d, float(spec.num_heads)
+
+
+def table_from_ops(ops: list[Op], spec: ModelSpec, queries: float, keys: float) -> OpTable:
+    """Arrays over ``ops`` (the ops of one sequence or query: ``queries`` new tokens attending ``keys``)."""
+    rows = []
+    for op in ops:
+        group = (
+            GROUP_FIRST
+            if op.name.startswith("embed.")
+            else (GROUP_LAST if op.name in ("final_norm", "lm_head", "loss.cross_entropy") else GROUP_LAYER)
+        )
+        kind = {"matmul": KIND_MATMUL, "attention": KIND_ATTENTION, "embedding": KIND_EMBEDDING}.get(
+            op.kind, KIND_ELEMENTWISE
+        )
+        if op.name == "attn.sdpa":
+            kind = KIND_FLASH
+        geometry = (1.0, 1.0, 1.0, 1.0)
+        if op.kind == "matmul":
+            geometry = (op.mnk[0], op.mnk[1], op.mnk[2], op.gemms)
+        elif op.kind == "attention":
+            geometry = _attention_geometry(op, spec, queries, keys)
+        core = op.kind == "attention" or op.name in ("attn.softmax", "attn.dropout")
+        rows.append(
+            (
+                op.flops,
+                op.weight_bytes,
+                op.input_bytes,
+                op.output_bytes,
+                op.count,
+                group,
+                kind,
+                _rule(op),
+                *geometry,
+                float(op.name.startswith("moe.experts")),
+                float(core),
+            )
+        )
+    cols = np.array(rows, dtype=np.float64).T
+    return OpTable(
+        *cols[:6],
+        cols[6].astype(np.int32),
+        cols[7].astype(np.int32),
+        *cols[8:],
+        names=tuple(op.name for op in ops),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Sharding the table for one plan
+
+
+@dataclass(frozen=True)
+class _Sharded:
+    flops: Array
+    weight: Array
+    x: Array
+    y: Array
+    rows: Array
+    cols: Array
+    reduce: Array
+    gemms: Array
+
+
+def shard(t: OpTable, plan: Plan, seqs: Array) -> _Sharded:
+    """Per-device quantities of each op for a micro-batch of ``seqs`` sequence-equivalents (mb / cp)."""
+    tp, sp, ep = plan.tp, plan.sequence_parallel, plan.ep
+    rule = t.rule
+    rep_div = jnp.where(sp > 0, tp, 1.0)  # replicated ops run on s/t tokens with sequence parallelism
+    flops_div = jnp.where(rule == RULE_REPLICATED, rep_div, jnp.where(rule == RULE_VOCAB, 1.0, tp))
+    w_div = jnp.where((rule == RULE_COLUMN) | (rule == RULE_ROW) | (rule == RULE_VOCAB), tp, 1.0)
+    x_div = jnp.where(
+        (rule == RULE_ROW) | (rule == RULE_SPLIT), tp, jnp.where(rule == RULE_REPLICATED, rep_div, 1.0)
+    )
+    y_div = jnp.where(
+        (rule == RULE_COLUMN) | (rule == RULE_SPLIT),
+        tp,
+        jnp.where((rule == RULE_REPLICATED) | (rule == RULE_VOCAB), rep_div, 1.0),
+    )
+    expert = t.expert > 0
+    w_div = w_div * jnp.where(expert, ep, 1.0)
+    gemms = jnp.where(expert, t.gemms / ep, t.gemms)
+    rows = t.rows * seqs * jnp.where(expert, ep, 1.0)
+    cols = jnp.where(rule == RULE_COLUMN, t.cols / tp, t.cols)
+    reduce = jnp.where(rule == RULE_ROW, t.reduce / tp, t.reduce)
+    return _Sharded(
+        t.flops * seqs / flops_div,
+        t.weight_bytes / w_div,
+        t.input_bytes * seqs / x_div,
+        t.output_bytes * seqs / y_div,
+        rows,
+        cols,
+        reduce,
+        gemms,
+    )
+
+
+def op_times(hw: Hardware, peak: Array, t: OpTable, s: _Sharded) -> tuple[Array, Array]:
+    """(forward, backward) time of each op. Backward of a matmul Y = X·W: dX = dY·Wᵀ (output rows×reduce)
+    and dW = Xᵀ·dY (output reduce×cols); of attention and elementwise ops ≈ 2× the forward."""
+    is_mm = t.kind == KIND_MATMUL
+    fwd = kernel_time_s(hw, peak, t.kind, s.flops, s.weight + s.x + s.y, s.rows, s.cols, s.gemms, s.reduce)
+    gemm = 2.0 * s.rows * s.cols * s.reduce * s.gemms
+    dgrad = kernel_time_s(
+        hw,
+        peak,
+        t.kind,
+        jnp.where(is_mm, gemm, 2.0 * s.flops),
+        s.weight + s.x + s.y,
+        s.rows,
+        s.reduce,
+        s.gemms,
+        s.cols,
+    )
+    wgrad = kernel_time_s(
+        hw,
+        peak,
+        t.kind,
+        jnp.where(is_mm, s.flops, 0.0),
+        s.weight + s.x + s.y,
+        s.reduce,
+        s.cols,
+        s.gemms,
+        s.rows,
+    )
+    emb = t.kind == KIND_EMBEDDING
+    bwd = jnp.where(is_mm & (t.rule != RULE_SPLIT), dgrad + wgrad, jnp.where(emb, wgrad, dgrad))
+    return fwd, bwd
+
+
+# --------------------------------------------------------------------------------------------
+# Communication
+
+
+def _tiers(hw: Hardware, stride: Array, size: Array) -> tuple[Array, Array]:
+    """(devices of a group inside one scale-up domain, domains it spans) for a group of ``size`` ranks
+    spaced ``stride`` apart in rank order."""
+    inner = jnp.clip(hw.scale_up_domain_size / stride, 1.0, size)
+    inner = jnp.where(stride >= hw.scale_up_domain_size, 1.0, inner)
+    return inner, size / inner
+
+
+def links(hw: Hardware) -> tuple[network.Link, network.Link]:
+    up = network.Link(hw.scale_up_bandwidth_Bps, hw.scale_up_latency_s, hw.collective_efficiency)
+    out = network.Link(
+        hw.scale_out_bandwidth_Bps / hw.scale_out_oversubscription,
+        hw.scale_out_latency_s,
+        hw.collective_efficiency,
+    )
+    return up, out
+
+
+def collective_s(kind: str, hw: Hardware, size: Array, stride: Array, n: Array) -> Array:
+    inner, outer = _tiers(hw, stride, n)
+    up, out = links(hw)
+    return network.hierarchical_collective_time_s(kind, size, inner, outer, up, out)
+
+
+def p2p_s(hw: Hardware, size: Array, stride: Array) -> Array:
+    """One send/recv between neighbouring ranks ``stride`` apart (inside the domain or across)."""
+    up, out = links(hw)
+    inside = stride < hw.scale_up_domain_size
+    return jnp.where(inside, network.send_recv_time_s(size, up), network.send_recv_time_s(size, out))

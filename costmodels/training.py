@@ -1,0 +1,324 @@
+"""Time of one training step for a model, hardware and parallel mapping (pure JAX, vmap-able).
+
+The forward ops of one sequence (``workload.forward_ops``) become a static table of arrays
+(:class:`OpTable`); a :class:`~costmodels.parallel.Plan` (possibly a batch of plans) scales and
+shards it and the compute and network models price it. The schedule is Megatron-LM's (Narayanan et
+al. 2021, "Efficient large-scale language model training on GPU clusters using Megatron-LM"):
+
+    step = (m + (p−1)/v) · t_microbatch  +  exposed DP reduction  +  optimizer step
+
+with ``m`` micro-batches per pipeline, ``p`` stages, ``v`` interleaved chunks (the bubble fraction
+``(p−1)/(v·m)``, Sec. 2.2), and ``t_microbatch`` the slowest stage's forward + backward (+ recompute)
+time of one micro-batch including its exposed tensor-, context-, expert- and pipeline-parallel
+communication. Tensor parallelism (Shoeybi et al. 2019): column-parallel QKV / MLP-up, row-parallel
+attention-out / MLP-down, one all-reduce per block in the forward and one in the backward pass (a
+reduce-scatter + all-gather pair with sequence parallelism, Korthikanti et al. 2022, Sec. 4.2.2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from costmodels import network
+from costmodels.architectures import ModelSpec
+from costmodels.compute import KIND_ATTENTION, KIND_FLASH
+from costmodels.hardware import Hardware, bytes_per_element, peak_flops
+from costmodels.memory import MemoryBreakdown, training_memory
+from costmodels.metrics import model_flops_per_sequence, recompute_flops_per_sequence
+from costmodels.parallel import Plan
+from costmodels.sharding import (
+    GROUP_FIRST,
+    GROUP_LAST,
+    GROUP_LAYER,
+    OpTable,
+    collective_s,
+    links,
+    op_times,
+    p2p_s,
+    shard,
+    table_from_ops,
+)
+from costmodels.workload import Batch, forward_ops
+
+Array = Any
+
+
+def op_table(spec: ModelSpec, seq_len: int, precision: str = "bf16", fused_attention: bool = True) -> OpTable:
+    """The forward ops of one training sequence (with dropout and the loss) as a table."""
+    # An unfused (eager / Megatron-2022) attention computes and stores the full s×s score matrix,
+    # the causal mask only zeroes half of it; a fused flash kernel skips the masked blocks.
+    ops = forward_ops(
+        spec,
+        Batch.training(1, seq_len, causal=fused_attention),
+        precision,
+        fused_attention=fused_attention,
+        with_loss=True,
+        dropout=True,
+    )
+    return table_from_ops(ops, spec, float(seq_len), float(seq_len))
+
+
+# --------------------------------------------------------------------------------------------
+# The step
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class TrainingBreakdown:
+    """Step time and where it goes (seconds per step, per device on the critical path), with
+    MFU/HFU, throughput and memory. ``compute_s`` is forward + backward kernels of all micro-batches
+    of the slowest stage; ``bubble_s`` the pipeline fill/drain; the ``*_comm_s`` the exposed parts."""
+
+    step_time_s: Array
+    compute_s: Array
+    recompute_s: Array
+    tp_comm_s: Array
+    cp_comm_s: Array
+    ep_comm_s: Array
+    pp_comm_s: Array
+    dp_comm_s: Array
+    zero3_comm_s: Array
+    bubble_s: Array
+    optimizer_s: Array
+    mfu: Array  # model FLOPs (no recompute, full-square attention) / (time · devices · peak)
+    hfu: Array  # hardware FLOPs (with the recomputed forward) / (time · devices · peak)
+    tokens_per_s: Array
+    memory: MemoryBreakdown
+
+    @property
+    def feasible(self) -> Array:
+        return self.memory.feasible
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """The static part of a training cost evaluation: model, sequence length, precision."""
+
+    spec: ModelSpec
+    seq_len: int
+    precision: str = "bf16"
+    fused_attention: bool = True
+    optimizer: str = "adam"
+
+    def table(self) -> OpTable:
+        return op_table(self.spec, self.seq_len, self.precision, self.fused_attention)
+
+
+def _grad_reduce_bytes(precision: str) -> float:
+    """Megatron-LM reduces gradients in its fp32 main-grad buffer for bf16 (and fp32/fp8) training,
+    in fp16 for fp16 training (``accumulate_allreduce_grads_in_fp32`` defaults)."""
+    return 2.0 if precision == "fp16" else 4.0
+
+
+def _stage_times(hw: Hardware, peak: Array, t: OpTable, plan: Plan, job_layers: int) -> dict[str, Array]:
+    """Forward, backward and recompute kernel time of one micro-batch on the slowest stage."""
+    seqs = plan.microbatch / plan.cp
+    s = shard(t, plan, seqs)
+    fwd, bwd = op_times(hw, peak, t, s)
+    # the slowest stage holds ceil(L / pp) layers when pp does not divide L (uneven 1F1B stages)
+    stage_share = jnp.ceil(job_layers / plan.pp) / job_layers
+    per_stage = jnp.where(t.group == GROUP_LAYER, t.layers * stage_share, 0.0)
+    first = jnp.where(t.group == GROUP_FIRST, 1.0, 0.0)
+    last = jnp.where(t.group == GROUP_LAST, 1.0, 0.0)
+    edge_fwd = jnp.where(
+        plan.pp > 1, jnp.maximum(jnp.sum(fwd * first), jnp.sum(fwd * last)), jnp.sum(fwd * (first + last))
+    )
+    edge_bwd = jnp.where(
+        plan.pp > 1, jnp.maximum(jnp.sum(bwd * first), jnp.sum(bwd * last)), jnp.sum(bwd * (first + last))
+    )
+    layer_fwd = jnp.sum(fwd * per_stage)
+    core_fwd = jnp.sum(fwd * per_stage * t.attention_core)
+    recompute = jnp.where(plan.recompute >= 2, layer_fwd, jnp.where(plan.recompute >= 1, core_fwd, 0.0))
+    attention = jnp.sum(
+        fwd
+        * per_stage
+        * jnp.where((t.kind == KIND_ATTENTION) | (t.kind == KIND_FLASH), 1.0, t.attention_core)
+    )
+    return {
+        "fwd": layer_fwd + edge_fwd,
+        "bwd": jnp.sum(bwd * per_stage) + edge_bwd,
+        "recompute": recompute,
+        "attention_fwd": attention,
+    }
+
+
+def _stage_layers(spec: ModelSpec, plan: Plan) -> Array:
+    """Layers on the slowest pipeline stage: ceil(L / pp)."""
+    return jnp.ceil(spec.num_layers / plan.pp)
+
+
+def _tp_comm(hw: Hardware, job: TrainingJob, plan: Plan, act_bytes: float) -> Array:
+    """Exposed TP collectives of one micro-batch on one stage: per layer one all-reduce per block
+    (attention, MLP; one for a parallel block) in the forward pass, one in the backward pass and one
+    more in a fully recomputed forward. With sequence parallelism each becomes a reduce-scatter +
+    all-gather pair of the same volume (Korthikanti et al. 2022, Sec. 4.2.2)."""
+    spec = job.spec
+    size = plan.microbatch / plan.cp * job.seq_len * spec.hidden_size * act_bytes
+    all_reduce = collective_s("all_reduce", hw, size, 1.0, plan.tp)
+    rs_ag = collective_s("reduce_scatter", hw, size, 1.0, plan.tp) + collective_s(
+        "all_gather", hw, size, 1.0, plan.tp
+    )
+    per_block = jnp.where(plan.sequence_parallel > 0, rs_ag, all_reduce)
+    blocks = 1.0 if spec.parallel_block else 2.0
+    passes = 2.0 + jnp.where(plan.recompute >= 2, 1.0, 0.0)
+    return per_block * blocks * passes * _stage_layers(spec, plan) * (1.0 - plan.tp_overlap)
+
+
+def _ep_comm(hw: Hardware, job: TrainingJob, plan: Plan, act_bytes: float) -> Array:
+    """MoE token dispatch and combine: two all-to-alls per MoE layer forward, two backward (and two
+    more when recomputed), each of the routed tokens' hidden states (top_k copies per token)."""
+    spec = job.spec
+    if spec.moe is None:
+        return jnp.zeros_like(plan.ep)
+    moe_layers = sum(n for kind, n in spec.layer_kinds if kind == "moe")
+    size = plan.microbatch / plan.cp * job.seq_len * spec.moe.top_k * spec.hidden_size * act_bytes
+    size = size / jnp.where(plan.sequence_parallel > 0, plan.tp, 1.0)
+    a2a = collective_s("all_to_all", hw, size, plan.tp * plan.cp, plan.ep)
+    passes = 4.0 + jnp.where(plan.recompute >= 2, 2.0, 0.0)
+    return a2a * passes * moe_layers * _stage_layers(spec, plan) / spec.num_layers
+
+
+def _cp_comm(hw: Hardware, job: TrainingJob, plan: Plan, act_bytes: float, attention_fwd: Array) -> Array:
+    """Ring attention (Liu et al. 2023; Megatron context parallelism): each device passes its K,V
+    chunk around the ring, cp−1 steps per layer forward and twice that (K,V and their gradients) in
+    the backward pass, overlapped with the attention kernels; only the excess is exposed."""
+    spec = job.spec
+    kv_width = (
+        spec.kv_cache_elements_per_token if spec.mla is not None else 2 * spec.num_kv_heads * spec.head_dim
+    )
+    chunk = (
+        plan.microbatch
+        * job.seq_len
+        / plan.cp
+        * kv_width
+        / jnp.minimum(plan.tp, spec.num_kv_heads)
+        * act_bytes
+    )
+    steps = plan.cp - 1.0
+    per_layer_fwd = steps * p2p_s(hw, chunk, plan.tp)
+    attn_layer = attention_fwd / jnp.maximum(_stage_layers(spec, plan), 1.0)
+    exposed = jnp.maximum(per_layer_fwd - attn_layer, 0.0) + jnp.maximum(
+        2.0 * per_layer_fwd - 2.0 * attn_layer, 0.0
+    )
+    return jnp.where(plan.cp > 1, exposed * _stage_layers(spec, plan), 0.0)
+
+
+def _pp_comm(hw: Hardware, job: TrainingJob, plan: Plan, act_bytes: float) -> Array:
+    """Stage-boundary send/recv per micro-batch: the activation forward, its gradient backward, at
+    every one of the ``vpp`` chunk boundaries (Narayanan et al. 2021, Sec. 2.2.2: interleaving
+    multiplies the communication by v). With sequence parallelism the message is already split t ways
+    (the scatter/gather optimisation of Sec. 4.1 likewise sends 1/t over the slow tier)."""
+    size = plan.microbatch / plan.cp * job.seq_len * job.spec.hidden_size * act_bytes / plan.tp
+    stride = plan.tp * plan.cp * plan.dp
+    return jnp.where(plan.pp > 1, 2.0 * plan.vpp * p2p_s(hw, size, stride), 0.0)
+
+
+def _params_per_device(job: TrainingJob, plan: Plan, table: OpTable) -> tuple[Array, Array]:
+    """(parameters on the largest stage, of which routed-expert parameters), per device."""
+    params = table.weight_bytes / bytes_per_element(job.precision)
+    layer = jnp.sum(jnp.where(table.group == GROUP_LAYER, params * table.layers, 0.0) * (1 - table.expert))
+    expert = jnp.sum(params * table.layers * table.expert)
+    edge = jnp.where(table.group == GROUP_LAYER, 0.0, params)
+    edges = jnp.where(plan.pp > 1, jnp.max(edge), jnp.sum(edge))
+    dense = (layer / plan.pp + edges) / plan.tp
+    experts = expert / (plan.pp * plan.tp * plan.ep)
+    return dense + experts, experts
+
+
+def _dp_and_optimizer(
+    hw: Hardware, job: TrainingJob, plan: Plan, table: OpTable, backward_s: Array
+) -> tuple[Array, Array, Array]:
+    """(exposed DP gradient reduction, ZeRO-3 gather/scatter time per step, optimizer step time).
+
+    DP: all-reduce of the gradients (ZeRO 0), or reduce-scatter of gradients + all-gather of the
+    updated bf16 weights (ZeRO ≥ 1, the distributed optimizer), over the dp ranks (stride tp·cp);
+    expert gradients over dp/ep ranks. ZeRO-3 (Rajbhandari et al. 2020) gathers the weights for the
+    forward and the backward pass of every micro-batch and reduce-scatters the gradients.
+    Optimizer: Adam reads fp32 master, m, v and the gradient and writes master, m, v and the bf16
+    weight: 30 bytes per parameter it owns (all of them, or 1/dp with ZeRO ≥ 1), memory-bound."""
+    params, experts = _params_per_device(job, plan, table)
+    dense = params - experts
+    grad_b, w_b = _grad_reduce_bytes(job.precision), bytes_per_element(job.precision)
+    stride = plan.tp * plan.cp
+    dense_dp, expert_dp = plan.dp, plan.dp / plan.ep
+
+    def reduction(count: Array, n: Array, inner_stride: Array) -> Array:
+        ar = collective_s("all_reduce", hw, count * grad_b, inner_stride, n)
+        rs_ag = collective_s("reduce_scatter", hw, count * grad_b, inner_stride, n) + collective_s(
+            "all_gather", hw, count * w_b, inner_stride, n
+        )
+        return jnp.where(plan.zero_stage >= 1, rs_ag, ar)
+
+    dp_s = reduction(dense, dense_dp, stride) + reduction(experts, expert_dp, stride * plan.ep)
+    exposed = jnp.maximum(dp_s - plan.dp_overlap * backward_s, 0.0)
+    # ZeRO-3 gathers: one ring over the dp ranks, each device's share crossing its own NIC, as
+    # DeepSpeed's stage 3 behaves in Narayanan et al. 2021, Table 2 (step time flat in the GPU count).
+    _, out = links(hw)
+    flat = jnp.where(stride * plan.dp > hw.scale_up_domain_size, 1.0, 0.0)
+    gather = jnp.where(
+        flat > 0,
+        network.all_gather_time_s(params * w_b, plan.dp, out),
+        collective_s("all_gather", hw, params * w_b, stride, plan.dp),
+    )
+    scatter = jnp.where(
+        flat > 0,
+        network.reduce_scatter_time_s(params * grad_b, plan.dp, out),
+        collective_s("reduce_scatter", hw, params * grad_b, stride, plan.dp),
+    )
+    zero3 = jnp.where(plan.zero_stage >= 3, plan.microbatches * (2.0 * gather + scatter), 0.0)
+    exposed = jnp.where(plan.zero_stage >= 3, 0.0, exposed)  # ZeRO-3 reduces per micro-batch instead
+    owned = jnp.where(plan.zero_stage >= 1, params / plan.dp, params)
+    optimizer = 30.0 * owned / (hw.hbm_bandwidth_Bps * hw.memory_efficiency)
+    return exposed, zero3, optimizer
+
+
+def training_step(
+    hw: Hardware, job: TrainingJob, plan: Plan, table: OpTable | None = None
+) -> TrainingBreakdown:
+    """The step time and its breakdown for ``plan`` (a Plan of scalars or of arrays: use ``jax.vmap``)."""
+    table = job.table() if table is None else table
+    peak = peak_flops(hw, job.precision)
+    act_bytes = bytes_per_element(job.precision)
+    st = _stage_times(hw, peak, table, plan, job.spec.num_layers)
+    micro_compute = st["fwd"] + st["bwd"]
+    tp = _tp_comm(hw, job, plan, act_bytes)
+    cp = _cp_comm(hw, job, plan, act_bytes, st["attention_fwd"])
+    ep = _ep_comm(hw, job, plan, act_bytes)
+    pp = _pp_comm(hw, job, plan, act_bytes)
+    micro = micro_compute + st["recompute"] + tp + cp + ep + pp
+    m = plan.microbatches
+    bubble = (plan.pp - 1.0) / plan.vpp * micro
+    dp, zero3, optimizer = _dp_and_optimizer(hw, job, plan, table, m * st["bwd"])
+    zero3_exposed = zero3 - plan.zero3_overlap * jnp.minimum(zero3, m * micro_compute)
+    step = m * micro + bubble + dp + zero3_exposed + optimizer
+    devices = plan.num_devices
+    model_flops = plan.global_batch * model_flops_per_sequence(job.spec, job.seq_len)
+    recomputed = plan.global_batch * jnp.where(
+        plan.recompute >= 2,
+        recompute_flops_per_sequence(job.spec, job.seq_len, "full"),
+        jnp.where(plan.recompute >= 1, recompute_flops_per_sequence(job.spec, job.seq_len, "selective"), 0.0),
+    )
+    memory = training_memory(
+        job.spec, plan, job.seq_len, hw, job.precision, job.optimizer, fused_attention=job.fused_attention
+    )
+    return TrainingBreakdown(
+        step_time_s=step,
+        compute_s=m * micro_compute,
+        recompute_s=m * st["recompute"],
+        tp_comm_s=m * tp,
+        cp_comm_s=m * cp,
+        ep_comm_s=m * ep,
+        pp_comm_s=m * pp,
+        dp_comm_s=dp,
+        zero3_comm_s=zero3_exposed,
+        bubble_s=bubble,
+        optimizer_s=optimizer,
+        mfu=model_flops / (step * devices * peak),
+        hfu=(model_flops + recomputed) / (step * devices * peak),
+        tokens_per_s=plan.global_batch * job.seq_len / step,
+        memory=memory,
+    )
