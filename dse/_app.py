@@ -37,12 +37,23 @@ def _looks_like_model_source(value: str) -> bool:
     return value.endswith(".json") or "/" in value or Path(value).exists()
 
 
+_HYDRA_VALUE_FLAGS = frozenset({"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-path", "-cp",
+                                "--config-dir", "-cd", "--experimental-rerun"})
+
+
 def rewrite_argv(argv: Sequence[str], positional: Sequence[str] = ()) -> list[str]:
     """Turn positional arguments and ``model=<path>`` into plain Hydra overrides."""
     out: list[str] = []
     free = list(positional)
+    flag_value = False
     for arg in argv:
-        if arg.startswith("-") or "=" in arg:
+        if flag_value:  # the value of a Hydra flag such as ``--cfg job``
+            out.append(arg)
+            flag_value = False
+        elif arg.startswith("-"):
+            out.append(arg)
+            flag_value = arg in _HYDRA_VALUE_FLAGS
+        elif "=" in arg:
             key, _, value = arg.partition("=")
             if key == "model" and value and "," not in value and _looks_like_model_source(value):
                 out += ["model=path", f"model.source={value}"]

@@ -1,0 +1,507 @@
+"""``python -m dse.calc``: the 3D-parallel calculator for one training mapping or inference deployment.
+
+    python -m dse.calc model=llama3_70b hardware=h100_sxm num_devices=64 parallelism.tp=8 \\
+        parallelism.pp=2 parallelism.recompute=selective parallelism.sequence_parallel=true \\
+        global_batch=256 seq_len=8192 [format=json]
+    python -m dse.calc mode=inference model=llama3_70b num_devices=4 parallelism.tp=4 inference.batch_size=8
+
+Training prints the memory per device (most loaded pipeline stage), every
+:class:`~costmodels.training.TrainingBreakdown` time with its share of the step, MFU and HFU, tokens/s,
+tokens/day, samples/s, achieved TFLOP/s per device and feasibility; inference prints TTFT, TPOT,
+end-to-end latency, output tokens/s and the serving memory (KV cache). A mapping that does not fit in
+memory is reported in full, marked ``feasible: no``, and exits with status 1. The last line of the
+table is the command that reproduces the run (:func:`command_line`, shared with ``dse.search``).
+Numbers are computed in float64 (``jax.enable_x64``) so the breakdown sums to the step time exactly.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import fields, is_dataclass
+from typing import Any
+
+import jax
+import numpy as np
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from costmodels.architectures import ModelSpec
+from costmodels.errors import ConfigError
+from costmodels.hardware import Hardware, peak_flops
+from costmodels.inference import InferenceJob, inference_step
+from costmodels.memory import MemoryBreakdown, overflow, overflow_message
+from costmodels.metrics import model_flops_per_sequence, recompute_flops_per_sequence, tokens_per_day
+from costmodels.parallel import RECOMPUTE, Plan, check_plan, make_plan
+from costmodels.training import TrainingJob, training_step
+from costmodels.workload import parameter_count
+from dse._app import CONF_DIR, fail, format_table, print_json, rewrite_argv, run_app
+from dse.hardware import hardware_from_config
+from dse.models import SOURCE_OPTION, load_model
+from dse.units import fmt_bytes, fmt_count, fmt_time
+
+CONFIG_NAME = "calc"
+PARALLELISM_KEYS = tuple(f.name for f in fields(Plan) if f.name != "global_batch")
+_DEGREES = ("tp", "pp", "cp", "ep", "vpp", "microbatch")
+_FRACTIONS = ("tp_overlap", "dp_overlap", "zero3_overlap")
+# Parallelism values that mean "off"; command_line leaves them out (zero3_overlap matters only at ZeRO-3).
+_NEUTRAL = {
+    "cp": 1,
+    "ep": 1,
+    "vpp": 1,
+    "sequence_parallel": False,
+    "zero_stage": 0,
+    "recompute": "none",
+    "tp_overlap": 0.0,
+    "dp_overlap": 0.0,
+}
+TIME_FIELDS = (
+    "compute_s",
+    "recompute_s",
+    "tp_comm_s",
+    "cp_comm_s",
+    "ep_comm_s",
+    "pp_comm_s",
+    "dp_comm_s",
+    "zero3_comm_s",
+    "bubble_s",
+    "optimizer_s",
+)
+_TIME_NOTES = {
+    "compute_s": "forward + backward kernels, all micro-batches, slowest stage",
+    "recompute_s": "forward re-run in the backward pass",
+    "tp_comm_s": "exposed tensor-parallel collectives",
+    "cp_comm_s": "exposed ring-attention K,V passing",
+    "ep_comm_s": "MoE all-to-all dispatch / combine",
+    "pp_comm_s": "stage-boundary send / recv",
+    "dp_comm_s": "exposed gradient reduction",
+    "zero3_comm_s": "exposed ZeRO-3 weight gathers",
+    "bubble_s": "pipeline fill / drain: (pp-1)/vpp micro-batch times",
+    "optimizer_s": "optimizer step (memory-bound)",
+}
+MFU_NOTE = "model FLOPs: fwd+bwd GEMMs + full s×s attention, no recompute (PaLM / Megatron)"
+HFU_NOTE = "hardware FLOPs: model FLOPs + the recomputed forward"
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration → checked values
+
+
+def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    """``value`` as an int ≥ ``minimum``, else a ConfigError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigError(f"{name} must be {what}, got {value!r}")
+    return value
+
+
+def _fraction(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ConfigError(f"{name} is a fraction in [0, 1], got {value!r}")
+    return float(value)
+
+
+def parallelism(cfg: DictConfig) -> dict[str, Any]:
+    """The ``parallelism`` group, type-checked, unknown keys rejected, ``dp`` derived when null."""
+    par = OmegaConf.to_container(cfg.parallelism, resolve=True)
+    unknown = sorted(set(par) - set(PARALLELISM_KEYS))
+    if unknown:
+        names = ", ".join(f"parallelism.{k}" for k in unknown)
+        raise ConfigError(f"unknown key(s) {names}; valid: {', '.join(PARALLELISM_KEYS)}")
+    out: dict[str, Any] = {k: _positive_int(par[k], f"parallelism.{k}") for k in _DEGREES}
+    out |= {k: _fraction(par[k], f"parallelism.{k}") for k in _FRACTIONS}
+    out["zero_stage"] = _positive_int(par["zero_stage"], "parallelism.zero_stage", minimum=0)
+    if not isinstance(par["sequence_parallel"], bool):
+        got = par["sequence_parallel"]
+        raise ConfigError(f"parallelism.sequence_parallel must be true or false, got {got!r}")
+    if par["recompute"] not in RECOMPUTE:
+        valid = ", ".join(RECOMPUTE)
+        raise ConfigError(f"parallelism.recompute must be one of {valid}, got {par['recompute']!r}")
+    out |= {"sequence_parallel": par["sequence_parallel"], "recompute": par["recompute"]}
+    out["dp"] = _derived_dp(par["dp"], out, _positive_int(cfg.num_devices, "num_devices"))
+    return out
+
+
+def _derived_dp(dp: Any, par: Mapping[str, Any], num_devices: int) -> int:
+    """``dp`` as given, or num_devices / (tp·pp·cp) when null."""
+    if dp is not None:
+        return _positive_int(dp, "parallelism.dp")
+    inner = par["tp"] * par["pp"] * par["cp"]
+    if num_devices % inner:
+        raise ConfigError(
+            f"num_devices = {num_devices} is not a multiple of tp·pp·cp = {par['tp']}·{par['pp']}·{par['cp']}"
+            f" = {inner}: change the degrees or num_devices"
+        )
+    return num_devices // inner
+
+
+# --------------------------------------------------------------------------------------------
+# Reports (JSON-ready dicts, SI units)
+
+
+def _floats(obj: Any) -> dict[str, Any]:
+    """A breakdown dataclass as a dict of Python floats (nested dataclasses as dicts)."""
+    values = {f.name: getattr(obj, f.name) for f in fields(obj)}
+    return {k: _floats(v) if is_dataclass(v) else float(np.asarray(v)) for k, v in values.items()}
+
+
+def _feasibility(values: Mapping[str, float]) -> dict[str, Any]:
+    """``feasible`` and, when not, what overflows (``costmodels.memory.overflow``)."""
+    memory = MemoryBreakdown(**values)
+    return {
+        "feasible": bool(np.all(np.asarray(memory.feasible))),
+        "overflow": overflow(memory),
+        "overflow_message": overflow_message(memory),
+    }
+
+
+def training_report(cfg: DictConfig, spec: ModelSpec, hw: Hardware) -> dict[str, Any]:
+    """Memory, step-time breakdown, MFU/HFU and throughput of one training mapping."""
+    seq_len = _positive_int(cfg.seq_len, "seq_len")
+    global_batch = _positive_int(cfg.global_batch, "global_batch")
+    par = parallelism(cfg)
+    plan = make_plan(**par, global_batch=global_batch)
+    check_plan(plan, spec, int(cfg.num_devices), seq_len)
+    job = TrainingJob(spec, seq_len, cfg.precision, bool(cfg.fused_attention), cfg.optimizer)
+    with jax.enable_x64(True):
+        result = _floats(training_step(hw, job, plan))
+    peak = float(peak_flops(hw, cfg.precision))
+    return {
+        "mode": "training",
+        **_setup(cfg, hw, spec),
+        "seq_len": seq_len,
+        "global_batch": global_batch,
+        "plan": par | {"global_batch": global_batch, "microbatches": int(plan.microbatches)},
+        **result,
+        "step_shares": {k: result[k] / result["step_time_s"] for k in TIME_FIELDS},
+        **_throughput(result, spec, par, seq_len, global_batch, peak),
+        **_feasibility(result["memory"]),
+    }
+
+
+def _throughput(
+    result: Mapping[str, Any], spec: ModelSpec, par: Mapping[str, Any], seq_len: int, batch: int, peak: float
+) -> dict[str, float]:
+    """samples/s, tokens/day and achieved FLOP/s per device: model FLOPs (MFU's numerator) and
+    hardware FLOPs (HFU's: + recomputed forward), from costmodels.metrics."""
+    step, devices = result["step_time_s"], par["tp"] * par["pp"] * par["dp"] * par["cp"]
+    samples_per_s = batch / step
+    model_flops = batch * model_flops_per_sequence(spec, seq_len)
+    hardware_flops = model_flops + batch * recompute_flops_per_sequence(spec, seq_len, par["recompute"])
+    return {
+        "samples_per_s": samples_per_s,
+        "tokens_per_day": tokens_per_day(samples_per_s, seq_len),
+        "model_flops_per_step": model_flops,
+        "hardware_flops_per_step": hardware_flops,
+        "model_flops_per_s_per_device": model_flops / step / devices,
+        "hardware_flops_per_s_per_device": hardware_flops / step / devices,
+        "peak_flops": peak,
+    }
+
+
+def _setup(cfg: DictConfig, hw: Hardware, spec: ModelSpec) -> dict[str, Any]:
+    """Keys common to both modes: what was run, and the command that reproduces it."""
+    choices, extra = run_context(cfg)
+    return {
+        "model": _model_name(cfg, choices),
+        "hardware": choices.get("hardware", hw.name),
+        "hardware_name": hw.name,
+        "params": parameter_count(spec),
+        "num_devices": int(cfg.num_devices),
+        "precision": cfg.precision,
+        "command": command_line(reproduce_settings(cfg, choices), extra),
+    }
+
+
+def inference_report(cfg: DictConfig, spec: ModelSpec, hw: Hardware) -> dict[str, Any]:
+    """TTFT, TPOT, latency, throughput and serving memory of one replica on tp·pp devices."""
+    inf, (tp, pp) = cfg.inference, _inference_degrees(cfg)
+    batch = _positive_int(inf.batch_size, "inference.batch_size")
+    input_len = _positive_int(inf.input_len, "inference.input_len")
+    output_len = _positive_int(inf.output_len, "inference.output_len")
+    offload = [_fraction(inf[k], f"inference.{k}") for k in ("offload_weights", "offload_kv")]
+    plan = make_plan(tp=tp, pp=pp, dp=1, global_batch=batch)
+    check_plan(plan, spec, int(cfg.num_devices), input_len + output_len)
+    job = InferenceJob(
+        spec, input_len, output_len, cfg.precision, inf.kv_precision, bool(cfg.fused_attention)
+    )
+    with jax.enable_x64(True):
+        step = inference_step(hw, job, float(tp), float(pp), float(batch), *offload)
+        result: dict[str, Any] = _floats(step)
+    return {
+        "mode": "inference",
+        **_setup(cfg, hw, spec),
+        "plan": {"tp": tp, "pp": pp, "dp": 1},
+        "batch_size": batch,
+        "input_len": input_len,
+        "output_len": output_len,
+        **result,
+        "output_tokens_per_s_per_device": result["output_tokens_per_s"] / (tp * pp),
+        **_feasibility(result["memory"]),
+    }
+
+
+def _inference_degrees(cfg: DictConfig) -> tuple[int, int]:
+    """(tp, pp) of the replica; dp, cp and ep are training-only here and must stay 1 (dp: or null)."""
+    par = cfg.parallelism
+    for key in ("cp", "ep"):
+        if par[key] != 1:
+            raise ConfigError(f"mode=inference models tp and pp only: set parallelism.{key}=1")
+    if par.dp not in (None, 1):
+        raise ConfigError("mode=inference models one replica: parallelism.dp must be 1 or null")
+    tp, pp = _positive_int(par.tp, "parallelism.tp"), _positive_int(par.pp, "parallelism.pp")
+    if tp * pp != cfg.num_devices:
+        raise ConfigError(
+            f"mode=inference runs one replica on tp·pp = {tp}·{pp} = {tp * pp} devices but num_devices = "
+            f"{cfg.num_devices}: set num_devices={tp * pp} or change parallelism.tp / parallelism.pp"
+        )
+    return tp, pp
+
+
+MODES: dict[str, Callable[[DictConfig, ModelSpec, Hardware], dict[str, Any]]] = {
+    "training": training_report,
+    "inference": inference_report,
+}
+
+
+def report(cfg: DictConfig) -> dict[str, Any]:
+    """The calculator's report for a composed ``calc`` config, as a JSON-ready dict (SI units)."""
+    if cfg.mode not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
+    _positive_int(cfg.num_devices, "num_devices")
+    if not isinstance(cfg.fused_attention, bool):
+        raise ConfigError(f"fused_attention must be true or false, got {cfg.fused_attention!r}")
+    return MODES[cfg.mode](cfg, load_model(cfg.model), hardware_from_config(cfg.hardware))
+
+
+# --------------------------------------------------------------------------------------------
+# The reproducing command line
+
+
+def run_context(cfg: DictConfig) -> tuple[dict[str, Any], list[str]]:
+    """(config-group choices, extra ``model.*``/``hardware.*`` overrides) of this run: from the Hydra
+    app, or from ``cfg.hydra`` when composed with ``return_hydra_config=True`` (tests)."""
+    if "hydra" in cfg:
+        runtime, task = cfg.hydra.runtime.choices, cfg.hydra.overrides.task
+    elif HydraConfig.initialized():
+        runtime, task = HydraConfig.get().runtime.choices, HydraConfig.get().overrides.task
+    else:
+        return {}, []
+    extra = [o for o in task if o.startswith(("model.", "hardware.")) and not o.startswith("model.source=")]
+    return dict(runtime), extra
+
+
+def _model_name(cfg: DictConfig, choices: Mapping[str, Any]) -> str:
+    choice = choices.get("model", "?")
+    return str(cfg.model.source) if choice == SOURCE_OPTION else str(choice)
+
+
+def reproduce_settings(cfg: DictConfig, choices: Mapping[str, Any]) -> dict[str, Any]:
+    """The overrides that pin this run down: everything that matters to ``cfg.mode``, except
+    parallelism options at their "off" value (cp=1, ep=1, vpp=1, no SP, ZeRO 0, no recompute, no
+    overlap; zero3_overlap only at ZeRO-3)."""
+    out: dict[str, Any] = {"model": _model_name(cfg, choices), "hardware": choices.get("hardware", "?")}
+    if cfg.mode == "inference":
+        out |= {k: cfg[k] for k in ("mode", "num_devices", "precision", "fused_attention")}
+        out |= {"parallelism.tp": cfg.parallelism.tp, "parallelism.pp": cfg.parallelism.pp}
+        return out | {f"inference.{k}": v for k, v in cfg.inference.items() if v not in (None, 0.0)}
+    out |= {
+        k: cfg[k]
+        for k in ("num_devices", "seq_len", "global_batch", "precision", "fused_attention", "optimizer")
+    }
+    par = parallelism(cfg)
+    keep = [k for k in PARALLELISM_KEYS if k not in _NEUTRAL or par[k] != _NEUTRAL[k]]
+    keep = [k for k in keep if k != "zero3_overlap" or par["zero_stage"] == 3]
+    return out | {f"parallelism.{k}": par[k] for k in keep}
+
+
+def command_line(settings: Mapping[str, Any], extra: Sequence[str] = (), module: str = "dse.calc") -> str:
+    """``python -m dse.calc key=value ...`` with values in Hydra's override syntax."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if v is None:
+            return "null"
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    return " ".join(["python", "-m", module, *(f"{k}={value(v)}" for k, v in settings.items()), *extra])
+
+
+# --------------------------------------------------------------------------------------------
+# Table output
+
+
+def _pct(x: float) -> str:
+    return f"{100.0 * x:.1f} %"
+
+
+def _time(seconds: float) -> str:
+    return "0" if seconds == 0 else fmt_time(seconds)
+
+
+def _memory_table(mem: Mapping[str, float], parts: Sequence[str]) -> str:
+    """Bytes per device by category, with each one's share of the device capacity."""
+    cap = mem["capacity_bytes"]
+    rows = [[c.replace("_", " "), fmt_bytes(mem[f"{c}_bytes"]), _pct(mem[f"{c}_bytes"] / cap)] for c in parts]
+    host = fmt_bytes(mem["host_capacity_bytes"])
+    rows += [
+        ["total", fmt_bytes(mem["total_bytes"]), _pct(mem["total_bytes"] / cap)],
+        ["capacity (HBM)", fmt_bytes(cap), ""],
+        ["offloaded (host)", fmt_bytes(mem["offloaded_bytes"]), f"host memory {host}"],
+    ]
+    return format_table(["memory per device", "bytes", "of capacity"], rows, align="lrr")
+
+
+def _feasible_line(rep: Mapping[str, Any]) -> str:
+    mem = rep["memory"]
+    if rep["feasible"]:
+        used, cap = fmt_bytes(mem["total_bytes"]), fmt_bytes(mem["capacity_bytes"])
+        return f"feasible: yes ({used} of {cap} per device)"
+    return f"feasible: no — {rep['overflow_message']}"
+
+
+def _header(rep: Mapping[str, Any]) -> str:
+    return (
+        f"{rep['model']} ({rep['params'] / 1e9:.2f} B params) on {rep['num_devices']} × "
+        f"{rep['hardware_name']}, {rep['mode']}, {rep['precision']}"
+    )
+
+
+def render_training(rep: Mapping[str, Any]) -> str:
+    """The training report as text tables."""
+    p, step = rep["plan"], rep["step_time_s"]
+    plan = (
+        f"plan: tp={p['tp']} pp={p['pp']} dp={p['dp']} cp={p['cp']} ep={p['ep']} vpp={p['vpp']}, "
+        f"sequence parallel {'on' if p['sequence_parallel'] else 'off'}, ZeRO-{p['zero_stage']}, "
+        f"recompute {p['recompute']}\nbatch: {rep['global_batch']} sequences × {rep['seq_len']} tokens, "
+        f"micro-batch {p['microbatch']}, {p['microbatches']} micro-batches per pipeline per step"
+    )
+    times = [
+        [k.removesuffix("_s").replace("_", " "), _time(rep[k]), _pct(rep["step_shares"][k]), _TIME_NOTES[k]]
+        for k in TIME_FIELDS
+    ]
+    times.append(["step", fmt_time(step), _pct(1.0), "sum of the above"])
+    time_table = format_table(["step time", "seconds", "share", "what"], times, align="lrrl")
+    return "\n\n".join(
+        [
+            f"{_header(rep)}\n{plan}",
+            _memory_table(rep["memory"], ("weights", "gradients", "optimizer", "activations", "workspace")),
+            time_table,
+            _training_summary(rep),
+            f"{_feasible_line(rep)}\nreproduce: {rep['command']}",
+        ]
+    )
+
+
+def _training_summary(rep: Mapping[str, Any]) -> str:
+    peak = fmt_count(rep["peak_flops"], "FLOP/s")
+    rows = [
+        ["MFU", _pct(rep["mfu"]), MFU_NOTE],
+        ["HFU", _pct(rep["hfu"]), HFU_NOTE],
+        ["tokens/s", fmt_count(rep["tokens_per_s"]), "global_batch · seq_len / step"],
+        ["tokens/day", fmt_count(rep["tokens_per_day"]), "tokens/s · 86,400"],
+        ["samples/s", f"{rep['samples_per_s']:.3f}", "sequences per second"],
+        ["model TFLOP/s/device", f"{rep['model_flops_per_s_per_device'] / 1e12:.1f}", f"of {peak} peak"],
+        ["hardware TFLOP/s/device", f"{rep['hardware_flops_per_s_per_device'] / 1e12:.1f}", "with recompute"],
+    ]
+    return format_table(["throughput", "value", "definition"], rows, align="lrl")
+
+
+def render_inference(rep: Mapping[str, Any]) -> str:
+    """The inference report as text tables."""
+    p = rep["plan"]
+    head = (
+        f"{_header(rep)}\nplan: tp={p['tp']} pp={p['pp']}, batch {rep['batch_size']} requests × "
+        f"{rep['input_len']} input + {rep['output_len']} output tokens"
+    )
+    rows = [
+        ["TTFT", fmt_time(rep["ttft_s"]), "time to first token: prefill of the batch"],
+        ["TPOT", fmt_time(rep["tpot_s"]), "time per output token: decode step at the mean context"],
+        ["end-to-end latency", fmt_time(rep["latency_s"]), "TTFT + output_len · TPOT"],
+        ["output tokens/s", f"{rep['output_tokens_per_s']:.1f}", "batch · output_len / latency"],
+        ["output tokens/s/device", f"{rep['output_tokens_per_s_per_device']:.1f}", ""],
+        ["decode comm", fmt_time(rep["decode_comm_s"]), "TP all-reduces + PP sends of one decode step"],
+        ["offload streaming", _time(rep["offload_s"]), "host-link time per step"],
+    ]
+    cats = ("weights", "kv_cache", "activations", "workspace")
+    return "\n\n".join(
+        [
+            head,
+            format_table(["latency / throughput", "value", "definition"], rows, align="lrl"),
+            _memory_table(rep["memory"], cats),
+            f"{_feasible_line(rep)}\nreproduce: {rep['command']}",
+        ]
+    )
+
+
+RENDER: dict[str, Callable[[Mapping[str, Any]], str]] = {
+    "training": render_training,
+    "inference": render_inference,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+
+
+def task(cfg: DictConfig) -> None:
+    """Print the report; exit 1 after printing it when the mapping does not fit in memory (in a
+    ``-m`` sweep the other points still run: each report says ``feasible``)."""
+    if cfg.format not in ("table", "json"):
+        raise ConfigError(f"format must be 'table' or 'json', got {cfg.format!r}")
+    rep = report(cfg)
+    if cfg.format == "json":
+        print_json(rep)
+    else:
+        print("\n".join(line.rstrip() for line in RENDER[rep["mode"]](rep).splitlines()))
+    if not rep["feasible"] and HydraConfig.get().mode != RunMode.MULTIRUN:
+        sys.stdout.flush()
+        raise SystemExit(1)
+
+
+def precheck(argv: Sequence[str]) -> None:
+    """Compose the config once before the Hydra app so that a composition error (unknown key,
+    unknown hardware or model preset, bad override syntax) is one ``error:`` line, not Hydra's
+    multi-line report. Flags (``-m``, ``--help``, ``--cfg``) are left to Hydra."""
+    if any(a.startswith("-") for a in argv):
+        return
+    try:
+        overrides = rewrite_argv(argv)
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            compose(CONFIG_NAME, overrides)
+    except ConfigError as exc:
+        fail(str(exc))
+    except HydraException as exc:
+        fail(_one_line(exc))
+
+
+def _one_line(exc: HydraException) -> str:
+    """Hydra's composition error in one line: the unknown key, or the missing option and the choices."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if lines[0].startswith("Could not override") and "not in struct" in str(exc.__cause__):
+        key = lines[0].split("'")[1]
+        valid = f"; valid: {', '.join(PARALLELISM_KEYS)}" if key.startswith("parallelism.") else ""
+        return f"unknown key '{key}'{valid}"
+    missing = re.search(r"Could not find '(\w+)/([^']*)'", lines[0])
+    if missing and "Available options" in str(exc):
+        group, name = missing.groups()
+        start = lines.index(next(ln for ln in lines if ln.startswith("Available options")))
+        options = [ln for ln in lines[start + 1 :] if not ln.startswith(("Config search", "provider="))]
+        shipped = ", ".join(o for o in options if o != SOURCE_OPTION)
+        source = " (or a config.json path / hub id)" if group == "model" else ""
+        return f"unknown {group} '{name}'; shipped{source}: {shipped}"
+    return " ".join(ln for ln in lines if not ln.startswith("See https://"))
+
+
+def main() -> None:
+    precheck(sys.argv[1:])
+    run_app(task, CONFIG_NAME)
+
+
+if __name__ == "__main__":
+    main()
