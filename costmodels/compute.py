@@ -7,9 +7,9 @@ The efficiency depends on the kernel class (Hardware fields):
 * **matmul** — ``matmul_efficiency`` for a large GEMM, times the *wave quantization* factor of the
   output tiles (a GEMM of ``T`` tiles on ``U`` compute units runs ``ceil(T/U)`` waves: efficiency
   ``T / (ceil(T/U)·U)``; NVIDIA "Matrix multiplication background" user's guide, Sec. "Wave
-  quantization") and the *tile quantization* factor of the output columns (``n`` padded up to the
-  tile width). Skinny GEMMs (rows below one tile) are not padded in rows: cuBLAS picks GEMV-like
-  kernels for them, and they are memory-bound anyway.
+  quantization") and the *tile quantization* factor of the output (rows and columns padded to whole
+  tiles of the size, among the library tile and its halves, quarters and eighths, that pads least; GEMMs of
+  fewer than 16 rows are GEMV-like and not padded), with split-K for GEMMs of too few tiles.
 * **attention** — the unfused score (QKᵀ) and AV batched GEMMs of an eager implementation, with
   their small reduction (the head width), at ``attention_efficiency``; a fused flash kernel
   (Dao 2023; Shah et al. 2024) at ``flash_attention_efficiency``.
@@ -53,9 +53,19 @@ def smooth_max(a: Array, b: Array, temperature: float = 0.0) -> Array:
     return scale * jnp.logaddexp(a / scale, b / scale)
 
 
-def _tile(extent: Array, largest: Array) -> Array:
-    """The tile edge a GEMM library picks for an output extent: the next power of two, 16..largest."""
-    return jnp.clip(2.0 ** jnp.ceil(jnp.log2(jnp.maximum(extent, 1.0))), 16.0, largest)
+def _padding(extent: Array, largest: Array) -> tuple[Array, Array]:
+    """(tiles, padding efficiency) of an output extent: the library picks, among the tile edges
+    ``largest``, ``largest/2``, ``largest/4`` and ``largest/8``, the one that pads the extent least
+    (ties: the larger). Extents below 16 (a GEMV-like skinny GEMM) are not padded."""
+    best_eff, best_tiles = jnp.zeros_like(extent * 1.0), jnp.ones_like(extent * 1.0)
+    for div in (8.0, 4.0, 2.0, 1.0):  # larger tiles last, so they win ties
+        edge = largest / div
+        tiles = jnp.ceil(extent / edge)
+        eff = extent / (tiles * edge)
+        better = eff >= best_eff
+        best_eff, best_tiles = jnp.where(better, eff, best_eff), jnp.where(better, tiles, best_tiles)
+    small = extent < 16.0
+    return jnp.where(small, 1.0, best_tiles), jnp.where(small, 1.0, best_eff)
 
 
 SPLIT_K_MIN_DEPTH = 256.0  # smallest slice of the reduction a split-K GEMM gives one compute unit
@@ -63,12 +73,12 @@ SPLIT_K_MIN_DEPTH = 256.0  # smallest slice of the reduction a split-K GEMM give
 
 def wave_efficiency(hw: Hardware, rows: Array, cols: Array, gemms: Array = 1.0, reduce: Array = 1.0) -> Array:
     """Tile and wave quantization of a (grouped) GEMM with a ``rows × cols`` output per GEMM: the
-    output is padded to whole tiles (narrow outputs get narrower tiles, down to 16), a GEMM with fewer
-    tiles than compute units splits its reduction over idle units (split-K, in slices of at least
-    256), and the work units run in whole waves over the compute units."""
-    tm, tn = _tile(rows, hw.matmul_tile_m), _tile(cols, hw.matmul_tile_n)
-    tiles_m, tiles_n = jnp.ceil(rows / tm), jnp.ceil(cols / tn)
-    pad = rows / (tiles_m * tm) * cols / (tiles_n * tn)
+    output is padded to whole tiles (see :func:`_padding`), a GEMM with fewer tiles than compute units
+    splits its reduction over idle units (split-K, in slices of at least 256), and the work units run
+    in whole waves over the compute units."""
+    tiles_m, pad_m = _padding(rows, hw.matmul_tile_m)
+    tiles_n, pad_n = _padding(cols, hw.matmul_tile_n)
+    pad = pad_m * pad_n
     units_ = jnp.maximum(hw.compute_units, 1.0)
     output_tiles = tiles_m * tiles_n * gemms
     split_k = jnp.clip(

@@ -28,6 +28,7 @@ from costmodels.architectures import ModelSpec
 from costmodels.errors import ConfigError
 from costmodels.hardware import Hardware, bytes_per_element
 from costmodels.parallel import Plan
+from costmodels.sharding import RULE_REPLICATED, RULE_ROW, tp_rule
 from costmodels.workload import Batch, Op, forward_ops
 
 Scalar = Any  # float or jax.Array
@@ -125,21 +126,17 @@ class ParamCounts:
     tied: bool
 
 
-_GROUPS = {
-    "embed.tokens": "embed_tp",
-    "lm_head": "head_tp",
-    "final_norm": "head_replicated",
-    "moe.router": "layers_replicated",
-}
-
-
-def _group(op: Op) -> str:
-    """The :class:`ParamCounts` field of an op's parameters, from the workload's op names."""
-    if op.name.startswith("embed."):
-        return _GROUPS.get(op.name, "embed_replicated")
-    if op.name.startswith("moe.experts"):
-        return "experts"
-    return _GROUPS.get(op.name, "layers_replicated" if op.kind == "norm" else "layers_tp")
+def _layer_split(op: Op) -> tuple[float, float]:
+    """(TP-split, replicated) parameters of a layer op, by Megatron's sharding rule
+    (``sharding.tp_rule``): column-parallel and head-split ops split everything; a row-parallel
+    linear splits its weight and keeps its bias whole; norms, routers and MLA down-projections are
+    replicated."""
+    rule = tp_rule(op)
+    params = float(op.params * op.count)
+    if rule == RULE_ROW and op.mnk is not None:
+        weight = float(op.mnk[1] * op.mnk[2] * op.count)
+        return weight, params - weight
+    return (0.0, params) if rule == RULE_REPLICATED else (params, 0.0)
 
 
 @cache
@@ -147,7 +144,21 @@ def param_counts(spec: ModelSpec) -> ParamCounts:
     """Sum of ``params·count`` of ``forward_ops`` per sharding group (works for every model_type)."""
     sums = {f.name: 0.0 for f in fields(ParamCounts) if f.name != "tied"}
     for op in forward_ops(spec, Batch.training(1, 1)):
-        sums[_group(op)] += float(op.params * op.count)
+        params = float(op.params * op.count)
+        if op.name == "embed.tokens":
+            sums["embed_tp"] += params
+        elif op.name.startswith("embed."):
+            sums["embed_replicated"] += params
+        elif op.name == "lm_head":
+            sums["head_tp"] += params
+        elif op.name == "final_norm":
+            sums["head_replicated"] += params
+        elif op.name.startswith("moe.experts"):
+            sums["experts"] += params
+        else:
+            split, replicated = _layer_split(op)
+            sums["layers_tp"] += split
+            sums["layers_replicated"] += replicated
     return ParamCounts(**sums, tied=spec.tie_embeddings)
 
 

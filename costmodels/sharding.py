@@ -53,7 +53,8 @@ _SPLIT = (
 GROUP_FIRST, GROUP_LAYER, GROUP_LAST = 0, 1, 2
 
 
-def _rule(op: Op) -> int:
+def tp_rule(op: Op) -> int:
+    """How tensor parallelism shards ``op`` (one of the RULE_* codes), from its name."""
     if op.name.startswith("embed.tokens"):
         return RULE_VOCAB
     if op.name.endswith(_COLUMN):
@@ -126,7 +127,7 @@ def table_from_ops(ops: list[Op], spec: ModelSpec, queries: float, keys: float) 
                 op.count,
                 group,
                 kind,
-                _rule(op),
+                tp_rule(op),
                 *geometry,
                 float(op.name.startswith("moe.experts")),
                 float(core),
@@ -192,35 +193,22 @@ def shard(t: OpTable, plan: Plan, seqs: Array) -> _Sharded:
 
 
 def op_times(hw: Hardware, peak: Array, t: OpTable, s: _Sharded) -> tuple[Array, Array]:
-    """(forward, backward) time of each op. Backward of a matmul Y = X·W: dX = dY·Wᵀ (output rows×reduce)
-    and dW = Xᵀ·dY (output reduce×cols); of attention and elementwise ops ≈ 2× the forward."""
+    """(forward, backward) time of each op, with the backward bytes of ``workload._backward``.
+
+    Matmul Y = X·W: dX = dY·Wᵀ (output rows×reduce; reads W and dY, writes dX) and dW = Xᵀ·dY
+    (output reduce×cols; reads X and dY, writes dW). Attention and elementwise ops: 2× the forward
+    FLOPs, reading the saved input and dY and writing dX (and a norm's gain gradient): 2x + y + w bytes.
+    Embedding: a scatter-add of dY into the gathered rows.
+    """
     is_mm = t.kind == KIND_MATMUL
-    fwd = kernel_time_s(hw, peak, t.kind, s.flops, s.weight + s.x + s.y, s.rows, s.cols, s.gemms, s.reduce)
+    moved = s.weight + s.x + s.y
+    fwd = kernel_time_s(hw, peak, t.kind, s.flops, moved, s.rows, s.cols, s.gemms, s.reduce)
     gemm = 2.0 * s.rows * s.cols * s.reduce * s.gemms
-    dgrad = kernel_time_s(
-        hw,
-        peak,
-        t.kind,
-        jnp.where(is_mm, gemm, 2.0 * s.flops),
-        s.weight + s.x + s.y,
-        s.rows,
-        s.reduce,
-        s.gemms,
-        s.cols,
-    )
-    wgrad = kernel_time_s(
-        hw,
-        peak,
-        t.kind,
-        jnp.where(is_mm, s.flops, 0.0),
-        s.weight + s.x + s.y,
-        s.reduce,
-        s.cols,
-        s.gemms,
-        s.rows,
-    )
-    emb = t.kind == KIND_EMBEDDING
-    bwd = jnp.where(is_mm & (t.rule != RULE_SPLIT), dgrad + wgrad, jnp.where(emb, wgrad, dgrad))
+    dgrad = kernel_time_s(hw, peak, t.kind, gemm, moved, s.rows, s.reduce, s.gemms, s.cols)
+    wgrad = kernel_time_s(hw, peak, t.kind, s.flops, moved, s.reduce, s.cols, s.gemms, s.rows)
+    other = kernel_time_s(hw, peak, t.kind, 2.0 * s.flops, moved + s.x, s.rows, s.cols, s.gemms, s.reduce)
+    emb = kernel_time_s(hw, peak, t.kind, s.flops, s.y + s.weight, s.rows, s.cols, s.gemms, s.reduce)
+    bwd = jnp.where(is_mm, dgrad + wgrad, jnp.where(t.kind == KIND_EMBEDDING, emb, other))
     return fwd, bwd
 
 

@@ -27,7 +27,7 @@ from costmodels import network
 from costmodels.architectures import ModelSpec
 from costmodels.compute import KIND_ATTENTION, KIND_FLASH
 from costmodels.hardware import Hardware, bytes_per_element, peak_flops
-from costmodels.memory import MemoryBreakdown, training_memory
+from costmodels.memory import MemoryBreakdown, stage_parameters, training_memory
 from costmodels.metrics import model_flops_per_sequence, recompute_flops_per_sequence
 from costmodels.parallel import Plan
 from costmodels.sharding import (
@@ -217,16 +217,11 @@ def _pp_comm(hw: Hardware, job: TrainingJob, plan: Plan, act_bytes: float) -> Ar
     return jnp.where(plan.pp > 1, 2.0 * plan.vpp * p2p_s(hw, size, stride), 0.0)
 
 
-def _params_per_device(job: TrainingJob, plan: Plan, table: OpTable) -> tuple[Array, Array]:
-    """(parameters on the largest stage, of which routed-expert parameters), per device."""
-    params = table.weight_bytes / bytes_per_element(job.precision)
-    layer = jnp.sum(jnp.where(table.group == GROUP_LAYER, params * table.layers, 0.0) * (1 - table.expert))
-    expert = jnp.sum(params * table.layers * table.expert)
-    edge = jnp.where(table.group == GROUP_LAYER, 0.0, params)
-    edges = jnp.where(plan.pp > 1, jnp.max(edge), jnp.sum(edge))
-    dense = (layer / plan.pp + edges) / plan.tp
-    experts = expert / (plan.pp * plan.tp * plan.ep)
-    return dense + experts, experts
+def _params_per_device(job: TrainingJob, plan: Plan) -> tuple[Array, Array]:
+    """(parameters on the largest stage, of which routed-expert parameters), per device
+    (``memory.stage_parameters``: the first stage holds the embedding, the last the LM head)."""
+    first, last, experts = stage_parameters(job.spec, plan.tp, plan.pp, plan.ep)
+    return jnp.maximum(first, last) + experts, experts
 
 
 def _dp_and_optimizer(
@@ -240,7 +235,7 @@ def _dp_and_optimizer(
     forward and the backward pass of every micro-batch and reduce-scatters the gradients.
     Optimizer: Adam reads fp32 master, m, v and the gradient and writes master, m, v and the bf16
     weight: 30 bytes per parameter it owns (all of them, or 1/dp with ZeRO ≥ 1), memory-bound."""
-    params, experts = _params_per_device(job, plan, table)
+    params, experts = _params_per_device(job, plan)
     dense = params - experts
     grad_b, w_b = _grad_reduce_bytes(job.precision), bytes_per_element(job.precision)
     stride = plan.tp * plan.cp
@@ -253,7 +248,9 @@ def _dp_and_optimizer(
         )
         return jnp.where(plan.zero_stage >= 1, rs_ag, ar)
 
-    dp_s = reduction(dense, dense_dp, stride) + reduction(experts, expert_dp, stride * plan.ep)
+    dp_s = reduction(dense, dense_dp, stride)
+    if job.spec.moe is not None:  # expert gradients reduce over the dp/ep replicas of each expert
+        dp_s = dp_s + reduction(experts, expert_dp, stride * plan.ep)
     exposed = jnp.maximum(dp_s - plan.dp_overlap * backward_s, 0.0)
     # ZeRO-3 gathers: one ring over the dp ranks, each device's share crossing its own NIC, as
     # DeepSpeed's stage 3 behaves in Narayanan et al. 2021, Table 2 (step time flat in the GPU count).

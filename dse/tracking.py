@@ -1,0 +1,616 @@
+"""MLflow tracking for ``dse`` runs: one run per job, nested under one parent run per sweep.
+
+Configured by the ``tracking`` config group (``conf/tracking/``)::
+
+    enabled: true      # false (tracking=none): every call here is a no-op, nothing is written
+    uri: null          # null: $MLFLOW_TRACKING_URI if set, else sqlite:///<launch dir>/mlflow.db
+    experiment: dse
+
+A Hydra app registers :class:`SweepCallback` so that a multirun gets a **sweep parent run**,
+created in the launching process before any job starts::
+
+    hydra:
+      callbacks:
+        mlflow_sweep:
+          _target_: dse.tracking.SweepCallback
+
+and the task wraps its work in :class:`JobRun`::
+
+    with JobRun(cfg, name="gpu_cluster") as run:
+        result = driver(space, cost_fn, budget)
+        run.log_metrics(result.metrics)
+        run.log_table_csv(result.table, "table.csv")
+
+Why things are done the way they are (MLflow 3.17, Hydra 1.3.8):
+
+* A brand-new SQLite store is created once, under an exclusive lock on its directory, before any
+  job writes to it: several processes running MLflow's schema migrations at once corrupt it.
+* URIs are made absolute: Hydra jobs and joblib workers must all reach the same file.
+* Runs are driven through an explicit ``MlflowClient`` (not the fluent ``mlflow.start_run`` stack),
+  so nothing here touches process-global MLflow state or another library's active run.
+* Artifacts of an experiment created here for a SQLite store go next to the database
+  (``<db dir>/mlruns/<experiment>``), not into whatever directory the first process ran in.
+* Hydra calls ``on_multirun_end`` only when no job failed (a failed job's exception is re-raised
+  first), so the sweep run is also closed by an ``atexit`` hook, as FAILED.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import csv
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from mlflow.tracking import MlflowClient
+
+try:  # POSIX only; elsewhere the store is created without a lock
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+ENV_SWEEP_RUN_ID = "DSE_MLFLOW_SWEEP_RUN_ID"
+SWEEP_RUN_ID_FILE = "mlflow_sweep_run_id"
+PARENT_TAG = "mlflow.parentRunId"
+ERROR_TAG = "dse.error"
+KIND_TAG = "dse.kind"  # sweep | job | child
+
+# MLflow's limits (mlflow.utils.validation), copied so that importing this module stays cheap.
+MAX_PARAM_VAL_LENGTH = 6000
+MAX_KEY_LENGTH = 250
+MAX_TAG_VAL_LENGTH = 8000
+MAX_PARAMS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
+
+_READY: set[str] = set()  # URIs whose store this process has already checked
+
+
+# --------------------------------------------------------------------------- store and URI
+
+
+def resolve_uri(
+    cfg_tracking: Mapping[str, Any] | None, cwd: str | os.PathLike[str] | None = None
+) -> str | None:
+    """The absolute tracking URI for a ``tracking`` config node; None when tracking is off.
+
+    ``uri: null`` → ``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<cwd>/mlflow.db``; a relative
+    SQLite path or a bare file path is taken from ``cwd`` (default: the directory the user launched
+    from); any other URI (``http://host:5000``, ``databricks``) is returned as given.
+    """
+    if cfg_tracking is None or not cfg_tracking.get("enabled", False):
+        return None
+    base = Path(cwd) if cwd is not None else launch_dir()
+    uri = cfg_tracking.get("uri") or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return f"sqlite:///{(base / 'mlflow.db').resolve()}"
+    uri = str(uri)
+    if uri.startswith("sqlite:///"):
+        path, sep, query = uri[len("sqlite:///") :].partition("?")
+        if path and not path.startswith((":memory:", "/")):
+            path = str((base / path).resolve())
+        return f"sqlite:///{path}{sep}{query}"
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri):
+        return uri
+    return f"sqlite:///{(base / uri).resolve()}"  # a bare path: file stores are gone since MLflow 3.13
+
+
+def launch_dir() -> Path:
+    """The directory the user launched from (Hydra's ``runtime.cwd``; outside Hydra the cwd)."""
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.cwd)
+    return Path.cwd()
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI; None for other stores and in-memory SQLite."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///") :].partition("?")[0]
+    return Path(path) if path and not path.startswith(":memory:") else None
+
+
+def ensure_store(uri: str | None) -> None:
+    """Create the store behind ``uri`` if it is a new SQLite DB (schema migrations), once.
+
+    Call it in the parent process before any job runs. Creating holds an exclusive lock on the
+    DB's directory, so concurrent first calls wait instead of corrupting the schema; opening an
+    existing DB takes a shared lock (it only waits for a creator).
+    """
+    if uri is None or uri in _READY:
+        return
+    db = sqlite_path(uri)
+    if db is not None:
+        from mlflow.tracking import MlflowClient
+
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with _dir_lock(db.parent, exclusive=not db.exists()):
+            MlflowClient(uri).get_experiment_by_name("Default")  # opens the store: runs migrations
+    _READY.add(uri)
+
+
+@contextlib.contextmanager
+def _dir_lock(directory: Path, exclusive: bool) -> Iterator[None]:
+    """An advisory lock (flock) on a directory, released on exit."""
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+    """The id of experiment ``name``, created if missing (artifacts next to a SQLite DB)."""
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        db = sqlite_path(uri)
+        location = str(db.parent / "mlruns" / re.sub(r"[^\w.-]", "_", name)) if db else None
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException:  # created by another process meanwhile
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage != "active":
+        raise RuntimeError(
+            f"MLflow experiment {name!r} is deleted: restore it (`mlflow experiments restore "
+            f"--experiment-id {exp.experiment_id}`) or pass tracking.experiment=<another name>"
+        )
+    return exp.experiment_id
+
+
+# --------------------------------------------------------------------------- value conversion
+
+
+def flatten_config(cfg: Mapping[str, Any]) -> dict[str, str]:
+    """``a.b.c`` → value string for every leaf of a (resolved) config; lists as JSON strings.
+
+    The ``hydra`` node is left out. Values are truncated to MLflow's parameter length limit;
+    characters MLflow rejects in a key (it allows ``\\w / . - : space``) become ``_``.
+    """
+    container = _plain(cfg)
+    out: dict[str, str] = {}
+
+    def walk(node: Mapping[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            if not prefix and key == "hydra":
+                continue
+            if isinstance(value, dict) and value:
+                walk(value, f"{prefix}{key}.")
+            else:
+                text = json.dumps(value, default=str) if isinstance(value, list | dict) else str(value)
+                name = re.sub(r"[^/\w.\- :]", "_", f"{prefix}{key}")[:MAX_KEY_LENGTH]
+                out[name] = text[:MAX_PARAM_VAL_LENGTH]
+
+    walk(container, "")
+    return out
+
+
+def _plain(obj: Any) -> Any:
+    """Plain Python containers and numbers (for YAML/JSON) from configs and numpy values."""
+    if isinstance(obj, DictConfig | ListConfig):
+        try:
+            obj = OmegaConf.to_container(obj, resolve=True)
+        except Exception:  # e.g. ${hydra:...} outside a Hydra app: keep the interpolations
+            obj = OmegaConf.to_container(obj, resolve=False)
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _number(key: str, value: Any) -> float:
+    """A metric value as float (bools, numpy and JAX scalars, size-1 arrays)."""
+    try:
+        arr = np.asarray(value)
+        if arr.size == 1 and arr.dtype.kind in "biuf":
+            return float(arr.reshape(()).item())
+    except Exception:
+        pass
+    raise TypeError(f"metric {key!r}: expected a number, got {type(value).__name__} {value!r:.60}")
+
+
+def _metric_items(metrics: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
+    """(name, value) for every number in ``metrics``; nested mappings as ``a.b``; None skipped."""
+    for key, value in metrics.items():
+        if value is None:
+            continue
+        if isinstance(value, Mapping):
+            yield from _metric_items(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", _number(f"{prefix}{key}", value)
+
+
+def _error_line(exc: BaseException) -> str:
+    """``Type: first line of the message``, within MLflow's tag length."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")[:MAX_TAG_VAL_LENGTH]
+
+
+def _outcome(exc: BaseException | None) -> tuple[str, str | None]:
+    """(MLflow run status, error line) for how a ``with`` block ended."""
+    if exc is None or (isinstance(exc, SystemExit) and exc.code in (0, None)):
+        return "FINISHED", None
+    if isinstance(exc, KeyboardInterrupt):
+        return "KILLED", "KeyboardInterrupt"
+    return "FAILED", _error_line(exc)
+
+
+def _context_tags(extra: Mapping[str, str]) -> dict[str, str]:
+    """MLflow's default run tags (user, source, git commit) plus ``extra``."""
+    from mlflow.tracking.context import registry
+
+    try:
+        tags = dict(registry.resolve_tags())
+    except Exception as exc:  # a broken context provider must not stop the run
+        log.warning("mlflow context tags unavailable: %s", exc)
+        tags = {}
+    tags.update({k: str(v)[:MAX_TAG_VAL_LENGTH] for k, v in extra.items()})
+    return tags
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+# --------------------------------------------------------------------------- sweep parent run
+
+
+def _override_tags(overrides: Sequence[str]) -> dict[str, str]:
+    """``dse.overrides`` (the command line) and one ``override.<key>`` tag per override."""
+    tags = {"dse.overrides": " ".join(overrides)}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if sep:
+            tags[f"override.{key.lstrip('+~')}"] = value
+    return tags
+
+
+def _sweep_dir(config: DictConfig) -> Path:
+    return Path(config.hydra.runtime.cwd, str(config.hydra.sweep.dir))
+
+
+def sweep_parent_run_id() -> str | None:
+    """The sweep run a job nests under: ``<sweep dir>/mlflow_sweep_run_id`` in a Hydra multirun
+    job, else ``$DSE_MLFLOW_SWEEP_RUN_ID`` (outside Hydra); None in a Hydra single run."""
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        if hc.mode != RunMode.MULTIRUN:
+            return None
+        path = Path(hc.runtime.cwd, str(hc.sweep.dir), SWEEP_RUN_ID_FILE)
+        if path.is_file():
+            return path.read_text().strip() or None
+    return os.environ.get(ENV_SWEEP_RUN_ID) or None
+
+
+class SweepCallback(Callback):
+    """Hydra callback: one MLflow parent run per multirun; creates the store before any job.
+
+    Register it in the app's primary config::
+
+        hydra:
+          callbacks:
+            mlflow_sweep:
+              _target_: dse.tracking.SweepCallback
+    """
+
+    def __init__(self) -> None:
+        self.uri: str | None = None
+        self.run_id: str | None = None
+        self.experiment_id: str | None = None
+        self.sweep_dir: Path | None = None
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Single run: create the store (the job's :class:`JobRun` makes a top-level run)."""
+        ensure_store(resolve_uri(config.get("tracking"), cwd=config.hydra.runtime.cwd))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """In the launching process: create the store and experiment, start the sweep run, and
+        publish its id in ``<sweep dir>/mlflow_sweep_run_id`` and ``$DSE_MLFLOW_SWEEP_RUN_ID``."""
+        from mlflow.tracking import MlflowClient
+
+        tracking = config.get("tracking")
+        uri = resolve_uri(tracking, cwd=config.hydra.runtime.cwd)
+        if uri is None:
+            return
+        ensure_store(uri)
+        client = MlflowClient(uri)
+        exp_id = experiment_id(client, str(tracking.experiment), uri)
+        sweep_dir = _sweep_dir(config)
+        overrides = [str(o) for o in config.hydra.overrides.task]
+        tags = {KIND_TAG: "sweep", "dse.sweep_dir": str(sweep_dir), **_override_tags(overrides)}
+        name = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+        run = client.create_run(exp_id, run_name=name, tags=_context_tags(tags))
+        self.uri, self.run_id, self.experiment_id, self.sweep_dir = uri, run.info.run_id, exp_id, sweep_dir
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / SWEEP_RUN_ID_FILE).write_text(run.info.run_id + "\n")
+        os.environ[ENV_SWEEP_RUN_ID] = run.info.run_id
+        atexit.register(self._close_aborted)
+        log.info("MLflow sweep run %s (%s) in %s", name, run.info.run_id, uri)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """All jobs returned: the sweep run is FINISHED, or FAILED if a job run failed."""
+        self._close(aborted=False)
+
+    def _close_aborted(self) -> None:
+        """``atexit``: the sweep stopped early (a job raised, or the process is exiting)."""
+        try:
+            self._close(aborted=True)
+        except Exception as exc:  # at exit: report, do not print a traceback over the real error
+            log.warning("could not close the MLflow sweep run: %s", exc)
+
+    def _close(self, aborted: bool) -> None:
+        if self.run_id is None or self.uri is None:
+            return
+        from mlflow.tracking import MlflowClient
+
+        run_id, self.run_id = self.run_id, None
+        atexit.unregister(self._close_aborted)
+        if os.environ.get(ENV_SWEEP_RUN_ID) == run_id:
+            del os.environ[ENV_SWEEP_RUN_ID]
+        client = MlflowClient(self.uri)
+        failed = 0
+        for child in _search_all(
+            client,
+            str(self.experiment_id),
+            f"tags.`{PARENT_TAG}` = '{run_id}' and attributes.status != 'FINISHED'",
+        ):
+            failed += 1
+            if child.info.status == "RUNNING":  # its process died without closing it
+                client.set_tag(child.info.run_id, ERROR_TAG, "the job ended without closing its run")
+                client.set_terminated(child.info.run_id, "FAILED")
+        if self.sweep_dir is not None and (self.sweep_dir / "multirun.yaml").is_file():
+            client.log_artifact(run_id, str(self.sweep_dir / "multirun.yaml"))
+        if aborted:
+            client.set_tag(run_id, ERROR_TAG, "the sweep stopped early (a job raised or the process exited)")
+        client.set_tag(run_id, "dse.failed_jobs", str(failed))
+        client.set_terminated(run_id, "FAILED" if failed or aborted else "FINISHED")
+
+
+def _search_all(client: MlflowClient, exp_id: str, filter_string: str) -> Iterator[Any]:
+    """Every run of ``exp_id`` matching ``filter_string`` (all pages)."""
+    token = None
+    while True:
+        page = client.search_runs([exp_id], filter_string=filter_string, max_results=1000, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+# --------------------------------------------------------------------------- job run
+
+
+class JobRun:
+    """The MLflow run of one job, as a context manager; a no-op when tracking is disabled.
+
+    On entry: a run in ``cfg.tracking.experiment``, nested under the sweep run when there is one,
+    with the flattened resolved config as params and ``config.yaml`` as an artifact. On exit:
+    FINISHED; on an exception (``SystemExit`` with a non-zero code included) FAILED with the tag
+    ``dse.error`` and the traceback in ``error.txt``, and the exception propagates;
+    ``KeyboardInterrupt`` gives KILLED. Metric names are the caller's, logged as given.
+    """
+
+    def __init__(
+        self, cfg: Mapping[str, Any] | None, name: str | None = None, tags: Mapping[str, str] | None = None
+    ) -> None:
+        tracking = cfg.get("tracking") if cfg is not None else None
+        self.uri = resolve_uri(tracking)
+        self.experiment = str(tracking.get("experiment", "dse")) if tracking is not None else "dse"
+        self.name = name
+        self.run_id: str | None = None
+        self._cfg = cfg
+        self._tags = dict(tags or {})
+        self._client: MlflowClient | None = None
+        self._exp_id: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.uri is not None
+
+    def __enter__(self) -> JobRun:
+        if self.uri is None:
+            return self
+        from mlflow.tracking import MlflowClient
+
+        ensure_store(self.uri)
+        self._client = client = MlflowClient(self.uri)
+        self._exp_id = experiment_id(client, self.experiment, self.uri)
+        name, tags = self._name_and_tags()
+        run = client.create_run(self._exp_id, run_name=name, tags=_context_tags(tags))
+        self.run_id = run.info.run_id
+        try:
+            if self._cfg is not None:
+                self.log_params(flatten_config(self._cfg))
+                self.log_dict(_plain(self._cfg), "config.yaml")
+        except BaseException as exc:
+            self._end(exc)
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        if self.run_id is not None:
+            try:
+                self._end(exc)
+            except Exception as err:
+                if exc is None:
+                    raise
+                log.warning("could not close MLflow run %s: %s", self.run_id, err)
+        return False
+
+    def _name_and_tags(self) -> tuple[str, dict[str, str]]:
+        """Run name (``<name>-<job num>`` in a multirun) and tags (kind, overrides, parent)."""
+        tags: dict[str, str] = {KIND_TAG: "job", **self._tags}
+        name = self.name or "job"
+        if HydraConfig.initialized():
+            hc = HydraConfig.get()
+            name = self.name or str(hc.job.name)
+            tags.update(_override_tags([str(o) for o in hc.overrides.task]))
+            tags["dse.output_dir"] = str(hc.runtime.output_dir)
+            if hc.mode == RunMode.MULTIRUN:
+                name = f"{name}-{hc.job.num}"
+                tags["dse.job_num"] = str(hc.job.num)
+        parent = sweep_parent_run_id()
+        if parent:
+            tags[PARENT_TAG] = parent
+        return name, tags
+
+    def _end(self, exc: BaseException | None) -> None:
+        """Close the run with the status ``exc`` implies (FINISHED, FAILED or KILLED)."""
+        assert self._client is not None and self.run_id is not None
+        status, error = _outcome(exc)
+        if error is not None:
+            self._client.set_tag(self.run_id, ERROR_TAG, error)
+            with contextlib.suppress(Exception):
+                self.log_text("".join(traceback.format_exception(exc)), "error.txt")
+        self._client.set_terminated(self.run_id, status)
+
+    # ----------------------------------------------------------------------- logging
+
+    def log_params(self, params: Mapping[str, Any], run_id: str | None = None) -> None:
+        """Parameters (values as strings, truncated to MLflow's limit), 100 per request."""
+        run_id = run_id or self.run_id
+        if run_id is None or self._client is None:
+            return
+        from mlflow.entities import Param
+
+        items = [Param(str(k), str(v)[:MAX_PARAM_VAL_LENGTH]) for k, v in params.items()]
+        for chunk in _chunks(items, MAX_PARAMS_PER_BATCH):
+            self._client.log_batch(run_id, params=chunk)
+
+    def log_metrics(
+        self, metrics: Mapping[str, Any], step: int | None = None, run_id: str | None = None
+    ) -> None:
+        """Numbers as metrics at ``step`` (default 0); nested mappings as ``a.b``; None skipped."""
+        run_id = run_id or self.run_id
+        if run_id is None or self._client is None:
+            return
+        from mlflow.entities import Metric
+
+        now = _now_ms()
+        items = [Metric(k, v, now, step or 0) for k, v in _metric_items(metrics)]
+        self._log_metric_entities(items, run_id)
+
+    def log_trajectory(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        step_key: str = "step",
+        prefix: str = "",
+        run_id: str | None = None,
+    ) -> None:
+        """Stepped metrics, one row per step: ``row[step_key]`` (else the row index) is the step,
+        every other number is logged as ``prefix + key``."""
+        run_id = run_id or self.run_id
+        if run_id is None or self._client is None or not rows:
+            return
+        from mlflow.entities import Metric
+
+        now = _now_ms()
+        items = []
+        for i, row in enumerate(rows):
+            step = int(_number(step_key, row[step_key])) if step_key in row else i
+            values = {k: v for k, v in row.items() if k != step_key}
+            items += [Metric(k, v, now, step) for k, v in _metric_items(values, prefix)]
+        self._log_metric_entities(items, run_id)
+
+    def _log_metric_entities(self, items: Sequence[Any], run_id: str) -> None:
+        assert self._client is not None
+        for chunk in _chunks(items, MAX_METRICS_PER_BATCH):
+            self._client.log_batch(run_id, metrics=chunk)
+
+    def child(
+        self,
+        name: str,
+        params: Mapping[str, Any],
+        metrics: Mapping[str, Any],
+        step_rows: Sequence[Mapping[str, Any]] | None = None,
+        step_key: str = "step",
+    ) -> str | None:
+        """A finished child run under this run (one Optuna trial, one restart, one top-k design)."""
+        if self.run_id is None or self._client is None:
+            return None
+        tags = {PARENT_TAG: self.run_id, KIND_TAG: "child"}
+        run = self._client.create_run(str(self._exp_id), run_name=name, tags=tags)
+        child_id = run.info.run_id
+        try:
+            self.log_params(params, run_id=child_id)
+            self.log_metrics(metrics, run_id=child_id)
+            if step_rows:
+                self.log_trajectory(step_rows, step_key=step_key, run_id=child_id)
+        except BaseException as exc:
+            self._client.set_tag(child_id, ERROR_TAG, _error_line(exc))
+            self._client.set_terminated(child_id, "FAILED")
+            raise
+        self._client.set_terminated(child_id, "FINISHED")
+        return child_id
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """A text artifact at the run-relative path ``artifact_file``."""
+        if self.run_id is not None and self._client is not None:
+            self._client.log_text(self.run_id, text, artifact_file)
+
+    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
+        """A dict artifact, YAML for ``.yaml``/``.yml``, else JSON (numpy values made plain)."""
+        if self.run_id is not None and self._client is not None:
+            self._client.log_dict(self.run_id, _plain(data), artifact_file)
+
+    def log_table_csv(self, table: Mapping[str, Any], artifact_file: str) -> None:
+        """A column table (equal-length 1-D arrays) as a CSV artifact, header = column names."""
+        if self.run_id is None or self._client is None:
+            return
+        columns = {k: np.asarray(v).reshape(-1).tolist() for k, v in table.items()}
+        lengths = {len(v) for v in columns.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"table columns differ in length: { {k: len(v) for k, v in columns.items()} }")
+        target = PurePosixPath(artifact_file)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp, target.name)
+            with path.open("w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(columns)
+                writer.writerows(zip(*columns.values(), strict=True))
+            parent = str(target.parent)
+            self._client.log_artifact(self.run_id, str(path), None if parent == "." else parent)
+
+    def log_figure(self, fig: Figure, artifact_file: str) -> None:
+        """A matplotlib figure as an image artifact (PNG for ``.png``)."""
+        if self.run_id is not None and self._client is not None:
+            self._client.log_figure(self.run_id, fig, artifact_file)

@@ -1,0 +1,177 @@
+"""Search problems over the cost models: a discrete space, its constraint and a batched cost function.
+
+``training_mapping_problem`` is the 3D-parallel mapping space of a training job on a fixed device
+count (every factorization tp·pp·dp·cp = devices with ep, vpp, micro-batch, recompute, ZeRO stage and
+sequence parallelism); ``inference_slo_problem`` is TP degree × batch size for serving under a
+time-per-output-token limit. Both return a :class:`Problem` the drivers consume: ``cost_fn`` takes
+a dict of equal-length arrays and returns the shared metrics (``search.base.METRICS``) plus
+``feasible``. Pure: no Hydra, no MLflow, no printing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from costmodels.hardware import Hardware
+from costmodels.inference import InferenceJob, inference_step
+from costmodels.parallel import Plan
+from costmodels.training import TrainingJob, training_step
+from search.base import CostFn
+
+GiB = float(2**30)
+OBJECTIVES = ("step_time_s", "cost_usd_per_mtoken", "neg_mfu", "neg_tokens_per_s")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A discrete space (knob → candidate values), a validity mask and a batched cost function."""
+
+    space: dict[str, tuple[float, ...]]
+    constraint: Callable[[dict[str, np.ndarray]], np.ndarray]
+    cost_fn: CostFn
+    describe: Callable[[dict[str, float]], dict[str, Any]]  # a design point in the user's words
+
+
+def _divides(a: np.ndarray, b: np.ndarray | float) -> np.ndarray:
+    return np.mod(b, a) == 0
+
+
+def _objective(metrics: dict[str, jax.Array], objective: str) -> jax.Array:
+    if objective.startswith("neg_"):
+        return -metrics[objective[4:]]
+    return metrics[objective]
+
+
+def _plan_from(points: Mapping[str, jax.Array], num_devices: float, global_batch: float) -> Plan:
+    """A batch of Plans from knob columns; dp is what the devices leave: N / (tp·pp·cp)."""
+    n = next(iter(points.values())).shape[0]
+    values = {f.name: jnp.full(n, f.default, dtype=jnp.float32) for f in fields(Plan)}
+    values |= {k: jnp.asarray(v, jnp.float32) for k, v in points.items() if k in values}
+    values["dp"] = num_devices / (values["tp"] * values["pp"] * values["cp"])
+    values["global_batch"] = jnp.full(n, global_batch, dtype=jnp.float32)
+    return Plan(**values)
+
+
+def training_mapping_problem(
+    hw: Hardware,
+    job: TrainingJob,
+    num_devices: int,
+    global_batch: int,
+    space: Mapping[str, Sequence[float]],
+    objective: str = "step_time_s",
+) -> Problem:
+    """The mapping space of ``job`` on ``num_devices`` devices of ``hw``.
+
+    ``space`` gives candidate values for tp, pp, cp, ep, vpp, microbatch, recompute (0/1/2),
+    zero_stage and sequence_parallel (0/1); dp is derived. The constraint keeps the points Megatron
+    accepts: tp·pp·cp divides the devices, tp divides the heads (and the KV heads when there are more
+    of them than tp), pp·vpp divides the layers, ep divides dp and the experts, dp·microbatch divides
+    the global batch, interleaving only with pp > 1, sequence parallelism only with tp > 1.
+    """
+    spec, table = job.spec, job.table()
+    experts = spec.moe.num_experts if spec.moe else 1
+    kv = spec.num_kv_heads if spec.mla is None else spec.num_heads
+
+    def constraint(c: dict[str, np.ndarray]) -> np.ndarray:
+        tpc = c["tp"] * c["pp"] * c["cp"]
+        dp = num_devices / tpc
+        ok = _divides(tpc, num_devices) & _divides(c["tp"], spec.num_heads)
+        ok &= (c["tp"] > kv) | _divides(c["tp"], kv)
+        ok &= _divides(c["pp"] * c["vpp"], spec.num_layers) & ((c["vpp"] == 1) | (c["pp"] > 1))
+        ok &= _divides(c["ep"], np.where(ok, dp, 1.0)) & _divides(c["ep"], experts)
+        ok &= _divides(np.where(ok, dp, 1.0) * c["microbatch"], global_batch)
+        ok &= (c["sequence_parallel"] == 0) | (c["tp"] > 1)
+        ok &= _divides(np.where(c["cp"] > 1, 2 * c["cp"], 1.0), job.seq_len)
+        return ok
+
+    def metrics(plan: Plan) -> dict[str, jax.Array]:
+        out = training_step(hw, job, plan, table)
+        devices = plan.num_devices
+        m = {
+            "step_time_s": out.step_time_s,
+            "mfu": out.mfu,
+            "tokens_per_s": out.tokens_per_s,
+            "memory_gib": out.memory.total_bytes / GiB,
+            "power_w": devices * hw.power_w,
+            "cost_usd_per_mtoken": devices * hw.price_usd_per_hour / 3600.0 / out.tokens_per_s * 1e6,
+            "feasible": out.feasible,
+        }
+        m["objective"] = jnp.where(out.feasible, _objective(m, objective), jnp.inf)
+        return m
+
+    batched = jax.jit(jax.vmap(metrics))
+
+    def cost_fn(points: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = batched(_plan_from(points, float(num_devices), float(global_batch)))
+        return {k: np.asarray(v) for k, v in out.items()}
+
+    def describe(point: dict[str, float]) -> dict[str, Any]:
+        d = {k: int(v) for k, v in point.items() if k not in ("sequence_parallel",)}
+        d["dp"] = int(num_devices // (d["tp"] * d["pp"] * d["cp"]))
+        d["recompute"] = ("none", "selective", "full")[int(point["recompute"])]
+        d["sequence_parallel"] = bool(point.get("sequence_parallel", 0))
+        return d
+
+    return Problem(
+        {k: tuple(float(v) for v in vals) for k, vals in space.items()}, constraint, cost_fn, describe
+    )
+
+
+def inference_slo_problem(
+    hw: Hardware,
+    job: InferenceJob,
+    space: Mapping[str, Sequence[float]],
+    tpot_limit_s: float,
+    objective: str = "neg_tokens_per_s",
+) -> Problem:
+    """TP degree (and pp) × batch size for serving ``job`` under a time-per-output-token limit.
+
+    Feasible: the batch's weights and KV cache fit in memory and TPOT ≤ ``tpot_limit_s``. Metrics
+    use the shared names: ``tokens_per_s`` is output tokens/s over all devices, ``step_time_s`` the
+    time per output token, ``mfu`` is not defined for serving and is 0.
+    """
+    spec, tables = job.spec, job.tables()
+    kv = spec.num_kv_heads if spec.mla is None else spec.num_heads
+
+    def constraint(c: dict[str, np.ndarray]) -> np.ndarray:
+        tp, pp = c["tp"], c.get("pp", np.ones_like(c["tp"]))
+        return _divides(tp, spec.num_heads) & ((tp > kv) | _divides(tp, kv)) & (pp <= spec.num_layers)
+
+    def metrics(tp: jax.Array, pp: jax.Array, batch: jax.Array) -> dict[str, jax.Array]:
+        out = inference_step(hw, job, tp, pp, batch, tables=tables)
+        feasible = out.feasible & (out.tpot_s <= tpot_limit_s)
+        devices = tp * pp
+        m = {
+            "step_time_s": out.tpot_s,
+            "ttft_s": out.ttft_s,
+            "latency_s": out.latency_s,
+            "mfu": 0.0 * tp,
+            "tokens_per_s": out.output_tokens_per_s,
+            "memory_gib": out.memory.total_bytes / GiB,
+            "power_w": devices * hw.power_w,
+            "cost_usd_per_mtoken": devices * hw.price_usd_per_hour / 3600.0 / out.output_tokens_per_s * 1e6,
+            "feasible": feasible,
+        }
+        m["objective"] = jnp.where(feasible, _objective(m, objective), jnp.inf)
+        return m
+
+    batched = jax.jit(jax.vmap(metrics))
+
+    def cost_fn(points: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tp = jnp.asarray(points["tp"], jnp.float32)
+        pp = jnp.asarray(points.get("pp", np.ones_like(points["tp"])), jnp.float32)
+        out = batched(tp, pp, jnp.asarray(points["batch_size"], jnp.float32))
+        return {k: np.asarray(v) for k, v in out.items()}
+
+    def describe(point: dict[str, float]) -> dict[str, Any]:
+        return {k: int(v) for k, v in point.items()}
+
+    return Problem(
+        {k: tuple(float(v) for v in vals) for k, vals in space.items()}, constraint, cost_fn, describe
+    )
