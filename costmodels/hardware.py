@@ -45,7 +45,7 @@ _BYTES_PER_ELEMENT: dict[str, float] = {
     "fp4": 0.5,
 }
 
-TOPOLOGIES: tuple[str, ...] = ("switched", "torus3d", "fully_connected")
+TOPOLOGIES: tuple[str, ...] = ("switched", "torus3d", "fully_connected", "mesh2d")
 
 
 def _static() -> Any:

@@ -235,9 +235,48 @@ def links(hw: Hardware) -> tuple[network.Link, network.Link]:
 
 
 def collective_s(kind: str, hw: Hardware, size: Array, stride: Array, n: Array) -> Array:
+    """A collective over a group of ``n`` ranks spaced ``stride`` apart: hierarchical over the
+    scale-up and scale-out tiers (switched fabrics), or on a 2-D mesh of dies (``topology: mesh2d``,
+    a wafer) over a compact sub-mesh, then across wafers."""
     inner, outer = _tiers(hw, stride, n)
     up, out = links(hw)
+    if hw.topology == "mesh2d":
+        return _mesh_hierarchical(kind, size, inner, outer, up, out)
     return network.hierarchical_collective_time_s(kind, size, inner, outer, up, out)
+
+
+def _submesh(n: Array) -> tuple[Array, Array]:
+    """The near-square a × b sub-mesh of ``n`` dies a group is placed on (a a power of two ≤ √n)."""
+    a = 2.0 ** jnp.floor(jnp.log2(jnp.sqrt(jnp.maximum(n, 1.0))))
+    return a, jnp.maximum(n, 1.0) / a
+
+
+def _mesh_hierarchical(
+    kind: str, size: Array, inner: Array, outer: Array, up: network.Link, out: network.Link
+) -> Array:
+    """Dimension-ordered collectives on the group's sub-mesh (``network.mesh_*``, no wraparound),
+    composed with a ring across wafers as the switched hierarchy composes its two tiers (Mikami et al.
+    2018): all-reduce = mesh reduce-scatter + cross-wafer all-reduce of S/inner + mesh all-gather."""
+    dims = _submesh(inner)
+    if kind == "all_reduce":
+        return (
+            network.mesh_reduce_scatter_time_s(size, dims, up, False)
+            + network.all_reduce_time_s(size / inner, outer, out)
+            + network.mesh_all_gather_time_s(size, dims, up, False)
+        )
+    if kind == "all_gather":
+        return network.all_gather_time_s(size / inner, outer, out) + network.mesh_all_gather_time_s(
+            size, dims, up, False
+        )
+    if kind == "reduce_scatter":
+        return network.mesh_reduce_scatter_time_s(size, dims, up, False) + network.reduce_scatter_time_s(
+            size / inner, outer, out
+        )
+    if kind == "all_to_all":
+        return network.mesh_all_to_all_time_s(size, dims, up, False) + network.all_to_all_time_s(
+            size, outer, out
+        )
+    raise ValueError(f"unknown collective {kind!r}")
 
 
 def p2p_s(hw: Hardware, size: Array, stride: Array) -> Array:
