@@ -37,8 +37,21 @@ def _looks_like_model_source(value: str) -> bool:
     return value.endswith(".json") or "/" in value or Path(value).exists()
 
 
-_HYDRA_VALUE_FLAGS = frozenset({"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-path", "-cp",
-                                "--config-dir", "-cd", "--experimental-rerun"})
+_HYDRA_VALUE_FLAGS = frozenset(
+    {
+        "--cfg",
+        "-c",
+        "--package",
+        "-p",
+        "--config-name",
+        "-cn",
+        "--config-path",
+        "-cp",
+        "--config-dir",
+        "-cd",
+        "--experimental-rerun",
+    }
+)
 
 
 def rewrite_argv(argv: Sequence[str], positional: Sequence[str] = ()) -> list[str]:

@@ -103,10 +103,10 @@ def test_korthikanti_f1_params_optimizer(case: dict[str, Any]) -> None:
     """18 B/param (2 weight + 4 fp32 grad + 12 fp32 master/m/v). The paper counts 12·l·h²/(t·p)
     transformer weights; a GPT layer also has 13h biases/norms: (12h² + 7h)/t + 6h per device (the
     column-parallel biases split, the two row-parallel biases and the norms replicated over tp, as in
-    Megatron's RowParallelLinear), so our layers agree within 0.1 %. The first stage also holds the vocab-parallel
-    embedding V·h/t and the learned positions n_pos·h (and for pp = 1 the final norm 2h; the head is
-    tied): +2 % (22B) and +4 % (175B), but +9 % (530B) and +11 % (1T), whose stages have only 3 and 2
-    layers; so the 5 % bound holds for the layers, not for the whole first stage."""
+    Megatron's RowParallelLinear), so our layers agree within 0.1 %. The first stage also holds the
+    vocab-parallel embedding V·h/t and the learned positions n_pos·h (and for pp = 1 the final norm 2h;
+    the head is tied): +2 % (22B) and +4 % (175B), but +9 % (530B) and +11 % (1T), whose stages have
+    only 3 and 2 layers; so the 5 % bound holds for the layers, not for the whole first stage."""
     spec, plan = parse_hf_config(case["model"]), _case_plan(case)
     h, v, t, p, n_layers = spec.hidden_size, spec.vocab_size, plan.tp, plan.pp, spec.num_layers
     paper = case["measured"]["memory_gib_params_optimizer"] * GiB
