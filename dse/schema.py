@@ -59,6 +59,18 @@ class OptunaSearch:
 
 
 @dataclass
+class GradientSearch:
+    driver: str = "gd"
+    objective: str = "step_time_s"
+    steps: int = 60
+    learning_rate: float = 0.08
+    restarts: int = 3
+    temperature: float = 0.02
+    top_k: int = 5
+    pareto: list[str] = field(default_factory=lambda: ["step_time_s", "power_w"])
+
+
+@dataclass
 class SearchConfig:
     """The top level of ``conf/config.yaml``; the groups are typed by their own schemas."""
 
@@ -68,6 +80,7 @@ class SearchConfig:
     parallelism: Any = None
     search: Any = None
     tracking: Any = None
+    wafer: Any = None  # the wafer_arch experiment's system and knob bounds
     num_devices: int = 64
     format: str = "table"
     seed: int = 0
@@ -82,3 +95,4 @@ def register() -> None:
     cs.store(group="workload", name="inference_schema", node=InferenceWorkload)
     cs.store(group="search", name="grid_schema", node=GridSearch)
     cs.store(group="search", name="optuna_schema", node=OptunaSearch)
+    cs.store(group="search", name="gd_schema", node=GradientSearch)

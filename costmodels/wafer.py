@@ -1,0 +1,150 @@
+"""A wafer-scale design: continuous knobs → the ``Hardware`` of one die, differentiably.
+
+A wafer of ``usable_side_mm²`` is cut into a ``dies_x × dies_y`` grid (a die may span several reticle
+fields, stitched across the scribe lines as Cerebras does); every die splits the area its HBM PHY
+band leaves between compute, SRAM and die-to-die I/O (fractions on a simplex), runs at
+``clock_hz``, and may carry ``hbm_stacks`` HBM stacks on its edge (0: an SRAM-only design, as
+Cerebras WSE-2/3). The dies form a 2-D mesh (neighbour links from the I/O area's die-to-die
+bandwidth, split over the four sides); several wafers are joined by off-wafer links along the wafer
+edge. A power cap per wafer throttles the clock: dynamic power ∝ f·V² with V ∝ f in the DVFS range,
+so P ∝ f³ and the clock is scaled by (cap / P)^(1/3) when over the cap (a smooth min keeps the
+gradient alive, temperature ``cap_smoothness``).
+
+The die becomes a :class:`~costmodels.hardware.Hardware` "device": main memory is HBM plus SRAM (the
+capacity-weighted mean bandwidth of the two, i.e. data spread uniformly over both), the scale-up
+domain is the wafer (topology ``mesh2d``), the scale-out tier is the die's share of the wafer-edge
+links. Kernel-class efficiencies come from a reference preset (the calibrated A100 fractions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from costmodels.errors import ConfigError
+from costmodels.hardware import Hardware
+from costmodels.technology import NODES, Node, die_figures
+
+Array = Any
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True, kw_only=True)
+class WaferDesign:
+    """The continuous knobs of one design (every field a leaf, so ``grad`` and ``vmap`` apply)."""
+
+    compute_frac: Array = 0.6
+    sram_frac: Array = 0.3
+    io_frac: Array = 0.1
+    clock_hz: Array = 1.0e9
+    hbm_stacks: Array = 0.0  # per die
+    dies_x: Array = 8.0
+    dies_y: Array = 8.0
+
+
+@dataclass(frozen=True)
+class WaferSystem:
+    """The static part: technology node, wafer count and budget, and what a die inherits."""
+
+    node: str = "5nm"
+    wafers: int = 1
+    power_cap_w: float = 25_000.0  # per wafer
+    cap_smoothness: float = 0.05
+    # Per-hop latency of the on-wafer mesh: UCIe 1.0 quotes < 2 ns PHY latency (Das Sharma et al., IEEE
+    # TCPMT 2022); with the router and protocol stack of a mesh hop we take 100 ns (an estimate).
+    d2d_latency_s: float = 100e-9
+    # Off-wafer links (SerDes + a switch hop), an estimate in line with NVLink/IB step latencies.
+    off_wafer_latency_s: float = 1e-6
+    reference: Hardware | None = None  # kernel-class efficiencies and overheads (e.g. the A100 preset)
+
+    @property
+    def tech(self) -> Node:
+        if self.node not in NODES:
+            raise ConfigError(f"unknown technology node '{self.node}'; valid: {', '.join(NODES)}")
+        return NODES[self.node]
+
+
+def _smooth_min(a: Array, b: Array, t: float) -> Array:
+    """min(a, b) relaxed by log-sum-exp at relative temperature t."""
+    scale = jnp.maximum(jnp.minimum(a, b), 1e-30) * t
+    return -scale * jnp.logaddexp(-a / scale, -b / scale)
+
+
+def die_area_mm2(system: WaferSystem, design: WaferDesign) -> Array:
+    """The usable wafer square split into dies_x × dies_y dies."""
+    side = system.tech.usable_wafer_side_mm
+    return side * side / (design.dies_x * design.dies_y)
+
+
+def _figures(system: WaferSystem, design: WaferDesign) -> Any:
+    """Die figures; the area fractions split what the HBM PHY band (stacks · shoreline · depth) leaves."""
+    tech, area = system.tech, die_area_mm2(system, design)
+    phy = design.hbm_stacks * tech.hbm_stack_shoreline_mm * tech.io_band_depth_mm / area
+    rest = 1.0 - phy
+    return die_figures(
+        tech,
+        area,
+        design.compute_frac * rest,
+        design.sram_frac * rest,
+        design.io_frac * rest,
+        design.clock_hz,
+        design.hbm_stacks,
+    )
+
+
+def constraints(system: WaferSystem, design: WaferDesign) -> dict[str, Array]:
+    """Constraint values (≤ 0 satisfied): area (fractions + HBM PHY ≤ 1), HBM shoreline, clock range.
+    A die may exceed one reticle field: wafer-scale designs stitch across the scribe lines (Cerebras)."""
+    fig = _figures(system, design)
+    return {
+        "area_fractions": fig.area_check - 1.0,
+        "hbm_shoreline_mm": fig.shoreline_violation_mm,
+        "clock_hz": fig.clock_violation_hz,
+    }
+
+
+def wafer_hardware(system: WaferSystem, design: WaferDesign) -> Hardware:
+    """The Hardware of one die of ``design`` (per-die figures; the wafer is its scale-up domain)."""
+    tech = system.tech
+    dies = design.dies_x * design.dies_y
+    fig = _figures(system, design)
+    wafer_power = dies * fig.power_w
+    throttle = _smooth_min(
+        jnp.ones_like(wafer_power), (system.power_cap_w / wafer_power) ** (1.0 / 3.0), system.cap_smoothness
+    )
+    memory = fig.hbm_capacity_bytes + fig.sram_capacity_bytes
+    bandwidth = (
+        fig.hbm_bandwidth_Bps * fig.hbm_capacity_bytes + fig.sram_bandwidth_Bps * fig.sram_capacity_bytes
+    ) / memory
+    edge_mm = 4.0 * tech.usable_wafer_side_mm
+    ref = system.reference
+    base = {f.name: getattr(ref, f.name) for f in fields(Hardware)} if ref is not None else {}
+    hw = (
+        Hardware(**base)
+        if ref is not None
+        else Hardware(name="wafer", peak_flops_bf16=1.0, hbm_capacity_bytes=1.0, hbm_bandwidth_Bps=1.0)
+    )
+    return replace(
+        hw,
+        name=f"wafer-{system.node}",
+        topology="mesh2d",
+        peak_flops_bf16=fig.peak_flops_bf16 * throttle,
+        peak_flops_fp16=fig.peak_flops_bf16 * throttle,
+        peak_flops_fp32=fig.peak_flops_bf16 * throttle / 16.0,
+        peak_flops_fp8=2.0 * fig.peak_flops_bf16 * throttle,
+        hbm_capacity_bytes=memory,
+        hbm_bandwidth_Bps=bandwidth,
+        sram_capacity_bytes=fig.sram_capacity_bytes,
+        sram_bandwidth_Bps=fig.sram_bandwidth_Bps,
+        scale_up_domain_size=dies,
+        scale_up_bandwidth_Bps=fig.d2d_bandwidth_Bps / 4.0,
+        scale_up_latency_s=system.d2d_latency_s,
+        scale_out_bandwidth_Bps=tech.off_wafer_bandwidth_Bps_per_mm * edge_mm / dies,
+        scale_out_latency_s=system.off_wafer_latency_s,
+        scale_out_oversubscription=1.0,
+        power_w=fig.power_w * throttle**3,
+        compute_units=0.0,
+    )

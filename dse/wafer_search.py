@@ -1,0 +1,267 @@
+"""The ``wafer_arch`` experiment: gradient descent over a wafer design, compared with reference designs.
+
+Called by ``dse.search`` when ``search.driver=gd``: builds the wafer system and knobs from
+``cfg.wafer``, runs ``search.gd.gradient_descent`` on ``search.wafer.wafer_problem``'s loss, scores
+the rounded answer exactly, evaluates the reference designs (an SRAM-only wafer in the style of
+Cerebras WSE-2/3, the DeepFlow-style 20-die wafer with 4 HBM stacks per die) with the same model,
+and a GPU cluster of the same power with its best mapping (grid search), then logs all of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from costmodels.errors import ConfigError
+from costmodels.training import TrainingJob
+from costmodels.wafer import WaferDesign, WaferSystem, wafer_hardware
+from dse._app import format_table
+from dse.hardware import load_hardware
+from dse.models import load_model
+from dse.tracking import JobRun
+from search.gd import Knob, gradient_descent
+from search.grid import grid_search
+from search.problems import training_mapping_problem
+from search.wafer import wafer_problem
+
+# Reference designs, in the same knobs (the node, wafer count and power cap are the experiment's).
+REFERENCES = {
+    # Cerebras WSE-2 (Hot Chips 2021): 84 reticle fields (12 x 7) of cores with 40 GB SRAM, no HBM; we
+    # cut the same square into 12 x 8 so the die count splits into power-of-two data parallelism.
+    "wse_style_sram_only": {
+        "compute_frac": 0.45,
+        "sram_frac": 0.5,
+        "io_frac": 0.05,
+        "clock_hz": 1.1e9,
+        "hbm_stacks": 0.0,
+        "dies_x": 12.0,
+        "dies_y": 8.0,
+    },
+    # DeepFlow (Ardalani et al. 2021) style: 20 large dies, 4 HBM stacks each.
+    "deepflow_20_die_4_hbm": {
+        "compute_frac": 0.6,
+        "sram_frac": 0.25,
+        "io_frac": 0.15,
+        "clock_hz": 1.2e9,
+        "hbm_stacks": 4.0,
+        "dies_x": 5.0,
+        "dies_y": 4.0,
+    },
+}
+GPU_SPACE = {
+    "tp": [1, 2, 4, 8],
+    "pp": [1, 2, 4, 8, 16],
+    "cp": [1, 2],
+    "ep": [1],
+    "vpp": [1, 2],
+    "microbatch": [1, 2],
+    "recompute": [0, 1, 2],
+    "zero_stage": [1],
+    "sequence_parallel": [0, 1],
+}
+
+
+def knobs_of(cfg: DictConfig) -> dict[str, Knob]:
+    """Knob bounds from ``cfg.wafer.knobs``; unknown knobs and impossible simplex minimums are errors."""
+    valid = set(WaferDesign.__dataclass_fields__)
+    out = {}
+    for name, spec in OmegaConf.to_container(cfg.wafer.knobs, resolve=True).items():
+        if name not in valid:
+            raise ConfigError(f"unknown wafer knob '{name}'; valid: {', '.join(sorted(valid))}")
+        out[name] = Knob(**spec)
+    groups: dict[str, list[str]] = {}
+    for name, k in out.items():
+        if k.group:
+            groups.setdefault(k.group, []).append(name)
+    for names in groups.values():
+        low = sum(out[n].low for n in names)
+        if low > 1.0:
+            raise ConfigError(
+                f"area fractions cannot sum to 1: the minimums {' + '.join(names)} = {low:.3g} > 1; "
+                f"lower wafer.knobs.<name>.low"
+            )
+    return out
+
+
+def system_of(cfg: DictConfig) -> WaferSystem:
+    w = cfg.wafer
+    if w.power_cap_w <= 0 or w.wafers < 1:
+        raise ConfigError("wafer.power_cap_w must be > 0 and wafer.wafers >= 1")
+    return WaferSystem(
+        node=w.node,
+        wafers=int(w.wafers),
+        power_cap_w=float(w.power_cap_w),
+        reference=load_hardware(w.reference),
+    )
+
+
+def _check_power(system: WaferSystem, knobs: dict[str, Knob]) -> None:
+    """The cap must run some design: the smallest one (every knob at its lower bound) at the node's
+    lowest-voltage clock must fit under it, else the power cap is the binding constraint."""
+    low = {n: k.low for n, k in knobs.items()}
+    low["clock_hz"] = min(low.get("clock_hz", np.inf), system.tech.min_voltage_clock_hz)
+    design = WaferDesign(**low)
+    hw = wafer_hardware(replace(system, power_cap_w=float("inf")), design)
+    needed = float(hw.power_w) * float(design.dies_x) * float(design.dies_y)
+    if needed > system.power_cap_w:
+        raise ConfigError(
+            f"wafer.power_cap_w = {system.power_cap_w:g} W cannot run any design: the smallest "
+            f"one at the lowest-voltage clock needs {needed:.4g} W per wafer; raise the cap"
+        )
+
+
+def gpu_cluster(cfg: DictConfig, job: TrainingJob, system: WaferSystem) -> dict[str, Any]:
+    """The best mapping of the job on GPUs of the same total power: the largest 8·2^k GPUs (whole
+    8-GPU nodes, a count that splits into power-of-two data parallelism) whose TDP fits the budget."""
+    gpu = load_hardware(cfg.wafer.compare_gpu)
+    budget = int(system.wafers * system.power_cap_w / float(gpu.power_w))
+    if budget < 8:
+        return {"feasible": False, "reason": f"power budget buys fewer than 8 {cfg.wafer.compare_gpu}"}
+    n = 8 * 2 ** int(np.log2(budget // 8))
+    problem = training_mapping_problem(gpu, job, n, cfg.workload.global_batch, GPU_SPACE)
+    try:
+        res = grid_search(problem.space, problem.cost_fn, constraint=problem.constraint, top_k=1)
+    except ConfigError as exc:
+        return {"feasible": False, "reason": str(exc)}
+    m = res.metrics
+    tokens = cfg.workload.global_batch * job.seq_len
+    return {
+        "feasible": True,
+        "devices": n,
+        "mapping": problem.describe(res.best),
+        "step_time_s": m["step_time_s"],
+        "tokens_per_s": m["tokens_per_s"],
+        "power_w": m["power_w"],
+        "mfu": m["mfu"],
+        "memory_gib": m["memory_gib"],
+        "tokens_per_joule": tokens / (m["power_w"] * m["step_time_s"]),
+    }
+
+
+def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
+    """Gradient descent, the exact score of its answer, and the comparison table (JSON-ready)."""
+    if cfg.get("wafer") is None:
+        raise ConfigError("search.driver=gd needs a wafer system: use +experiment=wafer_arch")
+    s, system, knobs = cfg.search, system_of(cfg), knobs_of(cfg)
+    _check_power(system, knobs)
+    job = TrainingJob(
+        load_model(cfg.model),
+        cfg.workload.seq_len,
+        cfg.workload.precision,
+        cfg.workload.fused_attention,
+        cfg.workload.optimizer,
+    )
+    problem = wafer_problem(
+        system, job, cfg.workload.global_batch, knobs, objective=s.objective, temperature=s.temperature
+    )
+    result = gradient_descent(
+        problem.loss,
+        knobs,
+        steps=s.steps,
+        learning_rate=s.learning_rate,
+        restarts=s.restarts,
+        seed=cfg.seed,
+        rescore=lambda v: problem.evaluate(v)["objective"],
+    )
+    best = problem.evaluate(result.best)
+    if not best["feasible"]:
+        why = best["violations"] or {"memory": f"no mapping fits (smallest {best['min_memory_gib']:.1f} GiB)"}
+        raise ConfigError(f"no feasible wafer design found; binding constraint(s): {why}")
+    rows = {"gradient_descent": best} | {k: problem.evaluate(v) for k, v in REFERENCES.items()}
+    rows[f"{cfg.wafer.compare_gpu}_cluster_equal_power"] = gpu_cluster(cfg, job, system)
+    _log(run_, result, best, rows)
+    return {
+        "driver": "gd",
+        "evaluations": result.evaluations,
+        "design": result.best,
+        "best": best,
+        "comparison": rows,
+        "hardware": _hardware_summary(system, result.best),
+    }
+
+
+def _hardware_summary(system: WaferSystem, values: dict[str, float]) -> dict[str, float]:
+    hw = wafer_hardware(system, WaferDesign(**{k: float(v) for k, v in values.items()}))
+    keys = (
+        "peak_flops_bf16",
+        "hbm_capacity_bytes",
+        "hbm_bandwidth_Bps",
+        "sram_capacity_bytes",
+        "scale_up_domain_size",
+        "scale_up_bandwidth_Bps",
+        "scale_out_bandwidth_Bps",
+        "power_w",
+    )
+    return {k: float(getattr(hw, k)) for k in keys}
+
+
+def _log(run_: JobRun, result: Any, best: dict[str, Any], rows: dict[str, dict[str, Any]]) -> None:
+    metrics = ("step_time_s", "tokens_per_s", "power_w", "tokens_per_joule", "mfu", "memory_gib", "objective")
+    run_.log_metrics({k: best[k] for k in metrics if k in best})
+    by_restart: dict[int, list[dict[str, float]]] = {}
+    for r in result.trajectory:
+        by_restart.setdefault(int(r["restart"]), []).append(r)
+    for restart, steps in by_restart.items():
+        run_.child(
+            f"restart-{restart}",
+            params={"restart": restart},
+            metrics={"loss": steps[-1]["loss"]},
+            step_rows=steps,
+        )
+    run_.log_dict({"design": result.best, "best": best}, "best_design.yaml")
+    run_.log_dict({k: v for k, v in rows.items()}, "comparison.yaml")
+    if run_.enabled:
+        run_.log_figure(_area_figure(result.best), "area_split.png")
+
+
+def _area_figure(design: dict[str, float]) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = {k: design[k] for k in ("compute_frac", "sram_frac", "io_frac") if k in design}
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.pie(list(parts.values()), labels=[k.removesuffix("_frac") for k in parts], autopct="%1.0f%%")
+    ax.set_title("die area split")
+    return fig
+
+
+def render(rep: dict[str, Any]) -> str:
+    d = rep["design"]
+    design = ", ".join(f"{k}={v:.3g}" for k, v in d.items())
+    hw = ", ".join(f"{k}={v:.3g}" for k, v in rep["hardware"].items())
+    cols = [
+        "design",
+        "step_time_s",
+        "tokens_per_s",
+        "power_w",
+        "tokens_per_joule",
+        "mfu",
+        "memory_gib",
+        "global_batch",
+    ]
+    rows = [
+        [name, *(_cell(r.get(c)) for c in cols[1:])]
+        if r.get("feasible")
+        else [name, "infeasible", *[""] * (len(cols) - 2)]
+        for name, r in rep["comparison"].items()
+    ]
+    mapping = rep["best"]["mapping"]
+    return "\n".join(
+        [
+            f"gradient descent over the wafer design ({rep['evaluations']} loss evaluations)",
+            f"design: {design}",
+            f"per die: {hw}",
+            f"mapping: {mapping}",
+            "",
+            format_table(cols, rows, align="lrrrrrrr"),
+        ]
+    )
+
+
+def _cell(v: Any) -> str:
+    return "" if v is None else f"{v:.4g}" if isinstance(v, float | np.floating) else str(v)

@@ -1,0 +1,198 @@
+"""Co-design of a wafer-scale training system: hardware knobs by gradient descent, mapping inside.
+
+The loss of a design is the training step time (or cost per token, or energy per token) of the best
+parallel mapping on it: every mapping of a static grid (tp, pp, cp, vpp, micro-batch, recompute,
+ZeRO, sequence parallelism; dp = devices / (tp·pp·cp) computed from the design's die count) is scored
+in one ``vmap`` and combined by a soft minimum (log-sum-exp at a relative temperature), so the
+gradient flows to the hardware knobs through the mapping choice. Constraint violations (area
+simplex with the HBM PHY band, HBM shoreline, clock range) and memory overflow add penalties
+proportional to their normalised size, so an infeasible start still has a slope toward feasibility.
+Pure: no Hydra, no MLflow.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from costmodels.errors import ConfigError
+from costmodels.training import TrainingJob, training_step
+from costmodels.wafer import WaferDesign, WaferSystem, constraints, wafer_hardware
+from search.gd import Knob
+
+Array = Any
+GiB = float(2**30)
+# pp includes 3, 5, 6, 7, 10, 12, 14 so die counts with odd factors still split into power-of-two dp
+# (uneven 1F1B stages are allowed; interleaving only where pp·vpp divides the layers).
+MAPPING_GRID = {
+    "tp": (1, 2, 4, 8, 16),
+    "pp": (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16),
+    "cp": (1, 2),
+    "vpp": (1, 2),
+    "microbatch": (1, 2, 4),
+    "recompute": (0, 1, 2),
+    "zero_stage": (1,),
+    "sequence_parallel": (1,),
+}
+_NORMALISERS = {"area_fractions": 0.01, "hbm_shoreline_mm": 10.0, "clock_hz": 1e8}
+
+
+@dataclass(frozen=True)
+class WaferProblem:
+    """Knobs, a differentiable loss of the knob values, and an exact evaluator of a design."""
+
+    knobs: dict[str, Knob]
+    loss: Any  # dict[str, jax.Array] -> jax.Array
+    evaluate: Any  # dict[str, float] -> dict[str, float]: exact metrics of the best mapping
+
+
+def mapping_columns(grid: Mapping[str, Sequence[float]] = MAPPING_GRID) -> dict[str, np.ndarray]:
+    """Every combination of the mapping grid, as float columns (dp is added per design)."""
+    rows = [
+        r
+        for r in itertools.product(*grid.values())
+        if r[list(grid).index("vpp")] == 1 or r[list(grid).index("pp")] > 1
+    ]
+    return {k: np.array(col, dtype=np.float32) for k, col in zip(grid, np.array(rows).T, strict=True)}
+
+
+def _plans(
+    cols: dict[str, np.ndarray], devices: Array, global_batch: float, layers: int, relaxed: bool
+) -> tuple[Any, Array]:
+    """Plans for ``devices`` dies and their validity.
+
+    Exact (``relaxed=False``): dp = N / (tp·pp·cp) must be a whole number; the global batch is rounded
+    to the nearest multiple of dp·micro-batch (at least one micro-batch per replica), as one sizes a
+    batch for a machine. Relaxed (the gradient-descent loss): dp is the continuous N / (tp·pp·cp) ≥ 1,
+    so the loss is smooth in the die count; the answer is re-scored exactly.
+    """
+    from costmodels.parallel import Plan
+
+    n = len(cols["tp"])
+    dp = devices / (cols["tp"] * cols["pp"] * cols["cp"])
+    valid = (dp >= 1.0) & ((cols["vpp"] == 1) | (np.mod(layers, cols["pp"] * cols["vpp"]) == 0))
+    if not relaxed:
+        valid &= jnp.abs(dp - jnp.round(dp)) < 1e-3
+        dp = jnp.maximum(jnp.round(dp), 1.0)
+        unit = dp * cols["microbatch"]
+        global_batch = jnp.maximum(jnp.round(global_batch / unit), 1.0) * unit
+    plan = Plan(
+        tp=jnp.asarray(cols["tp"]),
+        pp=jnp.asarray(cols["pp"]),
+        dp=jnp.maximum(dp, 1.0),
+        cp=jnp.asarray(cols["cp"]),
+        ep=jnp.ones(n),
+        vpp=jnp.asarray(cols["vpp"]),
+        microbatch=jnp.asarray(cols["microbatch"]),
+        global_batch=jnp.broadcast_to(global_batch, (n,)),
+        sequence_parallel=jnp.asarray(cols["sequence_parallel"]),
+        zero_stage=jnp.asarray(cols["zero_stage"]),
+        recompute=jnp.asarray(cols["recompute"]),
+        tp_overlap=jnp.zeros(n),
+        dp_overlap=jnp.zeros(n),
+        zero3_overlap=jnp.full(n, 0.5),
+    )
+    return plan, valid
+
+
+def design_metrics(
+    system: WaferSystem,
+    job: TrainingJob,
+    global_batch: int,
+    cols: dict[str, np.ndarray],
+    design: WaferDesign,
+    relaxed: bool = False,
+) -> dict[str, Array]:
+    """Per-mapping metrics of a design (arrays over the mapping grid) and its validity mask."""
+    hw = wafer_hardware(system, design)
+    devices = system.wafers * design.dies_x * design.dies_y
+    plan, valid = _plans(cols, devices, float(global_batch), job.spec.num_layers, relaxed)
+    table = job.table()
+    out = jax.vmap(lambda p: training_step(hw, job, p, table))(plan)
+    ok = valid & out.feasible
+    energy_j = devices * hw.power_w * out.step_time_s
+    tokens = plan.global_batch * job.seq_len
+    return {
+        "step_time_s": out.step_time_s,
+        "mfu": out.mfu,
+        "tokens_per_s": out.tokens_per_s,
+        "memory_gib": out.memory.total_bytes / GiB,
+        "power_w": devices * hw.power_w,
+        "tokens_per_joule": tokens / energy_j,
+        "joules_per_token": energy_j / tokens,
+        "feasible": ok,
+        "valid": valid,
+        "memory_ratio": out.memory.total_bytes / out.memory.capacity_bytes,
+        "global_batch": plan.global_batch,
+    }
+
+
+def _penalty(system: WaferSystem, design: WaferDesign) -> Array:
+    c = constraints(system, design)
+    return sum(jax.nn.relu(c[k] / _NORMALISERS[k]) for k in c)
+
+
+def wafer_problem(
+    system: WaferSystem,
+    job: TrainingJob,
+    global_batch: int,
+    knobs: Mapping[str, Knob],
+    fixed: Mapping[str, float] | None = None,
+    objective: str = "step_time_s",
+    temperature: float = 0.02,
+    grid: Mapping[str, Sequence[float]] = MAPPING_GRID,
+) -> WaferProblem:
+    """The gradient-descent problem of ``system`` for ``job``: knobs are WaferDesign fields."""
+    if objective not in ("step_time_s", "joules_per_token"):
+        raise ConfigError(f"wafer objective must be step_time_s or joules_per_token, got '{objective}'")
+    cols = mapping_columns(grid)
+    fixed = dict(fixed or {})
+
+    def design_of(values: Mapping[str, Array]) -> WaferDesign:
+        return WaferDesign(**{**fixed, **values})
+
+    def loss(values: dict[str, Array]) -> Array:
+        design = design_of(values)
+        m = design_metrics(system, job, global_batch, cols, design, relaxed=True)
+        overflow = jax.nn.relu(jnp.where(m["valid"], m["memory_ratio"], 1.0) - 1.0)
+        value = jnp.where(m["valid"], m[objective], 1.0)  # no NaN from unused branches into the gradient
+        score = jnp.where(m["valid"], value * (1.0 + 10.0 * overflow), 1e6)
+        scale = jnp.min(score) * temperature
+        soft = -scale * jax.nn.logsumexp(-score / scale)
+        return soft * (1.0 + 10.0 * _penalty(system, design))
+
+    batched = jax.jit(lambda d: design_metrics(system, job, global_batch, cols, d))
+
+    def evaluate(values: Mapping[str, float]) -> dict[str, Any]:
+        design = design_of({k: jnp.asarray(float(v)) for k, v in values.items()})
+        m = {k: np.asarray(v) for k, v in batched(design).items()}
+        viol = {k: float(v) for k, v in constraints(system, design).items() if float(v) > 1e-6}
+        if not m["feasible"].any() or viol:
+            return {
+                "feasible": False,
+                "violations": viol,
+                "objective": float("inf"),
+                "min_memory_gib": float(np.min(m["memory_gib"])),
+            }
+        i = int(np.argmin(np.where(m["feasible"], m[objective], np.inf)))
+        mapping = {k: int(v[i]) for k, v in cols.items()}
+        devices = system.wafers * float(design.dies_x) * float(design.dies_y)
+        mapping["dp"] = round(devices / (mapping["tp"] * mapping["pp"] * mapping["cp"]))
+        return {
+            "feasible": True,
+            "objective": float(m[objective][i]),
+            "mapping": mapping,
+            **{
+                k: float(np.broadcast_to(v, m["feasible"].shape)[i])
+                for k, v in m.items()
+                if k not in ("feasible", "valid")
+            },
+        }
+
+    return WaferProblem(dict(knobs), jax.jit(loss), evaluate)
