@@ -397,10 +397,46 @@ class SweepCallback(Callback):
                 client.set_terminated(child.info.run_id, "FAILED")
         if self.sweep_dir is not None and (self.sweep_dir / "multirun.yaml").is_file():
             client.log_artifact(run_id, str(self.sweep_dir / "multirun.yaml"))
+        _log_sweep_pareto(client, str(self.experiment_id), run_id)
         if aborted:
             client.set_tag(run_id, ERROR_TAG, "the sweep stopped early (a job raised or the process exited)")
         client.set_tag(run_id, "dse.failed_jobs", str(failed))
         client.set_terminated(run_id, "FAILED" if failed or aborted else "FINISHED")
+
+
+def _log_sweep_pareto(client: MlflowClient, exp_id: str, run_id: str) -> None:
+    """A ``pareto.png`` on the sweep run: tokens/s versus power of every finished job (e.g. a sweep over
+    a power cap), the non-dominated ones joined (more tokens/s, less power)."""
+    from search.base import pareto_front
+
+    jobs = [
+        r
+        for r in _search_all(
+            client, exp_id, f"tags.`{PARENT_TAG}` = '{run_id}' and attributes.status = 'FINISHED'"
+        )
+        if {"power_w", "tokens_per_s"} <= set(r.data.metrics)
+    ]
+    if len(jobs) < 2:
+        return
+    power = [r.data.metrics["power_w"] for r in jobs]
+    rate = [r.data.metrics["tokens_per_s"] for r in jobs]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    front = pareto_front(power, rate, maximize=(False, True))
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.scatter(power, rate, label="jobs of the sweep")
+    ax.plot([power[i] for i in front], [rate[i] for i in front], "r.-", label="Pareto front")
+    for r, x, y in zip(jobs, power, rate, strict=True):
+        ax.annotate(r.info.run_name or "", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("power_w")
+    ax.set_ylabel("tokens_per_s")
+    ax.legend()
+    fig.tight_layout()
+    client.log_figure(run_id, fig, "pareto.png")
+    plt.close(fig)
 
 
 def _search_all(client: MlflowClient, exp_id: str, filter_string: str) -> Iterator[Any]:

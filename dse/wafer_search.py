@@ -9,14 +9,15 @@ and a GPU cluster of the same power with its best mapping (grid search), then lo
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from costmodels.errors import ConfigError
-from costmodels.training import TrainingJob
+from costmodels.parallel import make_plan
+from costmodels.training import TrainingJob, training_step
 from costmodels.wafer import WaferDesign, WaferSystem, wafer_hardware
 from dse._app import format_table
 from dse.hardware import load_hardware
@@ -137,6 +138,7 @@ def gpu_cluster(cfg: DictConfig, job: TrainingJob, system: WaferSystem) -> dict[
         "power_w": m["power_w"],
         "mfu": m["mfu"],
         "memory_gib": m["memory_gib"],
+        "global_batch": float(cfg.workload.global_batch),
         "tokens_per_joule": tokens / (m["power_w"] * m["step_time_s"]),
     }
 
@@ -172,7 +174,8 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
         raise ConfigError(f"no feasible wafer design found; binding constraint(s): {why}")
     rows = {"gradient_descent": best} | {k: problem.evaluate(v) for k, v in REFERENCES.items()}
     rows[f"{cfg.wafer.compare_gpu}_cluster_equal_power"] = gpu_cluster(cfg, job, system)
-    _log(run_, result, best, rows)
+    breakdown = step_breakdown(system, job, result.best, best)
+    _log(run_, result, best, rows, breakdown)
     return {
         "driver": "gd",
         "evaluations": result.evaluations,
@@ -181,6 +184,16 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
         "comparison": rows,
         "hardware": _hardware_summary(system, result.best),
     }
+
+
+def step_breakdown(
+    system: WaferSystem, job: TrainingJob, values: dict[str, float], best: dict[str, Any]
+) -> dict[str, float]:
+    """Where the step time of the chosen design and mapping goes (``TrainingBreakdown`` times)."""
+    hw = wafer_hardware(system, WaferDesign(**{k: float(v) for k, v in values.items()}))
+    plan = make_plan(**{k: v for k, v in best["mapping"].items()}, global_batch=best["global_batch"])
+    out = training_step(hw, job, plan)
+    return {f.name: float(getattr(out, f.name)) for f in fields(out) if f.name.endswith("_s")}
 
 
 def _hardware_summary(system: WaferSystem, values: dict[str, float]) -> dict[str, float]:
@@ -198,7 +211,13 @@ def _hardware_summary(system: WaferSystem, values: dict[str, float]) -> dict[str
     return {k: float(getattr(hw, k)) for k in keys}
 
 
-def _log(run_: JobRun, result: Any, best: dict[str, Any], rows: dict[str, dict[str, Any]]) -> None:
+def _log(
+    run_: JobRun,
+    result: Any,
+    best: dict[str, Any],
+    rows: dict[str, dict[str, Any]],
+    breakdown: dict[str, float],
+) -> None:
     metrics = ("step_time_s", "tokens_per_s", "power_w", "tokens_per_joule", "mfu", "memory_gib", "objective")
     run_.log_metrics({k: best[k] for k in metrics if k in best})
     by_restart: dict[int, list[dict[str, float]]] = {}
@@ -214,7 +233,16 @@ def _log(run_: JobRun, result: Any, best: dict[str, Any], rows: dict[str, dict[s
     run_.log_dict({"design": result.best, "best": best}, "best_design.yaml")
     run_.log_dict({k: v for k, v in rows.items()}, "comparison.yaml")
     if run_.enabled:
-        run_.log_figure(_area_figure(result.best), "area_split.png")
+        import matplotlib.pyplot as plt
+
+        from dse.search import _breakdown_figure
+
+        for fig, name in (
+            (_area_figure(result.best), "area_split.png"),
+            (_breakdown_figure(breakdown), "breakdown.png"),
+        ):
+            run_.log_figure(fig, name)
+            plt.close(fig)
 
 
 def _area_figure(design: dict[str, float]) -> Any:

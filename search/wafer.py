@@ -180,13 +180,15 @@ def wafer_problem(
                 "objective": float("inf"),
                 "min_memory_gib": float(np.min(m["memory_gib"])),
             }
-        i = int(np.argmin(np.where(m["feasible"], m[objective], np.inf)))
+        # a rounded batch changes the work per step: compare step times per nominal batch
+        per_batch = m[objective] * (global_batch / m["global_batch"] if objective == "step_time_s" else 1.0)
+        i = int(np.argmin(np.where(m["feasible"], per_batch, np.inf)))
         mapping = {k: int(v[i]) for k, v in cols.items()}
         devices = system.wafers * float(design.dies_x) * float(design.dies_y)
         mapping["dp"] = round(devices / (mapping["tp"] * mapping["pp"] * mapping["cp"]))
         return {
             "feasible": True,
-            "objective": float(m[objective][i]),
+            "objective": float(per_batch[i]),
             "mapping": mapping,
             **{
                 k: float(np.broadcast_to(v, m["feasible"].shape)[i])
