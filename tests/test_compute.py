@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from costmodel_helpers import A100, IDEAL
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -32,22 +33,7 @@ from costmodels.compute import (
     wave_efficiency,
 )
 from costmodels.hardware import Hardware
-from dse.hardware import load_hardware
 
-A100 = load_hardware("a100_80gb_sxm")
-IDEAL = dataclasses.replace(
-    A100,
-    matmul_efficiency=1.0,
-    memory_efficiency=1.0,
-    elementwise_efficiency=1.0,
-    attention_efficiency=1.0,
-    flash_attention_efficiency=1.0,
-    collective_efficiency=1.0,
-    kernel_overhead_s=0.0,
-    compute_units=0.0,
-    scale_up_latency_s=0.0,
-    scale_out_latency_s=0.0,
-)
 WAVES = dataclasses.replace(IDEAL, compute_units=108.0)  # the A100's 108 SMs, 128×256 tiles
 P, P32, BW = 312e12, 19.5e12, 2.039e12
 

@@ -23,28 +23,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from costmodel_helpers import A100, IDEAL, padded
 
-from costmodels.compute import KIND_ELEMENTWISE
 from costmodels.inference import InferenceJob, inference_step
-from costmodels.sharding import GROUP_LAYER, OpTable
+from costmodels.sharding import OpTable
 from costmodels.workload import inference_ops, parameter_count
 from dse.hardware import load_hardware
 from dse.models import available_models, load_model
 
-A100 = load_hardware("a100_80gb_sxm")
-IDEAL = dataclasses.replace(
-    A100,
-    matmul_efficiency=1.0,
-    memory_efficiency=1.0,
-    elementwise_efficiency=1.0,
-    attention_efficiency=1.0,
-    flash_attention_efficiency=1.0,
-    collective_efficiency=1.0,
-    kernel_overhead_s=0.0,
-    compute_units=0.0,
-    scale_up_latency_s=0.0,
-    scale_out_latency_s=0.0,
-)
 IDEAL_LAT = dataclasses.replace(IDEAL, scale_up_latency_s=0.6e-6)  # the preset's NVLink step latency
 P, P32, BW, B_UP, HOST = 312e12, 19.5e12, 2.039e12, 300e9, 32e9
 
@@ -57,26 +43,8 @@ PAD_TO = 32  # ops; every shipped model has fewer
 
 
 def _padded(table: OpTable, n: int = PAD_TO) -> OpTable:
-    """``table`` with idle ops appended (no FLOPs, no bytes, no weights, 0 executions) up to ``n`` ops.
-
-    A test-speed device only: eager JAX compiles each primitive once per array shape, so tables of one
-    length share those compilations across models. An idle op costs exactly 0 (``kernel_time_s`` is 0
-    for a kernel with no FLOPs and no bytes); ``test_padding_the_op_tables_changes_nothing`` checks it."""
-    k = n - len(table.names)
-    fill = {
-        "group": GROUP_LAYER,
-        "kind": KIND_ELEMENTWISE,
-        "rows": 1.0,
-        "cols": 1.0,
-        "reduce": 1.0,
-        "gemms": 1.0,
-    }
-    arrays = {
-        f.name: np.concatenate([a := getattr(table, f.name), np.full(k, fill.get(f.name, 0), dtype=a.dtype)])
-        for f in dataclasses.fields(table)
-        if f.name != "names"
-    }
-    return OpTable(**arrays, names=table.names + ("idle",) * k)
+    """``table`` padded with idle ops to ``PAD_TO`` (see ``costmodel_helpers.padded``)."""
+    return padded(table, n)
 
 
 @functools.cache
