@@ -1,0 +1,338 @@
+"""Capture a PyTorch module as an aten-level FX graph on the meta device, and the placement algebra
+(DTensor's ``Replicate`` / ``Shard(dim)`` / ``Partial`` per mesh axis) the sharding ILP is built from.
+
+**Capture.** ``make_fx`` in fake mode over ``torch.func.functional_call`` makes every parameter and
+buffer a placeholder, so nothing is allocated (the module lives on ``meta``); this is AutoParallel's
+front end (Meta, github.com/meta-pytorch/autoparallel) restricted to the *forward* graph — the joint
+forward/backward graph is not captured here. Decoder layers (module paths matching
+``repeat_pattern``) are tagged on every node through ``torch.fx.traceback.annotate`` from module
+hooks, so identical layers can share ILP variables.
+
+**Placements.** One placement per mesh axis: ``R`` (replicate), ``P`` (partial sum), or
+``("S", dim, sf)``: shard ``dim`` where ``sf`` > 1 means a *strided* shard (DTensor's
+``_StridedShard(dim, split_factor=sf)``): the sharded coordinate lies after ``sf`` major elements of
+the dim — what a merge ``[b, H] -> [b*H]`` of a head-sharded tensor gives. Tracking ``sf`` lets a
+later split ``[b*H] -> [b, H]`` put the shard back on ``H`` (GSPMD's reshape sharding propagation,
+Xu et al. 2021, §3.5, and DTensor's view rules do the same with dim groups).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from math import prod
+from typing import Any
+
+import torch
+from torch.fx.experimental.proxy_tensor import make_fx
+
+__all__ = [
+    "Captured",
+    "P",
+    "Placement",
+    "R",
+    "Spec",
+    "capture",
+    "capture_hf",
+    "follow_axis",
+    "is_follower",
+    "nbytes_of",
+    "shape_of",
+    "spec_str",
+]
+
+Placement = tuple  # ("R",) | ("P",) | ("S", dim, sf)
+Spec = tuple  # one Placement per mesh axis
+R: Placement = ("R",)
+P: Placement = ("P",)
+
+aten = torch.ops.aten
+VIEWS = {aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.unsqueeze.default,
+         aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default, aten.alias.default}
+COPIES = {aten.clone.default, aten._to_copy.default, aten.detach.default, aten.lift_fresh_copy.default}
+LINEAR_UNARY = {aten.neg.default, aten.mul.Tensor, aten.div.Tensor, aten.mul.Scalar, aten.div.Scalar}
+REDUCTIONS = {aten.mean.dim, aten.sum.dim_IntList, aten.amax.default, aten._softmax.default,
+              aten._safe_softmax.default, aten._log_softmax.default}
+
+
+@dataclass(frozen=True)
+class Captured:
+    """A forward graph; ``params`` maps placeholder name -> parameter/buffer FQN (the rest are
+    inputs); ``layer`` maps node name -> repeated-layer index (absent outside any layer)."""
+
+    graph: torch.fx.Graph
+    params: dict[str, str]
+    buffers: frozenset[str]
+    layer: dict[str, int]
+
+
+def _layer_hooks(module: torch.nn.Module, pattern: str) -> list[Any]:
+    """Hooks tagging nodes created inside ``module.<...>layers.<i>`` with ``custom["layer"] = i``."""
+    from torch.fx import traceback as fx_traceback
+
+    stack: list[Any] = []
+    handles = []
+    for name, sub in module.named_modules():
+        match = re.search(pattern + "$", name)
+        if not match:
+            continue
+
+        def pre(_m: Any, _a: Any, i: int = int(match.group(1))) -> None:
+            stack.append(fx_traceback.annotate({"layer": i}))
+            stack[-1].__enter__()
+
+        def post(_m: Any, _a: Any, _o: Any) -> None:
+            stack.pop().__exit__(None, None, None)
+
+        handles += [sub.register_forward_pre_hook(pre), sub.register_forward_hook(post)]
+    return handles
+
+
+def capture(module: torch.nn.Module, inputs: Sequence[torch.Tensor], kwargs: dict | None = None,
+            output_fn: Callable[[Any], torch.Tensor] | None = None,
+            repeat_pattern: str = r"layers\.(\d+)") -> Captured:
+    """Trace ``module(*inputs, **kwargs)`` (meta tensors) to an aten graph with parameters as inputs."""
+    from torch.fx import traceback as fx_traceback
+
+    state = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    pick = output_fn or (lambda out: getattr(out, "logits", out[0] if isinstance(out, tuple) else out))
+
+    def fn(state: dict, *args: torch.Tensor) -> torch.Tensor:
+        return pick(torch.func.functional_call(module, state, args, kwargs or {}))
+
+    handles = _layer_hooks(module, repeat_pattern)
+    try:
+        with fx_traceback.preserve_node_meta():
+            gm = make_fx(fn, tracing_mode="fake")(state, *inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    holders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    params = {n.name: fqn for n, fqn in zip(holders, state, strict=False)}
+    layer = {n.name: n.meta["custom"]["layer"] for n in gm.graph.nodes if "layer" in n.meta.get("custom", {})}
+    for n in holders[:len(state)]:
+        if match := re.search(repeat_pattern + r"\.", params[n.name]):
+            layer[n.name] = int(match.group(1))
+    return Captured(gm.graph, params, frozenset(dict(module.named_buffers())), layer)
+
+
+def capture_hf(config: dict, batch: int, seq: int, dtype: torch.dtype = torch.bfloat16) -> Captured:
+    """A Hugging Face causal LM built from a config dict on ``meta`` (no hub access), traced on
+    ``input_ids`` of shape ``(batch, seq)`` with eager SDPA math (``use_cache=False``)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(**{k: v for k, v in config.items() if not k.startswith("_")})
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=dtype)
+    ids = torch.zeros(batch, seq, dtype=torch.long, device="meta")
+    return capture(model, [ids], {"use_cache": False})
+
+
+def shape_of(node: Any) -> tuple[int, ...]:
+    """Shape of an fx node's value (``()`` for non-tensors)."""
+    val = node.meta.get("val") if hasattr(node, "meta") else None
+    return tuple(int(s) for s in val.shape) if isinstance(val, torch.Tensor) else ()
+
+
+def nbytes_of(node: Any) -> float:
+    """Bytes of an fx node's (global) value."""
+    val = node.meta.get("val")
+    return float(val.numel() * val.element_size()) if isinstance(val, torch.Tensor) else 0.0
+
+
+def spec_str(spec: Spec) -> str:
+    """DTensor placement list, e.g. ``[Shard(0), Replicate()]``."""
+    def one(p: Placement) -> str:
+        if p == R:
+            return "Replicate()"
+        if p == P:
+            return "Partial()"
+        return f"Shard({p[1]})" if p[2] == 1 else f"_StridedShard({p[1]}, split_factor={p[2]})"
+    return "[" + ", ".join(one(p) for p in spec) + "]"
+
+
+def tensor_args(node: Any) -> list[Any]:
+    """The fx-node arguments of ``node`` (flattened one level, e.g. ``cat``'s list)."""
+    flat = [a for arg in node.args for a in (arg if isinstance(arg, (list, tuple)) else [arg])]
+    return [a for a in flat if isinstance(a, torch.fx.Node) and isinstance(a.meta.get("val"), torch.Tensor)]
+
+
+def is_follower(node: Any) -> bool:
+    """One tensor input and a placement rule that is a function of it (views, copies, unary
+    pointwise ops, reductions): Alpa's "merge simple ops" — no ILP variable of its own."""
+    target = node.target
+    if len(tensor_args(node)) != 1 or not isinstance(target, torch._ops.OpOverload):
+        return False
+    known = VIEWS | COPIES | REDUCTIONS | {aten.t.default, aten.transpose.int, aten.permute.default,
+                                           aten.expand.default, aten.slice.Tensor}
+    return target in known or torch.Tag.pointwise in target.tags
+
+
+def _view_shard(src: tuple[int, ...], dst: tuple[int, ...], dim: int, sf: int, n: int) -> Placement | None:
+    """Map ``Shard(dim, sf)`` through a reshape ``src -> dst``: the sharded coordinate has
+    ``G = prod(src[:dim]) * sf`` major elements; it lands in the dst dim that contains that offset,
+    if the dim's remaining extent is divisible by the mesh size ``n`` (else None: not expressible)."""
+    major = prod(src[:dim]) * sf
+    outer = 1
+    for j, size in enumerate(dst):
+        if outer <= major < outer * size and major % outer == 0:
+            sub = major // outer
+            return ("S", j, sub) if size % sub == 0 and (size // sub) % n == 0 else None
+        outer *= size
+    return None
+
+
+def follow_axis(node: Any, p: Placement, n: int) -> Placement | None:
+    """Output placement of follower ``node`` on one mesh axis of size ``n`` given its input's, or
+    None when no placement follows (a reduction over a sharded dim, a nonlinear op of a Partial)."""
+    target, src, dst = node.target, shape_of(tensor_args(node)[0]), shape_of(node)
+    if p == R:
+        return R
+    if p == P:
+        return P if target in VIEWS | COPIES | LINEAR_UNARY or target in _MOVES else None
+    dim, sf = p[1], p[2]
+    if target in _MOVES:
+        return ("S", _MOVES[target](node, len(src)).index(dim), sf)
+    if target == aten.expand.default:
+        return ("S", dim + len(dst) - len(src), sf)
+    if target == aten.slice.Tensor:
+        return p if src[dim] == dst[dim] else None
+    if target in REDUCTIONS:
+        return _reduce_axis(node, src, dim, sf)
+    if target in VIEWS:
+        return _view_shard(src, dst, dim, sf, n)
+    return p if src == dst else None
+
+
+def _reduce_axis(node: Any, src: tuple[int, ...], dim: int, sf: int) -> Placement | None:
+    """Reductions keep a shard on a dim they do not reduce (shifted when ``keepdim`` is False)."""
+    dims = node.args[1] if len(node.args) > 1 else list(range(len(src)))
+    dims = [d % len(src) for d in ([dims] if isinstance(dims, int) else dims)]
+    if dim in dims:
+        return None
+    keep = node.target in (aten._softmax.default, aten._safe_softmax.default, aten._log_softmax.default) \
+        or (len(node.args) > 2 and bool(node.args[2])) or node.kwargs.get("keepdim", False)
+    return ("S", dim if keep else dim - sum(d < dim for d in dims), sf)
+
+
+def _permutation(node: Any, ndim: int) -> list[int]:
+    """Output dim k holds input dim ``perm[k]``."""
+    perm = list(range(ndim))
+    if node.target == aten.permute.default:
+        return [d % ndim for d in node.args[1]]
+    a, b = (0, 1) if node.target == aten.t.default else (node.args[1] % ndim, node.args[2] % ndim)
+    perm[a], perm[b] = perm[b], perm[a]
+    return perm
+
+
+_MOVES = {aten.t.default: _permutation, aten.transpose.int: _permutation, aten.permute.default: _permutation}
+
+
+# --- strategy rules of anchor ops (per mesh axis; module docstring of search.fx_sharding) ---
+
+
+def _valid(shape: tuple[int, ...], spec: Spec, mesh: tuple[int, ...]) -> bool:
+    """Every sharded dim divides by the product of the mesh sizes sharding it."""
+    for d in {p[1] for p in spec if p[0] == "S"}:
+        sf = max(p[2] for p in spec if p[0] == "S" and p[1] == d)
+        parts = prod(n for n, p in zip(mesh, spec, strict=True) if p[0] == "S" and p[1] == d)
+        if d >= len(shape) or shape[d] % sf or (shape[d] // sf) % parts:
+            return False
+    return True
+
+
+def _combine(options: list[tuple], mesh: tuple[int, ...]) -> list[tuple[Spec, tuple[Spec, ...]]]:
+    """Per-axis options ``(out, (in_0, in_1, ...))`` -> strategies over all axes (product)."""
+    out = []
+    for combo in itertools.product(options, repeat=len(mesh)):
+        ins = tuple(tuple(c[1][k] for c in combo) for k in range(len(combo[0][1])))
+        out.append((tuple(c[0] for c in combo), ins))
+    return out
+
+
+def _s(dim: int, sf: int = 1) -> tuple:
+    return ("S", dim, sf)
+
+
+def _matmul_options(node: Any, sfs: set[int]) -> list[tuple]:
+    """Megatron/Alpa matmul rules per mesh axis (module docstring); ``sfs``: batch shard factors."""
+    t = node.target
+    if t == aten.mm.default:
+        return [(R, (R, R)), (_s(0), (_s(0), R)), (_s(1), (R, _s(1))), (P, (_s(1), _s(0)))]
+    if t == aten.addmm.default:
+        return [(R, (R, R, R)), (_s(0), (R, _s(0), R)), (_s(1), (_s(0), R, _s(1))), (P, (P, _s(1), _s(0)))]
+    batch = [(_s(0, sf), (_s(0, sf), _s(0, sf))) for sf in sorted(sfs | {1})]
+    return [(R, (R, R)), *batch, (_s(1), (_s(1), R)), (_s(2), (R, _s(2))), (P, (_s(2), _s(1)))]
+
+
+def _embedding_options(node: Any) -> list[tuple]:
+    """Embedding(weight, ids) per axis: replicated, ids-following, vocab-parallel (P), hidden."""
+    nd = len(shape_of(node.args[1]))
+    return [(R, (R, R)), *[(_s(d), (R, _s(d))) for d in range(nd)], (P, (_s(0), R)), (_s(nd), (_s(1), R))]
+
+
+def _pointwise_strategies(node: Any, place: dict[str, list[Spec]], mesh: tuple[int, ...]) -> list:
+    """Output specs = union of the inputs' specs (mapped to the output's dims) and all-R; inputs
+    need the output's spec (R on broadcast dims); Partial only through linear combinations."""
+    out_shape, args = shape_of(node), tensor_args(node)
+    cands = {tuple(_to_out(p, len(shape_of(a)), len(out_shape)) for p in spec)
+             for a in args for spec in place[a.name]} | {(R,) * len(mesh)}
+    result = []
+    for spec in sorted(cands, key=str):
+        ins = [_input_spec(spec, node, k, a) for k, a in enumerate(args)]
+        if all(i is not None for i in ins) and _valid(out_shape, spec, mesh) and _cat_ok(node, spec):
+            result.append((spec, tuple(ins)))
+    return result
+
+
+def _to_out(p: tuple, in_nd: int, out_nd: int) -> tuple:
+    return ("S", p[1] + out_nd - in_nd, p[2]) if p[0] == "S" else p
+
+
+def _cat_ok(node: Any, spec: Spec) -> bool:
+    if node.target != aten.cat.default:
+        return True
+    dim = (node.args[1] if len(node.args) > 1 else 0) % len(shape_of(node))
+    return all(p[0] != "S" or p[1] != dim for p in spec)
+
+
+def _input_spec(spec: Spec, node: Any, k: int, arg: Any) -> Spec | None:
+    """Spec input ``k`` must have for output ``spec`` (None: this output is not allowed)."""
+    shape, out_nd, linear_all = shape_of(arg), len(shape_of(node)), node.target in (aten.add.Tensor,
+                                                                                     aten.sub.Tensor)
+    res = []
+    for p in spec:
+        if p == P:
+            if not (linear_all or node.target in (aten.mul.Tensor, aten.div.Tensor)):
+                return None
+            res.append(P if linear_all or k == 0 else R)
+        elif p == R:
+            res.append(R)
+        else:
+            d = p[1] - (out_nd - len(shape))
+            res.append(R if d < 0 or shape[d] == 1 else ("S", d, p[2]))
+    return tuple(res)
+
+
+def op_strategies(node: Any, place: dict[str, list[Spec]], mesh: tuple[int, ...]) -> list | None:
+    """Valid (output spec, input specs) of an anchor op; None when the op has no rule."""
+    t, args = node.target, tensor_args(node)
+    if t in (aten.mm.default, aten.addmm.default, aten.bmm.default):
+        sfs = {p[2] for spec in place[args[0].name] for p in spec if p[0] == "S" and p[1] == 0}
+        options = _matmul_options(node, sfs if t == aten.bmm.default else set())
+    elif t == aten.embedding.default:
+        options = _embedding_options(node)
+    elif isinstance(t, torch._ops.OpOverload) and (torch.Tag.pointwise in t.tags or t == aten.cat.default):
+        return _pointwise_strategies(node, place, mesh)
+    else:
+        return None
+    return [(out, ins) for out, ins in _combine(options, mesh) if _valid(shape_of(node), out, mesh)
+            and all(_valid(shape_of(a), s, mesh) for a, s in zip(args, ins, strict=True))]
+
+
+def placeholder_specs(shape: tuple[int, ...], mesh: tuple[int, ...], fixed: bool) -> list[Spec]:
+    """Any Replicate/Shard per axis (no Partial); buffers and scalars are replicated."""
+    options = [R] + ([] if fixed else [_s(d) for d, size in enumerate(shape) if size > 1])
+    return [spec for spec in itertools.product(options, repeat=len(mesh)) if _valid(shape, spec, mesh)]
