@@ -71,6 +71,20 @@ class GradientSearch:
 
 
 @dataclass
+class IlpSearch:
+    driver: str = "ilp"
+    solver: str = "cbc"
+    time_limit_s: float | None = None
+    batch: int = 8
+    memory_per_param_bytes: float = 16.0
+    count_activations: bool = False
+    memory_limit_gib: float | None = None
+    top_k: int = 1
+    pareto: list[str] = field(default_factory=lambda: ["step_time_s", "memory_gib"])
+    objective: str = "step_time_s"
+
+
+@dataclass
 class SearchConfig:
     """The top level of ``conf/config.yaml``; the groups are typed by their own schemas."""
 
@@ -81,6 +95,7 @@ class SearchConfig:
     search: Any = None
     tracking: Any = None
     wafer: Any = None  # the wafer_arch experiment's system and knob bounds
+    mesh: Any = None  # the auto_shard experiment's device mesh, e.g. [8, 8]
     num_devices: int = 64
     format: str = "table"
     seed: int = 0
@@ -96,3 +111,4 @@ def register() -> None:
     cs.store(group="search", name="grid_schema", node=GridSearch)
     cs.store(group="search", name="optuna_schema", node=OptunaSearch)
     cs.store(group="search", name="gd_schema", node=GradientSearch)
+    cs.store(group="search", name="ilp_schema", node=IlpSearch)

@@ -119,7 +119,7 @@ def run_driver(cfg: DictConfig, problem: Problem, run: JobRun) -> Result:
         )
     if s.driver == "optuna":
         return _optuna(cfg, problem, run)
-    raise ConfigError(f"search.driver '{s.driver}' is not one of grid, optuna, gd")
+    raise ConfigError(f"search.driver '{s.driver}' is not one of grid, optuna, gd, ilp")
 
 
 def _optuna(cfg: DictConfig, problem: Problem, run: JobRun) -> Result:
@@ -324,12 +324,14 @@ def _experiment_name() -> str:
 def task(cfg: DictConfig) -> None:
     if cfg.format not in ("table", "json"):
         raise ConfigError(f"format must be 'table' or 'json', got '{cfg.format}'")
-    if cfg.search.driver == "gd":  # hardware co-design (the wafer_arch experiment)
-        from dse import wafer_search
+    special = {"gd": "wafer_search", "ilp": "shard_search"}  # hardware co-design, automatic sharding
+    if cfg.search.driver in special:
+        import importlib
 
+        module = importlib.import_module(f"dse.{special[cfg.search.driver]}")
         with JobRun(cfg, name=_experiment_name()) as run:
-            rep = wafer_search.run(cfg, run)
-        print_json(rep) if cfg.format == "json" else print(wafer_search.render(rep))
+            rep = module.run(cfg, run)
+        print_json(rep) if cfg.format == "json" else print(module.render(rep))
         return
     with JobRun(cfg, name=_experiment_name()) as run:
         problem, _ = build_problem(cfg)

@@ -1,0 +1,114 @@
+"""The ``auto_shard`` experiment: per-op sharding of a model's FX graph on a device mesh by ILP.
+
+Called by ``dse.search`` when ``search.driver=ilp``: captures the model (a shipped name, a
+config.json path) on the meta device with example inputs of ``search.batch × workload.seq_len``
+tokens, builds the sharding ILP with costs from the compute and network models (mesh axis 0 on the
+scale-out network, the last axis on the scale-up link) and solves it with PuLP; prints the
+parameter placements as DTensor specs, the collectives, the predicted step time and the memory per
+device, and logs them to MLflow.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from time import perf_counter
+from typing import Any
+
+from omegaconf import DictConfig
+
+from costmodels.errors import ConfigError
+from dse._app import format_table
+from dse.hardware import hardware_from_config
+from dse.models import model_config
+from dse.tracking import JobRun
+from search.fx_graph import capture_hf
+from search.fx_sharding import plan_sharding
+
+GiB = float(2**30)
+
+
+def _mesh(cfg: DictConfig) -> tuple[int, ...]:
+    mesh = cfg.get("mesh")
+    if mesh is None or not len(mesh) or not all(isinstance(a, int) and a >= 1 for a in mesh):
+        raise ConfigError(f"mesh must be a list of positive integers such as 'mesh=[8,8]', got {mesh}")
+    return tuple(int(a) for a in mesh)
+
+
+def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
+    """Capture, build, solve; the JSON-ready report."""
+    s, mesh = cfg.search, _mesh(cfg)
+    hw = hardware_from_config(cfg.hardware)
+    limit = s.memory_limit_gib * GiB if s.memory_limit_gib is not None else float(hw.hbm_capacity_bytes)
+    t0 = perf_counter()
+    captured = capture_hf(model_config(cfg.model), int(s.batch), int(cfg.workload.seq_len))
+    capture_s = perf_counter() - t0
+    plan = plan_sharding(
+        captured,
+        hw,
+        mesh,
+        memory_per_param_bytes=s.memory_per_param_bytes,
+        count_activations=s.count_activations,
+        memory_limit=limit,
+        precision=cfg.workload.precision,
+        solver=s.solver,
+        time_limit_s=s.time_limit_s,
+    )
+    sol = plan.solution
+    rep = {
+        "driver": "ilp",
+        "mesh": list(mesh),
+        "step_time_s": plan.step_time_s,
+        "compute_s": plan.compute_s,
+        "comm_s": plan.comm_s,
+        "memory_gib": plan.memory_per_device_bytes / GiB,
+        "memory_limit_gib": limit / GiB,
+        "status": sol.status,
+        "nodes": len(sol.strategies),
+        "variables": sol.num_variables,
+        "constraints": sol.num_constraints,
+        "timings_s": {"capture": capture_s, **plan.timings_s},
+        "param_placements": plan.param_placements,
+        "collectives": plan.collectives,
+        "unsupported": sorted(set(plan.unsupported)),
+    }
+    _log(run_, rep, plan.placements)
+    return rep
+
+
+def _log(run_: JobRun, rep: dict[str, Any], placements: dict[str, str]) -> None:
+    run_.log_metrics(
+        {
+            "step_time_s": rep["step_time_s"],
+            "memory_gib": rep["memory_gib"],
+            "objective": rep["step_time_s"],
+            "compute_s": rep["compute_s"],
+            "comm_s": rep["comm_s"],
+            "variables": float(rep["variables"]),
+            "constraints": float(rep["constraints"]),
+        }
+    )
+    run_.log_dict({"param_placements": rep["param_placements"], "placements": placements}, "placements.yaml")
+    run_.log_text("\n".join(rep["collectives"]), "collectives.txt")
+
+
+def render(rep: dict[str, Any]) -> str:
+    """Parameter placements of one repeated layer plus the rest, the collective counts, the totals."""
+    shown = {k: v for k, v in rep["param_placements"].items() if ".layers." not in k or ".layers.0." in k}
+    table = format_table(["parameter", "placement (per mesh axis)"], sorted(shown.items()), align="ll")
+    kinds = Counter(c.rsplit(": ", 1)[-1].split("(")[0] for c in rep["collectives"])
+    t = rep["timings_s"]
+    return "\n".join(
+        [
+            f"automatic sharding on a {' x '.join(map(str, rep['mesh']))} mesh: {rep['nodes']} graph nodes, "
+            f"{rep['variables']} variables, {rep['constraints']} constraints, {rep['status']}",
+            "",
+            table,
+            "(layers 1.. share layer 0's placements)" if len(shown) < len(rep["param_placements"]) else "",
+            "collectives: " + (", ".join(f"{n} × {k}" for k, n in kinds.most_common()) or "none"),
+            f"forward step {rep['step_time_s'] * 1e3:.2f} ms (compute {rep['compute_s'] * 1e3:.2f} ms, "
+            f"communication {rep['comm_s'] * 1e3:.2f} ms), memory {rep['memory_gib']:.2f} of "
+            f"{rep['memory_limit_gib']:.2f} GiB per device",
+            "time: " + ", ".join(f"{k} {v:.2f} s" for k, v in t.items()),
+            f"replicated fallback for: {', '.join(rep['unsupported'])}" if rep["unsupported"] else "",
+        ]
+    )

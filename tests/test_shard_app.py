@@ -1,0 +1,48 @@
+"""``python -m dse.search +experiment=auto_shard`` end to end on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+TINY = Path(__file__).parent / "data" / "tiny_configs" / "llama.json"
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dse.search", "+experiment=auto_shard", "tracking=none", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def test_auto_shard_reports_placements(tmp_path: Path) -> None:
+    """Every parameter gets a DTensor placement with one entry per mesh axis; the step time splits into
+    compute and communication; memory stays within the limit."""
+    proc = run(
+        f"model={TINY}", "mesh=[2,2]", "search.batch=4", "workload.seq_len=64", "format=json", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads(proc.stdout)
+    assert rep["status"] == "optimal" and rep["mesh"] == [2, 2]
+    assert rep["param_placements"] and all(p.count("(") == 2 for p in rep["param_placements"].values())
+    assert rep["step_time_s"] == rep["compute_s"] + rep["comm_s"]
+    assert rep["memory_gib"] <= rep["memory_limit_gib"]
+
+
+def test_bad_mesh_and_impossible_memory(tmp_path: Path) -> None:
+    proc = run(f"model={TINY}", "mesh=[0,2]", cwd=tmp_path)
+    assert proc.returncode != 0 and "mesh must be a list of positive integers" in proc.stderr
+    proc = run(
+        f"model={TINY}",
+        "mesh=[2,2]",
+        "search.batch=4",
+        "workload.seq_len=64",
+        "search.memory_limit_gib=1e-6",
+        cwd=tmp_path,
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "memory limit" in proc.stderr
