@@ -52,6 +52,7 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
         precision=cfg.workload.precision,
         solver=s.solver,
         time_limit_s=s.time_limit_s,
+        pins=dict(s.pins),
     )
     sol = plan.solution
     rep = {
@@ -68,11 +69,16 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
         "constraints": sol.num_constraints,
         "timings_s": {"capture": capture_s, **plan.timings_s},
         "param_placements": plan.param_placements,
+        "input_placements": {k: v for k, v in plan.placements.items() if k in _inputs(captured)},
         "collectives": plan.collectives,
         "unsupported": sorted(set(plan.unsupported)),
     }
     _log(run_, rep, plan.placements)
     return rep
+
+
+def _inputs(captured: Any) -> set[str]:
+    return {n.name for n in captured.graph.nodes if n.op == "placeholder" and n.name not in captured.params}
 
 
 def _log(run_: JobRun, rep: dict[str, Any], placements: dict[str, str]) -> None:

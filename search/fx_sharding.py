@@ -24,6 +24,7 @@ placement is tied to the parameter's), and optionally activations over liveness 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from math import prod
@@ -72,34 +73,56 @@ __all__ = [
 ]
 
 aten = torch.ops.aten
-FREE = VIEWS | {aten.t.default, aten.transpose.int, aten.permute.default, aten.expand.default,
-                aten.slice.Tensor, aten.detach.default}
+FREE = VIEWS | {
+    aten.t.default,
+    aten.transpose.int,
+    aten.permute.default,
+    aten.expand.default,
+    aten.slice.Tensor,
+    aten.detach.default,
+}
 
 
 def default_links(hw: Hardware, ndim: int) -> tuple[Link, ...]:
     """Last mesh axis = scale-up (NVLink), the one before it = scale-out (NIC per device)."""
     up = Link(float(hw.scale_up_bandwidth_Bps), float(hw.scale_up_latency_s), float(hw.collective_efficiency))
-    out = Link(float(hw.scale_out_bandwidth_Bps) / float(hw.scale_out_oversubscription),
-               float(hw.scale_out_latency_s), float(hw.collective_efficiency))
+    out = Link(
+        float(hw.scale_out_bandwidth_Bps) / float(hw.scale_out_oversubscription),
+        float(hw.scale_out_latency_s),
+        float(hw.collective_efficiency),
+    )
     return (out,) * (ndim - 1) + (up,)
 
 
 class MeshCosts:
     """Cached kernel and collective times (s) on a mesh whose axis ``a`` has size ``mesh[a]``."""
 
-    def __init__(self, hw: Hardware, mesh: tuple[int, ...], links: tuple[Link, ...] | None = None,
-                 precision: str = "bf16") -> None:
+    def __init__(
+        self,
+        hw: Hardware,
+        mesh: tuple[int, ...],
+        links: tuple[Link, ...] | None = None,
+        precision: str = "bf16",
+    ) -> None:
         self.hw, self.mesh, self.peak = hw, tuple(mesh), float(peak_flops(hw, precision))
         self.links = links or default_links(hw, len(mesh))
         if len(self.links) != len(self.mesh):
             raise ConfigError(f"axis_links: {len(self.links)} links for a {len(self.mesh)}-D mesh")
         kernel = jax.jit(kernel_time_s)
-        self.kernel = cache(lambda kind, fl, by, rows=1.0, cols=1.0, gemms=1.0, red=1.0: float(
-            kernel(hw, self.peak, kind, fl, by, rows, cols, gemms, red)))
-        fns = {"all-gather": all_gather_time_s, "all-reduce": all_reduce_time_s,
-               "reduce-scatter": reduce_scatter_time_s, "all-to-all": all_to_all_time_s}
-        self.collective = cache(lambda kind, size, axis: float(
-            fns[kind](size, self.mesh[axis], self.links[axis])))
+        self.kernel = cache(
+            lambda kind, fl, by, rows=1.0, cols=1.0, gemms=1.0, red=1.0: float(
+                kernel(hw, self.peak, kind, fl, by, rows, cols, gemms, red)
+            )
+        )
+        fns = {
+            "all-gather": all_gather_time_s,
+            "all-reduce": all_reduce_time_s,
+            "reduce-scatter": reduce_scatter_time_s,
+            "all-to-all": all_to_all_time_s,
+        }
+        self.collective = cache(
+            lambda kind, size, axis: float(fns[kind](size, self.mesh[axis], self.links[axis]))
+        )
 
     def shards(self, spec: Spec) -> int:
         """Number of pieces a tensor with ``spec`` is cut into (Partial does not cut)."""
@@ -112,8 +135,12 @@ class MeshCosts:
             if s[:2] == d[:2] or s == R or d == P:
                 continue
             full = nbytes * self.mesh[a] / self.shards(src) if s[0] == "S" else nbytes / self.shards(src)
-            kind = {("S", "R"): "all-gather", ("P", "R"): "all-reduce", ("P", "S"): "reduce-scatter",
-                    ("S", "S"): "all-to-all"}[(s[0], d[0])]
+            kind = {
+                ("S", "R"): "all-gather",
+                ("P", "R"): "all-reduce",
+                ("P", "S"): "reduce-scatter",
+                ("S", "S"): "all-to-all",
+            }[(s[0], d[0])]
             total += self.collective(kind, full / self.mesh[a] if kind == "all-to-all" else full, a)
             names.append(f"{kind}(axis {a})")
         return total, names
@@ -199,9 +226,18 @@ class _Builder:
             compute = [0.0] * len(specs)
         usage = [self._usage(node, kind, s) for s in specs]
         start = 0 if kind == "param" else self.pos[node.name]
-        var = _Var(node.name, kind, specs, [ins for _, ins in strategies], np.asarray(compute, float),
-                   np.zeros(len(specs)), np.asarray(usage, float), start, start + 1,
-                   self.cap.layer.get(node.name))
+        var = _Var(
+            node.name,
+            kind,
+            specs,
+            [ins for _, ins in strategies],
+            np.asarray(compute, float),
+            np.zeros(len(specs)),
+            np.asarray(usage, float),
+            start,
+            start + 1,
+            self.cap.layer.get(node.name),
+        )
         self.anchor[node.name], self.place[node.name] = len(self.vars), specs
         self.vars.append(var)
         if kind == "param":
@@ -305,20 +341,28 @@ def _repeat_groups(variables: list[_Var], edges: list[Edge]) -> tuple[RepeatGrou
     for block in blocks.values():
         pos = {n: i for i, n in enumerate(block)}
         inner = sorted((pos[e.u], pos[e.v], e.costs) for e in edges if e.u in pos and e.v in pos)
-        sig = tuple((tuple(variables[n].compute + variables[n].comm), tuple(variables[n].usage))
-                    for n in block)
+        sig = tuple(
+            (tuple(variables[n].compute + variables[n].comm), tuple(variables[n].usage)) for n in block
+        )
         groups.setdefault((sig, tuple(inner)), []).append(tuple(block))
     return tuple(RepeatGroup(tuple(g)) for g in groups.values() if len(g) > 1)
 
 
-def build_problem(captured: Captured, costs: MeshCosts, memory_per_param_bytes: float | None = None,
-                  count_activations: bool = False, memory_limit: float | None = None) -> FxSharding:
+def build_problem(
+    captured: Captured,
+    costs: MeshCosts,
+    memory_per_param_bytes: float | None = None,
+    count_activations: bool = False,
+    memory_limit: float | None = None,
+) -> FxSharding:
     """The sharding ILP of a captured graph (module docstring); repeated layers share variables."""
     b = _Builder(captured, costs, memory_per_param_bytes, count_activations)
     b.run()
     edges = _edges(b)
-    nodes = tuple(Node(tuple((v.compute + v.comm).tolist()), tuple(v.usage.tolist()), (v.start, v.end),
-                       v.name) for v in b.vars)
+    nodes = tuple(
+        Node(tuple((v.compute + v.comm).tolist()), tuple(v.usage.tolist()), (v.start, v.end), v.name)
+        for v in b.vars
+    )
     repeats = _repeat_groups(b.vars, edges)
     problem = ShardingProblem(nodes, tuple(edges), memory_limit, repeats)
     return FxSharding(problem, b.vars, b.anchor, b.place, b.edge_args, b.unsupported, b.implicit)
@@ -342,8 +386,9 @@ class ShardingPlan:
     timings_s: dict[str, float] = field(default_factory=dict)
 
 
-def read_solution(fx: FxSharding, captured: Captured, sol: ShardingSolution,
-                  costs: MeshCosts) -> ShardingPlan:
+def read_solution(
+    fx: FxSharding, captured: Captured, sol: ShardingSolution, costs: MeshCosts
+) -> ShardingPlan:
     """Placements, collectives and the time/memory breakdown of a solved problem."""
     pick = sol.strategies
     spec = {name: specs[pick[fx.anchor[name]]] for name, specs in fx.place.items()}
@@ -358,28 +403,75 @@ def read_solution(fx: FxSharding, captured: Captured, sol: ShardingSolution,
     compute = float(sum(v.compute[s] for v, s in zip(fx.vars, pick, strict=True)))
     params = {fqn: spec_str(spec[name]) for name, fqn in captured.params.items() if name in spec}
     placements = {n: spec_str(s) for n, s in spec.items()}
-    return ShardingPlan(params, placements, collectives, sol.objective, compute, sol.objective - compute,
-                        sol.peak_memory, fx.unsupported, sol)
+    return ShardingPlan(
+        params,
+        placements,
+        collectives,
+        sol.objective,
+        compute,
+        sol.objective - compute,
+        sol.peak_memory,
+        fx.unsupported,
+        sol,
+    )
 
 
-def plan_sharding(captured: Captured, hw: Hardware, mesh: tuple[int, ...], *,
-                  axis_links: tuple[Link, ...] | None = None, memory_per_param_bytes: float | None = None,
-                  count_activations: bool = False, memory_limit: float | None = None, precision: str = "bf16",
-                  solver: str = "cbc", time_limit_s: float | None = None) -> ShardingPlan:
-    """Build the ILP of ``captured`` on ``mesh``, solve it, and read the plan back."""
+def resolve_pins(fx: FxSharding, captured: Captured, pins: Mapping[str, str]) -> dict[int, int]:
+    """Problem-node pins from user pins ``{value: spec}``: a value is an fx node name, a parameter FQN,
+    or ``input`` (every non-parameter placeholder); the spec is a DTensor string like
+    ``[Shard(0), Replicate()]``. A value that is not anchored, or a spec it cannot take, is an error."""
+    by_fqn = {fqn: name for name, fqn in captured.params.items()}
+    inputs = [n.name for n in captured.graph.nodes if n.op == "placeholder" and n.name not in captured.params]
+    out: dict[int, int] = {}
+    for value, want in pins.items():
+        for name in inputs if value == "input" else [by_fqn.get(value, value)]:
+            if name not in fx.anchor:
+                raise ConfigError(f"cannot pin '{value}': not a graph value (inputs: {', '.join(inputs)})")
+            specs = [spec_str(sp) for sp in fx.place[name]]
+            if want not in specs:
+                raise ConfigError(
+                    f"cannot pin '{value}' to {want}; its options: {', '.join(sorted(set(specs)))}"
+                )
+            out[fx.anchor[name]] = specs.index(want)
+    return out
+
+
+def plan_sharding(
+    captured: Captured,
+    hw: Hardware,
+    mesh: tuple[int, ...],
+    *,
+    axis_links: tuple[Link, ...] | None = None,
+    memory_per_param_bytes: float | None = None,
+    count_activations: bool = False,
+    memory_limit: float | None = None,
+    precision: str = "bf16",
+    solver: str = "cbc",
+    time_limit_s: float | None = None,
+    pins: Mapping[str, str] | None = None,
+) -> ShardingPlan:
+    """Build the ILP of ``captured`` on ``mesh``, solve it (with ``pins``, see :func:`resolve_pins`),
+    and read the plan back."""
     t0 = perf_counter()
     costs = MeshCosts(hw, tuple(mesh), axis_links, precision)
     fx = build_problem(captured, costs, memory_per_param_bytes, count_activations, memory_limit)
     t1 = perf_counter()
-    sol = solve(fx.problem, solver=solver, time_limit_s=time_limit_s)
+    sol = solve(
+        fx.problem, solver=solver, time_limit_s=time_limit_s, pins=resolve_pins(fx, captured, pins or {})
+    )
     plan = read_solution(fx, captured, sol, costs)
     plan.timings_s = {"strategies_and_costs": t1 - t0, "build": sol.build_time_s, "solve": sol.solve_time_s}
     return plan
 
 
-def bench_llama(config_name: str = "llama3_8b", mesh: tuple[int, ...] = (8, 8), batch: int = 8,
-                seq: int = 1024, hardware: str = "h100_sxm",
-                memory_per_param_bytes: float = 16.0) -> dict[str, float]:
+def bench_llama(
+    config_name: str = "llama3_8b",
+    mesh: tuple[int, ...] = (8, 8),
+    batch: int = 8,
+    seq: int = 1024,
+    hardware: str = "h100_sxm",
+    memory_per_param_bytes: float = 16.0,
+) -> dict[str, float]:
     """Capture, build and solve a shipped model on ``mesh`` under its device's HBM; print and return
     node/variable/constraint counts and the time of each phase (s). A benchmark, not a test."""
     from dse.hardware import load_hardware
@@ -394,9 +486,18 @@ def bench_llama(config_name: str = "llama3_8b", mesh: tuple[int, ...] = (8, 8), 
     fx = build_problem(cap, costs, memory_per_param_bytes, memory_limit=float(hw.hbm_capacity_bytes))
     t2 = perf_counter()
     sol = solve(fx.problem)
-    stats = {"nodes": len(fx.problem.nodes), "edges": len(fx.problem.edges), "variables": sol.num_variables,
-             "constraints": sol.num_constraints, "capture_s": t1 - t0, "strategies_s": t2 - t1,
-             "build_s": sol.build_time_s, "solve_s": sol.solve_time_s, "step_time_s": sol.objective,
-             "memory_per_device_bytes": sol.peak_memory, "total_s": perf_counter() - t0}
+    stats = {
+        "nodes": len(fx.problem.nodes),
+        "edges": len(fx.problem.edges),
+        "variables": sol.num_variables,
+        "constraints": sol.num_constraints,
+        "capture_s": t1 - t0,
+        "strategies_s": t2 - t1,
+        "build_s": sol.build_time_s,
+        "solve_s": sol.solve_time_s,
+        "step_time_s": sol.objective,
+        "memory_per_device_bytes": sol.peak_memory,
+        "total_s": perf_counter() - t0,
+    }
     print(", ".join(f"{k}={v:.4g}" for k, v in stats.items()))
     return stats

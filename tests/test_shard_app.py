@@ -34,6 +34,22 @@ def test_auto_shard_reports_placements(tmp_path: Path) -> None:
     assert rep["memory_gib"] <= rep["memory_limit_gib"]
 
 
+def test_pinned_input_is_respected(tmp_path: Path) -> None:
+    """A user pin (the input batch sharded over mesh axis 0, replicated over axis 1) holds in the answer."""
+    proc = run(
+        f"model={TINY}",
+        "mesh=[2,2]",
+        "search.batch=4",
+        "workload.seq_len=64",
+        "format=json",
+        "+search.pins={input:'[Shard(0), Replicate()]'}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads(proc.stdout)
+    assert set(rep["input_placements"].values()) == {"[Shard(0), Replicate()]"}
+
+
 def test_bad_mesh_and_impossible_memory(tmp_path: Path) -> None:
     proc = run(f"model={TINY}", "mesh=[0,2]", cwd=tmp_path)
     assert proc.returncode != 0 and "mesh must be a list of positive integers" in proc.stderr

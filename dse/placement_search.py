@@ -1,0 +1,375 @@
+"""The ``placement`` experiment: where each rank of a training job runs (``search.driver: cpsat``).
+
+    python -m dse.search +experiment=placement
+    python -m dse.search +experiment=placement topology=dgx_h100_4k num_devices=4096
+    python -m dse.search +experiment=placement topology.unavailable_fraction=0.1 placement.fit_dp=true
+
+Wiring only: ``topology:`` (a preset of ``conf/topology/``) → :class:`search.topology.Topology`;
+``model``, ``workload`` and ``placement:`` (the mapping) → :class:`search.placement.Job` with the bytes
+each group moves per step (:func:`bytes_per_step`); then rank order, the tree heuristic and CP-SAT,
+each scored by :func:`search.placement.evaluate`, logged to MLflow with pictures of the winner.
+
+Traffic per rank per step, S_t, the buffer of the type's collective (same terms as
+``costmodels/training.py``; m = global_batch / (dp · microbatch) micro-batches, L layers, h hidden,
+``a`` bytes per activation element, ``act = microbatch/cp · seq_len · h · a``):
+
+    S_tp = m · blocks · 2 passes · ceil(L/pp) · act        blocks = 2 (1 for a parallel block)
+    S_pp = m · 2 · vpp · act / tp                           activation forward + gradient backward
+    S_dp = params per device (largest stage) · 4 B          fp32 gradient all-reduce (Megatron)
+    S_cp = m · 3 · ceil(L/pp) · kv · cp/2                   ring attention: 3(cp−1) K,V chunks of
+                                                            kv bytes per layer (÷ all-reduce factor)
+    S_ep = m · 4 · moe layers/pp · act · top_k              dispatch + combine, forward + backward
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from costmodels.architectures import ModelSpec
+from costmodels.errors import ConfigError
+from costmodels.hardware import bytes_per_element
+from costmodels.memory import stage_parameters
+from dse._app import CONF_DIR, format_table
+from dse.tracking import JobRun
+from search.placement import Job, Placement, cp_sat, evaluate, rank_order, tree_heuristic
+from search.topology import Topology, from_instance_json, gpu_cluster, mark_unavailable, mesh2d, torus3d
+
+BUILDERS = {"gpu_cluster": gpu_cluster, "torus3d": torus3d, "mesh2d": mesh2d}
+SOLVERS = ("rank_order", "tree_heuristic", "cp_sat")
+TOPOLOGY_KEYS = ("kind", "unavailable_fraction", "seed", "path", "name")
+
+
+# --------------------------------------------------------------------------------------------
+# Topology
+
+
+def _plain(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
+    return dict(OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg)
+
+
+def resolve_path(path: str) -> Path:
+    """A file path as given (absolute, or from the launch directory), else under ``conf/topology/``."""
+    p = Path(path).expanduser()
+    for candidate in (p, CONF_DIR / "topology" / p):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"topology file {path} does not exist")
+
+
+def read_instance_json(path: str) -> dict[str, Any]:
+    try:
+        return json.loads(resolve_path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"topology file {path} is not valid JSON: {exc}") from None
+
+
+def build_topology(tcfg: Mapping[str, Any] | DictConfig) -> Topology:
+    """The topology a preset describes: ``kind`` names the builder, the other keys are its arguments;
+    ``unavailable_fraction`` of the scale-up domains (whole nodes; single dies on a torus or mesh)
+    are marked unavailable, drawn with ``seed``."""
+    spec = _plain(tcfg)
+    kind, args = spec.get("kind"), {k: v for k, v in spec.items() if k not in TOPOLOGY_KEYS}
+    if kind == "instance_json":
+        if not spec.get("path"):
+            raise ConfigError("topology kind instance_json needs a path: topology.path=file.json")
+        topo = from_instance_json(read_instance_json(str(spec["path"])), **args)
+    elif kind in BUILDERS:
+        try:
+            topo = BUILDERS[kind](**args)
+        except TypeError as exc:
+            raise ConfigError(f"topology {kind}: {exc}") from None
+    else:
+        raise ConfigError(
+            f"topology.kind must be one of {', '.join([*BUILDERS, 'instance_json'])}, got {kind!r}"
+        )
+    return drop_random(topo, float(spec.get("unavailable_fraction", 0.0) or 0.0), int(spec.get("seed", 0)))
+
+
+def drop_random(topo: Topology, fraction: float, seed: int) -> Topology:
+    """``round(fraction · units)`` random units unavailable: scale-up domains when there are several,
+    else single devices (a torus or a wafer is one domain)."""
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"unavailable_fraction must be in [0, 1), got {fraction}")
+    units = list(topo.domains) if len(topo.domains) > 1 else list(topo.devices)
+    k = round(fraction * len(units))
+    if k == 0:
+        return topo
+    picked = np.random.default_rng(seed).choice(len(units), size=k, replace=False)
+    return mark_unavailable(topo, [units[i] for i in sorted(picked)])
+
+
+# --------------------------------------------------------------------------------------------
+# Job and its traffic
+
+
+def bytes_per_step(spec: ModelSpec, w: Mapping[str, Any], p: Mapping[str, Any]) -> dict[str, float]:
+    """S_t per group type (module docstring) for the model ``spec``, workload ``w`` and mapping ``p``."""
+    tp, pp, dp, cp, ep = (int(p.get(k, 1)) for k in ("tp", "pp", "dp", "cp", "ep"))
+    mb, vpp = int(p.get("microbatch", 1)), int(p.get("vpp", 1))
+    a = bytes_per_element(w.get("precision", "bf16"))
+    m = max(float(w["global_batch"]) / (dp * mb), 1.0)
+    act = mb / cp * float(w["seq_len"]) * spec.hidden_size * a
+    stage_layers = math.ceil(spec.num_layers / pp)
+    first, last, experts = stage_parameters(spec, tp, pp, ep)
+    grad_b = 2.0 if w.get("precision") == "fp16" else 4.0
+    out = {
+        "tp": m * (1 if spec.parallel_block else 2) * 2 * stage_layers * act,
+        "pp": m * 2 * vpp * act / tp,
+        "dp": float(max(first, last) + experts) * grad_b,
+    }
+    if cp > 1:
+        kv = mb * float(w["seq_len"]) / cp * spec.kv_cache_elements_per_token / min(tp, spec.num_kv_heads) * a
+        out["cp"] = m * 3 * stage_layers * kv * cp / 2
+    if ep > 1 and spec.moe is not None:
+        moe_layers = sum(n for kind, n in spec.layer_kinds if kind == "moe")
+        out["ep"] = m * 4 * moe_layers / pp * act * spec.moe.top_k
+    return out
+
+
+def degrees(p: Mapping[str, Any], n_devices: int) -> dict[str, int]:
+    """tp, pp, cp, ep and dp (``null``: n_devices / (tp·pp·cp·ep)) as ints, checked."""
+    d = {k: int(p.get(k) or 1) for k in ("tp", "pp", "cp", "ep")}
+    rest = d["tp"] * d["pp"] * d["cp"] * d["ep"]
+    if p.get("dp") is None:
+        if n_devices % rest:
+            raise ConfigError(f"num_devices={n_devices} is not a multiple of tp·pp·cp·ep = {rest}")
+        d["dp"] = n_devices // rest
+    else:
+        d["dp"] = int(p["dp"])
+    return d
+
+
+def fit_dp(d: dict[str, int], topo: Topology) -> dict[str, int]:
+    """The largest dp ≤ d['dp'] whose job fits the available devices with TP groups inside domains."""
+    avail = np.bincount(topo.domain_of, topo.available, minlength=len(topo.domains)).astype(int)
+    slots = int((avail // d["tp"]).sum()) * d["tp"]
+    per_replica = d["tp"] * d["pp"] * d["cp"] * d["ep"]
+    return d | {"dp": max(1, min(d["dp"], slots // per_replica))}
+
+
+def job_from_config(cfg: DictConfig, topo: Topology, spec: ModelSpec) -> Job:
+    """The placement job of ``cfg.placement`` (degrees, order) with traffic derived from the model."""
+    p = _plain(cfg.placement)
+    d = degrees(p, int(cfg.num_devices))
+    if p.get("fit_dp"):
+        d = fit_dp(d, topo)
+    order = tuple(p.get("order") or ("tp", "cp", "ep", "dp", "pp"))
+    s = bytes_per_step(spec, _plain(cfg.workload), p | d)
+    return Job(**d, bytes_per_step=s, order=order)
+
+
+# --------------------------------------------------------------------------------------------
+# Solve, score, report
+
+
+def solve_all(job: Job, topo: Topology, s: Mapping[str, Any]) -> dict[str, tuple[Placement, dict]]:
+    """Rank order, tree heuristic and CP-SAT, each with its evaluator report (timed)."""
+    keep = bool(s.get("keep_tp_in_domain", True))
+    objective = str(s.get("objective", "sum"))
+    runs = {
+        "rank_order": lambda: rank_order(job, topo, objective),
+        "tree_heuristic": lambda: tree_heuristic(job, topo, objective, keep_tp_in_domain=keep),
+        "cp_sat": lambda: cp_sat(
+            job,
+            topo,
+            time_limit_s=float(s.get("time_limit_s", 60)),
+            workers=int(s.get("workers", 8)),
+            objective=objective,
+            keep_tp_in_domain=keep,
+            seed=int(s.get("seed", 0)),
+            method=str(s.get("method", "auto")),
+        ),
+    }
+    out = {}
+    for name, solve in runs.items():
+        t0 = time.perf_counter()
+        placement = solve()
+        elapsed = time.perf_counter() - t0
+        out[name] = (placement, evaluate(job, topo, placement) | {"solve_time_s": elapsed})
+    return out
+
+
+def solver_row(placement: Placement, ev: dict) -> dict[str, Any]:
+    """The JSON-ready figures of one solver (the evaluator's, its status and solve time)."""
+    dp_pp = sum(ev["by_type"].get(t, {}).get("time_s", 0.0) for t in ("dp", "pp"))
+    return {
+        "method": placement.method,
+        "status": placement.status,
+        "cost_sum": ev["cost_sum"],
+        "cost_max": ev["cost_max"],
+        "comm_time_s": ev["comm_time_s"],
+        "dp_pp_comm_time_s": dp_pp,
+        "max_link": list(ev["max_link"]) if ev["max_link"] else None,
+        "max_link_bytes": ev["max_link_bytes"],
+        "tp_in_domain": bool(ev["tp_in_domain"]),
+        "bytes_by_tier": ev["bytes_by_tier"],
+        "by_type": ev["by_type"],
+        "solve_time_s": ev["solve_time_s"],
+    }
+
+
+def placement_map(topo: Topology, placement: Placement | tuple[int, ...]) -> dict[str, str]:
+    """rank → device id (JSON keys are strings)."""
+    devices = placement.devices if isinstance(placement, Placement) else placement
+    return {str(r): topo.devices[d] for r, d in enumerate(devices)}
+
+
+def report(
+    job: Job, topo: Topology, results: dict[str, tuple[Placement, dict]], objective: str
+) -> dict[str, Any]:
+    """The JSON-ready report: topology, job, per-solver figures, CP-SAT's gains and its placement."""
+    rows = {name: solver_row(p, ev) for name, (p, ev) in results.items()}
+    best, base = rows["cp_sat"], rows["rank_order"]
+    gain = {
+        k: 1.0 - best[k] / base[k] if base[k] > 0 else 0.0
+        for k in ("cost_sum", "comm_time_s", "dp_pp_comm_time_s")
+    }
+    return {
+        "topology": {
+            "name": topo.name,
+            "devices": len(topo.devices),
+            "available": int(topo.available.sum()),
+            "domains": len(topo.domains),
+        },
+        "job": {
+            "tp": job.tp,
+            "pp": job.pp,
+            "dp": job.dp,
+            "cp": job.cp,
+            "ep": job.ep,
+            "order": list(job.order),
+            "n_ranks": job.n_ranks,
+            "bytes_per_step": dict(job.bytes_per_step),
+        },
+        "objective": objective,
+        "solvers": rows,
+        "reduction_vs_rank_order": gain,
+        "placement": placement_map(topo, results["cp_sat"][0]),
+    }
+
+
+def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
+    """Build topology and job from ``cfg``, solve with all three, log, and return the report."""
+    from dse.models import load_model
+
+    if cfg.get("topology") is None or cfg.get("placement") is None:
+        raise ConfigError("the placement search needs topology: and placement: (use +experiment=placement)")
+    topo = build_topology(cfg.topology)
+    job = job_from_config(cfg, topo, load_model(cfg.model))
+    s = _plain(cfg.search)
+    results = solve_all(job, topo, s | {"seed": s.get("seed", cfg.get("seed", 0))})
+    rep = report(job, topo, results, str(s.get("objective", "sum")))
+    log_report(run_, rep, job, topo, results["cp_sat"][0])
+    return rep
+
+
+def evaluator_table(rep: dict[str, Any]) -> dict[str, list[Any]]:
+    """Columns of the evaluator table (one row per solver), for CSV."""
+    keys = (
+        "cost_sum",
+        "cost_max",
+        "comm_time_s",
+        "dp_pp_comm_time_s",
+        "max_link_bytes",
+        "tp_in_domain",
+        "solve_time_s",
+    )
+    rows = rep["solvers"]
+    return (
+        {"solver": list(rows)}
+        | {k: [rows[n][k] for n in rows] for k in keys}
+        | {"max_link": ["–".join(rows[n]["max_link"] or []) for n in rows]}
+    )
+
+
+def log_report(run_: JobRun, rep: dict[str, Any], job: Job, topo: Topology, best: Placement) -> None:
+    """Metrics (cost and comm time per solver, the reductions), placement.json, the table, pictures."""
+    for name, row in rep["solvers"].items():
+        run_.log_metrics(
+            {
+                f"{name}.{k}": row[k]
+                for k in (
+                    "cost_sum",
+                    "cost_max",
+                    "comm_time_s",
+                    "dp_pp_comm_time_s",
+                    "max_link_bytes",
+                    "solve_time_s",
+                )
+            }
+        )
+    run_.log_metrics({f"reduction.{k}": v for k, v in rep["reduction_vs_rank_order"].items()})
+    run_.log_dict(rep, "placement.json")
+    run_.log_table_csv(evaluator_table(rep), "evaluator.csv")
+    if not run_.enabled:
+        return
+    import tempfile
+
+    from search.placement_draw import draw_html, draw_png
+
+    with tempfile.TemporaryDirectory() as tmp:
+        draw_png(topo, best, job, Path(tmp, "placement.png"))
+        draw_html(topo, best, job, Path(tmp, "placement.html"))
+        _log_files(run_, [Path(tmp, "placement.png"), Path(tmp, "placement.html")])
+
+
+def _log_files(run_: JobRun, paths: list[Path]) -> None:
+    """Plain files as artifacts (JobRun has no file logger: go through its client)."""
+    client = getattr(run_, "_client", None)
+    if client is not None and run_.run_id is not None:
+        for path in paths:
+            client.log_artifact(run_.run_id, str(path))
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def render(rep: dict[str, Any]) -> str:
+    """The solver table and CP-SAT's reductions against rank order."""
+    j, t = rep["job"], rep["topology"]
+    head = (
+        f"placement of tp={j['tp']} pp={j['pp']} dp={j['dp']} cp={j['cp']} ep={j['ep']} "
+        f"({j['n_ranks']} ranks) "
+        f"on {t['name']} ({t['available']}/{t['devices']} devices available), objective {rep['objective']}"
+    )
+    cols = [
+        "solver",
+        "cost_sum",
+        "cost_max",
+        "comm_time_s",
+        "dp+pp_s",
+        "most loaded link",
+        "link bytes",
+        "TP in domain",
+        "solve_s",
+    ]
+    rows = [
+        [
+            n,
+            _cell(r["cost_sum"]),
+            _cell(r["cost_max"]),
+            _cell(r["comm_time_s"]),
+            _cell(r["dp_pp_comm_time_s"]),
+            "–".join(r["max_link"] or ["-"]),
+            _cell(r["max_link_bytes"]),
+            _cell(r["tp_in_domain"]),
+            f"{r['solve_time_s']:.2f}",
+        ]
+        for n, r in rep["solvers"].items()
+    ]
+    g = rep["reduction_vs_rank_order"]
+    gains = ", ".join(f"{k} {100 * v:.1f}%" for k, v in g.items())
+    return "\n".join(
+        [head, "", format_table(cols, rows, align="lrrrrlrlr"), "", f"cp_sat vs rank order: {gains} lower"]
+    )
