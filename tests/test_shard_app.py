@@ -42,7 +42,7 @@ def test_pinned_input_is_respected(tmp_path: Path) -> None:
         "search.batch=4",
         "workload.seq_len=64",
         "format=json",
-        "+search.pins={input:'[Shard(0), Replicate()]'}",
+        "search.pins={input:'[Shard(0), Replicate()]'}",
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
