@@ -79,7 +79,7 @@ class IlpSearch:
     memory_per_param_bytes: float = 16.0
     count_activations: bool = False
     memory_limit_gib: float | None = None
-    pins: dict[str, str] = field(default_factory=dict)
+    pins: Any = None  # {value: DTensor spec}
     top_k: int = 1
     pareto: list[str] = field(default_factory=lambda: ["step_time_s", "memory_gib"])
     objective: str = "step_time_s"

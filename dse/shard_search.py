@@ -52,7 +52,7 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
         precision=cfg.workload.precision,
         solver=s.solver,
         time_limit_s=s.time_limit_s,
-        pins=dict(s.pins),
+        pins=dict(s.pins or {}),
     )
     sol = plan.solution
     rep = {
