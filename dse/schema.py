@@ -86,6 +86,16 @@ class IlpSearch:
 
 
 @dataclass
+class CpsatSearch:
+    driver: str = "cpsat"
+    objective: str = "sum"
+    time_limit_s: float = 60.0
+    workers: int = 8
+    keep_tp_in_domain: bool = True
+    method: str = "auto"
+
+
+@dataclass
 class SearchConfig:
     """The top level of ``conf/config.yaml``; the groups are typed by their own schemas."""
 
@@ -97,6 +107,8 @@ class SearchConfig:
     tracking: Any = None
     wafer: Any = None  # the wafer_arch experiment's system and knob bounds
     mesh: Any = None  # the auto_shard experiment's device mesh, e.g. [8, 8]
+    topology: Any = None  # the placement experiment's network topology (conf/topology/)
+    placement: Any = None  # the placement experiment's job: model mapping and traffic
     num_devices: int = 64
     format: str = "table"
     seed: int = 0
@@ -113,3 +125,4 @@ def register() -> None:
     cs.store(group="search", name="optuna_schema", node=OptunaSearch)
     cs.store(group="search", name="gd_schema", node=GradientSearch)
     cs.store(group="search", name="ilp_schema", node=IlpSearch)
+    cs.store(group="search", name="cpsat_schema", node=CpsatSearch)

@@ -119,7 +119,7 @@ def run_driver(cfg: DictConfig, problem: Problem, run: JobRun) -> Result:
         )
     if s.driver == "optuna":
         return _optuna(cfg, problem, run)
-    raise ConfigError(f"search.driver '{s.driver}' is not one of grid, optuna, gd, ilp")
+    raise ConfigError(f"search.driver '{s.driver}' is not one of grid, optuna, gd, ilp, cpsat")
 
 
 def _optuna(cfg: DictConfig, problem: Problem, run: JobRun) -> Result:
@@ -324,7 +324,8 @@ def _experiment_name() -> str:
 def task(cfg: DictConfig) -> None:
     if cfg.format not in ("table", "json"):
         raise ConfigError(f"format must be 'table' or 'json', got '{cfg.format}'")
-    special = {"gd": "wafer_search", "ilp": "shard_search"}  # hardware co-design, automatic sharding
+    # hardware co-design, automatic sharding, topology-aware placement
+    special = {"gd": "wafer_search", "ilp": "shard_search", "cpsat": "placement_search"}
     if cfg.search.driver in special:
         import importlib
 

@@ -42,7 +42,7 @@ def test_every_experiment_composes(name: str) -> None:
     schema.register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[f"+experiment={name}", "tracking=none"])
-    assert cfg.search.driver in ("grid", "optuna", "gd")
+    assert cfg.search.driver in ("grid", "optuna", "gd", "ilp", "cpsat")
     assert cfg.workload.kind in ("training", "inference")
 
 

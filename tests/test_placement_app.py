@@ -1,0 +1,146 @@
+"""The placement experiment end to end: presets, the search function, pictures, MLflow, dse.topoeval."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from dse import placement_search, schema
+from dse._app import CONF_DIR
+from dse.tracking import JobRun
+from search.placement import Job
+from search.placement_draw import draw_html, draw_png
+from search.topology import gpu_cluster, mark_unavailable
+
+PRESETS = sorted(p.stem for p in (CONF_DIR / "topology").glob("*.yaml"))
+SMALL = [
+    "topology=small_2x8",
+    "num_devices=16",
+    "placement.tp=4",
+    "placement.pp=2",
+    "search.time_limit_s=4",
+    "search.workers=2",
+    "workload.global_batch=64",
+]
+
+
+def _register() -> None:
+    schema.register()
+
+
+def placement_cfg(*overrides: str) -> DictConfig:
+    _register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=["+experiment=placement", "tracking=none", *overrides])
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_topology_presets_build(name: str) -> None:
+    topo = placement_search.build_topology(OmegaConf.load(CONF_DIR / "topology" / f"{name}.yaml"))
+    assert len(topo.devices) >= 16 and topo.available.all()
+
+
+def test_unavailable_fraction_drops_whole_nodes() -> None:
+    spec = OmegaConf.load(CONF_DIR / "topology" / "dgx_h100_1k.yaml")
+    spec.unavailable_fraction = 0.1
+    topo = placement_search.build_topology(spec)
+    assert int((~topo.available).sum()) == 13 * 8
+    assert len(topo.domains) == 128 and len({int(d) for d in topo.domain_of[~topo.available]}) == 13
+
+
+def test_experiment_composes_with_derived_traffic() -> None:
+    cfg = placement_cfg()
+    assert cfg.search.driver == "cpsat" and cfg.topology.nodes == 128
+    d = placement_search.degrees(OmegaConf.to_container(cfg.placement), cfg.num_devices)
+    assert d == {"tp": 8, "pp": 4, "cp": 1, "ep": 1, "dp": 32}
+
+
+def test_bytes_per_step_follow_the_training_model() -> None:
+    from dse.models import load_model
+
+    spec = load_model("llama3_70b")
+    w = {"seq_len": 8192, "global_batch": 1024, "precision": "bf16"}
+    s = placement_search.bytes_per_step(spec, w, {"tp": 8, "pp": 4, "dp": 32})
+    act = 8192 * 8192 * 2  # one micro-batch's activation (bytes)
+    assert s["tp"] == pytest.approx(32 * 2 * 2 * 20 * act)  # m · blocks · passes · layers per stage
+    assert s["pp"] == pytest.approx(32 * 2 * act / 8)
+    assert 70.5e9 / 32 * 4 * 0.9 < s["dp"] < 70.5e9 / 32 * 4 * 1.3  # ≈ params/(tp·pp) fp32 grads
+
+
+def test_search_end_to_end_cp_sat_not_worse_than_baselines() -> None:
+    cfg = placement_cfg(*SMALL, "topology.nodes=4", "topology.unavailable_fraction=0.25", "placement.tp=2")
+    with JobRun(cfg, name="placement") as run:
+        rep = placement_search.run(cfg, run)
+    rows = rep["solvers"]
+    assert set(rows) == {"rank_order", "tree_heuristic", "cp_sat"} and rep["job"]["n_ranks"] == 16
+    for base in ("rank_order", "tree_heuristic"):
+        assert rows["cp_sat"]["cost_sum"] <= rows[base]["cost_sum"] * (1 + 1e-9)
+    assert rows["cp_sat"]["tp_in_domain"] and len(set(rep["placement"].values())) == 16
+    assert "cp_sat" in placement_search.render(rep) and json.dumps(rep)
+
+
+def test_search_logs_artifacts_to_mlflow(tmp_path: Path) -> None:
+    cfg = placement_cfg(*SMALL, "tracking=sqlite", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
+    with JobRun(cfg, name="placement") as run:
+        placement_search.run(cfg, run)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(run.uri)
+    names = {a.path for a in client.list_artifacts(run.run_id)}
+    assert {"placement.json", "evaluator.csv", "placement.png", "placement.html"} <= names
+    assert client.get_run(run.run_id).data.metrics["cp_sat.cost_sum"] > 0
+
+
+def test_pictures(tmp_path: Path) -> None:
+    topo = mark_unavailable(gpu_cluster(4, 8, nodes_per_leaf=2), ["node3", "node0/gpu7"])
+    job = Job(tp=4, pp=2, dp=2, bytes_per_step={"tp": 1.0, "dp": 1.0, "pp": 1.0})
+    placement = tuple(int(d) for d in topo.available.nonzero()[0][:16])
+    png = draw_png(topo, placement, job, tmp_path / "p.png")
+    page = draw_html(topo, placement, job, tmp_path / "p.html").read_text()
+    assert png.stat().st_size > 1024 and png.read_bytes()[:4] == b"\x89PNG"
+    assert (
+        "<svg" in page and "<title>" in page and "unavailable" in page and "http" not in page.split("<svg")[0]
+    )
+
+
+def topoeval(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dse.topoeval", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
+
+
+def test_topoeval_scores_a_placement_file(tmp_path: Path) -> None:
+    (tmp_path / "p.json").write_text(json.dumps({str(r): f"node{r // 8}/gpu{r % 8}" for r in range(16)}))
+    proc = topoeval("p.json", "topology=small_2x8", "job.tp=4", "job.pp=2", "format=json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads(proc.stdout)
+    assert rep["ranks"] == 16 and rep["job"]["dp"] == 2 and rep["by_type"]["tp"]["max_nodes"] == 1
+    assert rep["by_type"]["pp"]["max_leaves"] == 2 and rep["comm_time_s"] > 0 and rep["max_link"]
+
+
+@pytest.mark.parametrize("case", ["too_many_ranks", "unknown_device", "dangling_link"])
+def test_topoeval_bad_input_is_one_line_error(tmp_path: Path, case: str) -> None:
+    ranks = 17 if case == "too_many_ranks" else 16
+    placement = {str(r): f"node{r // 8}/gpu{r % 8}" for r in range(ranks)}
+    args = ["topology=small_2x8"]
+    if case == "unknown_device":
+        placement["3"] = "node7/gpu3"
+    if case == "dangling_link":
+        topo = {
+            "nodes": [{"id": f"node{k}", "network_node_ids": ["leafA"], "gpus": 8} for k in range(2)],
+            "links": [{"source": "leafA", "target": "nowhere"}],
+        }
+        (tmp_path / "t.json").write_text(json.dumps(topo))
+        args = ["topology=instance_json", f"topology.path={tmp_path / 't.json'}"]
+    (tmp_path / "p.json").write_text(json.dumps(placement))
+    proc = topoeval("p.json", *args, "job.tp=8", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and len(proc.stderr.splitlines()) == 1
+    assert {"too_many_ranks": "17 ranks", "unknown_device": "node7/gpu3", "dangling_link": "nowhere"}[
+        case
+    ] in proc.stderr
