@@ -225,7 +225,7 @@ def _params_per_device(job: TrainingJob, plan: Plan) -> tuple[Array, Array]:
 
 
 def _dp_and_optimizer(
-    hw: Hardware, job: TrainingJob, plan: Plan, table: OpTable, backward_s: Array
+    hw: Hardware, job: TrainingJob, plan: Plan, backward_s: Array
 ) -> tuple[Array, Array, Array]:
     """(exposed DP gradient reduction, ZeRO-3 gather/scatter time per step, optimizer step time).
 
@@ -289,7 +289,7 @@ def training_step(
     micro = micro_compute + st["recompute"] + tp + cp + ep + pp
     m = plan.microbatches
     bubble = (plan.pp - 1.0) / plan.vpp * micro
-    dp, zero3, optimizer = _dp_and_optimizer(hw, job, plan, table, m * st["bwd"])
+    dp, zero3, optimizer = _dp_and_optimizer(hw, job, plan, m * st["bwd"])
     zero3_exposed = zero3 - plan.zero3_overlap * jnp.minimum(zero3, m * micro_compute)
     step = m * micro + bubble + dp + zero3_exposed + optimizer
     devices = plan.num_devices
