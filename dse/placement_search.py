@@ -318,15 +318,8 @@ def log_report(run_: JobRun, rep: dict[str, Any], job: Job, topo: Topology, best
     with tempfile.TemporaryDirectory() as tmp:
         draw_png(topo, best, job, Path(tmp, "placement.png"))
         draw_html(topo, best, job, Path(tmp, "placement.html"))
-        _log_files(run_, [Path(tmp, "placement.png"), Path(tmp, "placement.html")])
-
-
-def _log_files(run_: JobRun, paths: list[Path]) -> None:
-    """Plain files as artifacts (JobRun has no file logger: go through its client)."""
-    client = getattr(run_, "_client", None)
-    if client is not None and run_.run_id is not None:
-        for path in paths:
-            client.log_artifact(run_.run_id, str(path))
+        for name in ("placement.png", "placement.html"):
+            run_.log_file(Path(tmp, name))
 
 
 def _cell(v: Any) -> str:

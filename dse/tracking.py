@@ -618,6 +618,11 @@ class JobRun:
         self._client.set_terminated(child_id, "FINISHED")
         return child_id
 
+    def log_file(self, path: str | os.PathLike[str]) -> None:
+        """A file from disk as an artifact, under its own name."""
+        if self.run_id is not None and self._client is not None:
+            self._client.log_artifact(self.run_id, str(path))
+
     def log_text(self, text: str, artifact_file: str) -> None:
         """A text artifact at the run-relative path ``artifact_file``."""
         if self.run_id is not None and self._client is not None:
