@@ -101,9 +101,12 @@ def kernel_time_s(
     gemms: Array = 1.0,
     reduce: Array = 1.0,
     temperature: float = 0.0,
+    quantize: bool = True,
 ) -> Array:
-    """Time of a kernel of class ``kind`` (one of the KIND_* codes, may be an array over ops)."""
-    matmul_eff = hw.matmul_efficiency * wave_efficiency(hw, rows, cols, gemms, reduce)
+    """Time of a kernel of class ``kind`` (one of the KIND_* codes, may be an array over ops).
+    ``quantize=False`` skips the tile/wave factor, for callers whose ``kind`` holds no matmul."""
+    waves = wave_efficiency(hw, rows, cols, gemms, reduce) if quantize else 1.0
+    matmul_eff = hw.matmul_efficiency * waves
     efficiency = jnp.where(
         kind == KIND_MATMUL,
         matmul_eff,

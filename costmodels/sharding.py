@@ -206,9 +206,16 @@ def op_times(hw: Hardware, peak: Array, t: OpTable, s: _Sharded) -> tuple[Array,
     gemm = 2.0 * s.rows * s.cols * s.reduce * s.gemms
     dgrad = kernel_time_s(hw, peak, t.kind, gemm, moved, s.rows, s.reduce, s.gemms, s.cols)
     wgrad = kernel_time_s(hw, peak, t.kind, s.flops, moved, s.reduce, s.cols, s.gemms, s.rows)
-    other = kernel_time_s(hw, peak, t.kind, 2.0 * s.flops, moved + s.x, s.rows, s.cols, s.gemms, s.reduce)
-    emb = kernel_time_s(hw, peak, t.kind, s.flops, s.y + s.weight, s.rows, s.cols, s.gemms, s.reduce)
-    bwd = jnp.where(is_mm, dgrad + wgrad, jnp.where(t.kind == KIND_EMBEDDING, emb, other))
+    emb = t.kind == KIND_EMBEDDING  # the rest: attention and elementwise ops, no GEMM tiles to quantize
+    other = kernel_time_s(
+        hw,
+        peak,
+        t.kind,
+        jnp.where(emb, s.flops, 2.0 * s.flops),
+        jnp.where(emb, s.y + s.weight, moved + s.x),
+        quantize=False,
+    )
+    bwd = jnp.where(is_mm, dgrad + wgrad, other)
     return fwd, bwd
 
 
