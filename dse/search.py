@@ -35,7 +35,13 @@ from dse.tracking import JobRun
 from search.base import Result
 from search.grid import grid_search
 from search.optuna_driver import optuna_search
-from search.problems import OBJECTIVES, Problem, inference_slo_problem, training_mapping_problem
+from search.problems import (
+    OBJECTIVES,
+    Problem,
+    inference_slo_problem,
+    signed_objective,
+    training_mapping_problem,
+)
 
 schema.register()
 TRAINING_KNOBS = ("tp", "pp", "cp", "ep", "vpp", "microbatch", "recompute", "zero_stage", "sequence_parallel")
@@ -131,7 +137,7 @@ def _optuna(cfg: DictConfig, problem: Problem, run: JobRun) -> Result:
         if not bool(problem.constraint(cols)[0]):  # not a valid mapping: nothing to evaluate
             return {m: float("nan") for m in SUMMARY} | {o: 1e30 for o in objectives} | {"feasible": False}
         out = {k: float(np.asarray(v)[0]) for k, v in problem.cost_fn(cols).items()}
-        return out | {o: _signed(out, o) for o in objectives}
+        return out | {o: signed_objective(out, o) for o in objectives}
 
     def on_trial(number: int, values: dict) -> None:
         run.child(
@@ -157,10 +163,6 @@ def _optuna(cfg: DictConfig, problem: Problem, run: JobRun) -> Result:
         on_trial=on_trial,
         pareto_axes=tuple(s.pareto),
     )
-
-
-def _signed(metrics: dict[str, float], objective: str) -> float:
-    return -metrics[objective[4:]] if objective.startswith("neg_") else metrics[objective]
 
 
 # --------------------------------------------------------------------------------------------

@@ -42,7 +42,8 @@ def _divides(a: np.ndarray, b: np.ndarray | float) -> np.ndarray:
     return np.mod(b, a) == 0
 
 
-def _objective(metrics: dict[str, jax.Array], objective: str) -> jax.Array:
+def signed_objective(metrics: Mapping[str, Any], objective: str) -> Any:
+    """The value minimised for ``objective``: the metric, or minus it for ``neg_<metric>``."""
     if objective.startswith("neg_"):
         return -metrics[objective[4:]]
     return metrics[objective]
@@ -102,7 +103,7 @@ def training_mapping_problem(
             "cost_usd_per_mtoken": devices * hw.price_usd_per_hour / 3600.0 / out.tokens_per_s * 1e6,
             "feasible": out.feasible,
         }
-        m["objective"] = jnp.where(out.feasible, _objective(m, objective), jnp.inf)
+        m["objective"] = jnp.where(out.feasible, signed_objective(m, objective), jnp.inf)
         return m
 
     batched = jax.jit(jax.vmap(metrics))
@@ -158,7 +159,7 @@ def inference_slo_problem(
             "cost_usd_per_mtoken": devices * hw.price_usd_per_hour / 3600.0 / out.output_tokens_per_s * 1e6,
             "feasible": feasible,
         }
-        m["objective"] = jnp.where(feasible, _objective(m, objective), jnp.inf)
+        m["objective"] = jnp.where(feasible, signed_objective(m, objective), jnp.inf)
         return m
 
     batched = jax.jit(jax.vmap(metrics))
