@@ -76,6 +76,7 @@ class IlpSearch:
     solver: str = "cbc"
     time_limit_s: float | None = None
     batch: int = 8
+    joint: bool = True  # forward + backward graph (False: forward only)
     memory_per_param_bytes: float = 16.0
     count_activations: bool = False
     memory_limit_gib: float | None = None

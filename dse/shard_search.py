@@ -2,10 +2,12 @@
 
 Called by ``dse.search`` when ``search.driver=ilp``: captures the model (a shipped name, a
 config.json path) on the meta device with example inputs of ``search.batch × workload.seq_len``
-tokens, builds the sharding ILP with costs from the compute and network models (mesh axis 0 on the
-scale-out network, the last axis on the scale-up link) and solves it with PuLP; prints the
-parameter placements as DTensor specs, the collectives, the predicted step time and the memory per
-device, and logs them to MLflow.
+tokens — by default (``search.joint=true``) the joint forward + backward graph of a training step
+with the model's cross-entropy loss and every parameter's gradient tied to its placement, with
+``search.joint=false`` the forward graph alone — builds the sharding ILP with costs from the
+compute and network models (mesh axis 0 on the scale-out network, the last axis on the scale-up
+link) and solves it with PuLP; prints the parameter placements as DTensor specs, the collectives,
+the predicted step time and the memory per device, and logs them to MLflow.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
     hw = hardware_from_config(cfg.hardware)
     limit = s.memory_limit_gib * GiB if s.memory_limit_gib is not None else float(hw.hbm_capacity_bytes)
     t0 = perf_counter()
-    captured = capture_hf(model_config(cfg.model), int(s.batch), int(cfg.workload.seq_len))
+    captured = capture_hf(
+        model_config(cfg.model), int(s.batch), int(cfg.workload.seq_len), joint=bool(s.joint)
+    )
     capture_s = perf_counter() - t0
     plan = plan_sharding(
         captured,
@@ -58,6 +62,7 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
     rep = {
         "driver": "ilp",
         "mesh": list(mesh),
+        "graph": "forward+backward" if captured.joint else "forward",
         "step_time_s": plan.step_time_s,
         "compute_s": plan.compute_s,
         "comm_s": plan.comm_s,
@@ -111,7 +116,8 @@ def render(rep: dict[str, Any]) -> str:
             table,
             "(layers 1.. share layer 0's placements)" if len(shown) < len(rep["param_placements"]) else "",
             "collectives: " + (", ".join(f"{n} × {k}" for k, n in kinds.most_common()) or "none"),
-            f"forward step {rep['step_time_s'] * 1e3:.2f} ms (compute {rep['compute_s'] * 1e3:.2f} ms, "
+            f"{'training' if rep['graph'] != 'forward' else 'forward'} step ({rep['graph']}) "
+            f"{rep['step_time_s'] * 1e3:.2f} ms (compute {rep['compute_s'] * 1e3:.2f} ms, "
             f"communication {rep['comm_s'] * 1e3:.2f} ms), memory {rep['memory_gib']:.2f} of "
             f"{rep['memory_limit_gib']:.2f} GiB per device",
             "time: " + ", ".join(f"{k} {v:.2f} s" for k, v in t.items()),

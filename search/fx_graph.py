@@ -3,10 +3,14 @@
 
 **Capture.** ``make_fx`` in fake mode over ``torch.func.functional_call`` makes every parameter and
 buffer a placeholder, so nothing is allocated (the module lives on ``meta``); this is AutoParallel's
-front end (Meta, github.com/meta-pytorch/autoparallel) restricted to the *forward* graph — the joint
-forward/backward graph is not captured here. Decoder layers (module paths matching
-``repeat_pattern``) are tagged on every node through ``torch.fx.traceback.annotate`` from module
-hooks, so identical layers can share ILP variables.
+front end (Meta, github.com/meta-pytorch/autoparallel). By default (``joint=True``) the traced function
+is a training step: forward, a scalar loss (a Hugging Face model's own next-token cross-entropy, else
+the mean square of the output) and ``torch.autograd.grad(loss, params)``, so the graph holds the
+backward ops too and outputs ``(loss, *grads)``; ``Captured.grads`` maps each gradient output to its
+parameter. ``joint=False`` traces the forward pass alone. Decoder layers (module paths matching
+``repeat_pattern``) are tagged on every node through ``torch.fx.traceback.annotate``: from module
+hooks in the forward pass and, for the backward, from autograd hooks on each layer's output and input
+gradients (:class:`_LayerTags`), so identical layers, forward and backward, can share ILP variables.
 
 **Placements.** One placement per mesh axis: ``R`` (replicate), ``P`` (partial sum), or
 ``("S", dim, sf)``: shard ``dim`` where ``sf`` > 1 means a *strided* shard (DTensor's
@@ -21,7 +25,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import prod
 from typing import Any
 
@@ -36,6 +40,7 @@ __all__ = [
     "Spec",
     "capture",
     "capture_hf",
+    "data_args",
     "follow_axis",
     "is_follower",
     "nbytes_of",
@@ -53,60 +58,139 @@ VIEWS = {aten.view.default, aten._unsafe_view.default, aten.reshape.default, ate
          aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default, aten.alias.default}
 COPIES = {aten.clone.default, aten._to_copy.default, aten.detach.default, aten.lift_fresh_copy.default}
 LINEAR_UNARY = {aten.neg.default, aten.mul.Tensor, aten.div.Tensor, aten.mul.Scalar, aten.div.Scalar}
-REDUCTIONS = {aten.mean.dim, aten.sum.dim_IntList, aten.amax.default, aten._softmax.default,
-              aten._safe_softmax.default, aten._log_softmax.default}
+SUMS = {aten.mean.dim, aten.sum.dim_IntList, aten.mean.default, aten.sum.default}  # linear reductions
+REDUCTIONS = SUMS | {aten.amax.default, aten._softmax.default, aten._safe_softmax.default,
+                     aten._log_softmax.default}
+FACTORIES = {aten.ones_like.default, aten.zeros_like.default, aten.empty_like.default, aten.full_like.default,
+             aten.new_ones.default, aten.new_zeros.default, aten.new_empty.default, aten.new_full.default}
 
 
 @dataclass(frozen=True)
 class Captured:
-    """A forward graph; ``params`` maps placeholder name -> parameter/buffer FQN (the rest are
-    inputs); ``layer`` maps node name -> repeated-layer index (absent outside any layer)."""
+    """A captured graph; ``params`` maps placeholder name -> parameter/buffer FQN (the rest are
+    inputs); ``layer`` maps node name -> repeated-layer index (absent outside any layer). A joint
+    graph also has ``loss`` (the name of the scalar loss node, graph output 0) and ``grads``: graph
+    output node name -> the placeholder name of the parameter it is the gradient of."""
 
     graph: torch.fx.Graph
     params: dict[str, str]
     buffers: frozenset[str]
     layer: dict[str, int]
+    grads: dict[str, str] = field(default_factory=dict)
+    loss: str | None = None
+
+    @property
+    def joint(self) -> bool:
+        """Whether this is a forward + backward graph."""
+        return bool(self.grads)
 
 
-def _layer_hooks(module: torch.nn.Module, pattern: str) -> list[Any]:
-    """Hooks tagging nodes created inside ``module.<...>layers.<i>`` with ``custom["layer"] = i``."""
-    from torch.fx import traceback as fx_traceback
+class _LayerTags:
+    """Tags traced nodes with ``custom["layer"] = i`` while layer ``i`` runs, forward and backward.
 
-    stack: list[Any] = []
+    Forward: module pre/post hooks. Backward (``joint``): autograd hooks on the layer's output tensor
+    (its gradient is ready when layer ``i``'s backward starts) and input tensor (ready when it ends).
+    The hidden state between two layers carries layer ``i - 1``'s "enter" hook before layer ``i``'s
+    "exit" hook, so tags do not nest: entering a layer closes the open one, and an exit only closes
+    its own layer."""
+
+    def __init__(self) -> None:
+        self.open: tuple[int, Any] | None = None
+
+    def enter(self, i: int) -> None:
+        from torch.fx import traceback as fx_traceback
+
+        self.exit(None)
+        ctx = fx_traceback.annotate({"layer": i})
+        ctx.__enter__()
+        self.open = (i, ctx)
+
+    def exit(self, i: int | None) -> None:
+        if self.open is not None and (i is None or self.open[0] == i):
+            self.open[1].__exit__(None, None, None)
+            self.open = None
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    value = value[0] if isinstance(value, (tuple, list)) and value else value
+    return value if isinstance(value, torch.Tensor) and value.requires_grad else None
+
+
+def _layer_hooks(module: torch.nn.Module, pattern: str, tags: _LayerTags, joint: bool) -> list[Any]:
+    """Hooks tagging nodes created inside ``module.<...>layers.<i>`` (module docstring of
+    :class:`_LayerTags`); in ``joint`` mode also the backward nodes of the layer."""
     handles = []
     for name, sub in module.named_modules():
         match = re.search(pattern + "$", name)
         if not match:
             continue
 
-        def pre(_m: Any, _a: Any, i: int = int(match.group(1))) -> None:
-            stack.append(fx_traceback.annotate({"layer": i}))
-            stack[-1].__enter__()
+        def pre(_m: Any, args: Any, i: int = int(match.group(1))) -> None:
+            if joint and (x := _first_tensor(args)) is not None:
+                x.register_hook(lambda _g: tags.exit(i))
+            tags.enter(i)
 
-        def post(_m: Any, _a: Any, _o: Any) -> None:
-            stack.pop().__exit__(None, None, None)
+        def post(_m: Any, _a: Any, out: Any, i: int = int(match.group(1))) -> None:
+            tags.exit(i)
+            if joint and (y := _first_tensor(out)) is not None:
+                y.register_hook(lambda _g: tags.enter(i))
 
         handles += [sub.register_forward_pre_hook(pre), sub.register_forward_hook(post)]
     return handles
 
 
+def _default_loss(out: Any, pick: Callable[[Any], torch.Tensor]) -> torch.Tensor:
+    """The model's own loss when it returns one (Hugging Face ``labels=``), else the float32 mean of
+    the squared picked output (a regression loss against zero: nonlinear, so its gradient needs the
+    complete output, unlike a plain sum or mean, which a partial output could feed directly)."""
+    loss = getattr(out, "loss", None)
+    return loss if isinstance(loss, torch.Tensor) else pick(out).float().pow(2).mean()
+
+
 def capture(module: torch.nn.Module, inputs: Sequence[torch.Tensor], kwargs: dict | None = None,
             output_fn: Callable[[Any], torch.Tensor] | None = None,
-            repeat_pattern: str = r"layers\.(\d+)") -> Captured:
-    """Trace ``module(*inputs, **kwargs)`` (meta tensors) to an aten graph with parameters as inputs."""
+            repeat_pattern: str = r"layers\.(\d+)", joint: bool = True,
+            loss_fn: Callable[[Any], torch.Tensor] | None = None) -> Captured:
+    """Trace ``module(*inputs, **kwargs)`` (meta tensors) to an aten graph with parameters (and the
+    inputs and tensor-valued ``kwargs``) as placeholders.
+
+    ``joint=False``: the forward graph; its output is ``output_fn(out)`` (default: ``logits``, the
+    first tuple element, or the output itself). ``joint=True``: forward, a scalar loss
+    ``loss_fn(out)`` (default: the model's own ``out.loss`` when it has one, e.g. a Hugging Face
+    model called with ``labels=``, else the float32 mean of the squared picked output) and
+    ``torch.autograd.grad(loss, params)`` of every parameter that requires grad, all traced by
+    ``make_fx`` in fake mode: the graph outputs ``(loss, *grads)`` and ``Captured.grads`` says which
+    output is which parameter's gradient."""
     from torch.fx import traceback as fx_traceback
 
     state = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    trainable = [k for k, v in module.named_parameters() if v.requires_grad] if joint else []
     pick = output_fn or (lambda out: getattr(out, "logits", out[0] if isinstance(out, tuple) else out))
 
-    def fn(state: dict, *args: torch.Tensor) -> torch.Tensor:
-        return pick(torch.func.functional_call(module, state, args, kwargs or {}))
+    kwargs = dict(kwargs or {})
+    traced = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}  # become placeholders too
+    n_in = len(inputs)
 
-    handles = _layer_hooks(module, repeat_pattern)
+    def forward(state: dict, *args: torch.Tensor) -> Any:
+        kw = {**kwargs, **dict(zip(traced, args[n_in:], strict=True))}
+        return torch.func.functional_call(module, state, args[:n_in], kw)
+
+    def fn(state: dict, *args: torch.Tensor) -> Any:
+        return pick(forward(state, *args))
+
+    def joint_fn(state: dict, *args: torch.Tensor) -> Any:
+        out = forward(state, *args)
+        loss = loss_fn(out) if loss_fn else _default_loss(out, pick)
+        grads = torch.autograd.grad(loss, [state[k] for k in trainable], allow_unused=True)
+        return (loss, *grads)
+
+    tags = _LayerTags()
+    handles = _layer_hooks(module, repeat_pattern, tags, joint)
     try:
-        with fx_traceback.preserve_node_meta():
-            gm = make_fx(fn, tracing_mode="fake")(state, *inputs)
+        with fx_traceback.preserve_node_meta(), torch.enable_grad():
+            gm = make_fx(joint_fn if joint else fn, tracing_mode="fake")(state, *inputs, *traced.values())
     finally:
+        tags.exit(None)
         for h in handles:
             h.remove()
     holders = [n for n in gm.graph.nodes if n.op == "placeholder"]
@@ -115,19 +199,30 @@ def capture(module: torch.nn.Module, inputs: Sequence[torch.Tensor], kwargs: dic
     for n in holders[:len(state)]:
         if match := re.search(repeat_pattern + r"\.", params[n.name]):
             layer[n.name] = int(match.group(1))
-    return Captured(gm.graph, params, frozenset(dict(module.named_buffers())), layer)
+    grads, loss = {}, None
+    if joint:
+        outs = torch.utils._pytree.tree_leaves(next(iter(gm.graph.find_nodes(op="output"))).args)
+        by_fqn = {fqn: name for name, fqn in params.items()}
+        loss = outs[0].name
+        for grad, fqn in zip(outs[1:], trainable, strict=True):
+            if isinstance(grad, torch.fx.Node) and grad.name not in grads:
+                grads[grad.name] = by_fqn[fqn]
+    return Captured(gm.graph, params, frozenset(dict(module.named_buffers())), layer, grads, loss)
 
 
-def capture_hf(config: dict, batch: int, seq: int, dtype: torch.dtype = torch.bfloat16) -> Captured:
+def capture_hf(config: dict, batch: int, seq: int, dtype: torch.dtype = torch.bfloat16,
+               joint: bool = True) -> Captured:
     """A Hugging Face causal LM built from a config dict on ``meta`` (no hub access), traced on
-    ``input_ids`` of shape ``(batch, seq)`` with eager SDPA math (``use_cache=False``)."""
+    ``input_ids`` of shape ``(batch, seq)`` with eager SDPA math (``use_cache=False``). ``joint``: the
+    loss is the model's own next-token cross-entropy with ``labels=input_ids`` (float32 log-softmax
+    and NLL, mean over tokens), and the graph holds the backward (:func:`capture`)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     cfg = AutoConfig.for_model(**{k: v for k, v in config.items() if not k.startswith("_")})
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=dtype)
     ids = torch.zeros(batch, seq, dtype=torch.long, device="meta")
-    return capture(model, [ids], {"use_cache": False})
+    return capture(model, [ids], {"use_cache": False, **({"labels": ids} if joint else {})}, joint=joint)
 
 
 def shape_of(node: Any) -> tuple[int, ...]:
@@ -191,7 +286,7 @@ def follow_axis(node: Any, p: Placement, n: int) -> Placement | None:
     if p == R:
         return R
     if p == P:
-        return P if target in VIEWS | COPIES | LINEAR_UNARY or target in _MOVES else None
+        return P if target in VIEWS | COPIES | LINEAR_UNARY | SUMS or target in _MOVES else None
     dim, sf = p[1], p[2]
     if target in _MOVES:
         return ("S", _MOVES[target](node, len(src)).index(dim), sf)
@@ -207,11 +302,13 @@ def follow_axis(node: Any, p: Placement, n: int) -> Placement | None:
 
 
 def _reduce_axis(node: Any, src: tuple[int, ...], dim: int, sf: int) -> Placement | None:
-    """Reductions keep a shard on a dim they do not reduce (shifted when ``keepdim`` is False)."""
-    dims = node.args[1] if len(node.args) > 1 else list(range(len(src)))
-    dims = [d % len(src) for d in ([dims] if isinstance(dims, int) else dims)]
+    """Reductions keep a shard on a dim they do not reduce (shifted when ``keepdim`` is False); a sum
+    or mean over a sharded dim is a ``Partial`` (each device reduces its slice: the bias- and
+    weight-gradient pattern of data parallelism), any other reduction over it has no placement."""
+    dims = node.args[1] if len(node.args) > 1 and node.args[1] is not None else list(range(len(src)))
+    dims = [d % len(src) for d in ([dims] if isinstance(dims, int) else dims)] or list(range(len(src)))
     if dim in dims:
-        return None
+        return P if node.target in SUMS else None
     keep = node.target in (aten._softmax.default, aten._safe_softmax.default, aten._log_softmax.default) \
         or (len(node.args) > 2 and bool(node.args[2])) or node.kwargs.get("keepdim", False)
     return ("S", dim if keep else dim - sum(d < dim for d in dims), sf)
@@ -273,6 +370,42 @@ def _embedding_options(node: Any) -> list[tuple]:
     return [(R, (R, R)), *[(_s(d), (R, _s(d))) for d in range(nd)], (P, (_s(0), R)), (_s(nd), (_s(1), R))]
 
 
+def _dimwise_options(node: Any, n_in: int, blocked: set[int], linear: bool) -> list[tuple]:
+    """Ops whose inputs are indexed like the output (``n_in`` of them) except along ``blocked`` dims:
+    shard any other dim on all inputs alike; ``Partial`` passes when the op is linear."""
+    options = [(R, (R,) * n_in)] + [(_s(d), (_s(d),) * n_in) for d in range(len(shape_of(node)))
+                                    if d not in blocked]
+    return options + ([(P, (P,) * n_in)] if linear else [])
+
+
+def _padded_dims(node: Any) -> set[int]:
+    """Dims ``constant_pad_nd`` pads (its pad list runs from the last dim backwards)."""
+    nd, pad = len(shape_of(node)), list(node.args[1])
+    return {nd - 1 - k // 2 for k in range(len(pad)) if pad[k]}
+
+
+def _nll_options(node: Any) -> list[tuple]:
+    """``nll_loss_forward(logp [N, C], target [N])``: tokens or classes sharded give a partial loss
+    (and total weight); ``nll_loss_backward(g, logp, target, total_weight)`` gives ``[N, C]``."""
+    if node.target == aten.nll_loss_forward.default:
+        return [(R, (R, R)), (P, (_s(0), _s(0))), (P, (_s(1), R))]
+    return [(R, (R, R, R, R)), (_s(0), (R, _s(0), _s(0), R)), (_s(1), (R, _s(1), R, R))]
+
+
+def _embedding_backward_options(node: Any) -> list[tuple]:
+    """``embedding_dense_backward(grad [..., h], ids [...])`` -> ``[V, h]``: ids-sharded tokens give a
+    partial gradient (data parallel), hidden-sharded grads a hidden-sharded one, and each device may
+    scatter only its vocabulary rows (vocab-parallel, inputs replicated)."""
+    nd = len(shape_of(node.args[1]))
+    return [(R, (R, R)), *[(P, (_s(d), _s(d))) for d in range(nd)], (P, (P, R)), (_s(1), (_s(nd), R)),
+            (_s(0), (R, R))]
+
+
+def data_args(node: Any) -> list[Any]:
+    """The tensor arguments whose values an op reads (``*_like`` / ``new_*`` factories read none)."""
+    return [] if node.target in FACTORIES else tensor_args(node)
+
+
 def _pointwise_strategies(node: Any, place: dict[str, list[Spec]], mesh: tuple[int, ...]) -> list:
     """Output specs = union of the inputs' specs (mapped to the output's dims) and all-R; inputs
     need the output's spec (R on broadcast dims); Partial only through linear combinations."""
@@ -318,8 +451,20 @@ def _input_spec(spec: Spec, node: Any, k: int, arg: Any) -> Spec | None:
 
 def op_strategies(node: Any, place: dict[str, list[Spec]], mesh: tuple[int, ...]) -> list | None:
     """Valid (output spec, input specs) of an anchor op; None when the op has no rule."""
-    t, args = node.target, tensor_args(node)
-    if t in (aten.mm.default, aten.addmm.default, aten.bmm.default):
+    t, args = node.target, data_args(node)
+    if t in FACTORIES:
+        options = [(R, ())]
+    elif t in (aten._softmax_backward_data.default, aten._log_softmax_backward_data.default):
+        options = _dimwise_options(node, 2, {node.args[2] % len(shape_of(node))}, False)
+    elif t == aten.slice_backward.default:
+        options = _dimwise_options(node, 1, {node.args[2] % len(shape_of(node))}, True)
+    elif t == aten.constant_pad_nd.default:
+        options = _dimwise_options(node, 1, _padded_dims(node), False)
+    elif t in (aten.nll_loss_forward.default, aten.nll_loss_backward.default):
+        options = _nll_options(node)
+    elif t == aten.embedding_dense_backward.default:
+        options = _embedding_backward_options(node)
+    elif t in (aten.mm.default, aten.addmm.default, aten.bmm.default):
         sfs = {p[2] for spec in place[args[0].name] for p in spec if p[0] == "S" and p[1] == 0}
         options = _matmul_options(node, sfs if t == aten.bmm.default else set())
     elif t == aten.embedding.default:

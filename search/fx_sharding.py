@@ -9,21 +9,37 @@ variable and map their input's placement per strategy (Alpa's operator merging, 
 GSPMD, Xu et al. 2021): ``mm`` ``S(0)×R→S(0)`` (data), ``R×S(1)→S(1)`` (column),
 ``S(1)×S(0)→P`` (row), ``R×R→R``; ``bmm`` adds the batch dim; pointwise ops need the output's
 placement on every input (broadcast dims replicated; ``Partial`` passes ``add``/``sub``, and ``mul``
-by a replicated factor); reductions keep shards of dims they do not reduce; ``embedding`` is
-vocab-parallel (``P``), hidden-parallel or follows the ids. Unsupported ops replicate everything
-(resharding cost included) and are listed in the result.
+by a replicated factor); reductions keep shards of dims they do not reduce, and a sum/mean over a
+sharded dim gives ``P``; ``embedding`` is vocab-parallel (``P``), hidden-parallel or follows the ids.
+Backward ops: pointwise ones (``threshold_backward``, ``silu_backward``, ...) as above;
+``_softmax_backward_data`` / ``_log_softmax_backward_data`` shard any dim but the softmax dim;
+``slice_backward`` and ``constant_pad_nd`` any dim they do not pad; ``nll_loss_forward/backward``
+tokens (partial loss) or classes; ``embedding_dense_backward`` ``P`` from batch-sharded ids, hidden-
+or vocab-sharded; ``*_like`` factories read no data. Unsupported ops replicate everything (resharding
+cost included) and are listed in the result.
+
+**Joint graph.** A gradient output is tied to its parameter: an edge from the gradient's producer to
+the parameter's node costs the reshard from the gradient's placement to the parameter's (``P -> R``
+all-reduce: data parallelism; ``P -> S`` reduce-scatter: FSDP/ZeRO; a parameter stored sharded and
+used replicated pays an all-gather per use, forward and backward), instead of the default "outputs
+must not stay Partial" all-reduce; the scalar loss may stay Partial (reducing it for logging is off
+the critical path). Input placeholders cost the HBM write of their per-device slice (which makes a
+batch-sharded input preferable to a replicated one sliced for free).
 
 Costs in seconds: an anchor's compute is :func:`costmodels.compute.kernel_time_s` of its per-device
 FLOPs and bytes; an edge costs the collectives that turn the producer's placement into the one the
 consumer needs, per mesh axis (``S→R`` all-gather, ``P→R`` all-reduce, ``P→S`` reduce-scatter,
 ``S(i)→S(j)`` all-to-all, ``R→S``/``R→P`` free), on that axis's :class:`~costmodels.network.Link`.
-The objective is the predicted forward step time. Memory per strategy: parameter bytes per device
-(times ``memory_per_param_bytes / element size`` to count gradient and optimizer states, whose
-placement is tied to the parameter's), and optionally activations over liveness intervals.
+The objective is the predicted step time: forward + backward for a joint graph, forward alone
+otherwise (no overlap of communication with compute is assumed). Memory per strategy: parameter
+bytes per device (times ``memory_per_param_bytes / element size`` to count gradient and optimizer
+states, whose placement is tied to the parameter's), and optionally activations over liveness
+intervals.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -51,6 +67,7 @@ from search.fx_graph import (
     P,
     R,
     Spec,
+    data_args,
     follow_axis,
     is_follower,
     nbytes_of,
@@ -175,6 +192,7 @@ class FxSharding:
     edge_args: list[tuple[str, str, int]]
     unsupported: list[str]
     implicit: dict[tuple[int, int], list[str]] = field(default_factory=dict)
+    grad_params: frozenset[str] = frozenset()
 
 
 def _local(shape: tuple[int, ...], spec: Spec, mesh: tuple[int, ...]) -> list[float]:
@@ -188,7 +206,7 @@ def _local(shape: tuple[int, ...], spec: Spec, mesh: tuple[int, ...]) -> list[fl
 
 def _anchor_time(node: Any, out: Spec, ins: tuple[Spec, ...], costs: MeshCosts) -> float:
     """Kernel time of an anchor op on one device under one strategy."""
-    args, mesh = tensor_args(node), costs.mesh
+    args, mesh = data_args(node), costs.mesh
     moved = sum(nbytes_of(a) / costs.shards(s) for a, s in zip(args, ins, strict=True))
     moved += nbytes_of(node) / costs.shards(out)
     t = node.target
@@ -215,6 +233,7 @@ class _Builder:
         self.unsupported: list[str] = []
         self.implicit: dict[tuple[int, int], list[str]] = {}  # (anchor, strategy) -> collectives
         self.pos = {n.name: k for k, n in enumerate(captured.graph.nodes)}
+        self.grad_of = {param: grad for grad, param in captured.grads.items()}
         self.end = len(self.pos) + 1
 
     def new_var(self, node: Any, kind: str, strategies: list[tuple[Spec, tuple]]) -> None:
@@ -222,6 +241,11 @@ class _Builder:
         specs = [s for s, _ in strategies]
         if kind == "op":
             compute = [_anchor_time(node, s, ins, self.costs) for s, ins in strategies]
+        elif kind == "input":  # the device's slice of the batch lands in its memory (one HBM write)
+            compute = [
+                self.costs.kernel(KIND_ELEMENTWISE, 0.0, nbytes_of(node) / self.costs.shards(s))
+                for s in specs
+            ]
         else:
             compute = [0.0] * len(specs)
         usage = [self._usage(node, kind, s) for s in specs]
@@ -254,7 +278,9 @@ class _Builder:
         fqn = self.cap.params.get(node.name)
         fixed = fqn in self.cap.buffers or not shape_of(node)
         specs = placeholder_specs(shape_of(node), self.costs.mesh, fixed)
-        self.new_var(node, "param" if fqn and not fixed else "input", [(s, ()) for s in specs])
+        kind = "param" if fqn and not fixed else "input"
+        # a parameter's one "input" is its gradient, which must arrive in the parameter's own spec
+        self.new_var(node, kind, [(s, (s,) if node.name in self.grad_of else ()) for s in specs])
 
     def follower(self, node: Any) -> None:
         """No variable: map the input's spec per strategy of its anchor; a spec that cannot follow
@@ -280,22 +306,39 @@ class _Builder:
     def op(self, node: Any) -> None:
         """An anchor op, or an unsupported one (replicated; reported when it reads tensors)."""
         strategies = op_strategies(node, self.place, self.costs.mesh)
+        args = data_args(node)
         if not strategies:
-            args = tensor_args(node)
             if args:
                 self.unsupported.append(f"{node.name} ({node.target})")
             strategies = [((R,) * len(self.costs.mesh), tuple((R,) * len(self.costs.mesh) for _ in args))]
         self.new_var(node, "op", strategies)
-        for k, arg in enumerate(tensor_args(node)):
-            self.edge_args.append((arg.name, node.name, k))
-            src = self.vars[self.anchor[arg.name]]
-            src.end = max(src.end, self.pos[node.name] + 1)
+        for k, arg in enumerate(args):
+            self.edge(arg.name, node.name, k)
+
+    def edge(self, arg: str, consumer: str, k: int) -> None:
+        """Value ``arg`` feeds input ``k`` of anchor ``consumer`` (and stays live until then)."""
+        self.edge_args.append((arg, consumer, k))
+        src = self.vars[self.anchor[arg]]
+        src.end = max(src.end, self.pos[consumer] + 1)
+
+    def alias(self, node: Any) -> None:
+        """``getitem`` of a multi-output anchor (``nll_loss_forward``): same placements, no cost."""
+        src = node.args[0].name
+        self.anchor[node.name], self.place[node.name] = self.anchor[src], self.place[src]
 
     def output(self, node: Any) -> None:
-        """Graph outputs must not stay Partial: the all-reduce is charged to the producer."""
+        """Graph outputs must not stay Partial: the all-reduce is charged to the producer. In a joint
+        graph, a gradient output is instead an edge to its parameter (it must end in the parameter's
+        spec: ``P -> R`` all-reduce, ``P -> S`` reduce-scatter), and the loss is left as it is (a
+        partial sum per device; reducing it for logging is off the step's critical path)."""
         for arg in tensor_args(node):
             var = self.vars[self.anchor[arg.name]]
             var.end = self.end
+            if arg.name in self.cap.grads:
+                self.edge(arg.name, self.cap.grads[arg.name], 0)
+                continue
+            if arg.name == self.cap.loss:
+                continue
             for i, spec in enumerate(self.place[arg.name]):
                 dst = tuple(R if p == P else p for p in spec)
                 self._charge(self.anchor[arg.name], i, spec, dst, arg, "output")
@@ -312,6 +355,8 @@ class _Builder:
                 self.placeholder(node)
             elif node.op == "output":
                 self.output(node)
+            elif node.target is operator.getitem and getattr(node.args[0], "name", None) in self.anchor:
+                self.alias(node)
             elif is_follower(node) and tensor_args(node)[0].name in self.anchor:
                 self.follower(node)
             else:
@@ -365,14 +410,18 @@ def build_problem(
     )
     repeats = _repeat_groups(b.vars, edges)
     problem = ShardingProblem(nodes, tuple(edges), memory_limit, repeats)
-    return FxSharding(problem, b.vars, b.anchor, b.place, b.edge_args, b.unsupported, b.implicit)
+    return FxSharding(
+        problem, b.vars, b.anchor, b.place, b.edge_args, b.unsupported, b.implicit, frozenset(b.grad_of)
+    )
 
 
 @dataclass
 class ShardingPlan:
     """The chosen sharding: DTensor placement strings per parameter (by FQN) and per fx value,
-    collectives per edge (``"producer -> consumer[k]: all-reduce(axis 1)"``), the predicted forward
-    step time with its compute/communication split (s) and the peak memory per device (bytes)."""
+    collectives per edge (``"producer -> consumer[k]: all-reduce(axis 1)"``; a gradient's reduction to
+    its parameter reads ``"t_74 -> grad of model.layers.0.mlp.up_proj.weight: reduce-scatter(axis 0)"``),
+    the predicted step time (forward + backward for a joint graph, else forward only) with its
+    compute/communication split (s) and the peak memory per device (bytes)."""
 
     param_placements: dict[str, str]
     placements: dict[str, str]
@@ -397,7 +446,8 @@ def read_solution(
     for arg, consumer, k in fx.edge_args:
         dst = fx.vars[fx.anchor[consumer]].inputs[pick[fx.anchor[consumer]]][k]
         names = costs.reshard(spec[arg], dst, nbytes_of(nodes[arg]))[1]
-        collectives += [f"{arg} -> {consumer}[{k}]: {c}" for c in names]
+        to = f"grad of {captured.params[consumer]}" if consumer in fx.grad_params else f"{consumer}[{k}]"
+        collectives += [f"{arg} -> {to}: {c}" for c in names]
     for k, i in enumerate(pick):
         collectives += fx.implicit.get((k, i), [])
     compute = float(sum(v.compute[s] for v, s in zip(fx.vars, pick, strict=True)))
@@ -471,24 +521,29 @@ def bench_llama(
     seq: int = 1024,
     hardware: str = "h100_sxm",
     memory_per_param_bytes: float = 16.0,
+    joint: bool = True,
 ) -> dict[str, float]:
-    """Capture, build and solve a shipped model on ``mesh`` under its device's HBM; print and return
-    node/variable/constraint counts and the time of each phase (s). A benchmark, not a test."""
+    """Capture (``joint``: forward + backward, else forward only), build and solve a shipped model on
+    ``mesh`` under its device's HBM; print and return node/variable/constraint counts, the repeat
+    groups (layers sharing variables) and the time of each phase (s). A benchmark, not a test."""
     from dse.hardware import load_hardware
     from dse.models import model_config
     from search.fx_graph import capture_hf
 
     hw = load_hardware(hardware)
     t0 = perf_counter()
-    cap = capture_hf(model_config(config_name), batch, seq)
+    cap = capture_hf(model_config(config_name), batch, seq, joint=joint)
     t1 = perf_counter()
     costs = MeshCosts(hw, tuple(mesh))
     fx = build_problem(cap, costs, memory_per_param_bytes, memory_limit=float(hw.hbm_capacity_bytes))
     t2 = perf_counter()
     sol = solve(fx.problem)
     stats = {
+        "graph_nodes": len(cap.graph.nodes),
         "nodes": len(fx.problem.nodes),
         "edges": len(fx.problem.edges),
+        "repeat_groups": len(fx.problem.repeats),
+        "shared_layers": sum(len(g.blocks) for g in fx.problem.repeats),
         "variables": sol.num_variables,
         "constraints": sol.num_constraints,
         "capture_s": t1 - t0,
