@@ -38,6 +38,7 @@ __all__ = [
     "Placement",
     "R",
     "Spec",
+    "broadcast_dims",
     "capture",
     "capture_hf",
     "data_args",
@@ -260,9 +261,18 @@ def is_follower(node: Any) -> bool:
     target = node.target
     if len(tensor_args(node)) != 1 or not isinstance(target, torch._ops.OpOverload):
         return False
+    if target == aten.expand.default and broadcast_dims(node):
+        return False  # an anchor: it may cut a broadcast dim of a replicated input (_expand_options)
     known = VIEWS | COPIES | REDUCTIONS | {aten.t.default, aten.transpose.int, aten.permute.default,
                                            aten.expand.default, aten.slice.Tensor}
     return target in known or torch.Tag.pointwise in target.tags
+
+
+def broadcast_dims(node: Any) -> list[int]:
+    """Output dims an ``expand`` broadcasts: new leading dims and size-1 dims made larger."""
+    src, dst = shape_of(tensor_args(node)[0]), shape_of(node)
+    off = len(dst) - len(src)
+    return [d for d in range(len(dst)) if dst[d] > 1 and (d < off or src[d - off] == 1)]
 
 
 def _view_shard(src: tuple[int, ...], dst: tuple[int, ...], dim: int, sf: int, n: int) -> Placement | None:
@@ -286,7 +296,8 @@ def follow_axis(node: Any, p: Placement, n: int) -> Placement | None:
     if p == R:
         return R
     if p == P:
-        return P if target in VIEWS | COPIES | LINEAR_UNARY | SUMS or target in _MOVES else None
+        linear = VIEWS | COPIES | LINEAR_UNARY | SUMS | {aten.expand.default}
+        return P if target in linear or target in _MOVES else None
     dim, sf = p[1], p[2]
     if target in _MOVES:
         return ("S", _MOVES[target](node, len(src)).index(dim), sf)
@@ -378,6 +389,16 @@ def _dimwise_options(node: Any, n_in: int, blocked: set[int], linear: bool) -> l
     return options + ([(P, (P,) * n_in)] if linear else [])
 
 
+def _expand_options(node: Any) -> list[tuple]:
+    """A broadcasting ``expand`` per axis: shards and ``Partial`` (it is linear) of the input pass
+    through, and a broadcast dim can be cut from a replicated input (each device materializes only
+    its slice, no communication): what a sharded consumer of an expanded reduction needs, e.g. the
+    RMSNorm backward's ``expand([b, s, 1] -> [b, s, h])`` feeding a hidden-sharded product."""
+    off, cast = len(shape_of(node)) - len(shape_of(tensor_args(node)[0])), broadcast_dims(node)
+    through = [(_s(d), (_s(d - off),)) for d in range(off, len(shape_of(node))) if d not in cast]
+    return [(R, (R,)), *through, *[(_s(d), (R,)) for d in cast], (P, (P,))]
+
+
 def _padded_dims(node: Any) -> set[int]:
     """Dims ``constant_pad_nd`` pads (its pad list runs from the last dim backwards)."""
     nd, pad = len(shape_of(node)), list(node.args[1])
@@ -464,6 +485,8 @@ def op_strategies(node: Any, place: dict[str, list[Spec]], mesh: tuple[int, ...]
         options = _nll_options(node)
     elif t == aten.embedding_dense_backward.default:
         options = _embedding_backward_options(node)
+    elif t == aten.expand.default:
+        options = _expand_options(node)
     elif t in (aten.mm.default, aten.addmm.default, aten.bmm.default):
         sfs = {p[2] for spec in place[args[0].name] for p in spec if p[0] == "S" and p[1] == 0}
         options = _matmul_options(node, sfs if t == aten.bmm.default else set())

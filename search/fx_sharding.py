@@ -15,7 +15,9 @@ Backward ops: pointwise ones (``threshold_backward``, ``silu_backward``, ...) as
 ``_softmax_backward_data`` / ``_log_softmax_backward_data`` shard any dim but the softmax dim;
 ``slice_backward`` and ``constant_pad_nd`` any dim they do not pad; ``nll_loss_forward/backward``
 tokens (partial loss) or classes; ``embedding_dense_backward`` ``P`` from batch-sharded ids, hidden-
-or vocab-sharded; ``*_like`` factories read no data. Unsupported ops replicate everything (resharding
+or vocab-sharded; ``*_like`` factories read no data. A broadcasting ``expand`` (RMSNorm's backward
+``[b, s, 1] -> [b, s, h]``) is an anchor: it passes shards and ``Partial`` and may cut a broadcast dim
+of a replicated input for free. Unsupported ops replicate everything (resharding
 cost included) and are listed in the result.
 
 **Joint graph.** A gradient output is tied to its parameter: an edge from the gradient's producer to
@@ -29,7 +31,8 @@ batch-sharded input preferable to a replicated one sliced for free).
 Costs in seconds: an anchor's compute is :func:`costmodels.compute.kernel_time_s` of its per-device
 FLOPs and bytes; an edge costs the collectives that turn the producer's placement into the one the
 consumer needs, per mesh axis (``S→R`` all-gather, ``P→R`` all-reduce, ``P→S`` reduce-scatter,
-``S(i)→S(j)`` all-to-all, ``R→S``/``R→P`` free), on that axis's :class:`~costmodels.network.Link`.
+``S(i)→S(j)`` all-to-all, also between two split factors of one dim, ``R→S``/``R→P`` free), on
+that axis's :class:`~costmodels.network.Link`.
 The objective is the predicted step time: forward + backward for a joint graph, forward alone
 otherwise (no overlap of communication with compute is assumed). Memory per strategy: parameter
 bytes per device (times ``memory_per_param_bytes / element size`` to count gradient and optimizer
@@ -146,10 +149,12 @@ class MeshCosts:
         return prod(n for n, p in zip(self.mesh, spec, strict=True) if p[0] == "S")
 
     def reshard(self, src: Spec, dst: Spec, nbytes: float) -> tuple[float, list[str]]:
-        """Time and names of the per-axis collectives taking ``src`` to ``dst`` (GSPMD/Alpa rules)."""
+        """Time and names of the per-axis collectives taking ``src`` to ``dst`` (GSPMD/Alpa rules).
+        Shards of one dim with different split factors (``_StridedShard(0, 8)`` of a merged
+        ``[b*H]`` cut by heads vs ``Shard(0)`` cut by batch) hold different elements: an all-to-all."""
         total, names = 0.0, []
         for a, (s, d) in enumerate(zip(src, dst, strict=True)):
-            if s[:2] == d[:2] or s == R or d == P:
+            if s in (d, R) or d == P:
                 continue
             full = nbytes * self.mesh[a] / self.shards(src) if s[0] == "S" else nbytes / self.shards(src)
             kind = {
@@ -210,6 +215,8 @@ def _anchor_time(node: Any, out: Spec, ins: tuple[Spec, ...], costs: MeshCosts) 
     moved = sum(nbytes_of(a) / costs.shards(s) for a, s in zip(args, ins, strict=True))
     moved += nbytes_of(node) / costs.shards(out)
     t = node.target
+    if t == aten.expand.default:  # a view: its consumer reads the (local) values
+        return 0.0
     if t in (aten.mm.default, aten.addmm.default, aten.bmm.default):
         a, b = _local(shape_of(args[-2]), ins[-2], mesh), _local(shape_of(args[-1]), ins[-1], mesh)
         m, k, n, gemms = a[-2], a[-1], b[-1], (a[0] if len(a) == 3 else 1.0)
