@@ -89,7 +89,7 @@ class IlpSearch:
 @dataclass
 class CpsatSearch:
     driver: str = "cpsat"
-    objective: str = "sum"
+    objective: str = "time"
     time_limit_s: float = 60.0
     workers: int = 8
     keep_tp_in_domain: bool = True

@@ -5,8 +5,9 @@
 
 The file is ``{"0": "node0/gpu0", ...}`` (rank → device id, or device index), a list of device ids
 in rank order, or the report of ``python -m dse.search +experiment=placement`` (its ``placement`` and
-its ``job``). Per group type: span (devices, nodes, leaves), hops, bytes per tier, cost and comm time;
-overall: costs, bytes per tier, the most loaded link, comm time (``search.placement.evaluate``).
+its ``job``). Per group type: span (devices, nodes, leaves), hops, bytes per tier, cost and comm time
+(links shared by the type's groups; alone; their ratio); overall: costs, bytes per tier, the busiest
+link, comm time (``search.placement.evaluate``).
 """
 
 from __future__ import annotations
@@ -123,7 +124,8 @@ def render(rep: dict[str, Any]) -> str:
         "max hops",
         "bytes by tier",
         "time_s",
-        "slowest_s",
+        "alone_s",
+        "contention",
     ]
     rows = [
         [
@@ -135,7 +137,8 @@ def render(rep: dict[str, Any]) -> str:
             s["max_hops"],
             ", ".join(f"{k} {v:.3g}" for k, v in s["bytes_by_tier"].items()),
             f"{s['time_s']:.4g}",
-            f"{s['time_s_max']:.4g}",
+            f"{s['time_s_alone']:.4g}",
+            f"{s['contention']:.2f}",
         ]
         for t, s in rep["by_type"].items()
     ]
@@ -146,12 +149,13 @@ def render(rep: dict[str, Any]) -> str:
             f"{rep['ranks']} ranks (tp={j['tp']} pp={j['pp']} dp={j['dp']} cp={j['cp']} ep={j['ep']}) "
             f"on {rep['topology']}",
             "",
-            format_table(cols, rows, align="lrrrrrlrr"),
+            format_table(cols, rows, align="lrrrrrlrrr"),
             "",
             f"cost_sum {rep['cost_sum']:.4g}, cost_max {rep['cost_max']:.4g}, "
             f"comm time {rep['comm_time_s']:.4g} s",
             f"bytes by tier: {', '.join(f'{k} {v:.4g}' for k, v in rep['bytes_by_tier'].items())}",
-            f"most loaded link: {link} ({rep['max_link_bytes']:.4g} B); TP in domain: {rep['tp_in_domain']}",
+            f"busiest link: {link} ({rep['max_link_bytes']:.4g} B, {rep['max_link_busy_s']:.4g} s busy); "
+            f"TP in domain: {rep['tp_in_domain']}",
         ]
     )
 

@@ -26,6 +26,8 @@ from typing import Any
 
 import networkx as nx
 import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import dijkstra
 
 from costmodels.errors import ConfigError
 
@@ -235,16 +237,31 @@ def mark_unavailable(topology: Topology, node_ids: Iterable[str]) -> Topology:
     return Topology(g, topology.devices, topology.name)
 
 
-def _weight_fn(weights: Mapping[str, float]) -> Callable[[str, str, dict], float]:
-    return lambda u, v, attrs: weights[attrs["tier"]]
+def shuffle_hosts(topology: Topology, seed: int) -> Topology:
+    """The same graph with its scale-up domains listed in random order (devices in order inside each):
+    the host list a scheduler without topology awareness, or a cloud instance list, may hand a job;
+    rank order follows it."""
+    order = np.random.default_rng(seed).permutation(len(topology.domains))
+    devices = np.asarray(topology.devices, dtype=object)
+    listed = [str(d) for k in order for d in devices[topology.domain_of == k]]
+    return Topology(topology.graph, tuple(listed), f"{topology.name}, hosts shuffled")
 
 
-def _from_source(topology: Topology, i: int, weights: Mapping[str, float]) -> tuple[dict, dict]:
-    """Cached tier-weighted Dijkstra from device ``i``: (cost by node, path by node)."""
-    key = ("sssp", i, tuple(sorted(weights.items())))
+def _distances(topology: Topology, weights: Mapping[str, float]) -> tuple[dict[str, int], np.ndarray]:
+    """Cached tier-weighted shortest-path costs from every device to every node (scipy's Dijkstra):
+    (node id → column, (n_devices, n_nodes) array)."""
+    key = ("dist", tuple(sorted(weights.items())))
     if key not in topology._cache:
-        topology._cache[key] = nx.single_source_dijkstra(topology.graph, topology.devices[i],
-                                                         weight=_weight_fn(weights))
+        nodes = list(topology.graph.nodes)
+        col = {n: k for k, n in enumerate(nodes)}
+        rows, cols, vals = [], [], []
+        for u, v, attrs in topology.graph.edges(data=True):
+            rows.append(col[u])
+            cols.append(col[v])
+            vals.append(float(weights[attrs["tier"]]))
+        adj = csr_matrix((vals, (rows, cols)), shape=(len(nodes), len(nodes)))
+        dist = dijkstra(adj, directed=False, indices=[col[d] for d in topology.devices])
+        topology._cache[key] = (col, dist)
     return topology._cache[key]
 
 
@@ -253,17 +270,64 @@ def hop_cost_matrix(topology: Topology, tier_weights: Mapping[str, float] | None
     weights = dict(tier_weights or TIER_WEIGHTS)
     key = ("H", tuple(sorted(weights.items())))
     if key not in topology._cache:
-        h = np.zeros((len(topology.devices),) * 2)
-        for i in range(len(topology.devices)):
-            cost, _ = _from_source(topology, i, weights)
-            h[i] = [cost[d] for d in topology.devices]
-        topology._cache[key] = h
+        col, dist = _distances(topology, weights)
+        topology._cache[key] = dist[:, [col[d] for d in topology.devices]]
     return topology._cache[key]
 
 
+def _next_hops(topology: Topology, i: int, j: int,
+               weights: Mapping[str, float]) -> Callable[[str], list[str]]:
+    """Neighbours v of u on a cheapest i → j path: d_i(u) + w(u, v) + d_j(v) = d_i(j)."""
+    col, dist = _distances(topology, weights)
+    d_src, d_dst, g = dist[i], dist[j], topology.graph
+    total = d_src[col[topology.devices[j]]]
+    tol = 1e-9 * max(total, 1.0)
+
+    def nxt(u: str) -> list[str]:
+        du = d_src[col[u]]
+        return [v for v, a in g[u].items() if abs(du + weights[a["tier"]] + d_dst[col[v]] - total) <= tol]
+
+    return nxt
+
+
 def route(topology: Topology, i: int, j: int, tier_weights: Mapping[str, float] | None = None) -> list[str]:
-    """Node ids on the cheapest path from device index ``i`` to ``j`` (the one route we charge)."""
-    return _from_source(topology, i, dict(tier_weights or TIER_WEIGHTS))[1][topology.devices[j]]
+    """Node ids on one cheapest path from device index ``i`` to ``j`` (the first next hop in
+    adjacency order at every node): the route whose hops and latency we report."""
+    nxt = _next_hops(topology, i, j, dict(tier_weights or TIER_WEIGHTS))
+    path, dst = [topology.devices[i]], topology.devices[j]
+    while path[-1] != dst:
+        path.append(nxt(path[-1])[0])
+    return path
+
+
+def ecmp_split(topology: Topology, i: int, j: int,
+               tier_weights: Mapping[str, float] | None = None) -> dict[tuple[str, str], float]:
+    """Share of a device ``i`` → ``j`` flow on each directed link (u, v), with equal-cost multipath:
+    every node splits what reaches it evenly over its next hops on cheapest paths (per-hop ECMP
+    hashing of many flows). A link (u, v) is on a cheapest path iff d_i(u) + w(u, v) + d_j(v) = d_i(j)."""
+    weights = dict(tier_weights or TIER_WEIGHTS)
+    key = ("ecmp", i, j, tuple(sorted(weights.items())))
+    if key in topology._cache:
+        return topology._cache[key]
+    col, dist = _distances(topology, weights)
+    nxt, d_src = _next_hops(topology, i, j, weights), dist[i]
+    src, dst = topology.devices[i], topology.devices[j]
+    inflow, share = {src: 1.0}, {}
+    frontier = [src] if src != dst else []
+    while frontier:  # in order of distance from src: all of a node's inflow is in when it is expanded
+        frontier.sort(key=lambda n: d_src[col[n]])
+        u = frontier.pop(0)
+        if u == dst:
+            continue
+        hops_u = nxt(u)
+        for v in hops_u:
+            share[(u, v)] = inflow[u] / len(hops_u)
+            if v not in inflow:
+                inflow[v] = 0.0
+                frontier.append(v)
+            inflow[v] += inflow[u] / len(hops_u)
+    topology._cache[key] = share
+    return share
 
 
 def hops(topology: Topology, a: str | int, b: str | int) -> int:

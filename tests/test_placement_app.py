@@ -54,6 +54,24 @@ def test_unavailable_fraction_drops_whole_nodes() -> None:
     assert len(topo.domains) == 128 and len({int(d) for d in topo.domain_of[~topo.available]}) == 13
 
 
+def test_shuffle_hosts_reorders_whole_nodes() -> None:
+    """The same devices and availability, nodes in another order, each node's GPUs still together and
+    in order; rank order then follows the new list."""
+    spec = OmegaConf.load(CONF_DIR / "topology" / "dgx_h100_1k.yaml")
+    spec.unavailable_fraction, spec.shuffle_hosts = 0.1, True
+    topo = placement_search.build_topology(spec)
+    plain = placement_search.build_topology(OmegaConf.merge(spec, {"shuffle_hosts": False}))
+    assert sorted(topo.devices) == sorted(plain.devices) and topo.devices != plain.devices
+    assert dict(zip(topo.devices, topo.available, strict=True)) == dict(
+        zip(plain.devices, plain.available, strict=True)
+    )
+    for k in range(0, len(topo.devices), 8):
+        node = {d.split("/")[0] for d in topo.devices[k : k + 8]}
+        assert len(node) == 1 and [d.split("/")[1] for d in topo.devices[k : k + 8]] == [
+            f"gpu{i}" for i in range(8)
+        ]
+
+
 def test_experiment_composes_with_derived_traffic() -> None:
     cfg = placement_cfg()
     assert cfg.search.driver == "cpsat" and cfg.topology.nodes == 128
