@@ -227,9 +227,15 @@ def capture_hf(config: dict, batch: int, seq: int, dtype: torch.dtype = torch.bf
 
 
 def shape_of(node: Any) -> tuple[int, ...]:
-    """Shape of an fx node's value (``()`` for non-tensors)."""
-    val = node.meta.get("val") if hasattr(node, "meta") else None
-    return tuple(int(s) for s in val.shape) if isinstance(val, torch.Tensor) else ()
+    """Shape of an fx node's value (``()`` for non-tensors); kept in ``node.meta`` after the first
+    call (the builder asks for it about a million times on Llama-3-8B)."""
+    meta = getattr(node, "meta", None)
+    if meta is None:
+        return ()
+    if "dse_shape" not in meta:
+        val = meta.get("val")
+        meta["dse_shape"] = tuple(int(s) for s in val.shape) if isinstance(val, torch.Tensor) else ()
+    return meta["dse_shape"]
 
 
 def nbytes_of(node: Any) -> float:
@@ -250,9 +256,14 @@ def spec_str(spec: Spec) -> str:
 
 
 def tensor_args(node: Any) -> list[Any]:
-    """The fx-node arguments of ``node`` (flattened one level, e.g. ``cat``'s list)."""
-    flat = [a for arg in node.args for a in (arg if isinstance(arg, (list, tuple)) else [arg])]
-    return [a for a in flat if isinstance(a, torch.fx.Node) and isinstance(a.meta.get("val"), torch.Tensor)]
+    """The fx-node arguments of ``node`` (flattened one level, e.g. ``cat``'s list); kept in
+    ``node.meta`` after the first call."""
+    if "dse_tensor_args" not in node.meta:
+        flat = [a for arg in node.args for a in (arg if isinstance(arg, (list, tuple)) else [arg])]
+        node.meta["dse_tensor_args"] = [
+            a for a in flat if isinstance(a, torch.fx.Node) and isinstance(a.meta.get("val"), torch.Tensor)
+        ]
+    return list(node.meta["dse_tensor_args"])
 
 
 def is_follower(node: Any) -> bool:
