@@ -45,6 +45,7 @@ __all__ = [
     "follow_axis",
     "is_follower",
     "nbytes_of",
+    "row_all_reduces",
     "shape_of",
     "spec_str",
 ]
@@ -60,8 +61,9 @@ VIEWS = {aten.view.default, aten._unsafe_view.default, aten.reshape.default, ate
 COPIES = {aten.clone.default, aten._to_copy.default, aten.detach.default, aten.lift_fresh_copy.default}
 LINEAR_UNARY = {aten.neg.default, aten.mul.Tensor, aten.div.Tensor, aten.mul.Scalar, aten.div.Scalar}
 SUMS = {aten.mean.dim, aten.sum.dim_IntList, aten.mean.default, aten.sum.default}  # linear reductions
-REDUCTIONS = SUMS | {aten.amax.default, aten._softmax.default, aten._safe_softmax.default,
-                     aten._log_softmax.default}
+SOFTMAXES = {aten._softmax.default, aten._safe_softmax.default, aten._log_softmax.default}
+SOFTMAX_BACKWARDS = {aten._softmax_backward_data.default, aten._log_softmax_backward_data.default}
+REDUCTIONS = SUMS | SOFTMAXES | {aten.amax.default}
 FACTORIES = {aten.ones_like.default, aten.zeros_like.default, aten.empty_like.default, aten.full_like.default,
              aten.new_ones.default, aten.new_zeros.default, aten.new_empty.default, aten.new_full.default}
 
@@ -302,7 +304,9 @@ def _view_shard(src: tuple[int, ...], dst: tuple[int, ...], dim: int, sf: int, n
 
 def follow_axis(node: Any, p: Placement, n: int) -> Placement | None:
     """Output placement of follower ``node`` on one mesh axis of size ``n`` given its input's, or
-    None when no placement follows (a reduction over a sharded dim, a nonlinear op of a Partial)."""
+    None when no placement follows (a reduction over a sharded dim, a nonlinear op of a Partial). A
+    softmax over a sharded dim stays sharded: its per-row all-reduces (:func:`row_all_reduces`) are
+    the caller's to charge."""
     target, src, dst = node.target, shape_of(tensor_args(node)[0]), shape_of(node)
     if p == R:
         return R
@@ -326,14 +330,30 @@ def follow_axis(node: Any, p: Placement, n: int) -> Placement | None:
 def _reduce_axis(node: Any, src: tuple[int, ...], dim: int, sf: int) -> Placement | None:
     """Reductions keep a shard on a dim they do not reduce (shifted when ``keepdim`` is False); a sum
     or mean over a sharded dim is a ``Partial`` (each device reduces its slice: the bias- and
-    weight-gradient pattern of data parallelism), any other reduction over it has no placement."""
+    weight-gradient pattern of data parallelism); a softmax over it stays sharded (vocab-parallel,
+    :func:`row_all_reduces`); any other reduction over it has no placement."""
     dims = node.args[1] if len(node.args) > 1 and node.args[1] is not None else list(range(len(src)))
     dims = [d % len(src) for d in ([dims] if isinstance(dims, int) else dims)] or list(range(len(src)))
     if dim in dims:
-        return P if node.target in SUMS else None
-    keep = node.target in (aten._softmax.default, aten._safe_softmax.default, aten._log_softmax.default) \
-        or (len(node.args) > 2 and bool(node.args[2])) or node.kwargs.get("keepdim", False)
+        return P if node.target in SUMS else ("S", dim, sf) if node.target in SOFTMAXES else None
+    keep = node.target in SOFTMAXES or (len(node.args) > 2 and bool(node.args[2])) \
+        or node.kwargs.get("keepdim", False)
     return ("S", dim if keep else dim - sum(d < dim for d in dims), sf)
+
+
+def row_all_reduces(node: Any) -> tuple[int, int] | None:
+    """``(softmax dim, k)`` of a softmax op or its backward: on each mesh axis sharding that dim, the
+    op needs ``k`` all-reduces of one float32 scalar per row (per-device rows: the product of the other
+    dims' local extents) over the axis, and no other collective (Megatron-LM's vocab-parallel
+    cross-entropy, Shoeybi et al. 2019, §3). Forward ``softmax`` / ``log_softmax``, k = 2: the row max
+    (all-reduce max, for stability) and the row sum of ``exp(x - max)`` (all-reduce sum); each device
+    then normalizes its own slice. ``_log_softmax_backward_data(g, out)`` = ``g - exp(out) Σ g`` and
+    ``_softmax_backward_data(g, out)`` = ``out (g - Σ g out)``, k = 1: the row sum. None for other ops."""
+    if node.target in SOFTMAXES:
+        return node.args[1] % len(shape_of(node)), 2
+    if node.target in SOFTMAX_BACKWARDS:
+        return node.args[2] % len(shape_of(node)), 1
+    return None
 
 
 def _permutation(node: Any, ndim: int) -> list[int]:
@@ -417,8 +437,14 @@ def _padded_dims(node: Any) -> set[int]:
 
 
 def _nll_options(node: Any) -> list[tuple]:
-    """``nll_loss_forward(logp [N, C], target [N])``: tokens or classes sharded give a partial loss
-    (and total weight); ``nll_loss_backward(g, logp, target, total_weight)`` gives ``[N, C]``."""
+    """``nll_loss_forward(logp [N, C], target [N])``: tokens or classes sharded give a partial loss.
+    Tokens sharded (target alike): each device sums its tokens' terms, the total weight (count of
+    non-ignored targets) is partial too. Classes sharded, target replicated (vocab-parallel): each
+    device picks ``logp[n, target[n]]`` only where ``target[n]`` falls in its class slice, 0 elsewhere,
+    so the loss sums over devices (``P``) while every device counts the whole total weight (``R``: the
+    builder's alias rule gives ``getitem(..., 1)`` the target's sharding). ``nll_loss_backward(g,
+    logp, target, total_weight)`` -> ``[N, C]``: ``-g / total_weight`` at ``(n, target[n])``, 0
+    elsewhere, so each device writes its own token rows or class columns without communication."""
     if node.target == aten.nll_loss_forward.default:
         return [(R, (R, R)), (P, (_s(0), _s(0))), (P, (_s(1), R))]
     return [(R, (R, R, R, R)), (_s(0), (R, _s(0), _s(0), R)), (_s(1), (R, _s(1), R, R))]
@@ -486,8 +512,8 @@ def op_strategies(node: Any, place: dict[str, list[Spec]], mesh: tuple[int, ...]
     t, args = node.target, data_args(node)
     if t in FACTORIES:
         options = [(R, ())]
-    elif t in (aten._softmax_backward_data.default, aten._log_softmax_backward_data.default):
-        options = _dimwise_options(node, 2, {node.args[2] % len(shape_of(node))}, False)
+    elif t in SOFTMAX_BACKWARDS:  # any dim, the softmax dim too (its row sum: row_all_reduces)
+        options = _dimwise_options(node, 2, set(), False)
     elif t == aten.slice_backward.default:
         options = _dimwise_options(node, 1, {node.args[2] % len(shape_of(node))}, True)
     elif t == aten.constant_pad_nd.default:

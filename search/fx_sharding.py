@@ -12,13 +12,28 @@ placement on every input (broadcast dims replicated; ``Partial`` passes ``add``/
 by a replicated factor); reductions keep shards of dims they do not reduce, and a sum/mean over a
 sharded dim gives ``P``; ``embedding`` is vocab-parallel (``P``), hidden-parallel or follows the ids.
 Backward ops: pointwise ones (``threshold_backward``, ``silu_backward``, ...) as above;
-``_softmax_backward_data`` / ``_log_softmax_backward_data`` shard any dim but the softmax dim;
+``_softmax_backward_data`` / ``_log_softmax_backward_data`` shard any dim (see below for the softmax dim);
 ``slice_backward`` and ``constant_pad_nd`` any dim they do not pad; ``nll_loss_forward/backward``
 tokens (partial loss) or classes; ``embedding_dense_backward`` ``P`` from batch-sharded ids, hidden-
 or vocab-sharded; ``*_like`` factories read no data. A broadcasting ``expand`` (RMSNorm's backward
 ``[b, s, 1] -> [b, s, h]``) is an anchor: it passes shards and ``Partial`` and may cut a broadcast dim
 of a replicated input for free. Unsupported ops replicate everything (resharding
 cost included) and are listed in the result.
+
+**Vocab-parallel softmax** (Megatron-LM's cross-entropy, Shoeybi et al. 2019, §3: the LM head's
+logits stay split over the vocabulary, no all-gather of them). A softmax or log-softmax over a dim
+sharded on mesh axis ``a`` keeps the output sharded like the input, and the strategy is charged the
+collectives its kernel needs, :func:`search.fx_graph.row_all_reduces`: two all-reduces (row max, then
+row sum of ``exp(x - max)``) of one float32 scalar per row, ``t = 2 · all_reduce_time_s(rows · 4, n_a,
+link_a)`` with ``rows`` the per-device rows (the product of the other dims' local extents); the
+backward (``_log_softmax_backward_data``: ``g - exp(out) Σ g``; ``_softmax_backward_data``:
+``out (g - Σ g out)``) needs one, ``t = all_reduce_time_s(rows · 4, n_a, link_a)``. These are
+*implicit* collectives: added to the strategy's cost (of the follower's anchor for a forward softmax,
+of the backward op's own anchor) and listed in the plan as ``"_log_softmax -> 1024 row maxes:
+all-reduce(axis 0)"``. ``nll_loss_forward`` then gathers ``logp[n, target[n]]`` from a class-sharded
+``logp`` with a replicated target as a ``Partial`` loss (each device only where the target falls in
+its slice; the total weight, a count of targets, stays replicated), and ``nll_loss_backward`` writes
+its class slice locally.
 
 **Joint graph.** A gradient output is tied to its parameter: an edge from the gradient's producer to
 the parameter's node costs the reshard from the gradient's placement to the parameter's (``P -> R``
@@ -76,6 +91,7 @@ from search.fx_graph import (
     nbytes_of,
     op_strategies,
     placeholder_specs,
+    row_all_reduces,
     shape_of,
     spec_str,
     tensor_args,
@@ -303,6 +319,7 @@ class _Builder:
                 self._charge(self.anchor[arg.name], i, spec, fixed, arg, node.name)
                 outs = [follow_axis(node, p, n) for p, n in zip(fixed, self.costs.mesh, strict=True)]
             specs.append(tuple(outs))
+            self._row_reductions(self.anchor[arg.name], i, node, specs[-1])
             if not free:
                 moved = nbytes_of(arg) / self.costs.shards(spec)
                 moved += nbytes_of(node) / self.costs.shards(specs[-1])
@@ -319,6 +336,8 @@ class _Builder:
                 self.unsupported.append(f"{node.name} ({node.target})")
             strategies = [((R,) * len(self.costs.mesh), tuple((R,) * len(self.costs.mesh) for _ in args))]
         self.new_var(node, "op", strategies)
+        for i, (spec, _) in enumerate(strategies):
+            self._row_reductions(len(self.vars) - 1, i, node, spec)
         for k, arg in enumerate(args):
             self.edge(arg.name, node.name, k)
 
@@ -329,9 +348,32 @@ class _Builder:
         src.end = max(src.end, self.pos[consumer] + 1)
 
     def alias(self, node: Any) -> None:
-        """``getitem`` of a multi-output anchor (``nll_loss_forward``): same placements, no cost."""
-        src = node.args[0].name
-        self.anchor[node.name], self.place[node.name] = self.anchor[src], self.place[src]
+        """``getitem`` of a multi-output anchor (``nll_loss_forward``): same placements, no cost; but
+        the total weight ``getitem(nll_loss_forward, 1)`` counts targets, so it is ``Partial`` on the
+        axes that shard the target and replicated on the others (a class-sharded loss is partial, its
+        total weight is not: every device sees every target)."""
+        src = node.args[0]
+        self.anchor[node.name], self.place[node.name] = self.anchor[src.name], self.place[src.name]
+        if src.target == aten.nll_loss_forward.default and node.args[1] == 1:
+            var = self.vars[self.anchor[src.name]]
+            self.place[node.name] = [tuple(P if p[0] == "S" else R for p in ins[1]) for ins in var.inputs]
+
+    def _row_reductions(self, k: int, i: int, node: Any, spec: Spec) -> None:
+        """Charge strategy ``i`` of anchor ``k`` the per-row float32 all-reduces of a softmax (or its
+        backward) ``node`` with output ``spec``, on each axis sharding the softmax dim (module
+        docstring, :func:`search.fx_graph.row_all_reduces`)."""
+        if (rule := row_all_reduces(node)) is None:
+            return
+        dim, count = rule
+        local = _local(shape_of(node), spec, self.costs.mesh)
+        rows = prod(local) / local[dim]
+        what = ("row sums",) if count == 1 else ("row maxes", "row sums")
+        for a, p in enumerate(spec):
+            if p[0] == "S" and p[1] == dim:
+                self.vars[k].comm[i] += count * self.costs.collective("all-reduce", rows * 4.0, a)
+                self.implicit.setdefault((k, i), []).extend(
+                    f"{node.name} -> {rows:.0f} {w}: all-reduce(axis {a})" for w in what
+                )
 
     def output(self, node: Any) -> None:
         """Graph outputs must not stay Partial: the all-reduce is charged to the producer. In a joint

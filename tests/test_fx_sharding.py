@@ -1,7 +1,7 @@
 """FX-graph auto-sharding on the joint forward + backward graph: data parallelism with ample memory (only
 gradient all-reduces), FSDP under a memory limit when tokens dominate, tensor parallelism when weights
 dominate, Megatron tensor parallelism rediscovered on the fast axis of a 2-D mesh (joint and forward-only),
-repeated layers (forward and backward nodes) sharing variables."""
+repeated layers (forward and backward nodes) sharing variables, Megatron's vocab-parallel cross-entropy."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from costmodels.network import all_gather_time_s, all_reduce_time_s, all_to_all_time_s, reduce_scatter_time_s
 from dse.hardware import load_hardware
 from search.fx_graph import (
+    Captured,
     P,
     R,
     _view_shard,
@@ -240,9 +241,26 @@ def test_transformer_2d_mesh_rediscovers_megatron_joint(llama2: object) -> None:
     Inside the decoder layers the only slow-axis traffic is the data-parallel all-reduce of every
     weight's gradient; outside them, besides the gradients of the final norm and lm_head, only the
     loss's total weight (a scalar) and the hidden-state gradient entering the embedding backward
-    (all-gathered: 4 MiB per device, cheaper than all-reducing the 32 MiB embedding-gradient shard)."""
+    (all-gathered: 4 MiB per device, cheaper than all-reducing the 32 MiB embedding-gradient shard).
+
+    The LM head is pinned to Megatron's place, vocab-parallel over the NVLink axis (``[Replicate(),
+    Shard(0)]``), and the solver completes the recipe: the cross-entropy stays vocab-parallel there
+    (log-probs ``[Shard(0), Shard(1)]``: tokens over the slow axis, vocab over NVLink), with only the
+    three per-token scalar all-reduces on axis 1 (predicted step 20.15 ms; 20.92 ms before the
+    vocab-parallel softmax rule, when the logits had to be token-sharded on both axes). Left free, the
+    solver now prefers (20.04 ms under this cost model) a layout with the batch on the NVLink axis,
+    weights cut over the slow axis and the LM head vocab-parallel over the slow axis, which the
+    vocab-parallel softmax made affordable (before it, that layout had to gather 2 GiB of float32
+    logits over the slow axis)."""
     budget = _budget(llama2, 1.05)
-    plan = plan_sharding(llama2, HW, (4, 8), memory_per_param_bytes=16, memory_limit=budget)
+    plan = plan_sharding(
+        llama2,
+        HW,
+        (4, 8),
+        memory_per_param_bytes=16,
+        memory_limit=budget,
+        pins={"lm_head.weight": "[Replicate(), Shard(0)]"},
+    )
     p = {k.removeprefix("model.layers.1."): v for k, v in plan.param_placements.items()}
     for column in COLUMN:
         assert p[column] == "[Replicate(), Shard(0)]", column
@@ -258,6 +276,12 @@ def test_transformer_2d_mesh_rediscovers_megatron_joint(llama2: object) -> None:
         "nll_loss_backward",
     ], slow
     assert not any("-> grad of" in c for c in plan.collectives if "axis 1" in c and "all-reduce" in c)
+    assert plan.placements["_log_softmax"] == "[Shard(0), Shard(1)]"
+    assert sorted(c for c in plan.collectives if "softmax" in c) == [
+        "_log_softmax -> 4096 row maxes: all-reduce(axis 1)",
+        "_log_softmax -> 4096 row sums: all-reduce(axis 1)",
+        "_log_softmax_backward_data -> 4096 row sums: all-reduce(axis 1)",
+    ]
     assert plan.memory_per_device_bytes <= budget
 
 
@@ -271,3 +295,150 @@ def test_repeated_layers_share_variables(llama2: object) -> None:
     fx = build_problem(llama2, MeshCosts(HW, (4, 8)))
     assert len(fx.problem.repeats) == 1 and len(fx.problem.repeats[0].blocks) == 2
     assert all(name.startswith(("cumsum", "index")) for name in fx.unsupported), fx.unsupported
+
+
+def _op_graph(fn: object, *shapes: tuple[int, ...]) -> Captured:
+    """A forward-only graph of ``fn`` on float32 inputs of ``shapes`` (placeholders, no parameters)."""
+    gm = make_fx(fn, tracing_mode="fake")(*[torch.empty(s) for s in shapes])
+    return Captured(gm.graph, {}, frozenset(), {})
+
+
+@pytest.mark.parametrize(
+    ("op", "count"),
+    [
+        (lambda x: torch.ops.aten._log_softmax(x, 1, False), 2),
+        (lambda x: torch.ops.aten._softmax(x, 1, False), 2),
+        (lambda g, y: torch.ops.aten._log_softmax_backward_data(g, y, 1, torch.float32), 1),
+        (lambda g, y: torch.ops.aten._softmax_backward_data(g, y, 1, torch.float32), 1),
+    ],
+)
+def test_softmax_over_a_sharded_dim_costs_per_row_all_reduces(op: object, count: int) -> None:
+    """``[64, 1024]`` float32 (64 rows, softmax over the 1,024 columns) on a 2 x 4 mesh (axis 0 the
+    NIC, α = 2.7 µs; axis 1 NVLink, α = 0.6 µs). A (log-)softmax over a sharded dim keeps the output
+    sharded like the input (vocab-parallel) and pays ``count`` all-reduces of one float32 per local row
+    on each axis cutting the softmax dim: 2 for the forward (row max, row sum of exp), 1 for the
+    backward (row sum of ``g``, or of ``g · out``), per Megatron-LM §3. By hand (ring, 2(n-1)α +
+    2(n-1)/n · S/B, S = rows · 4 B, B = 0.83 · link bandwidth):
+
+    - ``[Shard(0), Shard(1)]``: 32 local rows, one axis: ``count · AR(128 B, 4, NVLink)`` = count ·
+      (6 · 0.6 µs + 1.5 · 128 B / 373.5 GB/s) = count · 3.6005 µs;
+    - ``[Shard(1), Shard(1)]``: 64 rows, both axes: ``count · (AR(256 B, 2, NIC) + AR(256 B, 4,
+      NVLink))`` = count · (5.406 + 3.601) µs;
+    - ``[Shard(0), Replicate()]`` (rows cut, softmax dim whole), ``[Replicate(), Replicate()]``: 0.
+
+    The backward op is an anchor whose per-axis options are R, Shard(0) and (new) Shard(1) on both
+    inputs alike; the forward softmax is a follower: its charge lands on its input's strategies."""
+    cap = _op_graph(op, *[(64, 1024)] * (1 if count == 2 else 2))
+    costs = MeshCosts(HW, (2, 4))
+    fx = build_problem(cap, costs)
+    node = next(n for n in cap.graph.nodes if n.op == "call_function")
+    var = fx.vars[fx.anchor[node.name]]
+    nic, nvl = costs.links
+    s0, s1 = ("S", 0, 1), ("S", 1, 1)
+
+    def ar(rows: int, n: int, link: object) -> float:
+        return float(all_reduce_time_s(rows * 4, n, link))
+
+    expected = {
+        (s0, s1): count * ar(32, 4, nvl),
+        (s1, s1): count * (ar(64, 2, nic) + ar(64, 4, nvl)),
+        (s1, R): count * ar(64, 2, nic),
+        (s0, R): 0.0,
+        (R, R): 0.0,
+    }
+    assert expected[(s0, s1)] == pytest.approx(count * 3.6005e-6, rel=1e-4)
+    assert expected[(s1, s1)] == pytest.approx(count * 9.007e-6, rel=1e-3)
+    specs = fx.place[node.name]
+    for spec, want in expected.items():
+        i = specs.index(spec)
+        assert var.comm[i] == pytest.approx(want, rel=1e-12, abs=1e-15), spec_str(spec)
+        names = fx.implicit.get((fx.anchor[node.name], i), [])
+        assert len(names) == count * sum(p == s1 for p in spec), names
+    if count == 1:  # the backward anchor: per axis R, Shard(0), Shard(1), both inputs like the output
+        per_axis = {(R, (R, R)), (s0, (s0, s0)), (s1, (s1, s1))}
+        assert set(op_strategies(node, fx.place, (4,))) == {((o,), ((a,), (b,))) for o, (a, b) in per_axis}
+    else:  # the follower keeps its input's spec: every input spec is offered, none replicated first
+        assert specs == fx.place[node.args[0].name]
+
+
+def test_nll_loss_class_sharded_options() -> None:
+    """``nll_loss_forward(logp [N, C], target [N])`` with classes sharded and the target replicated:
+    each device picks ``logp[n, target[n]]`` where the target falls in its slice (0 elsewhere), so the
+    loss is ``Partial``; the backward writes ``-g / total_weight`` at ``(n, target[n])`` in its class
+    slice: ``Shard(1) <- (R, Shard(1), R, R)``."""
+
+    def f(logp: torch.Tensor, target: torch.Tensor) -> tuple:
+        loss, weight = torch.ops.aten.nll_loss_forward(logp, target, None, 1, -100)
+        return torch.ops.aten.nll_loss_backward(torch.ones_like(loss), logp, target, None, 1, -100, weight)
+
+    gm = make_fx(f, tracing_mode="fake")(torch.empty(16, 64), torch.zeros(16, dtype=torch.long))
+    fwd, bwd = (next(iter(gm.graph.find_nodes(op="call_function", target=t)))
+                for t in (torch.ops.aten.nll_loss_forward.default, torch.ops.aten.nll_loss_backward.default))
+    s0, s1 = ("S", 0, 1), ("S", 1, 1)
+    assert ((P,), ((s1,), (R,))) in op_strategies(fwd, {}, (4,))
+    assert ((P,), ((s0,), (s0,))) in op_strategies(fwd, {}, (4,))
+    assert ((s1,), ((R,), (s1,), (R,), (R,))) in op_strategies(bwd, {}, (4,))
+
+
+class _LMHead(torch.nn.Module):
+    """The LM head alone: ``Linear(hidden, vocab)`` without bias; the targets pass through."""
+
+    def __init__(self, hidden: int, vocab: int) -> None:
+        super().__init__()
+        self.lm_head = torch.nn.Linear(hidden, vocab, bias=False)
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.lm_head(x), target
+
+
+def _cross_entropy(out: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    return torch.nn.functional.nll_loss(torch.log_softmax(out[0].float(), dim=-1), out[1])
+
+
+def test_lm_head_under_memory_budget_is_vocab_parallel() -> None:
+    """Megatron's vocab-parallel cross-entropy, found by the solver. 1,024 tokens, hidden 256, vocab
+    32,768, float32 (weight W = 32 MiB, logits [1024, 32768] = 128 MiB), 8 devices on NVLink (α =
+    0.6 µs, B = 0.83 · 450 GB/s = 373.5 GB/s); training states (16 B/param) must be cut 8 ways. Per
+    step, by hand (ring):
+
+    - vocab-parallel (W ``Shard(0)``: vocab rows; x and targets replicated; logits, log-probs and their
+      gradients ``Shard(1)``; loss ``Partial``; W's gradient ``t(grad_logits) @ x`` lands in W's own
+      ``Shard(0)``): only per-token scalars move, 2 all-reduces forward (row max, row sum) + 1 backward
+      (row sum) of 1024 · 4 B = 4 KiB: 3 · (14 · 0.6 µs + 1.75 · 4 KiB / B) = 3 · 8.42 µs = 25.3 µs;
+    - gathering the logits instead (same W and mm, log-softmax on whole rows) all-gathers the 128 MiB of
+      float32 logits: 7 · 0.6 µs + 0.875 · 128 MiB / B = 319 µs before the backward;
+    - token-parallel (the plan before this rule: FSDP-like, W all-gathered, tokens cut) moves the weight:
+      all-gather of W (32 MiB, 82.8 µs), an all-to-all of the [V, N] gradient (16 MiB per device,
+      43.5 µs) and the total weight's all-reduce (8.4 µs): 134.7 µs.
+
+    Compute is the same (each device multiplies 1/8 of the [1024, 256] x [256, 32768] product), so
+    vocab-parallel wins by ~110 µs, and its only collectives are the three scalar all-reduces."""
+    hidden, vocab, tokens, n = 256, 32768, 1024, 8
+    with torch.device("meta"):
+        model = _LMHead(hidden, vocab)
+    x = torch.empty(tokens, hidden, device="meta")
+    target = torch.zeros(tokens, dtype=torch.long, device="meta")
+    cap = capture(model, [x, target], joint=True, loss_fn=_cross_entropy)
+    budget = _weights(model) * 16 / 4 / n * 1.5  # replicated: 128 MiB; sharded 8 ways: 16 MiB
+    plan = plan_sharding(cap, HW, (n,), memory_per_param_bytes=16, memory_limit=budget)
+    assert plan.param_placements["lm_head.weight"] == "[Shard(0)]"  # [vocab, hidden]: vocab rows
+    logits = next(iter(cap.graph.find_nodes(op="call_function", target=torch.ops.aten.mm.default)))
+    assert plan.placements[logits.name] == "[Shard(1)]"
+    for name in ("_log_softmax", "nll_loss_backward", "_log_softmax_backward_data"):
+        assert plan.placements[name] == "[Shard(1)]", name
+    assert plan.placements["nll_loss_forward"] == "[Partial()]"
+    assert plan.placements["getitem_1"] == "[Replicate()]"  # the total weight: every device counts all
+    assert sorted(plan.collectives) == [
+        "_log_softmax -> 1024 row maxes: all-reduce(axis 0)",
+        "_log_softmax -> 1024 row sums: all-reduce(axis 0)",
+        "_log_softmax_backward_data -> 1024 row sums: all-reduce(axis 0)",
+    ]
+    link = default_links(HW, 1)[0]
+    assert plan.comm_s == pytest.approx(3 * float(all_reduce_time_s(tokens * 4, n, link)), rel=1e-9)
+    assert plan.comm_s == pytest.approx(25.26e-6, rel=1e-3)
+    assert plan.memory_per_device_bytes <= budget
+    tokens_cut = plan_sharding(
+        cap, HW, (n,), memory_per_param_bytes=16, memory_limit=budget, pins={logits.name: "[Shard(0)]"}
+    )
+    assert tokens_cut.comm_s == pytest.approx(134.7e-6, rel=1e-3)
+    assert plan.step_time_s < tokens_cut.step_time_s
