@@ -684,13 +684,16 @@ def _ring_time_s(kind: str, s_bytes: float, n: int, link: Link) -> float:
     return float(fn(s_bytes, n, link))
 
 
+Loads = dict[tuple[str, str], float]  # directed link (u, v) -> bytes or share
+
+
 def _phase_loads(topo: Topology, tr: Traffic, dev: np.ndarray, kind: str,
-                 tier_weights) -> tuple[dict[tuple[str, str], float], list[dict[tuple[str, str], float]]]:
-    """Bytes on each directed link while every group of ``kind`` runs at once, and each pair's share
-    of its w[k] bytes per directed link: a ring pair sends all of it from dev[a] to dev[b]; a
-    pipeline pair half each way (activations forward, their gradients back), both ECMP-split."""
-    load: dict[tuple[str, str], float] = {}
-    splits = []
+                 tier_weights) -> tuple[Loads, dict[int, Loads]]:
+    """Bytes on each directed link while every group of ``kind`` runs at once, and each pair's (by
+    index k) share of its w[k] bytes per directed link: a ring pair sends all of it from dev[a] to
+    dev[b]; a pipeline pair half each way (activations forward, their gradients back), ECMP-split."""
+    load: Loads = {}
+    splits: dict[int, Loads] = {}
     both = COLLECTIVE[kind] == "send_recv"
     for k in np.flatnonzero(np.isin(tr.g, [gi for gi, t in enumerate(tr.kinds) if t == kind])):
         a, b = int(dev[tr.a[k]]), int(dev[tr.b[k]])
@@ -699,7 +702,7 @@ def _phase_loads(topo: Topology, tr: Traffic, dev: np.ndarray, kind: str,
             split |= {e: f / 2 for e, f in ecmp_split(topo, b, a, tier_weights).items()}
         for e, f in split.items():
             load[e] = load.get(e, 0.0) + float(tr.w[k]) * f
-        splits.append(split)
+        splits[int(k)] = split
     return load, splits
 
 
@@ -732,11 +735,10 @@ def evaluate(job: Job, topo: Topology, placement: Placement | Sequence[int],
             busy[e], moved[e] = busy.get(e, 0.0) + t, moved.get(e, 0.0) + load[e]
         st = {"groups": 0, "devices": job.degree(kind), "max_nodes": 0, "max_leaves": 0, "total_hops": 0,
               "max_hops": 0, "bytes_by_tier": {}, "cost": 0.0, "time_s": 0.0, "time_s_alone": 0.0}
-        pair_of = iter(splits)
         for gi in (gi for gi, t in enumerate(tr.kinds) if t == kind):
             grp, bw, lat, worst, leaves, own = tr.members[gi], np.inf, 0.0, 0.0, set(), {}
             for k in np.flatnonzero(tr.g == gi):
-                i, j, split = int(dev[tr.a[k]]), int(dev[tr.b[k]]), next(pair_of)
+                i, j, split = int(dev[tr.a[k]]), int(dev[tr.b[k]]), splits[int(k)]
                 path = route(topo, i, j, tier_weights)
                 links = list(itertools.pairwise(path))
                 attrs = [topo.graph.edges[e] for e in links]
