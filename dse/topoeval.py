@@ -100,14 +100,7 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     return {
         "topology": topo.name,
         "ranks": job.n_ranks,
-        "job": {
-            "tp": job.tp,
-            "pp": job.pp,
-            "dp": job.dp,
-            "cp": job.cp,
-            "ep": job.ep,
-            "bytes_per_step": dict(job.bytes_per_step),
-        },
+        "job": job.as_dict(),
         **ev,
         "max_link": list(ev["max_link"]) if ev["max_link"] else None,
     }

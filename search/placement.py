@@ -80,6 +80,11 @@ class Job:
     def n_ranks(self) -> int:
         return int(np.prod([self.degree(t) for t in GROUP_TYPES]))
 
+    def as_dict(self) -> dict:
+        """JSON-ready: the degrees, nesting order, rank count and bytes per step."""
+        return {**{t: self.degree(t) for t in ("tp", "pp", "dp", "cp", "ep")}, "order": list(self.order),
+                "n_ranks": self.n_ranks, "bytes_per_step": dict(self.bytes_per_step)}
+
 
 def groups(job: Job) -> dict[str, list[tuple[int, ...]]]:
     """Rank groups per type of degree > 1; rank = Σ_t coord_t · stride_t, strides by nesting order."""
