@@ -6,13 +6,17 @@ a die (area, area split, clock, HBM stacks) into peak FLOP/s, SRAM, HBM, die-to-
 and constraint values; :func:`yield_fraction` and :func:`wafer_die_grid` cover manufacturing. All
 pure JAX, SI units (MB = 1e6 B), differentiable in areas, fractions, clock and stack counts.
 
-Scope and the main caveat: FLOP/s per mm² of *compute area* is calibrated on NVIDIA tensor-core SMs
-(A100 for 7nm, H100 for 5nm), so it describes a GPU-class matrix engine of that node's generation,
-its register files and L1 included. Other micro-architectures differ by up to ~2x on the same node
-(Cerebras WSE-2 cores: about half that density; see tests/test_technology.py). SRAM bandwidth per mm²
-is calibrated on the WSE-2's small-bank scratchpad, the fine-grained end: caches with large banks
-(GPU L2, AMD Infinity Cache) deliver 3-9x less per mm². "sram" is the software-visible on-chip memory
-level (GPU L2, WSE core SRAM); SRAM inside the cores (register files, L1) is part of the compute area.
+Compute area is tiled with cores of ``lanes_per_core`` bf16 FMA lanes each. A core's area is a fixed
+part (instruction issue, control, its network port) plus a part per lane (multiplier-adder, operand
+registers and buffers): A_core = core_overhead_mm2 + lanes · lane_area_mm2, so FLOP/s per mm² =
+2 · lanes · f / A_core. Wide tensor-core SMs (A100: 1,024 lanes, H100: 2,048) amortise the fixed part;
+Cerebras WSE-2 cores (4 lanes) spend about half their logic on it. The two 7nm constants are solved
+from those two cores; 5nm takes its lane area from the H100 SM and its fixed part from 7nm's by TSMC's
+logic shrink. Dynamic compute power is per mm² of compute area (P = α·C·V²·f with C ∝ area), so a
+narrow core also spends more energy per FLOP. SRAM bandwidth per mm² is calibrated on the WSE-2's
+small-bank scratchpad, the fine-grained end: caches with large banks (GPU L2, AMD Infinity Cache)
+deliver 3-9x less per mm². "sram" is the software-visible on-chip memory level (GPU L2, WSE core
+SRAM); SRAM inside the cores (register files, L1) is part of the compute area.
 
 Derived constants are computed below from their published inputs, so each derivation can be audited.
 """
@@ -88,10 +92,12 @@ class Node:
     """Per-node constants (SI units; MB = 1e6 B; bandwidths one direction). Sources: ``NODES``."""
 
     name: str = _static()
-    flops_per_mm2_bf16: float  # dense bf16 FLOP/s per mm² of compute area at reference_clock_hz
+    lane_area_mm2: float  # compute area per bf16 FMA lane of a core (datapath, operand storage)
+    core_overhead_mm2: float  # compute area per core whatever its width (issue, control, network port)
+    reference_lanes_per_core: float  # width of the calibration core; pj_per_flop_bf16 holds at it
     sram_mb_per_mm2: float  # MB per mm² of SRAM macro area (cells + periphery)
     sram_bandwidth_Bps_per_mm2: float  # read+write B/s per mm² of SRAM at reference_clock_hz
-    pj_per_flop_bf16: float  # at reference_voltage_v; scales with (V / V_ref)²
+    pj_per_flop_bf16: float  # at reference_lanes_per_core and reference_voltage_v; scales with (V / V_ref)²
     pj_per_byte_sram: float  # at reference_voltage_v; scales with (V / V_ref)²
     pj_per_byte_d2d: float
     pj_per_byte_hbm: float
@@ -119,6 +125,11 @@ class Node:
     io_band_depth_mm: float = 1.0
 
     @property
+    def flops_per_mm2_bf16(self) -> jax.Array:
+        """Dense bf16 FLOP/s per mm² of compute area of the reference core at the reference clock."""
+        return flops_per_mm2(self, self.reference_lanes_per_core)
+
+    @property
     def hbm_stack_power_w(self) -> float:
         """Stack power at full bandwidth: pJ/byte x bandwidth."""
         return self.pj_per_byte_hbm * 1e-12 * self.hbm_stack_bandwidth_Bps
@@ -129,19 +140,31 @@ def with_hbm(node: Node, generation: str) -> Node:
     return dataclasses.replace(node, **_hbm(generation))
 
 
-# --- compute density: tensor FLOP/s over the enabled SM area ---
+# --- compute density: a core of `lanes` FMA lanes takes core_overhead + lanes x lane_area ---
 # SM-array share of the die: ~50 % for GA100 and GH100. Our estimate from the published die images
 # (Choquette et al., ISSCC 2021, A100 die micrograph; NVIDIA H100 whitepaper die shot): the GPCs fill
 # about half of each die, L2 + crossbar, HBM/NVLink PHYs and the rest the other half. Not a
 # measurement: +-10 points move the densities by -+20 %.
 _SM_SHARE = 0.50
-# A100: 312 TFLOP/s dense bf16 at 1.41 GHz, 108 of 128 SMs, 826 mm² (NVIDIA A100 whitepaper).
-_N7_FLOPS_PER_MM2 = 312e12 / (826.0 * _SM_SHARE * 108 / 128)  # 8.95e11
-# H100 SXM: 132 SMs x 4096 FLOP/clk x 1.83 GHz = 989.4 TFLOP/s, 144-SM die of 814 mm² (H100 whitepaper).
-_N5_FLOPS_PER_MM2 = 989.4e12 / (814.0 * _SM_SHARE * 132 / 144)  # 2.65e12
-# N3E: 1.6x logic density vs N5 (TSMC), /1.06 as H100's 4N already has N4's ~6 % shrink over N5
-# (TSMC N4 announcement); same clock (iso-speed), so no clock factor.
-_N3_FLOPS_PER_MM2 = _N5_FLOPS_PER_MM2 * 1.6 / 1.06
+# A100 SM: 826 mm² die, 128 SMs on the die (108 enabled); 4 tensor cores x 256 dense fp16/bf16 FMA per
+# clock = 1,024 lanes (108 x 2,048 FLOP x 1.41 GHz = 312 TFLOP/s; NVIDIA A100 whitepaper).
+_A100_SM_MM2, _A100_SM_LANES = 826.0 * _SM_SHARE / 128, 1024.0
+# WSE-2 core logic: 850,000 cores; tiles over ~90 % of the 46,225 mm² wafer (our estimate: per-die
+# clocking, test, edge I/O), half of each tile logic, half SRAM (Cerebras, Hot Chips 34). 4 fp16 FMAC
+# lanes: 850,000 x 8 FLOP x 1.1 GHz is the often quoted 7.5 PFLOP/s (Cerebras publishes neither the
+# lane count nor the clock; this is the figure's own basis).
+_WSE2_CORE_MM2, _WSE2_CORE_LANES = 0.9 * 0.5 * 46225.0 / 850_000, 4.0
+_N7_LANE_MM2 = (_A100_SM_MM2 - _WSE2_CORE_MM2) / (_A100_SM_LANES - _WSE2_CORE_LANES)  # 3.14e-3 mm²
+_N7_CORE_MM2 = _WSE2_CORE_MM2 - _WSE2_CORE_LANES * _N7_LANE_MM2  # 1.19e-2 mm²: 49 % of a WSE-2 core
+# H100 SM: 814 mm² die, 144 SMs on the die (132 enabled), 4,096 dense bf16 FLOP per clock = 2,048
+# lanes (132 x 4,096 x 1.83 GHz = 989.4 TFLOP/s; H100 whitepaper). Its fixed part: 7nm's shrunk by
+# TSMC's N5 logic density gain of 1.84x (TSMC, 2020) and 4N's further ~6 % (TSMC N4 announcement).
+_H100_SM_MM2, _H100_SM_LANES = 814.0 * _SM_SHARE / 144, 2048.0
+_N5_CORE_MM2 = _N7_CORE_MM2 / (1.84 * 1.06)
+_N5_LANE_MM2 = (_H100_SM_MM2 - _N5_CORE_MM2) / _H100_SM_LANES  # 1.38e-3 mm²
+# N3E: 1.6x logic density vs N5 (TSMC), /1.06 as H100's 4N already has N4's shrink; same clock
+# (iso-speed), so no clock factor.
+_N3_SHRINK = 1.6 / 1.06
 
 
 # --- SRAM: HD bit cell x macro efficiency ---
@@ -181,7 +204,9 @@ _UCIE_32G_BPS_PER_MM = 1317e9 / 2
 NODES: dict[str, Node] = {
     "7nm": Node(
         name="7nm",
-        flops_per_mm2_bf16=_N7_FLOPS_PER_MM2,
+        lane_area_mm2=_N7_LANE_MM2,
+        core_overhead_mm2=_N7_CORE_MM2,
+        reference_lanes_per_core=_A100_SM_LANES,
         sram_mb_per_mm2=_N7_SRAM,
         sram_bandwidth_Bps_per_mm2=_WSE2_SRAM_B_PER_CLK_MM2 * 1.41e9,
         pj_per_flop_bf16=_N7_PJ_FLOP,
@@ -202,7 +227,9 @@ NODES: dict[str, Node] = {
     ),
     "5nm": Node(
         name="5nm",
-        flops_per_mm2_bf16=_N5_FLOPS_PER_MM2,
+        lane_area_mm2=_N5_LANE_MM2,
+        core_overhead_mm2=_N5_CORE_MM2,
+        reference_lanes_per_core=_H100_SM_LANES,
         sram_mb_per_mm2=_N5_SRAM,
         sram_bandwidth_Bps_per_mm2=_WSE2_SRAM_B_PER_CLK_MM2 * (_N5_SRAM / _N7_SRAM) * 1.83e9,
         pj_per_flop_bf16=_N5_PJ_FLOP,
@@ -221,7 +248,9 @@ NODES: dict[str, Node] = {
     ),
     "3nm": Node(
         name="3nm",
-        flops_per_mm2_bf16=_N3_FLOPS_PER_MM2,
+        lane_area_mm2=_N5_LANE_MM2 / _N3_SHRINK,
+        core_overhead_mm2=_N5_CORE_MM2 / _N3_SHRINK,
+        reference_lanes_per_core=_H100_SM_LANES,
         sram_mb_per_mm2=_N3_SRAM,
         sram_bandwidth_Bps_per_mm2=_WSE2_SRAM_B_PER_CLK_MM2 * (_N3_SRAM / _N7_SRAM) * 1.83e9,
         pj_per_flop_bf16=_N5_PJ_FLOP * 0.68,  # TSMC N3E: -32 % power at iso-speed vs N5
@@ -255,6 +284,17 @@ def voltage_for_clock(node: Node, clock_hz: Scalar) -> jax.Array:
     return node.min_voltage_v + slope * (f - node.min_voltage_clock_hz)
 
 
+def core_area_mm2(node: Node, lanes_per_core: Scalar) -> jax.Array:
+    """Compute area of one core: core_overhead_mm2 + lanes · lane_area_mm2."""
+    return node.core_overhead_mm2 + jnp.asarray(lanes_per_core, dtype=float) * node.lane_area_mm2
+
+
+def flops_per_mm2(node: Node, lanes_per_core: Scalar) -> jax.Array:
+    """Dense bf16 FLOP/s per mm² of compute area at the reference clock: 2 · lanes · f_ref / A_core."""
+    lanes = jnp.asarray(lanes_per_core, dtype=float)
+    return 2.0 * lanes * node.reference_clock_hz / core_area_mm2(node, lanes)
+
+
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
 class DieFigures:
@@ -265,6 +305,7 @@ class DieFigures:
     wafer-scale designs stitch across reticles)."""
 
     peak_flops_bf16: jax.Array
+    cores: jax.Array  # compute area / core area (continuous)
     sram_capacity_bytes: jax.Array
     sram_bandwidth_Bps: jax.Array
     hbm_capacity_bytes: jax.Array
@@ -300,16 +341,19 @@ def die_figures(
     hbm_stacks: Scalar,
     *,
     aspect_ratio: Scalar = 1.0,
+    lanes_per_core: Scalar | None = None,
 ) -> DieFigures:
-    """Figures of one die of ``area_mm2`` (width / height = ``aspect_ratio``) on ``node``.
+    """Figures of one die of ``area_mm2`` (width / height = ``aspect_ratio``) on ``node`` whose compute
+    area is tiled with cores of ``lanes_per_core`` FMA lanes (default: the node's reference core).
 
-    With s = clock / f_ref, V = :func:`voltage_for_clock`, e = (V / V_ref)²:
-      peak = flops_per_mm2 · A · compute_frac · s;   SRAM = sram_mb_per_mm2 · A · sram_frac;
+    With s = clock / f_ref, V = :func:`voltage_for_clock`, e = (V / V_ref)², A_c = A · compute_frac:
+      peak = :func:`flops_per_mm2` (lanes) · A_c · s;   SRAM = sram_mb_per_mm2 · A · sram_frac;
       SRAM bandwidth = sram_bandwidth_per_mm2 · A · sram_frac · s;  HBM = stacks · stack figures;
       perimeter P = 2(w + h);  HBM shoreline H = stacks · hbm_stack_shoreline_mm;
       d2d edge = min(io_frac · A / io_band_depth_mm, max(P - H, 0)), d2d bandwidth = edge · per-mm rate;
-      power = e · (peak · pJ/FLOP + SRAM bandwidth · pJ/B) + leakage · A · V/V_ref
-              + stacks · hbm_stack_power_w + d2d bandwidth · pJ/B(d2d)          (dynamic ∝ C·V²·f);
+      power = e · (A_c · s · flops_per_mm2(ref lanes) · pJ/FLOP + SRAM bandwidth · pJ/B)
+              + leakage · A · V/V_ref + stacks · hbm_stack_power_w + d2d bandwidth · pJ/B(d2d)
+      (dynamic ∝ C·V²·f with C ∝ area: a core narrower than the reference spends more per FLOP);
       area_check = compute_frac + sram_frac + io_frac + H · io_band_depth_mm / A (HBM PHY band).
     The rest of the die (1 - area_check) is NoC, control, SerDes, spares. Spare cores for yield are
     part of compute_frac: scale by (1 - redundancy) for usable FLOP/s.
@@ -320,7 +364,9 @@ def die_figures(
     v = voltage_for_clock(node, clock)
     e = (v / node.reference_voltage_v) ** 2
     s = clock / node.reference_clock_hz
-    peak = node.flops_per_mm2_bf16 * a * compute_frac * s
+    lanes = node.reference_lanes_per_core if lanes_per_core is None else lanes_per_core
+    compute_mm2 = a * compute_frac
+    peak = flops_per_mm2(node, lanes) * compute_mm2 * s
     sram_mm2 = a * sram_frac
     sram_bw = node.sram_bandwidth_Bps_per_mm2 * sram_mm2 * s
     width = jnp.sqrt(a * aspect_ratio)
@@ -329,7 +375,12 @@ def die_figures(
     d2d_edge = jnp.minimum(io_frac * a / node.io_band_depth_mm, jnp.maximum(perimeter - shoreline, 0.0))
     d2d_bw = d2d_edge * node.d2d_bandwidth_Bps_per_mm
     powers = {
-        "compute_power_w": e * peak * node.pj_per_flop_bf16 * 1e-12,
+        "compute_power_w": e
+        * compute_mm2
+        * s
+        * flops_per_mm2(node, node.reference_lanes_per_core)
+        * node.pj_per_flop_bf16
+        * 1e-12,
         "sram_power_w": e * sram_bw * node.pj_per_byte_sram * 1e-12,
         "leakage_power_w": node.leakage_w_per_mm2 * a * v / node.reference_voltage_v,
         "hbm_power_w": stacks * node.hbm_stack_power_w,
@@ -337,6 +388,7 @@ def die_figures(
     }
     return DieFigures(
         peak_flops_bf16=peak,
+        cores=compute_mm2 / core_area_mm2(node, lanes),
         sram_capacity_bytes=node.sram_mb_per_mm2 * 1e6 * sram_mm2,
         sram_bandwidth_Bps=sram_bw,
         hbm_capacity_bytes=stacks * node.hbm_stack_capacity_bytes,

@@ -2,13 +2,14 @@
 
 A wafer of ``usable_side_mm²`` is cut into a ``dies_x × dies_y`` grid (a die may span several reticle
 fields, stitched across the scribe lines as Cerebras does); every die splits the area its HBM PHY
-band leaves between compute, SRAM and die-to-die I/O (fractions on a simplex), runs at
-``clock_hz``, and may carry ``hbm_stacks`` HBM stacks on its edge (0: an SRAM-only design, as
-Cerebras WSE-2/3). The dies form a 2-D mesh (neighbour links from the I/O area's die-to-die
-bandwidth, split over the four sides); several wafers are joined by off-wafer links along the wafer
-edge. A power cap per wafer throttles the clock: dynamic power ∝ f·V² with V ∝ f in the DVFS range,
-so P ∝ f³ and the clock is scaled by (cap / P)^(1/3) when over the cap (a smooth min keeps the
-gradient alive, temperature ``cap_smoothness``).
+band leaves between compute, SRAM and die-to-die I/O (fractions on a simplex), tiles its compute area
+with cores of ``lanes_per_core`` FMA lanes (default: the node's tensor-core SM; 4 for WSE-2-like
+cores, about half the FLOP/s per mm²), runs at ``clock_hz``, and may carry ``hbm_stacks`` HBM stacks
+on its edge (0: an SRAM-only design, as Cerebras WSE-2/3). The dies form a 2-D mesh (neighbour
+links from the I/O area's die-to-die bandwidth, split over the four sides); several wafers are joined
+by off-wafer links along the wafer edge. A power cap per wafer throttles the clock: dynamic power ∝
+f·V² with V ∝ f in the DVFS range, so P ∝ f³ and the clock is scaled by (cap / P)^(1/3) when over the
+cap (a smooth min keeps the gradient alive, temperature ``cap_smoothness``).
 
 The die becomes a :class:`~costmodels.hardware.Hardware` "device": main memory is HBM plus SRAM (the
 capacity-weighted mean bandwidth of the two, i.e. data spread uniformly over both), the scale-up
@@ -43,6 +44,9 @@ class WaferDesign:
     hbm_stacks: Array = 0.0  # per die
     dies_x: Array = 8.0
     dies_y: Array = 8.0
+    # FMA lanes per core (costmodels.technology): None = the node's tensor-core SM (1,024 at 7nm,
+    # 2,048 at 5/3nm); 4 = a Cerebras WSE-2 core. Fixed unless listed among the knobs.
+    lanes_per_core: Array | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,7 @@ def _figures(system: WaferSystem, design: WaferDesign) -> Any:
         design.io_frac * rest,
         design.clock_hz,
         design.hbm_stacks,
+        lanes_per_core=design.lanes_per_core,
     )
 
 

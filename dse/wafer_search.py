@@ -31,7 +31,8 @@ from search.wafer import wafer_problem
 # Reference designs, in the same knobs (the node, wafer count and power cap are the experiment's).
 REFERENCES = {
     # Cerebras WSE-2 (Hot Chips 2021): 84 reticle fields (12 x 7) of cores with 40 GB SRAM, no HBM; we
-    # cut the same square into 12 x 8 so the die count splits into power-of-two data parallelism.
+    # cut the same square into 12 x 8 so the die count splits into power-of-two data parallelism. Its
+    # cores are 4 FMA lanes wide (costmodels/technology.py).
     "wse_style_sram_only": {
         "compute_frac": 0.45,
         "sram_frac": 0.5,
@@ -40,6 +41,7 @@ REFERENCES = {
         "hbm_stacks": 0.0,
         "dies_x": 12.0,
         "dies_y": 8.0,
+        "lanes_per_core": 4.0,
     },
     # DeepFlow (Ardalani et al. 2021) style: 20 large dies, 4 HBM stacks each.
     "deepflow_20_die_4_hbm": {
@@ -99,10 +101,20 @@ def system_of(cfg: DictConfig) -> WaferSystem:
     )
 
 
-def _check_power(system: WaferSystem, knobs: dict[str, Knob]) -> None:
+def fixed_of(cfg: DictConfig) -> dict[str, float]:
+    """Design fields held fixed during the search: ``wafer.lanes_per_core`` unless it is a knob."""
+    lanes = cfg.wafer.get("lanes_per_core")
+    if lanes is None or "lanes_per_core" in cfg.wafer.knobs:
+        return {}
+    if float(lanes) < 1:
+        raise ConfigError(f"wafer.lanes_per_core = {lanes} must be >= 1 (FMA lanes per core)")
+    return {"lanes_per_core": float(lanes)}
+
+
+def _check_power(system: WaferSystem, knobs: dict[str, Knob], fixed: dict[str, float]) -> None:
     """The cap must run some design: the smallest one (every knob at its lower bound) at the node's
     lowest-voltage clock must fit under it, else the power cap is the binding constraint."""
-    low = {n: k.low for n, k in knobs.items()}
+    low = {**fixed, **{n: k.low for n, k in knobs.items()}}
     low["clock_hz"] = min(low.get("clock_hz", np.inf), system.tech.min_voltage_clock_hz)
     design = WaferDesign(**low)
     hw = wafer_hardware(replace(system, power_cap_w=float("inf")), design)
@@ -147,8 +159,8 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
     """Gradient descent, the exact score of its answer, and the comparison table (JSON-ready)."""
     if cfg.get("wafer") is None:
         raise ConfigError("search.driver=gd needs a wafer system: use +experiment=wafer_arch")
-    s, system, knobs = cfg.search, system_of(cfg), knobs_of(cfg)
-    _check_power(system, knobs)
+    s, system, knobs, fixed = cfg.search, system_of(cfg), knobs_of(cfg), fixed_of(cfg)
+    _check_power(system, knobs, fixed)
     job = TrainingJob(
         load_model(cfg.model),
         cfg.workload.seq_len,
@@ -157,7 +169,13 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
         cfg.workload.optimizer,
     )
     problem = wafer_problem(
-        system, job, cfg.workload.global_batch, knobs, objective=s.objective, temperature=s.temperature
+        system,
+        job,
+        cfg.workload.global_batch,
+        knobs,
+        fixed=fixed,
+        objective=s.objective,
+        temperature=s.temperature,
     )
     result = gradient_descent(
         problem.loss,
@@ -169,20 +187,20 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
         rescore=lambda v: problem.evaluate(v)["objective"],
     )
     best = problem.evaluate(result.best)
+    design = {**fixed, **result.best}
     if not best["feasible"]:
-        why = best["violations"] or {"memory": f"no mapping fits (smallest {best['min_memory_gib']:.1f} GiB)"}
-        raise ConfigError(f"no feasible wafer design found; binding constraint(s): {why}")
+        raise ConfigError(f"no feasible wafer design found: {_why_infeasible(best)}")
     rows = {"gradient_descent": best} | {k: problem.evaluate(v) for k, v in REFERENCES.items()}
     rows[f"{cfg.wafer.compare_gpu}_cluster_equal_power"] = gpu_cluster(cfg, job, system)
-    breakdown = step_breakdown(system, job, result.best, best)
-    _log(run_, result, best, rows, breakdown)
+    breakdown = step_breakdown(system, job, design, best)
+    _log(run_, result, design, best, rows, breakdown)
     return {
         "driver": "gd",
         "evaluations": result.evaluations,
-        "design": result.best,
+        "design": design,
         "best": best,
         "comparison": rows,
-        "hardware": _hardware_summary(system, result.best),
+        "hardware": _hardware_summary(system, design),
     }
 
 
@@ -203,6 +221,7 @@ def _hardware_summary(system: WaferSystem, values: dict[str, float]) -> dict[str
         "hbm_capacity_bytes",
         "hbm_bandwidth_Bps",
         "sram_capacity_bytes",
+        "sram_bandwidth_Bps",
         "scale_up_domain_size",
         "scale_up_bandwidth_Bps",
         "scale_out_bandwidth_Bps",
@@ -214,6 +233,7 @@ def _hardware_summary(system: WaferSystem, values: dict[str, float]) -> dict[str
 def _log(
     run_: JobRun,
     result: Any,
+    design: dict[str, float],
     best: dict[str, Any],
     rows: dict[str, dict[str, Any]],
     breakdown: dict[str, float],
@@ -230,7 +250,7 @@ def _log(
             metrics={"loss": steps[-1]["loss"]},
             step_rows=steps,
         )
-    run_.log_dict({"design": result.best, "best": best}, "best_design.yaml")
+    run_.log_dict({"design": design, "best": best}, "best_design.yaml")
     run_.log_dict({k: v for k, v in rows.items()}, "comparison.yaml")
     if run_.enabled:
         import matplotlib.pyplot as plt
@@ -238,7 +258,7 @@ def _log(
         from dse.search import _breakdown_figure
 
         for fig, name in (
-            (_area_figure(result.best), "area_split.png"),
+            (_area_figure(design), "area_split.png"),
             (_breakdown_figure(breakdown), "breakdown.png"),
         ):
             run_.log_figure(fig, name)
@@ -287,8 +307,25 @@ def render(rep: dict[str, Any]) -> str:
             f"mapping: {mapping}",
             "",
             format_table(cols, rows, align="lrrrrrrr"),
+            *(
+                f"{name}: infeasible, {_why_infeasible(r)}"
+                for name, r in rep["comparison"].items()
+                if not r.get("feasible")
+            ),
         ]
     )
+
+
+def _why_infeasible(row: dict[str, Any]) -> str:
+    """One line: the violated constraints, the memory shortfall, or the stated reason."""
+    if row.get("violations"):
+        return ", ".join(f"{k} over by {v:.3g}" for k, v in row["violations"].items())
+    if "min_memory_gib" in row:
+        return (
+            f"no mapping fits memory (the smallest needs {row['min_memory_gib']:.4g} GiB per die, "
+            f"a die has {row['capacity_gib']:.4g} GiB)"
+        )
+    return str(row.get("reason", "no feasible mapping"))
 
 
 def _cell(v: Any) -> str:

@@ -129,6 +129,7 @@ def design_metrics(
         "feasible": ok,
         "valid": valid,
         "memory_ratio": out.memory.total_bytes / out.memory.capacity_bytes,
+        "capacity_gib": out.memory.capacity_bytes / GiB,
         "global_batch": plan.global_batch,
     }
 
@@ -179,6 +180,7 @@ def wafer_problem(
                 "violations": viol,
                 "objective": float("inf"),
                 "min_memory_gib": float(np.min(m["memory_gib"])),
+                "capacity_gib": float(np.max(m["capacity_gib"])),
             }
         # a rounded batch changes the work per step: compare step times per nominal batch
         per_batch = m[objective] * (global_batch / m["global_batch"] if objective == "step_time_s" else 1.0)
