@@ -7,9 +7,12 @@ with cores of ``lanes_per_core`` FMA lanes (default: the node's tensor-core SM; 
 cores, about half the FLOP/s per mm²), runs at ``clock_hz``, and may carry ``hbm_stacks`` HBM stacks
 on its edge (0: an SRAM-only design, as Cerebras WSE-2/3). The dies form a 2-D mesh (neighbour
 links from the I/O area's die-to-die bandwidth, split over the four sides); several wafers are joined
-by off-wafer links along the wafer edge. A power cap per wafer throttles the clock: dynamic power ∝
-f·V² with V ∝ f in the DVFS range, so P ∝ f³ and the clock is scaled by (cap / P)^(1/3) when over the
-cap (a smooth min keeps the gradient alive, temperature ``cap_smoothness``).
+by off-wafer links along the wafer edge. A power cap per wafer throttles the clock: the die runs at
+min(clock_hz, f_cap), where f_cap solves dies · P(f) = cap with P the die's whole power at clock f
+(dynamic ∝ f·V(f)², leakage ∝ V(f), HBM and die-to-die links independent of the clock), found by
+bisection and differentiated implicitly (``jax.lax.custom_root``); a smooth min keeps the gradient
+alive (temperature ``cap_smoothness``). When even the slowest clock is over the cap (HBM, links and
+leakage alone exceed it) the ``power_cap_w`` constraint is violated.
 
 The die becomes a :class:`~costmodels.hardware.Hardware` "device": main memory is HBM plus SRAM (the
 capacity-weighted mean bandwidth of the two, i.e. data spread uniformly over both), the scale-up
@@ -19,6 +22,7 @@ links. Kernel-class efficiencies come from a reference preset (the calibrated A1
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -100,26 +104,62 @@ def _figures(system: WaferSystem, design: WaferDesign) -> Any:
     )
 
 
+# Bisection bracket of the capped clock (Hz): far below and above any DVFS range.
+_CLOCK_BRACKET_HZ = (1e6, 1e11)
+
+
+def _wafer_power_w(system: WaferSystem, design: WaferDesign, clock_hz: Array) -> Array:
+    return design.dies_x * design.dies_y * _figures(system, replace(design, clock_hz=clock_hz)).power_w
+
+
+def capped_clock_hz(system: WaferSystem, design: WaferDesign) -> Array:
+    """The clock the dies run at: smooth min(clock_hz, f_cap), dies · P(f_cap) = power_cap_w.
+
+    P(f) is non-decreasing in f, so f_cap is found by 60 bisection steps in log f over
+    ``_CLOCK_BRACKET_HZ``; its gradient comes from the implicit function theorem,
+    d f_cap = -(∂P/∂θ) dθ / (∂P/∂f). If P(lower bracket) > cap, f_cap is the lower bracket (the
+    ``power_cap_w`` constraint then reports the excess)."""
+    if not math.isfinite(system.power_cap_w):
+        return jnp.asarray(design.clock_hz, dtype=float)
+
+    def excess(f: Array) -> Array:  # aims 0.01 % under the cap: float32 rounding stays under it
+        return _wafer_power_w(system, design, f) - system.power_cap_w * (1.0 - 1e-4)
+
+    def bisect(g: Any, _guess: Array) -> Array:
+        def step(_: int, bounds: tuple[Array, Array]) -> tuple[Array, Array]:
+            lo, hi = bounds
+            mid = 0.5 * (lo + hi)
+            over = g(jnp.exp(mid)) > 0.0
+            return jnp.where(over, lo, mid), jnp.where(over, mid, hi)
+
+        lo, hi = (jnp.log(jnp.asarray(b, dtype=float)) for b in _CLOCK_BRACKET_HZ)
+        lo, hi = jax.lax.fori_loop(0, 60, step, (lo, hi))
+        return jnp.exp(0.5 * (lo + hi))
+
+    guess = jnp.asarray(design.clock_hz, dtype=float)
+    f_cap = jax.lax.custom_root(excess, guess, bisect, lambda g, y: y / g(1.0))
+    return _smooth_min(guess, f_cap, system.cap_smoothness)
+
+
 def constraints(system: WaferSystem, design: WaferDesign) -> dict[str, Array]:
-    """Constraint values (≤ 0 satisfied): area (fractions + HBM PHY ≤ 1), HBM shoreline, clock range.
-    A die may exceed one reticle field: wafer-scale designs stitch across the scribe lines (Cerebras)."""
+    """Constraint values (≤ 0 satisfied): area (fractions + HBM PHY ≤ 1), HBM shoreline, clock range,
+    wafer power at the capped clock ≤ the cap. A die may exceed one reticle field: wafer-scale designs
+    stitch across the scribe lines (Cerebras)."""
     fig = _figures(system, design)
     return {
         "area_fractions": fig.area_check - 1.0,
         "hbm_shoreline_mm": fig.shoreline_violation_mm,
         "clock_hz": fig.clock_violation_hz,
+        "power_cap_w": _wafer_power_w(system, design, capped_clock_hz(system, design)) - system.power_cap_w,
     }
 
 
 def wafer_hardware(system: WaferSystem, design: WaferDesign) -> Hardware:
-    """The Hardware of one die of ``design`` (per-die figures; the wafer is its scale-up domain)."""
+    """The Hardware of one die of ``design`` (per-die figures at the capped clock; the wafer is its
+    scale-up domain)."""
     tech = system.tech
     dies = design.dies_x * design.dies_y
-    fig = _figures(system, design)
-    wafer_power = dies * fig.power_w
-    throttle = _smooth_min(
-        jnp.ones_like(wafer_power), (system.power_cap_w / wafer_power) ** (1.0 / 3.0), system.cap_smoothness
-    )
+    fig = _figures(system, replace(design, clock_hz=capped_clock_hz(system, design)))
     memory = fig.hbm_capacity_bytes + fig.sram_capacity_bytes
     bandwidth = (
         fig.hbm_bandwidth_Bps * fig.hbm_capacity_bytes + fig.sram_bandwidth_Bps * fig.sram_capacity_bytes
@@ -136,10 +176,10 @@ def wafer_hardware(system: WaferSystem, design: WaferDesign) -> Hardware:
         hw,
         name=f"wafer-{system.node}",
         topology="mesh2d",
-        peak_flops_bf16=fig.peak_flops_bf16 * throttle,
-        peak_flops_fp16=fig.peak_flops_bf16 * throttle,
-        peak_flops_fp32=fig.peak_flops_bf16 * throttle / 16.0,
-        peak_flops_fp8=2.0 * fig.peak_flops_bf16 * throttle,
+        peak_flops_bf16=fig.peak_flops_bf16,
+        peak_flops_fp16=fig.peak_flops_bf16,
+        peak_flops_fp32=fig.peak_flops_bf16 / 16.0,
+        peak_flops_fp8=2.0 * fig.peak_flops_bf16,
         hbm_capacity_bytes=memory,
         hbm_bandwidth_Bps=bandwidth,
         sram_capacity_bytes=fig.sram_capacity_bytes,
@@ -150,6 +190,6 @@ def wafer_hardware(system: WaferSystem, design: WaferDesign) -> Hardware:
         scale_out_bandwidth_Bps=tech.off_wafer_bandwidth_Bps_per_mm * edge_mm / dies,
         scale_out_latency_s=system.off_wafer_latency_s,
         scale_out_oversubscription=1.0,
-        power_w=fig.power_w * throttle**3,
+        power_w=fig.power_w,
         compute_units=0.0,
     )

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from costmodels.errors import ConfigError
 from costmodels.parallel import make_plan
 from costmodels.training import TrainingJob, training_step
-from costmodels.wafer import WaferDesign, WaferSystem, wafer_hardware
+from costmodels.wafer import WaferDesign, WaferSystem, capped_clock_hz, wafer_hardware
 from dse._app import format_table
 from dse.hardware import load_hardware
 from dse.models import load_model
@@ -215,7 +215,8 @@ def step_breakdown(
 
 
 def _hardware_summary(system: WaferSystem, values: dict[str, float]) -> dict[str, float]:
-    hw = wafer_hardware(system, WaferDesign(**{k: float(v) for k, v in values.items()}))
+    design = WaferDesign(**{k: float(v) for k, v in values.items()})
+    hw = wafer_hardware(system, design)
     keys = (
         "peak_flops_bf16",
         "hbm_capacity_bytes",
@@ -227,7 +228,7 @@ def _hardware_summary(system: WaferSystem, values: dict[str, float]) -> dict[str
         "scale_out_bandwidth_Bps",
         "power_w",
     )
-    return {k: float(getattr(hw, k)) for k in keys}
+    return {"clock_hz": float(capped_clock_hz(system, design))} | {k: float(getattr(hw, k)) for k in keys}
 
 
 def _log(
@@ -303,7 +304,7 @@ def render(rep: dict[str, Any]) -> str:
         [
             f"gradient descent over the wafer design ({rep['evaluations']} loss evaluations)",
             f"design: {design}",
-            f"per die: {hw}",
+            f"per die, at the power-capped clock: {hw}",
             f"mapping: {mapping}",
             "",
             format_table(cols, rows, align="lrrrrrrr"),

@@ -40,7 +40,7 @@ MAPPING_GRID = {
     "zero_stage": (1,),
     "sequence_parallel": (1,),
 }
-_NORMALISERS = {"area_fractions": 0.01, "hbm_shoreline_mm": 10.0, "clock_hz": 1e8}
+_NORMALISERS = {"area_fractions": 0.01, "hbm_shoreline_mm": 10.0, "clock_hz": 1e8, "power_cap_w": 1e3}
 
 
 @dataclass(frozen=True)
@@ -169,11 +169,12 @@ def wafer_problem(
         return soft * (1.0 + 10.0 * _penalty(system, design))
 
     batched = jax.jit(lambda d: design_metrics(system, job, global_batch, cols, d))
+    checks = jax.jit(lambda d: constraints(system, d))
 
     def evaluate(values: Mapping[str, float]) -> dict[str, Any]:
         design = design_of({k: jnp.asarray(float(v)) for k, v in values.items()})
         m = {k: np.asarray(v) for k, v in batched(design).items()}
-        viol = {k: float(v) for k, v in constraints(system, design).items() if float(v) > 1e-6}
+        viol = {k: float(v) for k, v in checks(design).items() if float(v) > 1e-6}
         if not m["feasible"].any() or viol:
             return {
                 "feasible": False,

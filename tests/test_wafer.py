@@ -14,7 +14,14 @@ import pytest
 
 from costmodels.technology import NODES, flops_per_mm2
 from costmodels.training import TrainingJob
-from costmodels.wafer import WaferDesign, WaferSystem, constraints, wafer_hardware
+from costmodels.wafer import (
+    WaferDesign,
+    WaferSystem,
+    _figures,
+    capped_clock_hz,
+    constraints,
+    wafer_hardware,
+)
 from dse.hardware import load_hardware
 from dse.models import load_model
 from search.gd import Knob, gradient_descent
@@ -36,12 +43,47 @@ def test_design_maps_to_die_hardware() -> None:
     assert float(hw.power_w) * 64 <= 25_000.0 * 1.01
 
 
-def test_power_cap_throttles_the_clock() -> None:
-    """Halving the cap of a design over it lowers the peak by about (1/2)^(1/3) (P ∝ f³)."""
+def test_power_cap_throttles_the_clock_to_the_cap() -> None:
+    """The capped clock f* is where the wafer's whole power (dynamic ∝ f·V², leakage ∝ V, HBM and links
+    flat) meets the cap: checked against a brute-force scan of 20,001 clocks, and every figure of the
+    die is the die's at f* (peak, SRAM bandwidth, power)."""
     hot = WaferDesign(compute_frac=0.8, sram_frac=0.1, io_frac=0.1, clock_hz=2.0e9, hbm_stacks=4.0)
-    hi = wafer_hardware(WaferSystem(power_cap_w=40_000.0, reference=A100), hot)
-    lo = wafer_hardware(WaferSystem(power_cap_w=20_000.0, reference=A100), hot)
-    assert float(lo.peak_flops_bf16) / float(hi.peak_flops_bf16) == pytest.approx(0.5 ** (1 / 3), rel=0.05)
+    system = WaferSystem(power_cap_w=20_000.0, reference=A100)
+    f_cap = float(capped_clock_hz(system, hot))
+    clocks = np.linspace(0.3e9, 2.0e9, 20_001)
+    power = np.array(jax.vmap(lambda f: 64 * _figures(system, replace(hot, clock_hz=f)).power_w)(clocks))
+    brute = clocks[np.nonzero(power <= 20_000.0)[0].max()]
+    assert f_cap == pytest.approx(brute, abs=2 * (clocks[1] - clocks[0]))
+    hw, at = wafer_hardware(system, hot), _figures(system, replace(hot, clock_hz=f_cap))
+    assert 64 * float(hw.power_w) == pytest.approx(20_000.0, rel=1e-3)
+    assert float(hw.peak_flops_bf16) == pytest.approx(float(at.peak_flops_bf16), rel=1e-5)
+    assert float(hw.sram_bandwidth_Bps) == pytest.approx(float(at.sram_bandwidth_Bps), rel=1e-5)
+    # a cap above the design's power leaves the clock alone
+    free = WaferSystem(power_cap_w=1e6, reference=A100)
+    assert float(capped_clock_hz(free, hot)) == pytest.approx(2.0e9, rel=1e-3)
+
+
+def test_power_cap_below_the_static_power_is_a_violation() -> None:
+    """64 dies x 6 HBM3 stacks x 18.6 W = 7.2 kW before any compute: a 5 kW cap cannot be met."""
+    heavy = WaferDesign(compute_frac=0.5, sram_frac=0.3, io_frac=0.1, clock_hz=1e9, hbm_stacks=6.0)
+    system = WaferSystem(power_cap_w=5_000.0, reference=A100)
+    assert 64 * 6 * NODES["5nm"].hbm_stack_power_w > 7_000.0
+    assert float(constraints(system, heavy)["power_cap_w"]) > 2_000.0
+
+
+def test_gradient_through_the_capped_clock_matches_finite_differences() -> None:
+    """d peak / d compute_frac under a binding cap: more compute area draws more power, so the capped
+    clock falls; the implicit derivative must agree with a central difference."""
+    system = WaferSystem(power_cap_w=15_000.0, reference=A100)
+
+    def peak(c: jax.Array) -> jax.Array:
+        return wafer_hardware(system, replace(DESIGN, compute_frac=c, clock_hz=1.6e9)).peak_flops_bf16
+
+    g = float(jax.grad(peak)(jnp.asarray(0.5)))
+    h = 1e-2
+    fd = (float(peak(jnp.asarray(0.5 + h))) - float(peak(jnp.asarray(0.5 - h)))) / (2 * h)
+    assert float(capped_clock_hz(system, replace(DESIGN, clock_hz=1.6e9))) < 1.5e9  # the cap binds
+    assert g == pytest.approx(fd, rel=0.02)
 
 
 def test_core_width_sets_flops_per_area_not_power() -> None:
