@@ -47,6 +47,11 @@ _BYTES_PER_ELEMENT: dict[str, float] = {
 
 TOPOLOGIES: tuple[str, ...] = ("switched", "torus3d", "fully_connected", "mesh2d")
 
+# Framework overhead per GPU: CUDA context and kernel images, measured at 1343 MB by Hugging Face
+# ("Model training anatomy", transformers docs: "kernels alone take up 1.3GB"), plus NCCL communicator
+# buffers and cuBLAS workspaces; we round to 2 GiB (``Hardware.workspace_bytes``).
+WORKSPACE_BYTES = 2.0 * 2.0**30
+
 
 def _static() -> Any:
     return field(metadata={"static": True})
@@ -87,6 +92,10 @@ class Hardware:
     # --- host (offload target): this device's share of host DRAM and its link to it, one direction ---
     host_memory_bytes: Scalar = 0.0
     host_bandwidth_Bps: Scalar = 0.0
+    # devices whose host-link shares carry one broadcast stream (a wafer's dies behind its external
+    # link: each weight shard crosses it once for all replicas there); 1: a private link per device
+    host_broadcast_devices: Scalar = 1.0
+    workspace_bytes: Scalar = WORKSPACE_BYTES  # runtime reserve of device memory (context, workspaces)
 
     # --- achievable fractions and overheads (per hardware or kernel class; 1.0 / 0 = ideal roofline) ---
     compute_units: Scalar = 0.0  # SMs / CUs that matmul tiles are spread over (0: no wave quantization)

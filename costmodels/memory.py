@@ -34,10 +34,6 @@ from costmodels.workload import Batch, Op, forward_ops
 Scalar = Any  # float or jax.Array
 GiB = 2.0**30
 
-# Framework overhead per device: CUDA context and kernel images, measured at 1343 MB by Hugging Face
-# ("Model training anatomy", transformers docs: "kernels alone take up 1.3GB"), plus NCCL communicator
-# buffers and cuBLAS workspaces; we round to 2 GiB. Pass workspace_bytes=0 to leave it out.
-WORKSPACE_BYTES = 2.0 * GiB
 TRAINING_PRECISIONS: dict[str, float] = {"fp32": 4.0, "tf32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 2.0}
 OPTIMIZER_MOMENT_BYTES: dict[str, float] = {"adam": 8.0, "sgd": 0.0}  # fp32 m and v; plain SGD none
 GRAD_BYTES = 4.0  # Megatron accumulates gradients in an fp32 main_grad buffer
@@ -70,6 +66,11 @@ class MemoryBreakdown:
         """Device total ≤ HBM capacity and offloaded bytes ≤ host memory (bool array)."""
         on_device = self.total_bytes <= self.capacity_bytes
         return jnp.logical_and(on_device, self.offloaded_bytes <= self.host_capacity_bytes)
+
+
+def _workspace(hw: Hardware, workspace_bytes: Scalar | None) -> Scalar:
+    """The runtime reserve per device: ``workspace_bytes`` if given, else the hardware's."""
+    return hw.workspace_bytes if workspace_bytes is None else workspace_bytes
 
 
 def _breakdown(hw: Hardware, **parts: Scalar) -> MemoryBreakdown:
@@ -328,17 +329,26 @@ def _optimizer_bytes(optimizer: str, weight_bytes: float) -> float:
 
 def _model_states(
     dense: Scalar, experts: Scalar, gathered: Scalar, plan: Plan, weight_bytes: float, opt_bytes: float
-) -> tuple[Scalar, Scalar, Scalar]:
-    """(weights, gradients, optimizer) bytes. ZeRO (Rajbhandari et al. 2020, Sec. 5): stage ≥ 1 shards
-    optimizer states, ≥ 2 gradients, 3 weights over the data-parallel group (dp·cp, Megatron's
-    distributed optimizer; experts over dp·cp/ep); stage 3 adds ``gathered`` weight bytes in flight."""
+) -> tuple[Scalar, Scalar, Scalar, Scalar]:
+    """(weights, gradients, optimizer, external) bytes. ZeRO (Rajbhandari et al. 2020, Sec. 5): stage ≥ 1
+    shards optimizer states, ≥ 2 gradients, 3 weights over the data-parallel group (dp·cp, Megatron's
+    distributed optimizer; experts over dp·cp/ep); stage 3 adds ``gathered`` weight bytes in flight.
+    Weight streaming keeps only the ``gathered`` layers' weights and gradients on the device; one copy
+    of the whole state (weights, gradients, optimizer) lives in external memory, shared by the dp·cp
+    replicas: ``external`` is this device's share of it."""
     zd = plan.dp * plan.cp
+    share = dense / zd + experts * plan.ep / zd
 
     def held(stage: int) -> Scalar:
-        return jnp.where(plan.zero_stage >= stage, dense / zd + experts * plan.ep / zd, dense + experts)
+        return jnp.where(plan.zero_stage >= stage, share, dense + experts)
 
+    streamed = plan.weight_streaming > 0
     weights = weight_bytes * held(3) + jnp.where(plan.zero_stage >= 3, gathered, 0.0)
-    return weights, GRAD_BYTES * held(2), opt_bytes * held(1)
+    weights = jnp.where(streamed, gathered, weights)
+    grads = jnp.where(streamed, gathered * GRAD_BYTES / weight_bytes, GRAD_BYTES * held(2))
+    opt = jnp.where(streamed, 0.0, opt_bytes * held(1))
+    external = jnp.where(streamed, (weight_bytes + GRAD_BYTES + opt_bytes) * share, 0.0)
+    return weights, grads, opt, external
 
 
 def _zero3_gathered_bytes(spec: ModelSpec, plan: Plan, weight_bytes: float) -> Scalar:
@@ -378,10 +388,12 @@ def training_memory(
     *,
     fused_attention: bool = False,
     dropout: bool | None = None,
-    workspace_bytes: float = WORKSPACE_BYTES,
+    workspace_bytes: Scalar | None = None,
 ) -> MemoryBreakdown:
     """Memory per device of the most loaded pipeline stage (max of first and last by device total).
-    ``offload_optimizer``: optimizer states live in host memory (``offloaded_bytes``)."""
+    ``offload_optimizer``: optimizer states live in host memory (``offloaded_bytes``); so does the
+    whole training state under ``plan.weight_streaming``. ``workspace_bytes``: the runtime reserve
+    (default the hardware's ``workspace_bytes``)."""
     degrees = ("tp", "pp", "dp", "cp", "ep", "vpp", "microbatch", "global_batch")
     _check("positive", seq_len=seq_len, **{f"parallelism.{d}": getattr(plan, d) for d in degrees})
     w_b = _training_bytes(precision)
@@ -391,10 +403,10 @@ def training_memory(
     act_first, act_last = _training_activations(spec, plan, seq_len, precision, fused_attention, dropout)
     stages = []
     for params, act in ((first_p, act_first), (last_p, act_last)):
-        w, g, o = _model_states(params, experts, gathered, plan, w_b, opt_b)
+        w, g, o, external = _model_states(params, experts, gathered, plan, w_b, opt_b)
         host = o if offload_optimizer else 0.0
-        parts = dict(weights=w, gradients=g, optimizer=o - host, activations=act, offloaded=host)
-        stages.append(_breakdown(hw, workspace=workspace_bytes, **parts))
+        parts = dict(weights=w, gradients=g, optimizer=o - host, activations=act, offloaded=host + external)
+        stages.append(_breakdown(hw, workspace=_workspace(hw, workspace_bytes), **parts))
     first, last = stages
     use_first = jnp.logical_or(plan.pp <= 1, first.total_bytes >= last.total_bytes)
     return jax.tree.map(lambda a, b: jnp.where(use_first, a, b), first, last)
@@ -442,7 +454,7 @@ def inference_memory(
     offload_kv: Scalar = 0.0,
     *,
     prefill_tokens: Scalar | None = None,
-    workspace_bytes: float = WORKSPACE_BYTES,
+    workspace_bytes: Scalar | None = None,
 ) -> MemoryBreakdown:
     """Serving memory per device: weights of the larger pipeline stage (all experts resident), the KV
     cache of batch_size·context_tokens tokens over L/pp layers, the activations of the largest step (a
@@ -458,6 +470,5 @@ def inference_memory(
     step = batch_size * context_tokens if prefill_tokens is None else prefill_tokens
     act = _inference_activations(spec, tp, step, batch_size, w_b)
     parts = dict(weights=(1.0 - offload_weights) * weights, kv_cache=(1.0 - offload_kv) * kv, activations=act)
-    return _breakdown(
-        hw, workspace=workspace_bytes, offloaded=offload_weights * weights + offload_kv * kv, **parts
-    )
+    offloaded = offload_weights * weights + offload_kv * kv
+    return _breakdown(hw, workspace=_workspace(hw, workspace_bytes), offloaded=offloaded, **parts)

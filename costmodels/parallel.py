@@ -46,6 +46,10 @@ class Plan:
     tp_overlap: Scalar = 0.0  # fraction of TP collectives hidden behind GEMMs (TE userbuffers)
     dp_overlap: Scalar = 0.0  # fraction of the DP gradient reduction hidden behind the backward pass
     zero3_overlap: Scalar = 0.5  # fraction of ZeRO-3 parameter gathers hidden by prefetching
+    # 1: weight streaming (Cerebras, Hot Chips 34, 2022): the training state lives in external memory
+    # over the host link; every micro-batch streams the weights in (forward, backward) and the
+    # gradients out, where they are reduced across replicas and the optimizer runs.
+    weight_streaming: Scalar = 0.0
 
     @property
     def num_devices(self) -> Scalar:

@@ -82,6 +82,7 @@ class TrainingBreakdown:
     pp_comm_s: Array
     dp_comm_s: Array
     zero3_comm_s: Array
+    stream_s: Array
     bubble_s: Array
     optimizer_s: Array
     mfu: Array  # model FLOPs (no recompute, full-square attention) / (time · devices · peak)
@@ -273,6 +274,18 @@ def _dp_and_optimizer(
     return exposed, zero3, optimizer
 
 
+def _stream_s(hw: Hardware, job: TrainingJob, plan: Plan) -> Array:
+    """Weight streaming, one micro-batch: the stage's weights in twice (forward, backward) and its
+    gradients out once over the host link (Cerebras weight streaming, Hot Chips 34, 2022: layer by
+    layer from MemoryX, gradients reduced in SwarmX). The r replicas of a shard behind one broadcast
+    domain (r = host_broadcast_devices / (tp·pp), within [1, dp·cp]) share one stream:
+    t = params · (2·w + g) / (r · host_bandwidth)."""
+    params, _ = _params_per_device(job, plan)
+    volume = params * (2.0 * bytes_per_element(job.precision) + _grad_reduce_bytes(job.precision))
+    replicas = jnp.clip(hw.host_broadcast_devices / (plan.tp * plan.pp), 1.0, plan.dp * plan.cp)
+    return volume / (replicas * jnp.maximum(hw.host_bandwidth_Bps, 1.0))
+
+
 def training_step(
     hw: Hardware, job: TrainingJob, plan: Plan, table: OpTable | None = None
 ) -> TrainingBreakdown:
@@ -291,7 +304,13 @@ def training_step(
     bubble = (plan.pp - 1.0) / plan.vpp * micro
     dp, zero3, optimizer = _dp_and_optimizer(hw, job, plan, m * st["bwd"])
     zero3_exposed = zero3 - plan.zero3_overlap * jnp.minimum(zero3, m * micro_compute)
-    step = m * micro + bubble + dp + zero3_exposed + optimizer
+    # Weight streaming prefetches the next layer while this one computes, so per micro-batch only the
+    # streaming beyond the compute is exposed; replicas' gradients are reduced and the optimizer runs
+    # in the external memory (not on the device's critical path), so DP, ZeRO and optimizer drop out.
+    streamed = plan.weight_streaming > 0
+    stream = jnp.where(streamed, m * jnp.maximum(_stream_s(hw, job, plan) - micro_compute, 0.0), 0.0)
+    dp, zero3_exposed, optimizer = (jnp.where(streamed, 0.0, x) for x in (dp, zero3_exposed, optimizer))
+    step = m * micro + bubble + dp + zero3_exposed + optimizer + stream
     devices = plan.num_devices
     model_flops = plan.global_batch * model_flops_per_sequence(job.spec, job.seq_len)
     recomputed = plan.global_batch * jnp.where(
@@ -312,6 +331,7 @@ def training_step(
         pp_comm_s=m * pp,
         dp_comm_s=dp,
         zero3_comm_s=zero3_exposed,
+        stream_s=stream,
         bubble_s=bubble,
         optimizer_s=optimizer,
         mfu=model_flops / (step * devices * peak),

@@ -17,7 +17,9 @@ leakage alone exceed it) the ``power_cap_w`` constraint is violated.
 The die becomes a :class:`~costmodels.hardware.Hardware` "device": main memory is HBM plus SRAM (the
 capacity-weighted mean bandwidth of the two, i.e. data spread uniformly over both), the scale-up
 domain is the wafer (topology ``mesh2d``), the scale-out tier is the die's share of the wafer-edge
-links. Kernel-class efficiencies come from a reference preset (the calibrated A100 fractions).
+links, and the host link (for weight streaming) is the die's share of the wafer's link to external
+memory, one broadcast stream for all the dies of the wafer. Kernel-class efficiencies come from a
+reference preset (the calibrated A100 fractions).
 """
 
 from __future__ import annotations
@@ -67,6 +69,10 @@ class WaferSystem:
     # Off-wafer links (SerDes + a switch hop), an estimate in line with NVLink/IB step latencies.
     off_wafer_latency_s: float = 1e-6
     reference: Hardware | None = None  # kernel-class efficiencies and overheads (e.g. the A100 preset)
+    # External memory for weight streaming (Cerebras MemoryX): capacity for the whole system and the
+    # bandwidth of each wafer's link to it (also capped by the wafer's edge I/O). 0: none.
+    external_memory_bytes: float = 0.0
+    external_bandwidth_Bps: float = 0.0
 
     @property
     def tech(self) -> Node:
@@ -164,7 +170,7 @@ def wafer_hardware(system: WaferSystem, design: WaferDesign) -> Hardware:
     bandwidth = (
         fig.hbm_bandwidth_Bps * fig.hbm_capacity_bytes + fig.sram_bandwidth_Bps * fig.sram_capacity_bytes
     ) / memory
-    edge_mm = 4.0 * tech.usable_wafer_side_mm
+    off_wafer_Bps = tech.off_wafer_bandwidth_Bps_per_mm * 4.0 * tech.usable_wafer_side_mm
     ref = system.reference
     base = {f.name: getattr(ref, f.name) for f in fields(Hardware)} if ref is not None else {}
     hw = (
@@ -187,9 +193,16 @@ def wafer_hardware(system: WaferSystem, design: WaferDesign) -> Hardware:
         scale_up_domain_size=dies,
         scale_up_bandwidth_Bps=fig.d2d_bandwidth_Bps / 4.0,
         scale_up_latency_s=system.d2d_latency_s,
-        scale_out_bandwidth_Bps=tech.off_wafer_bandwidth_Bps_per_mm * edge_mm / dies,
+        scale_out_bandwidth_Bps=off_wafer_Bps / dies,
         scale_out_latency_s=system.off_wafer_latency_s,
         scale_out_oversubscription=1.0,
+        # weight streaming: each die's share of the wafer's external link, broadcast to its replicas
+        host_memory_bytes=system.external_memory_bytes / (system.wafers * dies),
+        host_bandwidth_Bps=jnp.minimum(system.external_bandwidth_Bps, off_wafer_Bps) / dies,
+        host_broadcast_devices=dies,
+        # a die has no GPU runtime (CUDA context, cuBLAS/NCCL workspaces); its program's own buffers
+        # are not modelled
+        workspace_bytes=0.0,
         power_w=fig.power_w,
         compute_units=0.0,
     )

@@ -58,6 +58,7 @@ _NEUTRAL = {
     "recompute": "none",
     "tp_overlap": 0.0,
     "dp_overlap": 0.0,
+    "weight_streaming": False,
 }
 TIME_FIELDS = (
     "compute_s",
@@ -68,6 +69,7 @@ TIME_FIELDS = (
     "pp_comm_s",
     "dp_comm_s",
     "zero3_comm_s",
+    "stream_s",
     "bubble_s",
     "optimizer_s",
 )
@@ -80,6 +82,7 @@ _TIME_NOTES = {
     "pp_comm_s": "stage-boundary send / recv",
     "dp_comm_s": "exposed gradient reduction",
     "zero3_comm_s": "exposed ZeRO-3 weight gathers",
+    "stream_s": "exposed weight streaming (weights in, gradients out)",
     "bubble_s": "pipeline fill / drain: (pp-1)/vpp micro-batch times",
     "optimizer_s": "optimizer step (memory-bound)",
 }
@@ -115,13 +118,13 @@ def parallelism(cfg: DictConfig) -> dict[str, Any]:
     out: dict[str, Any] = {k: _positive_int(par[k], f"parallelism.{k}") for k in _DEGREES}
     out |= {k: _fraction(par[k], f"parallelism.{k}") for k in _FRACTIONS}
     out["zero_stage"] = _positive_int(par["zero_stage"], "parallelism.zero_stage", minimum=0)
-    if not isinstance(par["sequence_parallel"], bool):
-        got = par["sequence_parallel"]
-        raise ConfigError(f"parallelism.sequence_parallel must be true or false, got {got!r}")
+    for flag in ("sequence_parallel", "weight_streaming"):
+        if not isinstance(par[flag], bool):
+            raise ConfigError(f"parallelism.{flag} must be true or false, got {par[flag]!r}")
     if par["recompute"] not in RECOMPUTE:
         valid = ", ".join(RECOMPUTE)
         raise ConfigError(f"parallelism.recompute must be one of {valid}, got {par['recompute']!r}")
-    out |= {"sequence_parallel": par["sequence_parallel"], "recompute": par["recompute"]}
+    out |= {k: par[k] for k in ("sequence_parallel", "weight_streaming", "recompute")}
     out["dp"] = _derived_dp(par["dp"], out, _positive_int(cfg.num_devices, "num_devices"))
     return out
 
@@ -378,7 +381,8 @@ def render_training(rep: Mapping[str, Any]) -> str:
     plan = (
         f"plan: tp={p['tp']} pp={p['pp']} dp={p['dp']} cp={p['cp']} ep={p['ep']} vpp={p['vpp']}, "
         f"sequence parallel {'on' if p['sequence_parallel'] else 'off'}, ZeRO-{p['zero_stage']}, "
-        f"recompute {p['recompute']}\nbatch: {rep['global_batch']} sequences × {rep['seq_len']} tokens, "
+        f"recompute {p['recompute']}{', weight streaming' if p.get('weight_streaming') else ''}"
+        f"\nbatch: {rep['global_batch']} sequences × {rep['seq_len']} tokens, "
         f"micro-batch {p['microbatch']}, {p['microbatches']} micro-batches per pipeline per step"
     )
     times = [

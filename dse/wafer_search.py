@@ -93,11 +93,16 @@ def system_of(cfg: DictConfig) -> WaferSystem:
     w = cfg.wafer
     if w.power_cap_w <= 0 or w.wafers < 1:
         raise ConfigError("wafer.power_cap_w must be > 0 and wafer.wafers >= 1")
+    external = {k: float(w.get(k) or 0.0) for k in ("external_memory_bytes", "external_bandwidth_Bps")}
+    for k, v in external.items():
+        if v < 0:
+            raise ConfigError(f"wafer.{k} = {v:g} must be >= 0 (0: no external memory)")
     return WaferSystem(
         node=w.node,
         wafers=int(w.wafers),
         power_cap_w=float(w.power_cap_w),
         reference=load_hardware(w.reference),
+        **external,
     )
 
 

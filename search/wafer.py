@@ -31,7 +31,7 @@ GiB = float(2**30)
 # pp includes 3, 5, 6, 7, 10, 12, 14 so die counts with odd factors still split into power-of-two dp
 # (uneven 1F1B stages are allowed; interleaving only where pp·vpp divides the layers).
 MAPPING_GRID = {
-    "tp": (1, 2, 4, 8, 16),
+    "tp": (1, 2, 4, 8, 16, 32, 64),  # a wafer mesh can split a layer over many dies
     "pp": (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16),
     "cp": (1, 2),
     "vpp": (1, 2),
@@ -39,6 +39,7 @@ MAPPING_GRID = {
     "recompute": (0, 1, 2),
     "zero_stage": (1,),
     "sequence_parallel": (1,),
+    "weight_streaming": (0, 1),  # streamed layer by layer: only with pp = vpp = 1
 }
 _NORMALISERS = {"area_fractions": 0.01, "hbm_shoreline_mm": 10.0, "clock_hz": 1e8, "power_cap_w": 1e3}
 
@@ -53,12 +54,17 @@ class WaferProblem:
 
 
 def mapping_columns(grid: Mapping[str, Sequence[float]] = MAPPING_GRID) -> dict[str, np.ndarray]:
-    """Every combination of the mapping grid, as float columns (dp is added per design)."""
-    rows = [
-        r
-        for r in itertools.product(*grid.values())
-        if r[list(grid).index("vpp")] == 1 or r[list(grid).index("pp")] > 1
-    ]
+    """Every combination of the mapping grid, as float columns (dp is added per design). Interleaving
+    needs a pipeline; weight streaming (layer by layer through the whole model) runs without one."""
+    names = list(grid)
+
+    def valid(r: tuple) -> bool:
+        v = dict(zip(names, r, strict=True))
+        if v["vpp"] > 1 and v["pp"] == 1:
+            return False
+        return not (v.get("weight_streaming", 0) and (v["pp"] > 1 or v["vpp"] > 1))
+
+    rows = [r for r in itertools.product(*grid.values()) if valid(r)]
     return {k: np.array(col, dtype=np.float32) for k, col in zip(grid, np.array(rows).T, strict=True)}
 
 
@@ -97,6 +103,7 @@ def _plans(
         tp_overlap=jnp.zeros(n),
         dp_overlap=jnp.zeros(n),
         zero3_overlap=jnp.full(n, 0.5),
+        weight_streaming=jnp.asarray(cols.get("weight_streaming", np.zeros(n, np.float32))),
     )
     return plan, valid
 
@@ -130,6 +137,7 @@ def design_metrics(
         "valid": valid,
         "memory_ratio": out.memory.total_bytes / out.memory.capacity_bytes,
         "capacity_gib": out.memory.capacity_bytes / GiB,
+        "external_ok": out.memory.offloaded_bytes <= out.memory.host_capacity_bytes,
         "global_batch": plan.global_batch,
     }
 
@@ -176,11 +184,12 @@ def wafer_problem(
         m = {k: np.asarray(v) for k, v in batched(design).items()}
         viol = {k: float(v) for k, v in checks(design).items() if float(v) > 1e-6}
         if not m["feasible"].any() or viol:
+            fits_outside = m["valid"] & m["external_ok"]  # mappings whose external state (if any) fits
             return {
                 "feasible": False,
                 "violations": viol,
                 "objective": float("inf"),
-                "min_memory_gib": float(np.min(m["memory_gib"])),
+                "min_memory_gib": float(np.min(np.where(fits_outside, m["memory_gib"], np.inf))),
                 "capacity_gib": float(np.max(m["capacity_gib"])),
             }
         # a rounded batch changes the work per step: compare step times per nominal batch
@@ -196,7 +205,7 @@ def wafer_problem(
             **{
                 k: float(np.broadcast_to(v, m["feasible"].shape)[i])
                 for k, v in m.items()
-                if k not in ("feasible", "valid")
+                if k not in ("feasible", "valid", "external_ok")
             },
         }
 

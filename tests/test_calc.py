@@ -47,6 +47,13 @@ MAPPINGS = {
         "parallelism.recompute=full",
     ],
     "zero3": ["model=llama3_8b", "num_devices=16", "parallelism.zero_stage=3", "global_batch=64"],
+    "weight_streaming": [
+        "model=llama3_70b",
+        "num_devices=64",
+        "parallelism.tp=8",
+        "parallelism.weight_streaming=true",
+        "global_batch=64",
+    ],
     "moe_ep": [
         "model=mixtral_8x7b",
         "num_devices=64",
@@ -169,6 +176,7 @@ def test_inference_report() -> None:
         (["parallelism.tp=3"], "not a multiple of tp·pp·cp"),
         (["parallelism.dp=2"], "tp·pp·dp·cp = 1·1·2·1 = 2 but num_devices = 8"),
         (["parallelism.recompute=some"], "recompute must be one of none, selective, full"),
+        (["parallelism.weight_streaming=1"], "parallelism.weight_streaming must be true or false"),
         (["mode=inference", "parallelism.tp=2"], "set num_devices=2"),
     ],
 )

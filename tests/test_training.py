@@ -635,3 +635,60 @@ def test_expert_parallelism_all_to_all_and_expert_weight_memory():
         _close(drop, per_param * EXPERT_PARAMS / 2, rtol=1e-5)
     mem1 = training_memory(MIXTRAL, ep1, 512, IDEAL)
     _close(mem1.weights_bytes, b1.memory.weights_bytes)
+
+
+# --------------------------------------------------------------------------------------------
+# weight streaming
+
+
+def _streaming(host_bw: float, broadcast: float = 1.0, **plan: float) -> TrainingBreakdown:
+    hw = dataclasses.replace(
+        IDEAL, host_bandwidth_Bps=host_bw, host_memory_bytes=1e12, host_broadcast_devices=broadcast
+    )
+    return _step(make_plan(weight_streaming=1, **plan), hw=hw)
+
+
+def test_weight_streaming_exposes_what_the_compute_does_not_hide():
+    """One device, m = 4 micro-batches: per micro-batch the weights come in twice (bf16, 2 B) and the
+    fp32 gradients go out once (4 B): 154,249,216 · 8 B = 1.234 GB. At 1 GB/s that is 1.234 s against
+    a micro-batch's compute c, so the step is 4·max(1.234 s, c) + nothing for DP or the optimizer
+    (the external memory reduces and updates); at 1 PB/s the stream hides entirely."""
+    volume = GPT2_PARAMS * 8.0
+    slow = _streaming(1e9, global_batch=4)
+    c = _f(slow.compute_s) / 4
+    assert volume / 1e9 > c
+    _close(slow.stream_s, 4 * (volume / 1e9 - c))
+    _close(slow.step_time_s, 4 * volume / 1e9, rtol=1e-5)
+    assert _f(slow.optimizer_s) == 0.0 and _f(slow.dp_comm_s) == 0.0
+    fast = _streaming(1e15, global_batch=4)
+    assert _f(fast.stream_s) == 0.0
+    _close(fast.step_time_s, _f(fast.compute_s), rtol=1e-6)
+
+
+def test_weight_streaming_broadcast_is_shared_by_the_replicas_behind_one_link():
+    """8 devices behind one broadcast link, tp = 2, dp = 4: each tp shard (77.1 M params + the
+    replicated norms/biases) is streamed once for its 4 replicas, so the per-device time is the private
+    link's divided by r = 8 / (tp·pp) = 4, capped at dp·cp."""
+    private = _streaming(1e9, tp=2, dp=4, global_batch=16)
+    shared = _streaming(1e9, broadcast=8.0, tp=2, dp=4, global_batch=16)
+    c = _f(private.compute_s) / 4
+    _close(shared.stream_s + 4 * c, (_f(private.stream_s) + 4 * c) / 4, rtol=1e-5)
+    capped = _streaming(1e9, broadcast=64.0, tp=2, dp=4, global_batch=16)  # r = min(32, dp·cp = 4)
+    _close(capped.stream_s, shared.stream_s)
+
+
+def test_weight_streaming_keeps_two_layers_on_the_device_and_the_state_outside():
+    """Memory: weights and fp32 gradients of the running and the prefetched layer (2 · 12,596,224
+    params · 2 B and · 4 B); no optimizer state on the device. One copy of the whole state, 2 + 4 + 12
+    = 18 B per parameter (bf16 weight, fp32 gradient, Adam master + moments), is in external memory;
+    this device's share is 1/(dp·cp) of it. A host smaller than that share is infeasible."""
+    hw = dataclasses.replace(IDEAL, host_bandwidth_Bps=1e9, host_memory_bytes=1e12)
+    plan = make_plan(weight_streaming=1, dp=2, global_batch=2)
+    mem = training_memory(GPT2, plan, SEQ, hw, "bf16", "adam")
+    layer = 12_596_224
+    _close(mem.weights_bytes, 2 * layer * 2.0)
+    _close(mem.gradients_bytes, 2 * layer * 4.0)
+    assert _f(mem.optimizer_bytes) == 0.0
+    _close(mem.offloaded_bytes, 18.0 * GPT2_PARAMS / 2)
+    small_host = dataclasses.replace(hw, host_memory_bytes=1e9)
+    assert not bool(training_memory(GPT2, plan, SEQ, small_host, "bf16", "adam").feasible)

@@ -24,6 +24,7 @@ from costmodels.wafer import (
 )
 from dse.hardware import load_hardware
 from dse.models import load_model
+from dse.wafer_search import REFERENCES
 from search.gd import Knob, gradient_descent
 from search.wafer import wafer_problem
 
@@ -147,11 +148,13 @@ def test_wafer_arch_runs_and_compares(tmp_path: Path) -> None:
         "wafer.wafers=1",
         "model=llama3_8b",
         "wafer.lanes_per_core=16",
+        "wafer.external_memory_bytes=0",
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     assert "lanes_per_core=16" in proc.stdout  # held fixed, reported with the design
-    # 8B training states (~18 B/param) exceed one SRAM-only wafer: the row says why
+    # without external memory to stream from, 8B training states (~18 B/param) exceed one SRAM-only
+    # wafer: the row says why
     assert "wse_style_sram_only: infeasible, no mapping fits memory" in proc.stdout
     for row in (
         "gradient_descent",
@@ -160,6 +163,23 @@ def test_wafer_arch_runs_and_compares(tmp_path: Path) -> None:
         "h100_sxm_cluster_equal_power",
     ):
         assert row in proc.stdout
+
+
+def test_sram_only_wafer_trains_by_weight_streaming_when_external_memory_exists() -> None:
+    """The WSE-style reference (0.67 GiB of SRAM per die) cannot hold Llama-3-8B's training state
+    (~144 GB) on one wafer; with 1 TB of external memory behind a 150 GB/s link it trains by weight
+    streaming, and its step is at least the stream of every micro-batch: m · 8.03e9 params · 8 B /
+    150 GB/s (one broadcast stream per wafer, weights in twice, fp32 gradients out)."""
+    job = TrainingJob(load_model("llama3_8b"), 2048, "bf16")
+    design = REFERENCES["wse_style_sram_only"]
+    bare = WaferSystem(node="5nm", wafers=1, power_cap_w=25_000.0, reference=A100)
+    assert not wafer_problem(bare, job, 256, {}).evaluate(design)["feasible"]
+    streamed = replace(bare, external_memory_bytes=1e12, external_bandwidth_Bps=150e9)
+    best = wafer_problem(streamed, job, 256, {}).evaluate(design)
+    assert best["feasible"] and best["mapping"]["weight_streaming"] == 1
+    m = best["global_batch"] / (best["mapping"]["dp"] * best["mapping"]["microbatch"])
+    params = 8_030_261_248
+    assert best["step_time_s"] >= m * params * 8.0 / 150e9 * (1 - 1e-4)
 
 
 def test_impossible_budgets_name_the_binding_constraint(tmp_path: Path) -> None:
