@@ -42,6 +42,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, float]]] = {
         "power_w": ("power_w", 1.0),
         "compute_units": ("compute_units", 1.0),
         "price_usd_per_hour": ("price_usd_per_hour", 1.0),
+        "workspace_gib": ("workspace_bytes", _GiB),
     },
     "peak_tflops": {p: (f"peak_flops_{p}", 1e12) for p in PRECISIONS},
     "scale_up": {
@@ -67,6 +68,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, float]]] = {
     "host": {
         "gib": ("host_memory_bytes", _GiB),
         "GBps": ("host_bandwidth_Bps", 1e9),
+        "broadcast_devices": ("host_broadcast_devices", 1.0),
     },
 }
 _STRINGS = ("name", "topology")

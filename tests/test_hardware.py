@@ -219,6 +219,16 @@ def test_user_yaml_extends_a_shipped_preset(tmp_path: Path) -> None:
     assert hw.peak_flops_bf16 == pytest.approx(989e12)
 
 
+def test_workspace_and_host_broadcast_keys(tmp_path: Path) -> None:
+    """Presets keep the 2 GiB GPU workspace and private host links; a user preset may change both."""
+    h100 = load_hardware("h100_sxm")
+    assert h100.workspace_bytes == 2 * 2**30 and h100.host_broadcast_devices == 1.0
+    text = "defaults: [h100_sxm, _self_]\nworkspace_gib: 0.5\nhost: {broadcast_devices: 8}\n"
+    hw = load_hardware(_write(tmp_path, text))
+    assert hw.workspace_bytes == pytest.approx(0.5 * 2**30) and hw.host_broadcast_devices == 8.0
+    assert hw.host_bandwidth_Bps == h100.host_bandwidth_Bps
+
+
 def test_chained_defaults(tmp_path: Path) -> None:
     _write(tmp_path, "defaults: [a100_80gb]\npower_w: 300\n", "base.yaml")
     hw = load_hardware(_write(tmp_path, "defaults: [base, _self_]\nname: derived\n"))
