@@ -39,6 +39,7 @@ from costmodels.hardware import bytes_per_element
 from costmodels.memory import stage_parameters
 from dse._app import CONF_DIR, format_table
 from dse.tracking import JobRun
+from dse.units import fmt_cell
 from search.placement import Job, Placement, cp_sat, evaluate, rank_order, tree_heuristic
 from search.topology import (
     Topology,
@@ -325,12 +326,6 @@ def log_report(run_: JobRun, rep: dict[str, Any], job: Job, topo: Topology, best
             run_.log_file(Path(tmp, name))
 
 
-def _cell(v: Any) -> str:
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
 def render(rep: dict[str, Any]) -> str:
     """The solver table and CP-SAT's reductions against rank order."""
     j, t = rep["job"], rep["topology"]
@@ -354,14 +349,14 @@ def render(rep: dict[str, Any]) -> str:
     rows = [
         [
             n,
-            _cell(r["cost_sum"]),
-            _cell(r["cost_max"]),
-            _cell(r["comm_time_s"]),
-            _cell(r["dp_pp_comm_time_s"]),
+            fmt_cell(r["cost_sum"]),
+            fmt_cell(r["cost_max"]),
+            fmt_cell(r["comm_time_s"]),
+            fmt_cell(r["dp_pp_comm_time_s"]),
             "–".join(r["max_link"] or ["-"]),
-            _cell(r["max_link_bytes"]),
-            _cell(r["max_link_busy_s"]),
-            _cell(r["tp_in_domain"]),
+            fmt_cell(r["max_link_bytes"]),
+            fmt_cell(r["max_link_busy_s"]),
+            fmt_cell(r["tp_in_domain"]),
             f"{r['solve_time_s']:.2f}",
         ]
         for n, r in rep["solvers"].items()

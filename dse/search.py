@@ -32,6 +32,7 @@ from dse.calc import command_line
 from dse.hardware import hardware_from_config
 from dse.models import load_model
 from dse.tracking import JobRun
+from dse.units import fmt_cell
 from search.base import Result
 from search.grid import grid_search
 from search.optuna_driver import optuna_search
@@ -228,7 +229,7 @@ def render(cfg: DictConfig, rep: dict[str, Any]) -> str:
         ["metric", "value"], [[k, f"{v:.6g}"] for k, v in rep["metrics"].items()], align="lr"
     )
     keys = [k for k in rep["top"][0] if k not in ("objective",)] if rep["top"] else []
-    top = format_table(keys, [[_short(r[k]) for k in keys] for r in rep["top"]]) if keys else ""
+    top = format_table(keys, [[fmt_cell(r[k]) for k in keys] for r in rep["top"]]) if keys else ""
     return "\n".join(
         [
             f"{rep['driver']} search over {rep['evaluations']:,} designs: {cfg.workload.kind}, "
@@ -244,10 +245,6 @@ def render(cfg: DictConfig, rep: dict[str, Any]) -> str:
             f"reproduce: {rep['reproduce']}",
         ]
     )
-
-
-def _short(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def _pareto_figure(result: Result) -> Any:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
+
 _SI = ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
 _BINARY = ((2**50, "PiB"), (2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB"))
 
@@ -28,3 +32,14 @@ def fmt_time(seconds: float) -> str:
         if abs(seconds) >= scale:
             return f"{seconds / scale:.2f} {unit}"
     return f"{seconds / 1e-9:.2f} ns"
+
+
+def fmt_cell(value: Any) -> str:
+    """One table cell: floats to 4 significant digits, booleans yes/no, None empty, else str."""
+    if value is None:
+        return ""
+    if isinstance(value, bool | np.bool_):
+        return "yes" if value else "no"
+    if isinstance(value, float | np.floating):
+        return f"{value:.4g}"
+    return str(value)

@@ -23,6 +23,7 @@ from dse._app import format_table
 from dse.hardware import load_hardware
 from dse.models import load_model
 from dse.tracking import JobRun
+from dse.units import fmt_cell
 from search.gd import Knob, gradient_descent
 from search.grid import grid_search
 from search.problems import training_mapping_problem
@@ -299,7 +300,7 @@ def render(rep: dict[str, Any]) -> str:
         "global_batch",
     ]
     rows = [
-        [name, *(_cell(r.get(c)) for c in cols[1:])]
+        [name, *(fmt_cell(r.get(c)) for c in cols[1:])]
         if r.get("feasible")
         else [name, "infeasible", *[""] * (len(cols) - 2)]
         for name, r in rep["comparison"].items()
@@ -334,5 +335,3 @@ def _why_infeasible(row: dict[str, Any]) -> str:
     return str(row.get("reason", "no feasible mapping"))
 
 
-def _cell(v: Any) -> str:
-    return "" if v is None else f"{v:.4g}" if isinstance(v, float | np.floating) else str(v)
