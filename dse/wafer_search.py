@@ -315,12 +315,28 @@ def render(rep: dict[str, Any]) -> str:
             "",
             format_table(cols, rows, align="lrrrrrrr"),
             *(
-                f"{name}: infeasible, {_why_infeasible(r)}"
+                f"{name}: {_mapping_text(r['mapping'])}"
+                if r.get("feasible")
+                else f"{name}: infeasible, {_why_infeasible(r)}"
                 for name, r in rep["comparison"].items()
-                if not r.get("feasible")
             ),
         ]
     )
+
+
+_RECOMPUTE = ("none", "selective", "full")
+
+
+def _mapping_text(mapping: dict[str, Any]) -> str:
+    """A row's mapping on one line: degrees, micro-batch, recompute, weight streaming when on."""
+    m = dict(mapping)
+    recompute = m.get("recompute", 0)
+    parts = [f"{k}={m[k]}" for k in ("tp", "pp", "cp", "dp", "vpp") if k in m]
+    parts.append(f"micro-batch {m.get('microbatch', 1)}")
+    parts.append(f"recompute {_RECOMPUTE[recompute] if isinstance(recompute, int) else recompute}")
+    if m.get("weight_streaming"):
+        parts.append("weight streaming")
+    return ", ".join(parts)
 
 
 def _why_infeasible(row: dict[str, Any]) -> str:

@@ -156,6 +156,7 @@ def test_wafer_arch_runs_and_compares(tmp_path: Path) -> None:
     # without external memory to stream from, 8B training states (~18 B/param) exceed one SRAM-only
     # wafer: the row says why
     assert "wse_style_sram_only: infeasible, no mapping fits memory" in proc.stdout
+    assert "deepflow_20_die_4_hbm: tp=" in proc.stdout  # each feasible row's mapping
     for row in (
         "gradient_descent",
         "wse_style_sram_only",
