@@ -2,10 +2,10 @@
 
 The loss of a design is the training step time (or cost per token, or energy per token) of the best
 parallel mapping on it: every mapping of a static grid (tp, pp, cp, vpp, micro-batch, recompute,
-ZeRO, sequence parallelism; dp = devices / (tp·pp·cp) computed from the design's die count) is scored
+ZeRO, sequence parallelism, weight streaming; dp = devices / (tp·pp·cp) from the die count) is scored
 in one ``vmap`` and combined by a soft minimum (log-sum-exp at a relative temperature), so the
 gradient flows to the hardware knobs through the mapping choice. Constraint violations (area
-simplex with the HBM PHY band, HBM shoreline, clock range) and memory overflow add penalties
+simplex with the HBM PHY band, HBM shoreline, clock range, power cap) and memory overflow add penalties
 proportional to their normalised size, so an infeasible start still has a slope toward feasibility.
 Pure: no Hydra, no MLflow.
 """
@@ -169,9 +169,10 @@ def wafer_problem(
     def loss(values: dict[str, Array]) -> Array:
         design = design_of(values)
         m = design_metrics(system, job, global_batch, cols, design, relaxed=True)
-        overflow = jax.nn.relu(jnp.where(m["valid"], m["memory_ratio"], 1.0) - 1.0)
-        value = jnp.where(m["valid"], m[objective], 1.0)  # no NaN from unused branches into the gradient
-        score = jnp.where(m["valid"], value * (1.0 + 10.0 * overflow), 1e6)
+        usable = m["valid"] & m["external_ok"]  # streamed state must fit the external memory
+        overflow = jax.nn.relu(jnp.where(usable, m["memory_ratio"], 1.0) - 1.0)
+        value = jnp.where(usable, m[objective], 1.0)  # no NaN from unused branches into the gradient
+        score = jnp.where(usable, value * (1.0 + 10.0 * overflow), 1e6)
         scale = jnp.min(score) * temperature
         soft = -scale * jax.nn.logsumexp(-score / scale)
         return soft * (1.0 + 10.0 * _penalty(system, design))

@@ -26,7 +26,7 @@ from dse.hardware import load_hardware
 from dse.models import load_model
 from dse.wafer_search import REFERENCES
 from search.gd import Knob, gradient_descent
-from search.wafer import wafer_problem
+from search.wafer import MAPPING_GRID, wafer_problem
 
 A100 = load_hardware("a100_80gb_sxm")
 SYSTEM = WaferSystem(node="5nm", wafers=1, power_cap_w=25_000.0, reference=A100)
@@ -181,6 +181,26 @@ def test_sram_only_wafer_trains_by_weight_streaming_when_external_memory_exists(
     m = best["global_batch"] / (best["mapping"]["dp"] * best["mapping"]["microbatch"])
     params = 8_030_261_248
     assert best["step_time_s"] >= m * params * 8.0 / 150e9 * (1 - 1e-4)
+
+
+def test_relaxed_loss_ignores_streaming_mappings_the_external_memory_cannot_hold() -> None:
+    """A fast link to a 1 GB external memory cannot hold Llama-3-8B's ~144 GB training state, so every
+    weight-streaming mapping is infeasible and the gradient-descent loss of a design must equal the
+    loss over the grid without weight streaming."""
+    job = TrainingJob(load_model("llama3_8b"), 2048, "bf16")
+    design = {k: jnp.asarray(v) for k, v in REFERENCES["wse_style_sram_only"].items()}
+    bare = WaferSystem(
+        node="5nm",
+        wafers=1,
+        power_cap_w=25_000.0,
+        reference=A100,
+        external_memory_bytes=1e9,
+        external_bandwidth_Bps=150e9,
+    )
+    no_streaming = {**MAPPING_GRID, "weight_streaming": (0,)}
+    with_rows = wafer_problem(bare, job, 256, {}).loss(design)
+    without = wafer_problem(bare, job, 256, {}, grid=no_streaming).loss(design)
+    assert float(with_rows) == pytest.approx(float(without), rel=1e-6)
 
 
 def test_impossible_budgets_name_the_binding_constraint(tmp_path: Path) -> None:
