@@ -28,7 +28,7 @@ from costmodels.parallel import RECOMPUTE
 from costmodels.training import TrainingJob
 from dse import schema
 from dse._app import format_table, print_json, run_app
-from dse.calc import command_line
+from dse.calc import TIME_FIELDS, command_line
 from dse.hardware import hardware_from_config
 from dse.models import load_model
 from dse.tracking import JobRun
@@ -274,7 +274,7 @@ def _breakdown_figure(metrics: dict[str, float]) -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    parts = {k: v for k, v in metrics.items() if k.endswith("_s") and k not in ("step_time_s",) and v > 0}
+    parts = {k: metrics[k] for k in TIME_FIELDS if metrics.get(k, 0.0) > 0}
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.barh(list(parts), list(parts.values()))
     ax.set_xlabel("seconds per step")

@@ -9,7 +9,7 @@ and a GPU cluster of the same power with its best mapping (grid search), then lo
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -20,10 +20,11 @@ from costmodels.parallel import make_plan
 from costmodels.training import TrainingJob, training_step
 from costmodels.wafer import WaferDesign, WaferSystem, capped_clock_hz, wafer_hardware
 from dse._app import format_table
+from dse.calc import TIME_FIELDS
 from dse.hardware import load_hardware
 from dse.models import load_model
 from dse.tracking import JobRun
-from dse.units import fmt_cell
+from dse.units import fmt_cell, fmt_time
 from search.gd import Knob, gradient_descent
 from search.grid import grid_search
 from search.problems import training_mapping_problem
@@ -207,17 +208,19 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
         "best": best,
         "comparison": rows,
         "hardware": _hardware_summary(system, design),
+        "breakdown": breakdown,
     }
 
 
 def step_breakdown(
     system: WaferSystem, job: TrainingJob, values: dict[str, float], best: dict[str, Any]
 ) -> dict[str, float]:
-    """Where the step time of the chosen design and mapping goes (``TrainingBreakdown`` times)."""
+    """Where the step time of the chosen design and mapping goes: ``step_time_s`` and its parts
+    (``dse.calc.TIME_FIELDS``, the ``TrainingBreakdown`` times that sum to it)."""
     hw = wafer_hardware(system, WaferDesign(**{k: float(v) for k, v in values.items()}))
     plan = make_plan(**{k: v for k, v in best["mapping"].items()}, global_batch=best["global_batch"])
     out = training_step(hw, job, plan)
-    return {f.name: float(getattr(out, f.name)) for f in fields(out) if f.name.endswith("_s")}
+    return {k: float(getattr(out, k)) for k in ("step_time_s", *TIME_FIELDS)}
 
 
 def _hardware_summary(system: WaferSystem, values: dict[str, float]) -> dict[str, float]:
@@ -312,6 +315,7 @@ def render(rep: dict[str, Any]) -> str:
             f"design: {design}",
             f"per die, at the power-capped clock: {hw}",
             f"mapping: {mapping}",
+            f"step breakdown: {_breakdown_text(rep['breakdown'])}",
             "",
             format_table(cols, rows, align="lrrrrrrr"),
             *(
@@ -325,6 +329,16 @@ def render(rep: dict[str, Any]) -> str:
 
 
 _RECOMPUTE = ("none", "selective", "full")
+
+
+def _breakdown_text(breakdown: dict[str, float]) -> str:
+    """'step 13.0 s = compute 9.1 s + ...': the non-zero parts of the step time."""
+    parts = [
+        f"{k.removesuffix('_s').replace('_', ' ')} {fmt_time(v)}"
+        for k, v in breakdown.items()
+        if k != "step_time_s" and v > 0
+    ]
+    return f"{fmt_time(breakdown['step_time_s'])} = " + " + ".join(parts)
 
 
 def _mapping_text(mapping: dict[str, Any]) -> str:

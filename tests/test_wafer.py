@@ -22,9 +22,10 @@ from costmodels.wafer import (
     constraints,
     wafer_hardware,
 )
+from dse.calc import TIME_FIELDS
 from dse.hardware import load_hardware
 from dse.models import load_model
-from dse.wafer_search import REFERENCES
+from dse.wafer_search import REFERENCES, step_breakdown
 from search.gd import Knob, gradient_descent
 from search.wafer import MAPPING_GRID, wafer_problem
 
@@ -157,6 +158,7 @@ def test_wafer_arch_runs_and_compares(tmp_path: Path) -> None:
     # wafer: the row says why
     assert "wse_style_sram_only: infeasible, no mapping fits memory" in proc.stdout
     assert "deepflow_20_die_4_hbm: tp=" in proc.stdout  # each feasible row's mapping
+    assert "step breakdown: " in proc.stdout and "tokens per" not in proc.stdout
     for row in (
         "gradient_descent",
         "wse_style_sram_only",
@@ -201,6 +203,18 @@ def test_relaxed_loss_ignores_streaming_mappings_the_external_memory_cannot_hold
     with_rows = wafer_problem(bare, job, 256, {}).loss(design)
     without = wafer_problem(bare, job, 256, {}, grid=no_streaming).loss(design)
     assert float(with_rows) == pytest.approx(float(without), rel=1e-6)
+
+
+def test_step_breakdown_parts_sum_to_the_step_time() -> None:
+    """The printed and plotted breakdown holds only times, and they add up to the step."""
+    job = TrainingJob(load_model("llama3_8b"), 2048, "bf16")
+    design = REFERENCES["deepflow_20_die_4_hbm"]
+    best = wafer_problem(SYSTEM, job, 256, {}).evaluate(design)
+    parts = step_breakdown(SYSTEM, job, design, best)
+    step = parts.pop("step_time_s")
+    assert set(parts) == set(TIME_FIELDS)
+    assert sum(parts.values()) == pytest.approx(step, rel=1e-5)
+    assert step == pytest.approx(best["step_time_s"], rel=1e-5)  # the evaluated mapping's step
 
 
 def test_impossible_budgets_name_the_binding_constraint(tmp_path: Path) -> None:
