@@ -95,6 +95,22 @@ class TrainingBreakdown:
         return self.memory.feasible
 
 
+# The parts of TrainingBreakdown that add up to step_time_s.
+TIME_FIELDS: tuple[str, ...] = (
+    "compute_s",
+    "recompute_s",
+    "tp_comm_s",
+    "cp_comm_s",
+    "ep_comm_s",
+    "pp_comm_s",
+    "dp_comm_s",
+    "zero3_comm_s",
+    "stream_s",
+    "bubble_s",
+    "optimizer_s",
+)
+
+
 @dataclass(frozen=True)
 class TrainingJob:
     """The static part of a training cost evaluation: model, sequence length, precision."""

@@ -37,7 +37,7 @@ from costmodels.inference import InferenceJob, inference_step
 from costmodels.memory import MemoryBreakdown, overflow, overflow_message
 from costmodels.metrics import model_flops_per_sequence, recompute_flops_per_sequence, tokens_per_day
 from costmodels.parallel import RECOMPUTE, Plan, check_plan, make_plan
-from costmodels.training import TrainingJob, training_step
+from costmodels.training import TIME_FIELDS, TrainingJob, training_step
 from costmodels.workload import parameter_count
 from dse._app import CONF_DIR, fail, format_table, print_json, rewrite_argv, run_app
 from dse.hardware import hardware_from_config
@@ -60,19 +60,6 @@ _NEUTRAL = {
     "dp_overlap": 0.0,
     "weight_streaming": False,
 }
-TIME_FIELDS = (
-    "compute_s",
-    "recompute_s",
-    "tp_comm_s",
-    "cp_comm_s",
-    "ep_comm_s",
-    "pp_comm_s",
-    "dp_comm_s",
-    "zero3_comm_s",
-    "stream_s",
-    "bubble_s",
-    "optimizer_s",
-)
 _TIME_NOTES = {
     "compute_s": "forward + backward kernels, all micro-batches, slowest stage",
     "recompute_s": "forward re-run in the backward pass",

@@ -25,14 +25,14 @@ from costmodels.errors import ConfigError
 from costmodels.hardware import Hardware
 from costmodels.inference import InferenceJob
 from costmodels.parallel import RECOMPUTE
-from costmodels.training import TrainingJob
+from costmodels.training import TIME_FIELDS, TrainingJob
 from dse import schema
 from dse._app import format_table, print_json, run_app
-from dse.calc import TIME_FIELDS, command_line
+from dse.calc import command_line
 from dse.hardware import hardware_from_config
 from dse.models import load_model
 from dse.tracking import JobRun
-from dse.units import fmt_cell
+from dse.units import fmt_breakdown, fmt_cell
 from search.base import Result
 from search.grid import grid_search
 from search.optuna_driver import optuna_search
@@ -225,9 +225,12 @@ def summary(cfg: DictConfig, problem: Problem, result: Result) -> dict[str, Any]
 
 def render(cfg: DictConfig, rep: dict[str, Any]) -> str:
     best = ", ".join(f"{k}={v}" for k, v in rep["best"].items())
+    m = rep["metrics"]
     metrics = format_table(
-        ["metric", "value"], [[k, f"{v:.6g}"] for k, v in rep["metrics"].items()], align="lr"
+        ["metric", "value"], [[k, f"{v:.6g}"] for k, v in m.items() if k not in TIME_FIELDS], align="lr"
     )
+    parts = {k: m[k] for k in TIME_FIELDS if k in m}
+    breakdown = [f"step breakdown: {fmt_breakdown(m['step_time_s'], parts)}"] if parts else []
     keys = [k for k in rep["top"][0] if k not in ("objective",)] if rep["top"] else []
     top = format_table(keys, [[fmt_cell(r[k]) for k in keys] for r in rep["top"]]) if keys else ""
     return "\n".join(
@@ -237,6 +240,7 @@ def render(cfg: DictConfig, rep: dict[str, Any]) -> str:
             f"best: {best}",
             "",
             metrics,
+            *breakdown,
             "",
             f"top {len(rep['top'])}:",
             top,
@@ -269,12 +273,15 @@ def _pareto_figure(result: Result) -> Any:
 
 
 def _breakdown_figure(metrics: dict[str, float]) -> Any:
+    """Bars of the step-time parts (``TIME_FIELDS``) in ``metrics``; None when it has none (serving)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     parts = {k: metrics[k] for k in TIME_FIELDS if metrics.get(k, 0.0) > 0}
+    if not parts:
+        return None
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.barh(list(parts), list(parts.values()))
     ax.set_xlabel("seconds per step")
@@ -311,8 +318,9 @@ def log_result(run: JobRun, cfg: DictConfig, problem: Problem, result: Result, r
             (_pareto_figure(result), "pareto.png"),
             (_breakdown_figure(rep["metrics"]), "breakdown.png"),
         ):
-            run.log_figure(fig, name)
-            plt.close(fig)
+            if fig is not None:
+                run.log_figure(fig, name)
+                plt.close(fig)
 
 
 def _experiment_name() -> str:

@@ -43,3 +43,9 @@ def fmt_cell(value: Any) -> str:
     if isinstance(value, float | np.floating):
         return f"{value:.4g}"
     return str(value)
+
+
+def fmt_breakdown(total_s: float, parts_s: dict[str, float]) -> str:
+    """'2.65 s = compute 2.41 s + dp comm 239.91 ms': a time and its non-zero parts (keys end in _s)."""
+    terms = [f"{k.removesuffix('_s').replace('_', ' ')} {fmt_time(v)}" for k, v in parts_s.items() if v > 0]
+    return f"{fmt_time(total_s)} = " + " + ".join(terms)

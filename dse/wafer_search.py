@@ -17,14 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from costmodels.errors import ConfigError
 from costmodels.parallel import make_plan
-from costmodels.training import TrainingJob, training_step
+from costmodels.training import TIME_FIELDS, TrainingJob, training_step
 from costmodels.wafer import WaferDesign, WaferSystem, capped_clock_hz, wafer_hardware
 from dse._app import format_table
-from dse.calc import TIME_FIELDS
 from dse.hardware import load_hardware
 from dse.models import load_model
 from dse.tracking import JobRun
-from dse.units import fmt_cell, fmt_time
+from dse.units import fmt_breakdown, fmt_cell
 from search.gd import Knob, gradient_descent
 from search.grid import grid_search
 from search.problems import training_mapping_problem
@@ -216,7 +215,7 @@ def step_breakdown(
     system: WaferSystem, job: TrainingJob, values: dict[str, float], best: dict[str, Any]
 ) -> dict[str, float]:
     """Where the step time of the chosen design and mapping goes: ``step_time_s`` and its parts
-    (``dse.calc.TIME_FIELDS``, the ``TrainingBreakdown`` times that sum to it)."""
+    (``costmodels.training.TIME_FIELDS``, the ``TrainingBreakdown`` times that sum to it)."""
     hw = wafer_hardware(system, WaferDesign(**{k: float(v) for k, v in values.items()}))
     plan = make_plan(**{k: v for k, v in best["mapping"].items()}, global_batch=best["global_batch"])
     out = training_step(hw, job, plan)
@@ -309,13 +308,14 @@ def render(rep: dict[str, Any]) -> str:
         for name, r in rep["comparison"].items()
     ]
     mapping = rep["best"]["mapping"]
+    parts = {k: v for k, v in rep["breakdown"].items() if k != "step_time_s"}
     return "\n".join(
         [
             f"gradient descent over the wafer design ({rep['evaluations']} loss evaluations)",
             f"design: {design}",
             f"per die, at the power-capped clock: {hw}",
             f"mapping: {mapping}",
-            f"step breakdown: {_breakdown_text(rep['breakdown'])}",
+            f"step breakdown: {fmt_breakdown(rep['breakdown']['step_time_s'], parts)}",
             "",
             format_table(cols, rows, align="lrrrrrrr"),
             *(
@@ -331,14 +331,6 @@ def render(rep: dict[str, Any]) -> str:
 _RECOMPUTE = ("none", "selective", "full")
 
 
-def _breakdown_text(breakdown: dict[str, float]) -> str:
-    """'step 13.0 s = compute 9.1 s + ...': the non-zero parts of the step time."""
-    parts = [
-        f"{k.removesuffix('_s').replace('_', ' ')} {fmt_time(v)}"
-        for k, v in breakdown.items()
-        if k != "step_time_s" and v > 0
-    ]
-    return f"{fmt_time(breakdown['step_time_s'])} = " + " + ".join(parts)
 
 
 def _mapping_text(mapping: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 from costmodels.hardware import Hardware
 from costmodels.inference import InferenceJob, inference_step
 from costmodels.parallel import Plan
-from costmodels.training import TrainingJob, training_step
+from costmodels.training import TIME_FIELDS, TrainingJob, training_step
 from search.base import CostFn
 
 GiB = float(2**30)
@@ -103,6 +103,7 @@ def training_mapping_problem(
             "cost_usd_per_mtoken": devices * hw.price_usd_per_hour / 3600.0 / out.tokens_per_s * 1e6,
             "feasible": out.feasible,
         }
+        m |= {k: getattr(out, k) for k in TIME_FIELDS}  # where the step time goes
         m["objective"] = jnp.where(out.feasible, signed_objective(m, objective), jnp.inf)
         return m
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from costmodels.training import TIME_FIELDS
 from dse import schema
 from dse._app import CONF_DIR
 
@@ -72,7 +73,13 @@ def test_grid_search_and_its_reproduce_line(tmp_path: Path) -> None:
         timeout=300,
     )
     assert calc.returncode == 0, calc.stderr
-    assert json.loads(calc.stdout)["step_time_s"] == pytest.approx(rep["metrics"]["step_time_s"], rel=1e-4)
+    calc_rep = json.loads(calc.stdout)
+    assert calc_rep["step_time_s"] == pytest.approx(rep["metrics"]["step_time_s"], rel=1e-4)
+    # the search reports the same breakdown as dse.calc, and it adds up to the step
+    for k in TIME_FIELDS:
+        assert rep["metrics"][k] == pytest.approx(calc_rep[k], rel=1e-4, abs=1e-9), k
+    total = sum(rep["metrics"][k] for k in TIME_FIELDS)
+    assert total == pytest.approx(rep["metrics"]["step_time_s"], rel=1e-5)
 
 
 def test_inference_slo_respects_the_tpot_limit(tmp_path: Path) -> None:

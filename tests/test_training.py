@@ -31,7 +31,7 @@ from costmodels.memory import training_memory
 from costmodels.metrics import model_flops_per_sequence, recompute_flops_per_sequence
 from costmodels.parallel import Plan, check_plan, make_plan
 from costmodels.sharding import GROUP_FIRST, GROUP_LAST, GROUP_LAYER, OpTable, op_times, shard
-from costmodels.training import TrainingBreakdown, TrainingJob, training_step
+from costmodels.training import TIME_FIELDS, TrainingBreakdown, TrainingJob, training_step
 from costmodels.workload import Batch, forward_ops, parameter_count, training_ops
 from dse.hardware import load_hardware
 from dse.models import available_models, load_model
@@ -692,3 +692,20 @@ def test_weight_streaming_keeps_two_layers_on_the_device_and_the_state_outside()
     _close(mem.offloaded_bytes, 18.0 * GPT2_PARAMS / 2)
     small_host = dataclasses.replace(hw, host_memory_bytes=1e9)
     assert not bool(training_memory(GPT2, plan, SEQ, small_host, "bf16", "adam").feasible)
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        {},
+        {"tp": 2, "pp": 2, "dp": 2, "vpp": 2, "global_batch": 16, "recompute": 2, "dp_overlap": 0.5},
+        {"dp": 4, "zero_stage": 3, "global_batch": 8},
+        {"weight_streaming": 1, "global_batch": 4},
+    ],
+    ids=["single", "3d", "zero3", "streaming"],
+)
+def test_time_fields_add_up_to_the_step(plan: dict) -> None:
+    """``TIME_FIELDS`` is what reports and plots show as the breakdown: it must sum to the step."""
+    hw = dataclasses.replace(IDEAL, host_bandwidth_Bps=1e9, host_memory_bytes=1e12)
+    b = _step(make_plan(**plan), hw=hw)
+    _close(sum(_f(getattr(b, k)) for k in TIME_FIELDS), b.step_time_s, rtol=1e-5)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from costmodels.technology import NODES, flops_per_mm2
-from costmodels.training import TrainingJob
+from costmodels.training import TIME_FIELDS, TrainingJob
 from costmodels.wafer import (
     WaferDesign,
     WaferSystem,
@@ -22,7 +22,6 @@ from costmodels.wafer import (
     constraints,
     wafer_hardware,
 )
-from dse.calc import TIME_FIELDS
 from dse.hardware import load_hardware
 from dse.models import load_model
 from dse.wafer_search import REFERENCES, step_breakdown
