@@ -12,7 +12,11 @@ The efficiency depends on the kernel class (Hardware fields):
   fewer than 16 rows are GEMV-like and not padded), with split-K for GEMMs of too few tiles.
 * **attention** — the unfused score (QKᵀ) and AV batched GEMMs of an eager implementation, with
   their small reduction (the head width), at ``attention_efficiency``; a fused flash kernel
-  (Dao 2023; Shah et al. 2024) at ``flash_attention_efficiency``.
+  (Dao 2023; Shah et al. 2024) at ``flash_attention_efficiency`` forward and
+  ``flash_attention_bwd_efficiency`` backward, always at the 16-bit peak (attention stays bf16 in an
+  fp8/fp4 run).
+* **precision** — a GEMM in precision p sustains ``matmul_efficiency`` (16-bit) or
+  ``matmul_efficiency_fp8`` / ``_fp4`` of p's own dense peak.
 * **elementwise / norm / embedding** — memory-bound at ``elementwise_efficiency`` of HBM bandwidth
   (their FLOPs run on the vector units at the fp32 peak where it is known); GEMMs and attention
   kernels stream at ``memory_efficiency``. Eager elementwise kernels (several passes, fp32
@@ -30,11 +34,11 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from costmodels.hardware import Hardware
+from costmodels.hardware import LOW_PRECISIONS, Hardware, matmul_efficiency
 
 Array = Any
 
-KIND_MATMUL, KIND_ATTENTION, KIND_FLASH, KIND_ELEMENTWISE, KIND_EMBEDDING = 0, 1, 2, 3, 4
+KIND_MATMUL, KIND_ATTENTION, KIND_FLASH, KIND_ELEMENTWISE, KIND_EMBEDDING, KIND_FLASH_BWD = 0, 1, 2, 3, 4, 5
 KINDS = {
     "matmul": KIND_MATMUL,
     "attention": KIND_ATTENTION,
@@ -102,24 +106,32 @@ def kernel_time_s(
     reduce: Array = 1.0,
     temperature: float = 0.0,
     quantize: bool = True,
+    precision: str = "bf16",
 ) -> Array:
     """Time of a kernel of class ``kind`` (one of the KIND_* codes, may be an array over ops).
-    ``quantize=False`` skips the tile/wave factor, for callers whose ``kind`` holds no matmul."""
+
+    ``peak_flops`` is the dense peak of the GEMM ``precision``; a GEMM sustains
+    ``hardware.matmul_efficiency(hw, precision)`` of it. Attention kernels run at their own 16-bit
+    type (``hardware.activation_precision``: bf16 in an fp8/fp4 run) and peak. ``quantize=False``
+    skips the tile/wave factor, for callers whose ``kind`` holds no matmul."""
     waves = wave_efficiency(hw, rows, cols, gemms, reduce) if quantize else 1.0
-    matmul_eff = hw.matmul_efficiency * waves
-    efficiency = jnp.where(
-        kind == KIND_MATMUL,
-        matmul_eff,
-        jnp.where(
-            kind == KIND_ATTENTION,
+    matmul_eff = matmul_efficiency(hw, precision) * waves
+    efficiency = jnp.select(
+        [kind == KIND_MATMUL, kind == KIND_ATTENTION, kind == KIND_FLASH, kind == KIND_FLASH_BWD],
+        [
+            matmul_eff,
             hw.attention_efficiency,
-            jnp.where(kind == KIND_FLASH, hw.flash_attention_efficiency, 1.0),
-        ),
+            hw.flash_attention_efficiency,
+            hw.flash_attention_bwd_efficiency,
+        ],
+        1.0,
     )
+    attention_peak = peak_flops if precision not in LOW_PRECISIONS else hw.peak_flops_bf16
+    vector = (kind == KIND_ELEMENTWISE) | (kind == KIND_EMBEDDING)
     vector_peak = jnp.where(hw.peak_flops_fp32 > 0, hw.peak_flops_fp32, peak_flops)
-    compute_peak = jnp.where(kind >= KIND_ELEMENTWISE, vector_peak, peak_flops)
+    compute_peak = jnp.where(vector, vector_peak, jnp.where(kind == KIND_MATMUL, peak_flops, attention_peak))
     compute_s = flops / (compute_peak * efficiency)
-    bandwidth_eff = jnp.where(kind >= KIND_ELEMENTWISE, hw.elementwise_efficiency, hw.memory_efficiency)
+    bandwidth_eff = jnp.where(vector, hw.elementwise_efficiency, hw.memory_efficiency)
     memory_s = bytes_ / (hw.hbm_bandwidth_Bps * bandwidth_eff)
     busy = flops + bytes_ > 0
     return jnp.where(busy, smooth_max(compute_s, memory_s, temperature) + hw.kernel_overhead_s, 0.0)

@@ -45,6 +45,14 @@ _BYTES_PER_ELEMENT: dict[str, float] = {
     "fp4": 0.5,
 }
 
+# Precisions whose GEMMs quantize their inputs (Transformer Engine FP8; NVFP4 / MXFP4): activations
+# between kernels, the attention kernel and the tensor-parallel collectives stay 16-bit.
+LOW_PRECISIONS: tuple[str, ...] = ("fp8", "fp4")
+
+# Block-scale bytes per weight element: NVFP4 stores one E4M3 scale per 16 FP4 values (NVIDIA,
+# "Introducing NVFP4", 2025; TensorRT-LLM / ModelOpt FP4 checkpoints), i.e. 1/16 B per element.
+_SCALE_BYTES_PER_ELEMENT: dict[str, float] = {"fp4": 1.0 / 16.0}
+
 TOPOLOGIES: tuple[str, ...] = ("switched", "torus3d", "fully_connected", "mesh2d")
 
 # Framework overhead per GPU: CUDA context and kernel images, measured at 1343 MB by Hugging Face
@@ -101,9 +109,12 @@ class Hardware:
     compute_units: Scalar = 0.0  # SMs / CUs that matmul tiles are spread over (0: no wave quantization)
     matmul_tile_m: Scalar = 128.0  # output tile rows of the GEMM kernels (wave quantization)
     matmul_tile_n: Scalar = 128.0  # output tile columns
-    matmul_efficiency: Scalar = 1.0  # fraction of peak a large GEMM sustains
+    matmul_efficiency: Scalar = 1.0  # fraction of the 16-bit peak a large bf16/fp16 GEMM sustains
+    matmul_efficiency_fp8: Scalar = 0.0  # fraction of the fp8 peak a large fp8 GEMM sustains (0: as 16-bit)
+    matmul_efficiency_fp4: Scalar = 0.0  # fraction of the fp4 peak a large fp4 GEMM sustains (0: as 16-bit)
     attention_efficiency: Scalar = 1.0  # fraction of peak of unfused attention batched GEMMs (QKᵀ, AV)
-    flash_attention_efficiency: Scalar = 1.0  # fraction of peak a fused (flash) attention kernel sustains
+    flash_attention_efficiency: Scalar = 1.0  # fraction of peak a fused (flash) attention forward sustains
+    flash_attention_bwd_efficiency: Scalar = 1.0  # the same for its backward (scores recomputed)
     memory_efficiency: Scalar = 1.0  # fraction of HBM bandwidth a GEMM streaming its weights sustains
     elementwise_efficiency: Scalar = 1.0  # fraction of HBM bandwidth elementwise / norm kernels sustain
     collective_efficiency: Scalar = 1.0  # achieved bus bandwidth / link bandwidth (NCCL busbw)
@@ -130,6 +141,35 @@ def _check_precision(precision: str) -> str:
 def bytes_per_element(precision: str) -> float:
     """Bytes to store one element in ``precision`` (fp4: 0.5)."""
     return _BYTES_PER_ELEMENT[_check_precision(precision)]
+
+
+def weight_bytes_per_element(precision: str) -> float:
+    """Bytes of one stored weight in ``precision``, block scales included (fp4: 0.5 + 1/16)."""
+    return bytes_per_element(precision) + _SCALE_BYTES_PER_ELEMENT.get(precision, 0.0)
+
+
+def activation_precision(precision: str) -> str:
+    """The 16-bit type activations (and attention) keep in a ``precision`` run: bf16 for fp8/fp4."""
+    return "bf16" if _check_precision(precision) in LOW_PRECISIONS else precision
+
+
+def kv_cache_precision(precision: str, kv_precision: str | None = None) -> str:
+    """The KV cache's type: ``kv_precision`` where given, else fp8 for an fp8 or fp4 checkpoint
+    (TensorRT-LLM and vLLM serve FP4 checkpoints with an FP8 KV cache), else the weights' type."""
+    if kv_precision is not None:
+        return _check_precision(kv_precision)
+    return "fp8" if _check_precision(precision) in LOW_PRECISIONS else precision
+
+
+def matmul_efficiency(hw: Hardware, precision: str) -> Scalar:
+    """Fraction of ``precision``'s dense peak a large GEMM sustains: the ``matmul_efficiency_fp8`` /
+    ``_fp4`` field for those precisions where it is set (> 0), else the 16-bit ``matmul_efficiency``."""
+    own = {"fp8": hw.matmul_efficiency_fp8, "fp4": hw.matmul_efficiency_fp4}.get(_check_precision(precision))
+    if own is None:
+        return hw.matmul_efficiency
+    if isinstance(own, int | float):
+        return own if own > 0 else hw.matmul_efficiency
+    return jnp.where(jnp.asarray(own) > 0, own, hw.matmul_efficiency)
 
 
 def _concrete(value: Scalar) -> np.ndarray | None:

@@ -26,13 +26,31 @@ import jax
 import jax.numpy as jnp
 
 from costmodels.architectures import ModelSpec
-from costmodels.hardware import Hardware, bytes_per_element, peak_flops
+from costmodels.hardware import Hardware, bytes_per_element
 from costmodels.memory import MemoryBreakdown, inference_memory
 from costmodels.parallel import Plan
 from costmodels.sharding import OpTable, collective_s, op_times, p2p_s, shard, table_from_ops
 from costmodels.workload import Batch, forward_ops
 
 Array = Any
+
+
+@dataclass(frozen=True)
+class Engine:
+    """A serving engine's scheduling limits: the token budget of one step and the largest batch."""
+
+    name: str
+    max_num_tokens: int | None
+    max_batch_size: int | None
+
+
+# TensorRT-LLM: ``max_num_tokens`` 8192 and ``max_batch_size`` 2048, the defaults of its LLM API /
+# trtllm-bench build configuration (NVIDIA/TensorRT-LLM docs "Tuning Max Batch Size and Max Num
+# Tokens"; ``tensorrt_llm`` BuildConfig and KV-cache manager defaults). Static-batching benchmarks
+# (FasterTransformer, TensorRT-LLM's gptSessionBenchmark) run the batch they are given.
+ENGINES: dict[str, Engine] = {
+    "tensorrt-llm": Engine("TensorRT-LLM (in-flight batching)", 8192, 2048),
+}
 
 
 @dataclass(frozen=True)
@@ -46,6 +64,10 @@ class InferenceJob:
     kv_precision: str | None = None
     fused_attention: bool = True
     mla_absorb: bool = True
+    # tokens one engine step processes at most (TensorRT-LLM ``max_num_tokens``, vLLM
+    # ``max_num_batched_tokens``: chunked prefill): the activation peak is one such step, not the
+    # whole batch's prompts at once. None: the batch's prompts in one step.
+    max_num_tokens: int | None = None
 
     @property
     def mean_context(self) -> float:
@@ -107,7 +129,7 @@ def _step_s(
                 "weight": jnp.where(table.expert > 0, s.weight * touched / spec.moe.num_experts, s.weight),
             }
         )
-    fwd, _ = op_times(hw, peak_flops(hw, job.precision), table, s)
+    fwd, _ = op_times(hw, job.precision, table, s)
     kernels = jnp.sum(fwd * table.layers)
     size = batch * new_tokens * spec.hidden_size * bytes_per_element(job.precision)
     blocks = 1.0 if spec.parallel_block else 2.0
@@ -130,6 +152,7 @@ def inference_step(
     prefill_table, decode_table = job.tables() if tables is None else tables
     prefill_k, prefill_c = _step_s(hw, job, prefill_table, tp, pp, batch, float(job.input_len))
     decode_k, decode_c = _step_s(hw, job, decode_table, tp, pp, batch, 1.0)
+    prompts = batch * job.input_len
     memory = inference_memory(
         job.spec,
         tp,
@@ -141,6 +164,7 @@ def inference_step(
         job.kv_precision,
         offload_weights=offload_weights,
         offload_kv=offload_kv,
+        prefill_tokens=prompts if job.max_num_tokens is None else jnp.minimum(prompts, job.max_num_tokens),
     )
     host_bw = jnp.maximum(hw.host_bandwidth_Bps, 1.0)
     offload = memory.offloaded_bytes / host_bw  # every step streams the offloaded share in

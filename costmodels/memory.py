@@ -26,7 +26,13 @@ import numpy as np
 
 from costmodels.architectures import ModelSpec
 from costmodels.errors import ConfigError
-from costmodels.hardware import Hardware, bytes_per_element
+from costmodels.hardware import (
+    Hardware,
+    activation_precision,
+    bytes_per_element,
+    kv_cache_precision,
+    weight_bytes_per_element,
+)
 from costmodels.parallel import Plan
 from costmodels.sharding import RULE_REPLICATED, RULE_ROW, tp_rule
 from costmodels.workload import Batch, Op, forward_ops
@@ -463,12 +469,14 @@ def inference_memory(
     _check("positive", tp=tp, pp=pp)
     _check(">= 0", batch_size=batch_size, context_tokens=context_tokens, prefill_tokens=prefill_tokens)
     _check("in [0, 1]", offload_weights=offload_weights, offload_kv=offload_kv)
-    w_b, kv_b = bytes_per_element(precision), bytes_per_element(kv_precision or precision)
+    w_b = weight_bytes_per_element(precision)
+    kv_b = bytes_per_element(kv_cache_precision(precision, kv_precision))
     first, last, experts = stage_parameters(spec, tp, pp)
     weights = w_b * (jnp.maximum(first, last) + experts)
     kv = batch_size * context_tokens * spec.num_layers / pp * kv_elements_per_token(spec, tp) * kv_b
     step = batch_size * context_tokens if prefill_tokens is None else prefill_tokens
-    act = _inference_activations(spec, tp, step, batch_size, w_b)
+    act_b = bytes_per_element(activation_precision(precision))
+    act = _inference_activations(spec, tp, step, batch_size, act_b)
     parts = dict(weights=(1.0 - offload_weights) * weights, kv_cache=(1.0 - offload_kv) * kv, activations=act)
     offloaded = offload_weights * weights + offload_kv * kv
     return _breakdown(hw, workspace=_workspace(hw, workspace_bytes), offloaded=offloaded, **parts)

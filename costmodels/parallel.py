@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from costmodels.architectures import ModelSpec
@@ -50,6 +51,10 @@ class Plan:
     # over the host link; every micro-batch streams the weights in (forward, backward) and the
     # gradients out, where they are reduced across replicas and the optimizer runs.
     weight_streaming: Scalar = 0.0
+    # 1: the embedding and the loss each count as one pipeline layer when layers are split over
+    # stages (Megatron-Core ``account_for_embedding_in_pipeline_split`` and
+    # ``account_for_loss_in_pipeline_split``): the first and last stages hold one transformer layer less.
+    pipeline_edge_layers: Scalar = 0.0
 
     @property
     def num_devices(self) -> Scalar:
@@ -77,6 +82,17 @@ def make_plan(**values: Any) -> Plan:
     return Plan(**{k: float(v) if isinstance(v, bool | int | float) else v for k, v in values.items()})
 
 
+def stage_layers(num_layers: int, plan: Plan) -> Scalar:
+    """Transformer layers on the fullest pipeline stage.
+
+    The ``L + 2e`` pipeline layers (``e`` = ``pipeline_edge_layers`` when pp > 1: the embedding and
+    the loss counted as layers) are split over ``pp·vpp`` chunks, ceil/floor shares, so a stage
+    holds at most ``ceil((L + 2e)/(pp·vpp))·vpp`` layers (Megatron-Core uneven pipeline split)."""
+    edge = jnp.where(plan.pp > 1, 2.0 * plan.pipeline_edge_layers, 0.0)
+    chunks = plan.pp * plan.vpp
+    return jnp.minimum(jnp.ceil((num_layers + edge) / chunks) * plan.vpp, num_layers)
+
+
 def check_plan(plan: Plan, spec: ModelSpec, num_devices: int, seq_len: int) -> None:
     """Raise :class:`ConfigError` naming the field and the fix when a concrete plan is impossible."""
     v = {f.name: float(np.asarray(getattr(plan, f.name))) for f in fields(Plan)}
@@ -92,10 +108,13 @@ def check_plan(plan: Plan, spec: ModelSpec, num_devices: int, seq_len: int) -> N
     _divides(v["tp"], spec.num_heads, "tp", "num_attention_heads")
     if spec.mla is None and spec.num_kv_heads >= v["tp"]:
         _divides(v["tp"], spec.num_kv_heads, "tp", "num_key_value_heads")
-    if v["pp"] * v["vpp"] > spec.num_layers:
-        raise ConfigError(f"pp·vpp = {v['pp'] * v['vpp']:g} exceeds num_hidden_layers = {spec.num_layers}")
-    if v["vpp"] > 1:  # interleaved chunks must be equal; plain 1F1B tolerates uneven stages
-        _divides(v["pp"] * v["vpp"], spec.num_layers, "pp·vpp (interleaved schedule)", "num_hidden_layers")
+    edge = 2 * v["pipeline_edge_layers"] if v["pp"] > 1 else 0
+    if v["pp"] * v["vpp"] > spec.num_layers + edge:  # every chunk needs a layer; uneven shares are fine
+        raise ConfigError(
+            f"pp·vpp = {v['pp']:g}·{v['vpp']:g} = {v['pp'] * v['vpp']:g} pipeline chunks but the model has "
+            f"{spec.num_layers} layers{f' (+{edge:g} for embedding and loss)' if edge else ''}: "
+            "choose pp·vpp of at most the layer count"
+        )
     _divides(v["cp"] * (2 if v["cp"] > 1 else 1), seq_len, "2·cp (load-balanced ring attention)", "seq_len")
     _divides(v["ep"], v["dp"], "ep", "dp (experts are sharded over data-parallel ranks)")
     if spec.moe is not None:
@@ -111,6 +130,8 @@ def check_plan(plan: Plan, spec: ModelSpec, num_devices: int, seq_len: int) -> N
         raise ConfigError(f"zero_stage must be 0, 1, 2 or 3, got {v['zero_stage']:g}")
     if v["recompute"] not in (0, 1, 2):
         raise ConfigError("recompute must be none, selective or full")
+    if v["pipeline_edge_layers"] not in (0, 1):
+        raise ConfigError(f"pipeline_edge_layers must be 0 or 1, got {v['pipeline_edge_layers']:g}")
     for name in ("tp_overlap", "dp_overlap", "zero3_overlap"):
         if not 0 <= v[name] <= 1:
             raise ConfigError(f"parallelism.{name} is a fraction in [0, 1], got {v[name]:g}")

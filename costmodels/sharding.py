@@ -24,12 +24,13 @@ from costmodels.compute import (
     KIND_ELEMENTWISE,
     KIND_EMBEDDING,
     KIND_FLASH,
+    KIND_FLASH_BWD,
     KIND_MATMUL,
     kernel_time_s,
 )
-from costmodels.hardware import Hardware
+from costmodels.hardware import Hardware, peak_flops
 from costmodels.parallel import Plan
-from costmodels.workload import Op
+from costmodels.workload import FLASH_BACKWARD_FLOPS, Op
 
 Array = Any
 
@@ -192,30 +193,48 @@ def shard(t: OpTable, plan: Plan, seqs: Array) -> _Sharded:
     )
 
 
-def op_times(hw: Hardware, peak: Array, t: OpTable, s: _Sharded) -> tuple[Array, Array]:
+QUANTIZE_BYTES_PER_ELEMENT = 4.0  # fp8 cast + transpose: read 16-bit, write two 8-bit copies
+
+
+def op_times(
+    hw: Hardware, precision: str, t: OpTable, s: _Sharded, quantize_inputs: bool = False
+) -> tuple[Array, Array]:
     """(forward, backward) time of each op, with the backward bytes of ``workload._backward``.
 
     Matmul Y = X·W: dX = dY·Wᵀ (output rows×reduce; reads W and dY, writes dX) and dW = Xᵀ·dY
-    (output reduce×cols; reads X and dY, writes dW). Attention and elementwise ops: 2× the forward
-    FLOPs, reading the saved input and dY and writing dX (and a norm's gain gradient): 2x + y + w bytes.
-    Embedding: a scatter-add of dY into the gathered rows.
+    (output reduce×cols; reads X and dY, writes dW). Elementwise ops: 2× the forward FLOPs, reading
+    the saved input and dY and writing dX (and a norm's gain gradient): 2x + y + w bytes. A flash
+    attention backward recomputes the scores: 2.5× the forward FLOPs at its own efficiency; an
+    unfused attention GEMM's backward is 2× at the forward's. Embedding: a scatter-add of dY into the
+    gathered rows. ``quantize_inputs`` (fp8/fp4 training, Transformer Engine): each GEMM's 16-bit
+    input is cast to 8 bits (with a transposed copy for the weight gradient) in a memory-bound pass
+    before the forward GEMM, and its output gradient before the backward ones (4 B per element read
+    and written); the weights' casts are cached across micro-batches and not counted.
     """
+    peak = peak_flops(hw, precision)
     is_mm = t.kind == KIND_MATMUL
     moved = s.weight + s.x + s.y
-    fwd = kernel_time_s(hw, peak, t.kind, s.flops, moved, s.rows, s.cols, s.gemms, s.reduce)
+
+    def kernel(kind: Array, flops: Array, bytes_: Array, *geometry: Array, quantize: bool = True) -> Array:
+        return kernel_time_s(hw, peak, kind, flops, bytes_, *geometry, quantize=quantize, precision=precision)
+
+    fwd = kernel(t.kind, s.flops, moved, s.rows, s.cols, s.gemms, s.reduce)
     gemm = 2.0 * s.rows * s.cols * s.reduce * s.gemms
-    dgrad = kernel_time_s(hw, peak, t.kind, gemm, moved, s.rows, s.reduce, s.gemms, s.cols)
-    wgrad = kernel_time_s(hw, peak, t.kind, s.flops, moved, s.reduce, s.cols, s.gemms, s.rows)
+    dgrad = kernel(t.kind, gemm, moved, s.rows, s.reduce, s.gemms, s.cols)
+    wgrad = kernel(t.kind, s.flops, moved, s.reduce, s.cols, s.gemms, s.rows)
     emb = t.kind == KIND_EMBEDDING  # the rest: attention and elementwise ops, no GEMM tiles to quantize
-    other = kernel_time_s(
-        hw,
-        peak,
-        t.kind,
-        jnp.where(emb, s.flops, 2.0 * s.flops),
+    flash = t.kind == KIND_FLASH
+    other = kernel(
+        jnp.where(flash, KIND_FLASH_BWD, t.kind),
+        jnp.where(emb, s.flops, jnp.where(flash, FLASH_BACKWARD_FLOPS, 2.0) * s.flops),
         jnp.where(emb, s.y + s.weight, moved + s.x),
         quantize=False,
     )
     bwd = jnp.where(is_mm, dgrad + wgrad, other)
+    if quantize_inputs:  # bytes in the table are 16-bit: elements = bytes / 2
+        casts = QUANTIZE_BYTES_PER_ELEMENT / 2.0
+        fwd = fwd + jnp.where(is_mm, kernel(KIND_ELEMENTWISE, 0.0, casts * s.x, quantize=False), 0.0)
+        bwd = bwd + jnp.where(is_mm, kernel(KIND_ELEMENTWISE, 0.0, casts * s.y, quantize=False), 0.0)
     return fwd, bwd
 
 

@@ -26,10 +26,16 @@ import jax.numpy as jnp
 from costmodels import network
 from costmodels.architectures import ModelSpec
 from costmodels.compute import KIND_ATTENTION, KIND_FLASH
-from costmodels.hardware import Hardware, bytes_per_element, peak_flops
+from costmodels.hardware import (
+    LOW_PRECISIONS,
+    Hardware,
+    activation_precision,
+    bytes_per_element,
+    peak_flops,
+)
 from costmodels.memory import MemoryBreakdown, stage_parameters, training_memory
 from costmodels.metrics import model_flops_per_sequence, recompute_flops_per_sequence
-from costmodels.parallel import Plan
+from costmodels.parallel import Plan, stage_layers
 from costmodels.sharding import (
     GROUP_FIRST,
     GROUP_LAST,
@@ -48,7 +54,11 @@ Array = Any
 
 
 def op_table(spec: ModelSpec, seq_len: int, precision: str = "bf16", fused_attention: bool = True) -> OpTable:
-    """The forward ops of one training sequence (with dropout and the loss) as a table."""
+    """The forward ops of one training sequence (with dropout and the loss) as a table.
+
+    FP8/FP4 training (Transformer Engine) keeps 16-bit weights and activations between kernels and
+    quantizes only the GEMM inputs, so the table's bytes are those of ``activation_precision``."""
+    precision = activation_precision(precision)
     # An unfused (eager / Megatron-2022) attention computes and stores the full s×s score matrix,
     # the causal mask only zeroes half of it; a fused flash kernel skips the masked blocks.
     ops = forward_ops(
@@ -120,6 +130,10 @@ class TrainingJob:
     precision: str = "bf16"
     fused_attention: bool = True
     optimizer: str = "adam"
+    # ZeRO-3 gathers and scatters across nodes: True, hierarchical and striped over every rail, as
+    # NCCL runs Megatron-FSDP / PyTorch FSDP today; False, one ring whose every hop crosses the
+    # device's own NIC, as DeepSpeed's stage 3 behaved in Narayanan et al. 2021, Table 2.
+    fsdp_hierarchical: bool = True
 
     def table(self) -> OpTable:
         return op_table(self.spec, self.seq_len, self.precision, self.fused_attention)
@@ -131,22 +145,28 @@ def _grad_reduce_bytes(precision: str) -> float:
     return 2.0 if precision == "fp16" else 4.0
 
 
-def _stage_times(hw: Hardware, peak: Array, t: OpTable, plan: Plan, job_layers: int) -> dict[str, Array]:
-    """Forward, backward and recompute kernel time of one micro-batch on the slowest stage."""
+def _stage_times(hw: Hardware, job: TrainingJob, t: OpTable, plan: Plan) -> dict[str, Array]:
+    """Forward, backward and recompute kernel time of one micro-batch on the slowest stage.
+
+    The fullest stage holds ``k = stage_layers(L, plan)`` layers; with pp > 1 the edge work (the
+    embedding on the first stage, the final norm, LM head and loss on the last) adds to it, less one
+    layer where the embedding and loss count as pipeline layers (``pipeline_edge_layers``):
+    ``k·layer + max(edge − e·layer, 0)``."""
     seqs = plan.microbatch / plan.cp
     s = shard(t, plan, seqs)
-    fwd, bwd = op_times(hw, peak, t, s)
-    # the slowest stage holds ceil(L / pp) layers when pp does not divide L (uneven 1F1B stages)
-    stage_share = jnp.ceil(job_layers / plan.pp) / job_layers
-    per_stage = jnp.where(t.group == GROUP_LAYER, t.layers * stage_share, 0.0)
+    fwd, bwd = op_times(hw, job.precision, t, s, quantize_inputs=job.precision in LOW_PRECISIONS)
+    layers = job.spec.num_layers
+    per_stage = jnp.where(t.group == GROUP_LAYER, t.layers * stage_layers(layers, plan) / layers, 0.0)
+    per_layer = jnp.where(t.group == GROUP_LAYER, t.layers / layers, 0.0)
     first = jnp.where(t.group == GROUP_FIRST, 1.0, 0.0)
     last = jnp.where(t.group == GROUP_LAST, 1.0, 0.0)
-    edge_fwd = jnp.where(
-        plan.pp > 1, jnp.maximum(jnp.sum(fwd * first), jnp.sum(fwd * last)), jnp.sum(fwd * (first + last))
-    )
-    edge_bwd = jnp.where(
-        plan.pp > 1, jnp.maximum(jnp.sum(bwd * first), jnp.sum(bwd * last)), jnp.sum(bwd * (first + last))
-    )
+    edge_layer = jnp.where(plan.pp > 1, plan.pipeline_edge_layers, 0.0)
+
+    def edge(times: Array) -> Array:
+        one_layer = jnp.sum(times * per_layer)
+        staged = jnp.maximum(jnp.sum(times * first), jnp.sum(times * last)) - edge_layer * one_layer
+        return jnp.where(plan.pp > 1, jnp.maximum(staged, 0.0), jnp.sum(times * (first + last)))
+
     layer_fwd = jnp.sum(fwd * per_stage)
     core_fwd = jnp.sum(fwd * per_stage * t.attention_core)
     recompute = jnp.where(plan.recompute >= 2, layer_fwd, jnp.where(plan.recompute >= 1, core_fwd, 0.0))
@@ -156,16 +176,16 @@ def _stage_times(hw: Hardware, peak: Array, t: OpTable, plan: Plan, job_layers: 
         * jnp.where((t.kind == KIND_ATTENTION) | (t.kind == KIND_FLASH), 1.0, t.attention_core)
     )
     return {
-        "fwd": layer_fwd + edge_fwd,
-        "bwd": jnp.sum(bwd * per_stage) + edge_bwd,
+        "fwd": layer_fwd + edge(fwd),
+        "bwd": jnp.sum(bwd * per_stage) + edge(bwd),
         "recompute": recompute,
         "attention_fwd": attention,
     }
 
 
 def _stage_layers(spec: ModelSpec, plan: Plan) -> Array:
-    """Layers on the slowest pipeline stage: ceil(L / pp)."""
-    return jnp.ceil(spec.num_layers / plan.pp)
+    """Layers on the slowest pipeline stage (``parallel.stage_layers``)."""
+    return stage_layers(spec.num_layers, plan)
 
 
 def _tp_comm(hw: Hardware, job: TrainingJob, plan: Plan, act_bytes: float) -> Array:
@@ -269,10 +289,12 @@ def _dp_and_optimizer(
     if job.spec.moe is not None:  # expert gradients reduce over the dp/ep replicas of each expert
         dp_s = dp_s + reduction(experts, expert_dp, stride * plan.ep)
     exposed = jnp.maximum(dp_s - plan.dp_overlap * backward_s, 0.0)
-    # ZeRO-3 gathers: one ring over the dp ranks, each device's share crossing its own NIC, as
-    # DeepSpeed's stage 3 behaves in Narayanan et al. 2021, Table 2 (step time flat in the GPU count).
+    # ZeRO-3 gathers: hierarchical over the tiers (every rail carries its share), or (job option) one
+    # ring over the dp ranks, each device's share crossing its own NIC, as DeepSpeed's stage 3 behaves
+    # in Narayanan et al. 2021, Table 2 (step time flat in the GPU count).
     _, out = links(hw)
-    flat = jnp.where(stride * plan.dp > hw.scale_up_domain_size, 1.0, 0.0)
+    spans_domains = stride * plan.dp > hw.scale_up_domain_size
+    flat = jnp.where(spans_domains & (not job.fsdp_hierarchical), 1.0, 0.0)
     gather = jnp.where(
         flat > 0,
         network.all_gather_time_s(params * w_b, plan.dp, out),
@@ -308,8 +330,8 @@ def training_step(
     """The step time and its breakdown for ``plan`` (a Plan of scalars or of arrays: use ``jax.vmap``)."""
     table = job.table() if table is None else table
     peak = peak_flops(hw, job.precision)
-    act_bytes = bytes_per_element(job.precision)
-    st = _stage_times(hw, peak, table, plan, job.spec.num_layers)
+    act_bytes = bytes_per_element(activation_precision(job.precision))
+    st = _stage_times(hw, job, table, plan)
     micro_compute = st["fwd"] + st["bwd"]
     tp = _tp_comm(hw, job, plan, act_bytes)
     cp = _cp_comm(hw, job, plan, act_bytes, st["attention_fwd"])

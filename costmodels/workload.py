@@ -32,7 +32,12 @@ from dataclasses import dataclass, replace
 
 from costmodels.architectures import ModelSpec
 from costmodels.errors import ConfigError
-from costmodels.hardware import bytes_per_element
+from costmodels.hardware import (
+    activation_precision,
+    bytes_per_element,
+    kv_cache_precision,
+    weight_bytes_per_element,
+)
 
 ACTIVATION_FLOPS = {
     "silu": 4.0,
@@ -467,8 +472,13 @@ def _head_ops(spec: ModelSpec, bt: Batch, b: _Bytes, with_loss: bool) -> list[Op
 
 
 def _bytes(precision: str, kv_precision: str | None = None) -> _Bytes:
-    size = bytes_per_element(precision)
-    return _Bytes(weight=size, act=size, kv=bytes_per_element(kv_precision or precision))
+    """Weights in ``precision`` with their block scales, activations in its 16-bit type (fp8/fp4 GEMMs
+    quantize their inputs inside fused kernels), the KV cache in ``hardware.kv_cache_precision``."""
+    return _Bytes(
+        weight=weight_bytes_per_element(precision),
+        act=bytes_per_element(activation_precision(precision)),
+        kv=bytes_per_element(kv_cache_precision(precision, kv_precision)),
+    )
 
 
 def _with_dropout(spec: ModelSpec, ops: list[Op], b: _Bytes) -> list[Op]:
@@ -511,13 +521,18 @@ def forward_ops(
     return _with_dropout(spec, ops, b) if dropout else ops
 
 
+FLASH_BACKWARD_FLOPS = 2.5  # flash attention backward FLOPs / forward FLOPs (Dao 2023, Sec. 3.1)
+
+
 def _backward(op: Op) -> list[Op]:
     """Backward ops of one forward op.
 
     Matmul Y = X·W + b: input gradient dX = dY·Wᵀ (2mnk FLOPs; reads W and dY, writes dX) and
     weight gradient dW = Xᵀ·dY, db = Σ dY (2mnk + mn FLOPs; reads X and dY, writes dW). Embedding:
     scatter-add of dY into the gathered rows. Attention matmuls have no weights: both operand
-    gradients, 2× forward FLOPs. Elementwise ops and norms: ≈2× forward FLOPs, reading the saved
+    gradients, 2× forward FLOPs; a fused flash kernel (``attn.sdpa``) also recomputes the scores:
+    ``FLASH_BACKWARD_FLOPS`` = 2.5× (Dao 2023, Sec. 3.1: five GEMMs against the forward's two).
+    Elementwise ops and norms: ≈2× forward FLOPs, reading the saved
     input and dY and writing dX (a norm's gain also gets its gradient).
     """
     if op.kind == "matmul":
@@ -560,7 +575,7 @@ def _backward(op: Op) -> list[Op]:
             op,
             name=f"{op.name}.bwd",
             phase="bwd_input",
-            flops=2.0 * op.flops,
+            flops=(FLASH_BACKWARD_FLOPS if op.name == "attn.sdpa" else 2.0) * op.flops,
             params=0,
             input_bytes=op.input_bytes + op.output_bytes,
             output_bytes=op.input_bytes + op.weight_bytes,

@@ -59,6 +59,7 @@ _NEUTRAL = {
     "tp_overlap": 0.0,
     "dp_overlap": 0.0,
     "weight_streaming": False,
+    "pipeline_edge_layers": False,
 }
 _TIME_NOTES = {
     "compute_s": "forward + backward kernels, all micro-batches, slowest stage",
@@ -105,13 +106,13 @@ def parallelism(cfg: DictConfig) -> dict[str, Any]:
     out: dict[str, Any] = {k: _positive_int(par[k], f"parallelism.{k}") for k in _DEGREES}
     out |= {k: _fraction(par[k], f"parallelism.{k}") for k in _FRACTIONS}
     out["zero_stage"] = _positive_int(par["zero_stage"], "parallelism.zero_stage", minimum=0)
-    for flag in ("sequence_parallel", "weight_streaming"):
+    for flag in ("sequence_parallel", "weight_streaming", "pipeline_edge_layers"):
         if not isinstance(par[flag], bool):
             raise ConfigError(f"parallelism.{flag} must be true or false, got {par[flag]!r}")
     if par["recompute"] not in RECOMPUTE:
         valid = ", ".join(RECOMPUTE)
         raise ConfigError(f"parallelism.recompute must be one of {valid}, got {par['recompute']!r}")
-    out |= {k: par[k] for k in ("sequence_parallel", "weight_streaming", "recompute")}
+    out |= {k: par[k] for k in ("sequence_parallel", "weight_streaming", "pipeline_edge_layers", "recompute")}
     out["dp"] = _derived_dp(par["dp"], out, _positive_int(cfg.num_devices, "num_devices"))
     return out
 

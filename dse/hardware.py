@@ -58,8 +58,11 @@ _SCHEMA: dict[str, dict[str, tuple[str, float]]] = {
     "matmul_tile": {"m": ("matmul_tile_m", 1.0), "n": ("matmul_tile_n", 1.0)},
     "efficiency": {
         "matmul": ("matmul_efficiency", 1.0),
+        "matmul_fp8": ("matmul_efficiency_fp8", 1.0),
+        "matmul_fp4": ("matmul_efficiency_fp4", 1.0),
         "attention": ("attention_efficiency", 1.0),
         "flash_attention": ("flash_attention_efficiency", 1.0),
+        "flash_attention_bwd": ("flash_attention_bwd_efficiency", 1.0),
         "memory": ("memory_efficiency", 1.0),
         "elementwise": ("elementwise_efficiency", 1.0),
         "collective": ("collective_efficiency", 1.0),

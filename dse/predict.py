@@ -1,16 +1,32 @@
 """Predict a validation case (``experiments/validation/SCHEMA.md``) with the cost models.
 
 ``predict_case(case, hardware_table)`` returns ``(quantity, value, reason)``: the case's measured
-quantity, our prediction in the same unit, or ``None`` and the reason it is not covered. Where a
-case leaves a choice open (``micro_batch_size`` or ``vpp`` null: the paper's runs were tuned), the
-prediction is the fastest memory-feasible choice — micro-batches dividing the per-replica batch up
-to 16, interleaving degrees dividing the layers per stage up to 8; ``batch_size: null`` with
-``batch_size_policy: max_feasible`` takes the largest batch that fits in memory. Training cases use
-unfused attention (the Megatron-LM of the published runs) unless a case sets ``flash_attention``.
+quantity, our prediction in the same unit, or ``None`` and the reason it is not covered.
+``explain_case`` returns the same with the assumptions the prediction made (attention kernel, the
+options it chose where the case leaves them open).
+
+* **Unstated options are tuned choices.** Where a training case leaves an option ``null`` —
+  micro-batch size, interleaving degree ``vpp``, ZeRO stage (0 or the distributed optimizer, 1),
+  recomputation (none / selective / full), sequence parallelism (with tp > 1), and whether the
+  embedding and the loss count as pipeline layers (Megatron-Core's uneven split options) — the
+  prediction is the fastest memory-feasible combination, as the published runs were tuned. A stated
+  value is always respected. ``batch_size: null`` with ``batch_size_policy: max_feasible`` takes the
+  largest batch that fits in memory.
+* **Attention kernel.** Read from the model config where given (MPT ``attn_config.attn_impl``, a
+  Hugging Face ``_attn_implementation``) or a case's ``flash_attention`` flag; otherwise the
+  framework default of the hardware generation: fused flash attention on Hopper and newer (every
+  current Megatron-Core, NeMo, TensorRT-LLM and vLLM release), the unfused attention of the
+  Megatron-LM releases of the A100-era training runs, fused kernels in inference engines.
+* **Overlap and FSDP.** Megatron-Core / NeMo overlap the data-parallel gradient reduce-scatter and
+  parameter all-gather with the backward pass by default (``overlap_grad_reduce``,
+  ``overlap_param_gather``), prefetch the next layer's ZeRO-3 gather behind compute, and run it
+  hierarchically over every rail; the Megatron-LM / DeepSpeed of the A100-era runs reduced after the
+  backward pass and gathered ZeRO-3 shards in one NIC ring. The same generation rule decides it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -19,8 +35,8 @@ import numpy as np
 
 from costmodels.architectures import parse_hf_config
 from costmodels.errors import ConfigError
-from costmodels.hardware import Hardware, peak_flops
-from costmodels.inference import InferenceJob, inference_step
+from costmodels.hardware import Hardware, kv_cache_precision, peak_flops
+from costmodels.inference import ENGINES, Engine, InferenceJob, inference_step
 from costmodels.memory import training_memory
 from costmodels.parallel import RECOMPUTE, check_plan, make_plan
 from costmodels.training import TrainingJob, training_step
@@ -59,49 +75,139 @@ def predict_case(
     case: dict[str, Any], hardware_table: dict[str, Any]
 ) -> tuple[str, float | None, str | None]:
     """(quantity, predicted value or None, reason when not covered) for one case."""
+    quantity, value, reason, _ = explain_case(case, hardware_table)
+    return quantity, value, reason
+
+
+def explain_case(
+    case: dict[str, Any], hardware_table: dict[str, Any]
+) -> tuple[str, float | None, str | None, list[str]]:
+    """``predict_case`` plus the assumptions it made: the attention kernel, overlap, and each option
+    it chose where the case left it open."""
     quantity = _quantity(case)
+    notes: list[str] = []
     if quantity in TRAINING and case.get("kind") == "training":
-        return quantity, _training(case, quantity), None
+        return quantity, _training(case, quantity, notes), None, notes
     if quantity in INFERENCE and case.get("kind") == "inference":
-        return quantity, _inference(case, quantity), None
-    return quantity, None, f"no model for {case.get('kind')} quantity '{quantity}'"
+        return quantity, _inference(case, quantity, notes), None, notes
+    return quantity, None, f"no model for {case.get('kind')} quantity '{quantity}'", notes
+
+
+def case_model(case: dict[str, Any]) -> tuple[Hardware, Callable[[Hardware], Any]]:
+    """(the case's hardware preset, a jit-able function of the hardware giving the prediction) with
+    the discrete choices (plan options, batch) fixed at the preset's: for fitting efficiencies
+    (``experiments/calibrate.py``)."""
+    quantity, notes = _quantity(case), []
+    if case.get("kind") == "training" and quantity in TRAINING and not quantity.startswith("memory"):
+        return _hardware(case["hardware"]), _training(case, quantity, notes, as_function=True)
+    if case.get("kind") == "inference" and quantity in INFERENCE:
+        return _hardware(case["hardware"]), _inference(case, quantity, notes, as_function=True)
+    raise ConfigError(f"case {case.get('id')}: no hardware-dependent model for '{quantity}'")
 
 
 # --------------------------------------------------------------------------------------------
 # Training
 
 
-def _plans(case: dict[str, Any], num_layers: int) -> list[dict[str, Any]]:
-    """The case's mapping; null micro-batch / vpp expand to every admissible choice."""
+def _hopper_or_newer(hw: Hardware) -> bool:
+    """The generation rule for framework defaults: a device with FP8 tensor cores (Hopper, Ada,
+    Blackwell, MI300) runs a current framework release."""
+    return float(hw.peak_flops_fp8) > 0
+
+
+def attention_kernel(case: dict[str, Any], hw: Hardware) -> tuple[bool, str]:
+    """(fused flash attention?, why): the model config's own setting, then the case's
+    ``flash_attention``, then the framework default of the hardware generation and the case kind."""
+    model = case.get("model") or {}
+    impl = (model.get("attn_config") or {}).get("attn_impl") or model.get("_attn_implementation")
+    if impl is not None:
+        fused = str(impl).lower() not in ("eager", "torch")
+        return fused, f"attention {'flash' if fused else 'eager'} (model config: {impl})"
+    if case.get("flash_attention") is not None:
+        fused = bool(case["flash_attention"])
+        return fused, f"attention {'flash' if fused else 'eager'} (case flash_attention)"
+    if case.get("kind") == "inference":
+        return True, "attention flash (inference engines' fused kernels)"
+    if _hopper_or_newer(hw):
+        return True, "attention flash (default of current Megatron-Core / NeMo on Hopper and newer)"
+    return False, "attention eager (Megatron-LM of the A100-era runs: unfused softmax)"
+
+
+def _choices(stated: Any, open_: list[Any]) -> list[Any]:
+    return open_ if stated is None else [stated]
+
+
+def _plans(case: dict[str, Any], num_layers: int, hw: Hardware | None = None) -> list[dict[str, Any]]:
+    """The case's mapping; every null option expands to its admissible choices (see module doc)."""
     p, b = case["parallelism"], case["batch"]
     per_replica = b["global_batch_size"] // p["dp"]
-    micro = (
-        [b["micro_batch_size"]]
-        if b.get("micro_batch_size")
-        else [m for m in (1, 2, 4, 8, 16) if per_replica % m == 0]
-    )
-    vpps = (
-        [p["vpp"]]
-        if p.get("vpp")
-        else [v for v in range(1, 9) if num_layers % (p["pp"] * v) == 0 and (v == 1 or p["pp"] > 1)]
-    )
+    pp = p["pp"]
+    micro = _choices(b.get("micro_batch_size"), [m for m in (1, 2, 4, 8, 16) if per_replica % m == 0])
+    edges = [0, 1] if pp > 1 else [0]
+    vpps = _choices(p.get("vpp"), [v for v in range(1, 9) if pp * v <= num_layers and (v == 1 or pp > 1)])
+    zero = _choices(p.get("zero_stage"), [0, 1])
+    recompute = _choices(p.get("recompute"), ["none", "selective", "full"])
+    sp = _choices(p.get("sequence_parallel"), [False, True] if p["tp"] > 1 else [False])
+    current = hw is not None and _hopper_or_newer(hw)
     base = {k: p[k] for k in ("tp", "pp", "dp", "cp", "ep")}
-    base |= {
-        "sequence_parallel": float(bool(p.get("sequence_parallel"))),
-        "zero_stage": p.get("zero_stage") or 0,
-        "recompute": RECOMPUTE[p.get("recompute") or "none"],
-        "global_batch": b["global_batch_size"],
-    }
-    return [base | {"microbatch": m, "vpp": v} for m in micro for v in vpps]
+    base |= {"global_batch": b["global_batch_size"], "dp_overlap": float(current)}
+    if current:  # next-layer prefetch hides the ZeRO-3 gathers behind compute
+        base["zero3_overlap"] = 1.0
+    return [
+        base
+        | {
+            "microbatch": m,
+            "vpp": v,
+            "zero_stage": z,
+            "recompute": RECOMPUTE[r],
+            "sequence_parallel": float(bool(s)),
+            "pipeline_edge_layers": e,
+        }
+        for m in micro
+        for v in vpps
+        for z in zero
+        for r in recompute
+        for s in sp
+        for e in edges
+        if pp * v <= num_layers + 2 * e
+    ]
 
 
-def _training(case: dict[str, Any], quantity: str) -> float:
+def _describe(values: dict[str, Any], case: dict[str, Any]) -> str:
+    """The options the prediction chose where the case left them open."""
+    p, b = case["parallelism"], case["batch"]
+    chosen = []
+    if b.get("micro_batch_size") is None:
+        chosen.append(f"micro_batch_size={values['microbatch']:g}")
+    for key, name in (("vpp", "vpp"), ("zero_stage", "zero_stage")):
+        if p.get(key) is None:
+            chosen.append(f"{name}={values[key]:g}")
+    if p.get("recompute") is None:
+        chosen.append("recompute=" + {v: k for k, v in RECOMPUTE.items()}[values["recompute"]])
+    if p.get("sequence_parallel") is None and p["tp"] > 1:
+        chosen.append(f"sequence_parallel={bool(values['sequence_parallel'])}")
+    if p["pp"] > 1:
+        chosen.append(f"embedding/loss as pipeline layers={bool(values['pipeline_edge_layers'])}")
+    return "chose " + ", ".join(chosen) if chosen else ""
+
+
+def _training(case: dict[str, Any], quantity: str, notes: list[str], as_function: bool = False) -> Any:
     spec = parse_hf_config(case["model"])
     hw = _hardware(case["hardware"])
     seq = case["batch"]["seq_len"]
-    # The validated training runs (Megatron-LM 2021-22, Megatron-DeepSpeed) used unfused attention.
-    job = TrainingJob(spec, seq, case["precision"], fused_attention=bool(case.get("flash_attention", False)))
-    options = _plans(case, spec.num_layers)
+    fused, why = attention_kernel(case, hw)
+    notes.append(why)
+    current = _hopper_or_newer(hw)
+    notes.append("dp/fsdp overlap on, fsdp hierarchical" if current else "dp overlap off, zero-3 flat ring")
+    job = TrainingJob(spec, seq, case["precision"], fused_attention=fused, fsdp_hierarchical=current)
+    options = _plans(case, spec.num_layers, hw)
+    if not options:
+        p = case["parallelism"]
+        raise ConfigError(
+            f"no pipeline split of the {spec.num_layers} layers over pp={p['pp']} stages with vpp="
+            f"{p.get('vpp')} chunks each (pp·vpp must be at most the layer count, +2 with the "
+            "embedding and loss as pipeline layers)"
+        )
     for values in options:
         check_plan(make_plan(**values), spec, case["num_devices"], seq)
     plans = jax.tree.map(
@@ -113,47 +219,102 @@ def _training(case: dict[str, Any], quantity: str) -> float:
             return float(mem.activations_bytes[0]) / GiB
         return float(mem.weights_bytes[0] + mem.gradients_bytes[0] + mem.optimizer_bytes[0]) / GiB
     table = job.table()
+    gbs, devices = case["batch"]["global_batch_size"], case["num_devices"]
+    peak_tflops = float(peak_flops(hw, case["precision"])) / 1e12
+
+    def value(step: Any, mfu: Any) -> Any:
+        if quantity == "iteration_time_s":
+            return step
+        if quantity == "tokens_per_s_per_gpu":
+            return gbs * seq / step / devices
+        return mfu * peak_tflops
+
+    if as_function:  # the fastest memory-feasible plan (memory does not depend on efficiencies)
+        feasible = np.asarray(jax.vmap(lambda q: training_step(hw, job, q, table).feasible)(plans))
+        kept = jax.tree.map(lambda x: x[feasible], plans)
+
+        def best(h: Hardware) -> Any:
+            out = jax.vmap(lambda q: training_step(h, job, q, table))(kept)
+            i = jnp.argmin(out.step_time_s)
+            return value(out.step_time_s[i], out.mfu[i])
+
+        return best
     out = jax.vmap(lambda q: training_step(hw, job, q, table))(plans)
     times = np.where(np.asarray(out.feasible), np.asarray(out.step_time_s), np.inf)
     if not np.isfinite(times).any():
-        raise ConfigError("no memory-feasible micro-batch / vpp choice for this mapping")
+        i = int(np.argmin(np.asarray(out.memory.total_bytes)))
+        need = float(out.memory.total_bytes[i]) / GiB
+        raise ConfigError(
+            f"infeasible: memory — the smallest of {len(options)} admissible plans needs {need:.1f} GiB "
+            f"per device, the {case['hardware']} has {float(hw.hbm_capacity_bytes) / GiB:.0f} GiB"
+        )
     i = int(np.argmin(times))
-    step, devices = float(times[i]), case["num_devices"]
-    if quantity == "iteration_time_s":
-        return step
-    if quantity == "tokens_per_s_per_gpu":
-        return case["batch"]["global_batch_size"] * seq / step / devices
-    return float(out.mfu[i]) * float(peak_flops(hw, case["precision"])) / 1e12
+    chosen = _describe(options[i], case)
+    if chosen:
+        notes.append(chosen)
+    return float(value(float(times[i]), float(out.mfu[i])))
 
 
 # --------------------------------------------------------------------------------------------
 # Inference
 
 
-def _inference(case: dict[str, Any], quantity: str) -> float:
+def _inference(case: dict[str, Any], quantity: str, notes: list[str], as_function: bool = False) -> Any:
     spec = parse_hf_config(case["model"])
     hw = _hardware(case["hardware"])
     p, b = case["parallelism"], case["batch"]
     if p.get("dp", 1) != 1 or p.get("cp", 1) != 1:
         raise ConfigError("inference with dp or cp > 1 is not modelled")
-    job = InferenceJob(spec, b["input_len"], b["output_len"], case["precision"])
+    engine = serving_engine(case)
+    job = InferenceJob(
+        spec,
+        b["input_len"],
+        b["output_len"],
+        case["precision"],
+        max_num_tokens=engine.max_num_tokens if engine else None,
+    )
+    notes.append(f"kv cache {kv_cache_precision(case['precision'])}")
     tables = job.tables()
-    batch = b.get("batch_size") or _max_batch(hw, job, p["tp"], p["pp"], tables)
+    batch = b.get("batch_size")
+    if batch is None:
+        limit = engine.max_batch_size if engine and engine.max_batch_size else 65536
+        batch = _max_batch(hw, job, p["tp"], p["pp"], tables, limit)
+        notes.append(f"batch {batch} (largest that fits{', engine limit ' + str(limit) if engine else ''})")
+    if engine:
+        notes.append(f"engine {engine.name}: {engine.max_num_tokens} tokens per step")
+    devices = p["tp"] * p["pp"]
+
+    def value(h: Hardware) -> Any:
+        r = inference_step(h, job, float(p["tp"]), float(p["pp"]), float(batch), tables=tables)
+        return {
+            "latency_ms": r.latency_s * 1e3,
+            "ttft_ms": r.ttft_s * 1e3,
+            "itl_ms": r.tpot_s * 1e3,
+            "output_tokens_per_s": r.output_tokens_per_s,
+            "output_tokens_per_s_per_gpu": r.output_tokens_per_s / devices,
+        }[quantity]
+
     r = inference_step(hw, job, float(p["tp"]), float(p["pp"]), float(batch), tables=tables)
     if not bool(r.feasible):
-        raise ConfigError(f"batch {batch} does not fit in memory on tp={p['tp']}, pp={p['pp']}")
-    devices = p["tp"] * p["pp"]
-    return {
-        "latency_ms": float(r.latency_s) * 1e3,
-        "ttft_ms": float(r.ttft_s) * 1e3,
-        "itl_ms": float(r.tpot_s) * 1e3,
-        "output_tokens_per_s": float(r.output_tokens_per_s),
-        "output_tokens_per_s_per_gpu": float(r.output_tokens_per_s) / devices,
-    }[quantity]
+        raise ConfigError(
+            f"infeasible: memory — batch {batch} needs {float(r.memory.total_bytes) / GiB:.1f} GiB per "
+            f"device on tp={p['tp']}, pp={p['pp']}; the {case['hardware']} has "
+            f"{float(hw.hbm_capacity_bytes) / GiB:.0f} GiB"
+        )
+    return value if as_function else float(value(hw))
 
 
-def _max_batch(hw: Hardware, job: InferenceJob, tp: int, pp: int, tables: Any) -> int:
-    """The largest batch (powers of two, then a bisection) whose memory fits."""
+def serving_engine(case: dict[str, Any]) -> Engine | None:
+    """The engine preset of an in-flight-batching benchmark (``batch_size_policy: max_feasible``)
+    whose ``engine`` names it; static-batching benchmarks run the batch they state."""
+    name = str(case.get("engine") or "").lower()
+    if case.get("batch_size_policy") != "max_feasible":
+        return None
+    return next((engine for key, engine in ENGINES.items() if key in name), None)
+
+
+def _max_batch(hw: Hardware, job: InferenceJob, tp: int, pp: int, tables: Any, limit: int = 65536) -> int:
+    """The largest batch up to ``limit`` (powers of two, then a bisection) whose memory fits."""
 
     def fits(n: int) -> bool:
         return bool(inference_step(hw, job, float(tp), float(pp), float(n), tables=tables).feasible)
@@ -161,8 +322,11 @@ def _max_batch(hw: Hardware, job: InferenceJob, tp: int, pp: int, tables: Any) -
     if not fits(1):
         raise ConfigError("even batch 1 does not fit in memory")
     lo, hi = 1, 2
-    while hi <= 65536 and fits(hi):
+    if fits(limit):
+        return limit
+    while hi < limit and fits(hi):
         lo, hi = hi, hi * 2
+    hi = min(hi, limit)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)

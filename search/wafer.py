@@ -104,6 +104,7 @@ def _plans(
         dp_overlap=jnp.zeros(n),
         zero3_overlap=jnp.full(n, 0.5),
         weight_streaming=jnp.asarray(cols.get("weight_streaming", np.zeros(n, np.float32))),
+        pipeline_edge_layers=jnp.zeros(n),
     )
     return plan, valid
 

@@ -19,6 +19,7 @@ IDEAL = dataclasses.replace(
     elementwise_efficiency=1.0,
     attention_efficiency=1.0,
     flash_attention_efficiency=1.0,
+    flash_attention_bwd_efficiency=1.0,
     collective_efficiency=1.0,
     kernel_overhead_s=0.0,
     compute_units=0.0,

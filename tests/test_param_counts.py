@@ -197,7 +197,16 @@ def _calibration_models() -> list[tuple[str, dict[str, Any]]]:
 CALIBRATION_MODELS = _calibration_models()
 
 
-@pytest.mark.parametrize("model", [m for _, m in CALIBRATION_MODELS], ids=[i for i, _ in CALIBRATION_MODELS])
+# Configs without vocab_size (NeMo GPT-3, TensorRT-LLM GPT-J): the parser still requires it, until
+# missing fields take the transformers class defaults (strict: passes once that lands).
+_NEEDS_DEFAULTS = pytest.mark.xfail(reason="missing vocab_size: transformers defaults", strict=True)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [pytest.param(m, marks=() if "vocab_size" in m else _NEEDS_DEFAULTS) for _, m in CALIBRATION_MODELS],
+    ids=[i for i, _ in CALIBRATION_MODELS],
+)
 def test_validation_case_models_match_transformers(model: dict[str, Any]) -> None:
     assert parameter_count(parse_hf_config(model)) == hf_parameter_count(model)
     if model["model_type"] == "gpt2" and model.get("tie_word_embeddings", True):
