@@ -2,15 +2,56 @@
 
 A :class:`ModelSpec` is the architecture in the field's own words (hidden size, heads, KV heads,
 head dim, MLP width and kind, norms, biases, positions, MoE, MLA), normalised across families so
-that one op builder (``workload.py``) serves them all. Each parser reads the fields its family's
-``transformers`` configuration class defines, with that class's defaults, and nothing else: an
-unsupported ``model_type`` is an error that lists the supported ones (no catch-all branch).
+that one op builder (``workload.py``) serves them all. Each parser decides its family's architecture
+(gated MLP, norms, parallel block, biases, ...) as ``transformers``' modeling code builds it, and
+reads the fields that family's ``transformers`` configuration class defines. An unsupported
+``model_type`` is an error that lists the supported ones (no catch-all branch).
+
+Defaults and aliases are ``transformers``' own, not written here:
+
+* a field the config leaves out takes the default of the family's configuration class
+  (``GPTJConfig.vocab_size`` = 50400, ``GPT2Config.vocab_size`` = 50257, ...);
+* an aliased name resolves through the class's ``attribute_map`` (GPT-2 ``hidden_size`` →
+  ``n_embd``, Mixtral ``num_experts`` → ``num_local_experts``, Qwen3-MoE ``num_local_experts`` ↔
+  ``num_experts``, DeepSeek-V3 ``num_local_experts`` → ``n_routed_experts``). Given both an alias
+  and its target, the value under the name that is not a declared field wins, because
+  ``transformers`` sets the declared fields first and the remaining keyword arguments after them;
+* a value that is ``None`` (a class default such as GPT-2's ``n_inner``, or an explicit ``null``)
+  means what the family's modeling code makes of it (``n_inner`` ``None`` = 4·``n_embd``,
+  ``num_key_value_heads`` ``None`` = ``num_attention_heads``, DeepSeek's ``q_lora_rank`` ``None`` =
+  a plain query projection); each parser states that meaning where it reads the field. An
+  explicit ``null`` for a field without such a meaning counts as absent.
+
+Three fields stay required whatever the class's default: the hidden size, the number of layers and
+the number of attention heads. The class defaults for them are one checkpoint's size (Llama-2-7B's
+4096/32/32), so a config without them is a mistake rather than a request for that model.
+
+The defaults, ``attribute_map`` and ``sub_configs`` are read from the source of the configuration
+class (``transformers/models/<type>/configuration_<type>.py``, found without importing
+``transformers``) and cached per ``model_type``: importing a configuration class imports
+``configuration_utils``, which imports ``torch`` whenever it is installed (≈2 s; the bare
+``import transformers`` is ≈0.7 s), while reading the source takes milliseconds and imports
+neither. ``tests/test_config_defaults.py`` checks the values read against the imported classes.
+Relied on: transformers 5.x, whose configuration classes are ``@strict`` dataclasses with the
+defaults as class-level field defaults (tested with 5.25); the 4.x form (defaults as ``__init__``
+keyword defaults) is read too. A class the reader does not understand is imported instead
+(``CONFIG_MAPPING``, slow but exact). A family this ``transformers`` lacks has no defaults: its
+config must give every field the parser needs.
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import dataclasses
+import functools
+import importlib.util
+import inspect
+import math
+import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from costmodels.errors import ConfigError
@@ -105,59 +146,343 @@ class ModelSpec:
 
 
 # --------------------------------------------------------------------------------------------
-# Field access with the family's defaults and clear errors
+# transformers' configuration classes: defaults, attribute_map, sub_configs
 
 
-class _Fields:
-    """Reads ``config.json`` fields; a missing field without a default is a ConfigError."""
+@dataclass(frozen=True)
+class _Schema:
+    """What a ``transformers`` configuration class declares: its fields, their defaults (those this
+    module can read), its ``attribute_map`` (alias → field) and its ``sub_configs`` (field → class)."""
 
-    def __init__(self, config: Mapping[str, Any]):
-        self.config = config
-        self.model_type = config.get("model_type", "?")
+    fields: frozenset[str] = frozenset()
+    defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    sub_configs: Mapping[str, _Schema] = dataclasses.field(default_factory=dict)
 
-    def req(self, *names: str) -> Any:
-        for name in names:
-            if self.config.get(name) is not None:
-                return self.config[name]
-        raise ConfigError(
-            f"{self.model_type} config: missing field '{names[0]}' (required for this model_type)"
-        )
 
-    def get(self, name: str, default: Any) -> Any:
-        value = self.config.get(name)
-        return default if value is None else value
+class _Unreadable(Exception):
+    """The configuration class's source is not in a form :func:`_schema_from_source` reads."""
 
-    def int(self, *names: str, default: int | None = None) -> int:
-        try:
-            value = self.req(*names)
-        except ConfigError:
-            if default is None:
-                raise
-            return default
-        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
-            raise ConfigError(
-                f"{self.model_type} config: field '{names[0]}' must be an integer, got {value!r}"
-            )
-        return int(value)
+
+_CONFIG_BASES = frozenset({"PreTrainedConfig", "PretrainedConfig"})  # 5.x and 4.x spelling
+_OPERATORS: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Pow: operator.pow,
+}
+_FACTORIES: dict[str, Callable[[], Any]] = {"list": list, "dict": dict, "tuple": tuple, "set": set}
+
+
+@functools.cache  # = functools.lru_cache(maxsize=None): one schema per model_type
+def _schema(model_type: str) -> _Schema:
+    """The defaults and aliases of ``model_type``'s configuration class, read once per process."""
+    try:
+        return _schema_from_source(model_type)
+    except (_Unreadable, OSError, SyntaxError, ValueError):
+        return _schema_from_class(model_type)
+
+
+def _transformers_dir() -> Path | None:
+    """The installed ``transformers`` package's folder, located without importing it."""
+    try:
+        spec = importlib.util.find_spec("transformers")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _schema_from_source(model_type: str) -> _Schema:
+    """Read the class whose ``model_type`` is ``model_type`` in its ``configuration_*.py``; an empty
+    schema when ``transformers`` is not installed or has no such module (a family it lacks)."""
+    root = _transformers_dir()
+    if root is None:
+        return _Schema()
+    module = model_type.replace("-", "_")  # transformers' model_type_to_module_name, bar its special cases
+    path = root / "models" / module / f"configuration_{module}.py"
+    if not path.is_file():
+        return _Schema()
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    classes = {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+    for node in classes.values():
+        for stmt in node.body:
+            if (
+                isinstance(stmt, ast.Assign | ast.AnnAssign)
+                and _target_name(stmt) == "model_type"
+                and isinstance(stmt.value, ast.Constant)
+                and stmt.value.value == model_type
+            ):
+                return _read_class(node, classes)
+    raise _Unreadable(f"no class with model_type '{model_type}' in {path}")
+
+
+def _target_name(stmt: ast.Assign | ast.AnnAssign) -> str | None:
+    targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+    if len(targets) == 1 and isinstance(targets[0], ast.Name):
+        return targets[0].id
+    return None
+
+
+def _read_class(node: ast.ClassDef, classes: dict[str, ast.ClassDef]) -> _Schema:
+    """Fields and defaults of one class (bases in the same module first): 5.x class-level annotated
+    fields, 4.x ``__init__`` keyword defaults; ``attribute_map`` and ``sub_configs`` assignments."""
+    fields: set[str] = set()
+    defaults: dict[str, Any] = {}
+    aliases: dict[str, str] = {}
+    subs: dict[str, _Schema] = {}
+    for base in node.bases:
+        name = base.id if isinstance(base, ast.Name) else ast.unparse(base)
+        if name in _CONFIG_BASES:
+            continue
+        if name not in classes:
+            raise _Unreadable(f"{node.name} derives from {name}, defined elsewhere")
+        inherited = _read_class(classes[name], classes)
+        fields |= inherited.fields
+        defaults |= inherited.defaults
+        aliases |= inherited.aliases
+        subs |= inherited.sub_configs
+
+    def declare(name: str, default: ast.expr | None) -> None:
+        fields.add(name)
+        defaults.pop(name, None)
+        if default is not None:
+            with contextlib.suppress(_Unreadable):  # a default it cannot evaluate: none
+                defaults[name] = _literal(default)
+
+    for stmt in node.body:
+        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+            if "ClassVar" not in ast.unparse(stmt.annotation):
+                declare(stmt.target.id, stmt.value)
+        elif isinstance(stmt, ast.Assign) and _target_name(stmt) == "attribute_map":
+            aliases |= _literal(stmt.value)
+        elif isinstance(stmt, ast.Assign) and _target_name(stmt) == "sub_configs":
+            if not isinstance(stmt.value, ast.Dict):
+                raise _Unreadable(f"{node.name}.sub_configs is not a dict display")
+            for key, value in zip(stmt.value.keys, stmt.value.values, strict=True):
+                if not (
+                    isinstance(key, ast.Constant) and isinstance(value, ast.Name) and value.id in classes
+                ):
+                    raise _Unreadable(f"{node.name}.sub_configs names a class defined elsewhere")
+                subs[key.value] = _read_class(classes[value.id], classes)
+        elif isinstance(stmt, ast.FunctionDef) and stmt.name == "__init__":  # transformers 4.x
+            args = stmt.args
+            positional = [*args.posonlyargs, *args.args][1:]  # without self
+            padded = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
+            for arg, default in [
+                *zip(positional, padded, strict=True),
+                *zip(args.kwonlyargs, args.kw_defaults, strict=True),
+            ]:
+                declare(arg.arg, default)
+    return _Schema(frozenset(fields), defaults, aliases, subs)
+
+
+def _literal(node: ast.expr) -> Any:
+    """A default written as a literal, arithmetic on literals (``4096 * 32``), or a call with a
+    ``default=`` keyword (``interval(min=0.0, max=1.0)(default=0.02)``, ``field(default=...)``)."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.List | ast.Tuple | ast.Set):
+        items = [_literal(item) for item in node.elts]
+        return {ast.List: list, ast.Tuple: tuple, ast.Set: set}[type(node)](items)
+    if isinstance(node, ast.Dict) and all(key is not None for key in node.keys):
+        return {_literal(k): _literal(v) for k, v in zip(node.keys, node.values, strict=True)}  # type: ignore[arg-type]
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        value = _literal(node.operand)
+        return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+        return _OPERATORS[type(node.op)](_literal(node.left), _literal(node.right))
+    if isinstance(node, ast.Call):
+        for keyword in node.keywords:
+            if keyword.arg == "default":
+                return _literal(keyword.value)
+            factory = keyword.value.id if isinstance(keyword.value, ast.Name) else None
+            if keyword.arg == "default_factory" and factory in _FACTORIES:
+                return _FACTORIES[factory]()
+    raise _Unreadable(ast.unparse(node))
+
+
+def _schema_from_class(model_type: str) -> _Schema:
+    """The slow, exact way: import the class (``configuration_utils`` imports torch when installed)."""
+    try:
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+        return _class_schema(CONFIG_MAPPING[model_type])
+    except (ImportError, KeyError):
+        return _Schema()
+
+
+def _class_schema(cls: type) -> _Schema:
+    """:class:`_Schema` of an imported configuration class (5.x dataclass fields or 4.x ``__init__``)."""
+    defaults: dict[str, Any] = {}
+    if dataclasses.is_dataclass(cls):
+        names = {f.name for f in dataclasses.fields(cls)}
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                defaults[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                defaults[f.name] = f.default_factory()
+    else:
+        parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        kinds = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        names = {p.name for p in parameters if p.kind not in kinds}
+        defaults = {p.name: p.default for p in parameters if p.name in names and p.default is not p.empty}
+    subs = {
+        key: _class_schema(sub)
+        for key, sub in (getattr(cls, "sub_configs", None) or {}).items()
+        if isinstance(sub, type)
+    }
+    return _Schema(frozenset(names), defaults, dict(getattr(cls, "attribute_map", None) or {}), subs)
 
 
 # --------------------------------------------------------------------------------------------
-# Parsers, one per model_type
+# Field access: the config's values, else transformers' defaults, with clear errors
+
+_UNSET: Any = object()
+
+
+class _Fields:
+    """Reads ``config.json`` fields of one ``model_type`` through its :class:`_Schema`.
+
+    Every getter takes ``required`` (no default applies: absent or null is an error) and
+    ``if_none`` (what ``None`` means for this field in the family's modeling code, used for a
+    ``None`` default, an explicit ``null``, or a field the configuration class does not declare).
+    A value from the config is type-checked; an error is one line that names the key.
+    """
+
+    def __init__(self, config: Mapping[str, Any], model_type: str, schema: _Schema, prefix: str = ""):
+        self.config = config
+        self.model_type = model_type
+        self.schema = schema
+        self.prefix = prefix  # "attn_config." for a nested sub-config
+
+    def _names(self, name: str) -> list[str]:
+        """``name``'s field and its ``attribute_map`` aliases, the field first."""
+        target = self.schema.aliases.get(name, name)
+        return [target, *(a for a, t in self.schema.aliases.items() if t == target and a != target)]
+
+    def _error(self, key: str, what: str) -> ConfigError:
+        return ConfigError(f"{self.model_type} config: field '{self.prefix}{key}' {what}")
+
+    def _missing(self, names: list[str]) -> ConfigError:
+        alias = f" (alias {', '.join(repr(n) for n in names[1:])})" if names[1:] else ""
+        return ConfigError(
+            f"{self.model_type} config: missing field '{self.prefix}{names[0]}'{alias} "
+            "(required for this model_type)"
+        )
+
+    def given(self, name: str) -> bool:
+        """Whether the config sets ``name`` (or an alias) to something other than null."""
+        return any(self.config.get(n) is not None for n in self._names(name))
+
+    def _value(self, name: str, required: bool, if_none: Any) -> tuple[str, Any, bool]:
+        """(key, value, from_config). Among the names given, transformers applies the declared
+        fields first and the other keyword arguments after them, so the last of those wins."""
+        names = self._names(name)
+        given = sorted((k for k in self.config if k in names), key=lambda k: k not in self.schema.fields)
+        if given and self.config[given[-1]] is not None:
+            return given[-1], self.config[given[-1]], True
+        if required:
+            raise self._missing(names)
+        if given and if_none is not _UNSET:  # an explicit null: the modeling code's meaning of None
+            return given[-1], if_none, False
+        default = next((self.schema.defaults[n] for n in names if n in self.schema.defaults), None)
+        if default is not None:
+            return names[0], default, True
+        if if_none is not _UNSET:
+            return names[0], if_none, False
+        raise self._missing(names)
+
+    def int(self, name: str, *, required: bool = False, minimum: int = 0, if_none: Any = _UNSET) -> Any:
+        key, value, check = self._value(name, required, if_none)
+        if not check:
+            return value
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or int(value) != value
+        ):
+            raise self._error(key, f"must be an integer, got {value!r}")
+        if value < minimum:
+            raise self._error(
+                key, f"must be {'positive' if minimum == 1 else f'>= {minimum}'}, got {value!r}"
+            )
+        return int(value)
+
+    def number(self, name: str, *, low: float = 0.0, high: float = math.inf, if_none: Any = _UNSET) -> float:
+        key, value, check = self._value(name, False, if_none)
+        if not check:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+            bounds = f"[{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
+            raise self._error(key, f"must be a number in {bounds}, got {value!r}")
+        return float(value)
+
+    def probability(self, name: str) -> float:
+        """A dropout probability in [0, 1]."""
+        return self.number(name, low=0.0, high=1.0)
+
+    def flag(self, name: str, *, if_none: Any = _UNSET) -> bool:
+        key, value, check = self._value(name, False, if_none)
+        if check and not isinstance(value, bool):
+            raise self._error(key, f"must be true or false, got {value!r}")
+        return value
+
+    def text(self, name: str) -> str:
+        key, value, _ = self._value(name, False, _UNSET)
+        if not isinstance(value, str) or not value:
+            raise self._error(key, f"must be a non-empty string, got {value!r}")
+        return value
+
+    def int_list(self, name: str, *, if_none: Any = _UNSET) -> list[int]:
+        key, value, check = self._value(name, False, if_none)
+        if check and (
+            not isinstance(value, list | tuple)
+            or any(isinstance(v, bool) or not isinstance(v, int) for v in value)
+        ):
+            raise self._error(key, f"must be a list of integers, got {value!r}")
+        return list(value)
+
+    def sub(self, name: str) -> _Fields:
+        """A nested sub-configuration (MPT's ``attn_config``), with its own class's defaults."""
+        names = self._names(name)
+        value = next((self.config[n] for n in names if self.config.get(n) is not None), {})
+        if not isinstance(value, Mapping):
+            raise self._error(names[0], f"must be a JSON object, got {value!r}")
+        schema = self.schema.sub_configs.get(names[0], _Schema())
+        return _Fields(value, self.model_type, schema, prefix=f"{self.prefix}{names[0]}.")
+
+
+def _shape(c: _Fields, hidden: str, layers: str, heads: str) -> tuple[int, int, int]:
+    """The three required fields (hidden size, layers, attention heads), under the family's names."""
+    h = c.int(hidden, required=True, minimum=1)
+    n_heads = c.int(heads, required=True, minimum=1)
+    return h, c.int(layers, required=True, minimum=1), n_heads
+
+
+# --------------------------------------------------------------------------------------------
+# Parsers, one per model_type. Defaults are the configuration class's; what is written here is
+# the architecture (from the family's modeling code) and the meaning of None.
 
 
 def _gpt2(c: _Fields) -> ModelSpec:
-    h = c.int("n_embd", "hidden_size")
+    """GPT-2: learned positions, biases everywhere, tied embeddings by default."""
+    h, layers, heads = _shape(c, "n_embd", "n_layer", "n_head")
     return ModelSpec(
         model_type="gpt2",
         hidden_size=h,
-        num_layers=c.int("n_layer", "num_hidden_layers"),
-        vocab_size=c.int("vocab_size"),
-        num_heads=c.int("n_head", "num_attention_heads"),
-        num_kv_heads=c.int("n_head", "num_attention_heads"),
-        head_dim=h // c.int("n_head", "num_attention_heads"),
-        intermediate_size=c.int("n_inner", default=4 * h),
+        num_layers=layers,
+        vocab_size=c.int("vocab_size", minimum=1),
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=h // heads,
+        intermediate_size=c.int("n_inner", if_none=4 * h),  # GPT2MLP: None → 4·n_embd
         gated_mlp=False,
-        activation=c.get("activation_function", "gelu_new"),
+        activation=c.text("activation_function"),
         norm="layernorm",
         norm_bias=True,
         norms_per_layer=2,
@@ -165,27 +490,28 @@ def _gpt2(c: _Fields) -> ModelSpec:
         attn_out_bias=True,
         mlp_bias=True,
         positions="learned",
-        max_positions=c.int("n_positions", default=1024),
+        max_positions=c.int("n_positions", minimum=1),
         rotary_dim=0,
-        tie_embeddings=bool(c.get("tie_word_embeddings", True)),
-        attention_dropout=float(c.get("attn_pdrop", 0.1)),
-        hidden_dropout=float(c.get("resid_pdrop", 0.1)),
+        tie_embeddings=c.flag("tie_word_embeddings"),
+        attention_dropout=c.probability("attn_pdrop"),
+        hidden_dropout=c.probability("resid_pdrop"),
     )
 
 
 def _gptj(c: _Fields) -> ModelSpec:
-    h, heads = c.int("n_embd"), c.int("n_head")
+    """GPT-J: one LayerNorm, parallel attention and MLP, rotary on the first ``rotary_dim`` dims."""
+    h, layers, heads = _shape(c, "n_embd", "n_layer", "n_head")
     return ModelSpec(
         model_type="gptj",
         hidden_size=h,
-        num_layers=c.int("n_layer"),
-        vocab_size=c.int("vocab_size"),
+        num_layers=layers,
+        vocab_size=c.int("vocab_size", minimum=1),
         num_heads=heads,
         num_kv_heads=heads,
         head_dim=h // heads,
-        intermediate_size=c.int("n_inner", default=4 * h),
+        intermediate_size=c.int("n_inner", if_none=4 * h),  # GPTJMLP: None → 4·n_embd
         gated_mlp=False,
-        activation=c.get("activation_function", "gelu_new"),
+        activation=c.text("activation_function"),
         norm="layernorm",
         norm_bias=True,
         norms_per_layer=1,
@@ -193,31 +519,42 @@ def _gptj(c: _Fields) -> ModelSpec:
         attn_out_bias=False,
         mlp_bias=True,
         positions="rotary",
-        max_positions=c.int("n_positions", default=2048),
-        rotary_dim=c.int("rotary_dim", default=h // heads),
-        tie_embeddings=bool(c.get("tie_word_embeddings", False)),
+        max_positions=c.int("n_positions", minimum=1),
+        rotary_dim=c.int("rotary_dim", if_none=h // heads),  # GPTJAttention: None → the whole head
+        tie_embeddings=c.flag("tie_word_embeddings"),
         lm_head_bias=True,
         parallel_block=True,
-        attention_dropout=float(c.get("attn_pdrop", 0.0)),
-        hidden_dropout=float(c.get("resid_pdrop", 0.0)),
+        attention_dropout=c.probability("attn_pdrop"),
+        hidden_dropout=c.probability("resid_pdrop"),
     )
 
 
+def _neox_rotary_fraction(c: _Fields) -> float:
+    """GPTNeoXConfig (transformers 5) takes ``partial_rotary_factor`` from ``rope_scaling or
+    rope_parameters``, else the legacy ``rotary_pct``, else 0.25 (its ``convert_rope_params_to_dict``;
+    a top-level ``partial_rotary_factor`` is not read)."""
+    key = "rope_scaling" if c.config.get("rope_scaling") else "rope_parameters"
+    rope = c.sub(key)
+    if rope.given("partial_rotary_factor"):
+        return rope.number("partial_rotary_factor", high=1.0)
+    return c.number("rotary_pct", high=1.0, if_none=0.25)
+
+
 def _gpt_neox(c: _Fields) -> ModelSpec:
-    h, heads = c.int("hidden_size"), c.int("num_attention_heads")
+    h, layers, heads = _shape(c, "hidden_size", "num_hidden_layers", "num_attention_heads")
     head_dim = h // heads
-    bias = bool(c.get("attention_bias", True))
+    bias = c.flag("attention_bias")
     return ModelSpec(
         model_type="gpt_neox",
         hidden_size=h,
-        num_layers=c.int("num_hidden_layers"),
-        vocab_size=c.int("vocab_size"),
+        num_layers=layers,
+        vocab_size=c.int("vocab_size", minimum=1),
         num_heads=heads,
         num_kv_heads=heads,
         head_dim=head_dim,
-        intermediate_size=c.int("intermediate_size"),
+        intermediate_size=c.int("intermediate_size", minimum=1),
         gated_mlp=False,
-        activation=c.get("hidden_act", "gelu"),
+        activation=c.text("hidden_act"),
         norm="layernorm",
         norm_bias=True,
         norms_per_layer=2,
@@ -225,90 +562,106 @@ def _gpt_neox(c: _Fields) -> ModelSpec:
         attn_out_bias=bias,
         mlp_bias=True,
         positions="rotary",
-        max_positions=c.int("max_position_embeddings", default=2048),
-        rotary_dim=int(head_dim * float(c.get("rotary_pct", c.get("partial_rotary_factor", 0.25)))),
-        tie_embeddings=bool(c.get("tie_word_embeddings", False)),
-        parallel_block=bool(c.get("use_parallel_residual", True)),
-        attention_dropout=float(c.get("attention_dropout", 0.0)),
-        hidden_dropout=float(c.get("hidden_dropout", 0.0)),
+        max_positions=c.int("max_position_embeddings", minimum=1),
+        rotary_dim=int(head_dim * _neox_rotary_fraction(c)),
+        tie_embeddings=c.flag("tie_word_embeddings"),
+        parallel_block=c.flag("use_parallel_residual"),
+        attention_dropout=c.probability("attention_dropout"),
+        hidden_dropout=c.probability("hidden_dropout"),
     )
 
 
 def _llama_like(
-    c: _Fields, model_type: str, qkv_bias: bool | None = None, qk_norm: bool = False
+    c: _Fields,
+    model_type: str,
+    *,
+    attention_bias: bool | None = None,
+    qkv_bias: bool | None = None,
+    mlp_bias: bool | None = False,
+    qk_norm: bool = False,
 ) -> ModelSpec:
-    """Llama, Mistral, Qwen2, Qwen3 (and the attention/MLP of Mixtral, Qwen3-MoE)."""
-    h, heads = c.int("hidden_size"), c.int("num_attention_heads")
-    head_dim = c.int("head_dim", default=h // heads)
-    attn_bias = bool(c.get("attention_bias", False))
+    """Llama, Mistral, Qwen2, Qwen3 (and the attention/MLP of Mixtral, Qwen3-MoE, DeepSeek-V3).
+
+    ``attention_bias`` / ``mlp_bias``: fixed by the family's modeling code, or None to read the
+    config field of that name (Llama has both; Qwen3 and Qwen3-MoE ``attention_bias`` only).
+    ``qkv_bias``: the q/k/v projections' bias where it differs from the output's (Qwen2)."""
+    h, layers, heads = _shape(c, "hidden_size", "num_hidden_layers", "num_attention_heads")
+    head_dim = c.int("head_dim", minimum=1, if_none=h // heads)  # None/undeclared → hidden/heads
+    attn_bias = c.flag("attention_bias") if attention_bias is None else attention_bias
     return ModelSpec(
         model_type=model_type,
         hidden_size=h,
-        num_layers=c.int("num_hidden_layers"),
-        vocab_size=c.int("vocab_size"),
+        num_layers=layers,
+        vocab_size=c.int("vocab_size", minimum=1),
         num_heads=heads,
-        num_kv_heads=c.int("num_key_value_heads", default=heads),
+        num_kv_heads=c.int("num_key_value_heads", minimum=1, if_none=heads),  # None → MHA
         head_dim=head_dim,
-        intermediate_size=c.int("intermediate_size"),
+        intermediate_size=c.int("intermediate_size", minimum=1),
         gated_mlp=True,
-        activation=c.get("hidden_act", "silu"),
+        activation=c.text("hidden_act"),
         norm="rmsnorm",
         norm_bias=False,
         norms_per_layer=2,
         qkv_bias=attn_bias if qkv_bias is None else qkv_bias,
         attn_out_bias=attn_bias,
-        mlp_bias=bool(c.get("mlp_bias", False)),
+        mlp_bias=c.flag("mlp_bias") if mlp_bias is None else mlp_bias,
         positions="rotary",
-        max_positions=c.int("max_position_embeddings", default=4096),
+        max_positions=c.int("max_position_embeddings", minimum=1),
         rotary_dim=head_dim,
-        tie_embeddings=bool(c.get("tie_word_embeddings", False)),
+        tie_embeddings=c.flag("tie_word_embeddings"),
         qk_norm=qk_norm,
-        attention_dropout=float(c.get("attention_dropout", 0.0)),
+        attention_dropout=c.probability("attention_dropout"),
     )
 
 
 def _llama(c: _Fields) -> ModelSpec:
-    return _llama_like(c, "llama")
+    return _llama_like(c, "llama", mlp_bias=None)
 
 
 def _mistral(c: _Fields) -> ModelSpec:
-    return _llama_like(c, "mistral")
+    """Mistral: no biases (MistralAttention, MistralMLP: ``bias=False``; the config has no such field)."""
+    return _llama_like(c, "mistral", attention_bias=False)
 
 
 def _qwen2(c: _Fields) -> ModelSpec:
-    """Qwen2: q/k/v projections carry a bias, the output projection does not."""
-    return replace(_llama_like(c, "qwen2", qkv_bias=True), attn_out_bias=False)
+    """Qwen2: q/k/v projections carry a bias, the output projection does not (fixed in the code)."""
+    return _llama_like(c, "qwen2", attention_bias=False, qkv_bias=True)
 
 
 def _qwen3(c: _Fields) -> ModelSpec:
-    """Qwen3: RMSNorm over head_dim on queries and keys (q_norm, k_norm), explicit head_dim."""
+    """Qwen3: RMSNorm over head_dim on queries and keys (q_norm, k_norm); Qwen3Config's head_dim
+    defaults to 128, not hidden/heads."""
     return _llama_like(c, "qwen3", qk_norm=True)
 
 
 def _mixtral(c: _Fields) -> ModelSpec:
+    """Mixtral: Mistral's attention (no biases); every layer routes to ``num_local_experts``
+    (alias ``num_experts``) experts of width ``intermediate_size``."""
+    spec = _llama_like(c, "mixtral", attention_bias=False)
     moe = MoESpec(
-        num_experts=c.int("num_local_experts"),
-        top_k=c.int("num_experts_per_tok"),
-        expert_intermediate=c.int("intermediate_size"),
+        num_experts=c.int("num_local_experts", minimum=1),
+        top_k=c.int("num_experts_per_tok", minimum=1),
+        expert_intermediate=spec.intermediate_size,
     )
-    spec = _llama_like(c, "mixtral")
     return replace(spec, moe=moe, layer_kinds=(("moe", spec.num_layers),))
 
 
 def _qwen3_moe(c: _Fields) -> ModelSpec:
     """Layer i is sparse iff i ∉ mlp_only_layers, num_experts > 0 and (i+1) % decoder_sparse_step == 0
-    (transformers ``Qwen3MoeDecoderLayer``); other layers use a dense MLP of ``intermediate_size``."""
+    (transformers ``Qwen3MoeDecoderLayer``); other layers use a dense MLP of ``intermediate_size``.
+    Qwen3MoeConfig declares no head_dim: a given one is used, else hidden/heads (Qwen3MoeAttention)."""
     spec = _llama_like(c, "qwen3_moe", qk_norm=True)
-    experts, step = c.int("num_experts"), c.int("decoder_sparse_step", default=1)
-    dense_only = set(c.get("mlp_only_layers", []))
+    experts = c.int("num_experts")  # attribute_map: num_experts ↔ num_local_experts
+    step = c.int("decoder_sparse_step", minimum=1)
+    dense_only = set(c.int_list("mlp_only_layers", if_none=[]))  # Qwen3MoeConfig: None → []
     kinds = [
         "moe" if (i not in dense_only and experts > 0 and (i + 1) % step == 0) else "dense"
         for i in range(spec.num_layers)
     ]
     moe = MoESpec(
         num_experts=experts,
-        top_k=c.int("num_experts_per_tok"),
-        expert_intermediate=c.int("moe_intermediate_size"),
+        top_k=c.int("num_experts_per_tok", minimum=1),
+        expert_intermediate=c.int("moe_intermediate_size", minimum=1),
     )
     return replace(spec, moe=moe, layer_kinds=_runs(kinds))
 
@@ -325,19 +678,20 @@ def _runs(kinds: list[str]) -> tuple[tuple[str, int], ...]:
 
 
 def _mpt(c: _Fields) -> ModelSpec:
-    """MPT: ALiBi, no biases (``no_bias``), LayerNorms without bias (transformers drops them), tied."""
-    h, heads = c.int("d_model"), c.int("n_heads")
-    attn = c.get("attn_config", {}) or {}
-    bias = not bool(c.get("no_bias", True))
+    """MPT: ALiBi, no biases (``no_bias``), LayerNorms without bias (transformers drops them), tied;
+    ``attn_config`` is a sub-configuration with MptAttentionConfig's defaults."""
+    h, layers, heads = _shape(c, "d_model", "n_layers", "n_heads")
+    attn = c.sub("attn_config")
+    bias = not c.flag("no_bias")
     return ModelSpec(
         model_type="mpt",
         hidden_size=h,
-        num_layers=c.int("n_layers"),
-        vocab_size=c.int("vocab_size"),
+        num_layers=layers,
+        vocab_size=c.int("vocab_size", minimum=1),
         num_heads=heads,
         num_kv_heads=heads,
         head_dim=h // heads,
-        intermediate_size=int(c.int("expansion_ratio", default=4) * h),
+        intermediate_size=c.int("expansion_ratio", minimum=1) * h,
         gated_mlp=False,
         activation="gelu",
         norm="layernorm",
@@ -346,22 +700,32 @@ def _mpt(c: _Fields) -> ModelSpec:
         qkv_bias=bias,
         attn_out_bias=bias,
         mlp_bias=bias,
-        positions="alibi" if attn.get("alibi", True) else "learned",
-        max_positions=c.int("max_seq_len", default=2048),
+        positions="alibi" if attn.flag("alibi") else "learned",
+        max_positions=c.int("max_seq_len", minimum=1),
         rotary_dim=0,
         tie_embeddings=True,
-        attention_dropout=float(attn.get("attn_pdrop", 0.0)),
-        hidden_dropout=float(c.get("resid_pdrop", 0.0)),
+        attention_dropout=attn.probability("attn_pdrop"),
+        hidden_dropout=c.probability("resid_pdrop"),
     )
 
 
+def _legacy_n_embed(c: _Fields) -> int:
+    """BloomConfig and FalconConfig ``__post_init__``: a legacy ``n_embed`` overrides ``hidden_size``."""
+    if c.given("n_embed"):
+        return c.int("n_embed", minimum=1)
+    return c.int("hidden_size", required=True, minimum=1)
+
+
 def _bloom(c: _Fields) -> ModelSpec:
-    h, heads = c.int("hidden_size", "n_embed"), c.int("n_head", "num_attention_heads")
+    """BLOOM: ALiBi, an embedding LayerNorm, a 4·hidden MLP (fixed in BloomMLP)."""
+    h = _legacy_n_embed(c)
+    heads = c.int("n_head", required=True, minimum=1)  # attribute_map: num_attention_heads
+    layers = c.int("n_layer", required=True, minimum=1)  # attribute_map: num_hidden_layers
     return ModelSpec(
         model_type="bloom",
         hidden_size=h,
-        num_layers=c.int("n_layer", "num_hidden_layers"),
-        vocab_size=c.int("vocab_size"),
+        num_layers=layers,
+        vocab_size=c.int("vocab_size", minimum=1),
         num_heads=heads,
         num_kv_heads=heads,
         head_dim=h // heads,
@@ -375,87 +739,94 @@ def _bloom(c: _Fields) -> ModelSpec:
         attn_out_bias=True,
         mlp_bias=True,
         positions="alibi",
-        max_positions=c.int("seq_length", default=2048),
+        # BloomConfig declares no position limit (ALiBi has none); BLOOM's training length.
+        max_positions=c.int("seq_length", minimum=1, if_none=2048),
         rotary_dim=0,
-        tie_embeddings=bool(c.get("tie_word_embeddings", True)),
+        tie_embeddings=c.flag("tie_word_embeddings"),
         embedding_norm=True,
-        attention_dropout=float(c.get("attention_dropout", 0.0)),
-        hidden_dropout=float(c.get("hidden_dropout", 0.0)),
+        attention_dropout=c.probability("attention_dropout"),
+        hidden_dropout=c.probability("hidden_dropout"),
     )
 
 
 def _falcon(c: _Fields) -> ModelSpec:
     """Falcon: parallel attention; new_decoder_architecture (40B/180B) has grouped KV heads and two
-    LayerNorms (ln_attn, ln_mlp); multi_query (7B) one KV head (transformers ``FalconDecoderLayer``)."""
-    h, heads = c.int("hidden_size"), c.int("num_attention_heads")
-    new_arch = bool(c.get("new_decoder_architecture", False))
-    parallel = bool(c.get("parallel_attn", True))
+    LayerNorms (ln_attn, ln_mlp); multi_query (7B) one KV head (transformers ``FalconDecoderLayer``).
+    FalconConfig's flags are ``bool | None`` and the modeling code tests them for truth: null is false."""
+    h = _legacy_n_embed(c)
+    heads = c.int("num_attention_heads", required=True, minimum=1)
+    layers = c.int("num_hidden_layers", required=True, minimum=1)
+    new_arch = c.flag("new_decoder_architecture", if_none=False)
+    parallel = c.flag("parallel_attn", if_none=False)
+    alibi = c.flag("alibi", if_none=False)
     if new_arch:
-        kv_heads = c.int("num_kv_heads", default=heads)
-    else:
-        kv_heads = 1 if c.get("multi_query", True) else heads
-    norms = int(c.get("num_ln_in_parallel_attn", 2 if new_arch else 1)) if parallel else 2
-    bias = bool(c.get("bias", False))
+        kv_heads = c.int("num_kv_heads", minimum=1, if_none=heads)  # FalconConfig: None → heads
+    else:  # the fused QKV is 3·hidden (MHA) or hidden + 2·head_dim (multi-query)
+        kv_heads = 1 if c.flag("multi_query", if_none=False) else heads
+    # FalconDecoderLayer: num_ln_in_parallel_attn None → 2 with the new architecture, else 1.
+    norms = c.int("num_ln_in_parallel_attn", minimum=1, if_none=2 if new_arch else 1) if parallel else 2
+    bias = c.flag("bias", if_none=False)
     return ModelSpec(
         model_type="falcon",
         hidden_size=h,
-        num_layers=c.int("num_hidden_layers"),
-        vocab_size=c.int("vocab_size"),
+        num_layers=layers,
+        vocab_size=c.int("vocab_size", minimum=1),
         num_heads=heads,
         num_kv_heads=kv_heads,
         head_dim=h // heads,
-        intermediate_size=c.int("ffn_hidden_size", default=4 * h),
+        intermediate_size=c.int("ffn_hidden_size", minimum=1, if_none=4 * h),  # None → 4·hidden
         gated_mlp=False,
-        activation="gelu",
+        activation=c.text("activation"),
         norm="layernorm",
         norm_bias=True,
         norms_per_layer=norms,
         qkv_bias=bias,
         attn_out_bias=bias,
         mlp_bias=bias,
-        positions="alibi" if c.get("alibi", False) else "rotary",
-        max_positions=c.int("max_position_embeddings", default=2048),
-        rotary_dim=0 if c.get("alibi", False) else h // heads,
-        tie_embeddings=bool(c.get("tie_word_embeddings", True)),
+        positions="alibi" if alibi else "rotary",
+        max_positions=c.int("max_position_embeddings", minimum=1),
+        rotary_dim=0 if alibi else h // heads,
+        tie_embeddings=c.flag("tie_word_embeddings"),
         parallel_block=parallel,
-        attention_dropout=float(c.get("attention_dropout", 0.0)),
-        hidden_dropout=float(c.get("hidden_dropout", 0.0)),
+        attention_dropout=c.probability("attention_dropout"),
+        hidden_dropout=c.probability("hidden_dropout"),
     )
 
 
 def _deepseek_v3(c: _Fields) -> ModelSpec:
     """DeepSeek-V3: MLA attention; the first ``first_k_dense_replace`` layers have a dense MLP of
-    ``intermediate_size``, the rest route to ``n_routed_experts`` (top ``num_experts_per_tok``) plus
-    ``n_shared_experts`` always-on experts, fused as one MLP of n_shared·moe_intermediate_size."""
-    h, heads, layers = c.int("hidden_size"), c.int("num_attention_heads"), c.int("num_hidden_layers")
+    ``intermediate_size``, the rest route to ``n_routed_experts`` (alias ``num_local_experts``; top
+    ``num_experts_per_tok``) plus ``n_shared_experts`` always-on experts, fused as one MLP of
+    n_shared·moe_intermediate_size. ``q_lora_rank`` null: a plain query projection."""
+    h, layers, heads = _shape(c, "hidden_size", "num_hidden_layers", "num_attention_heads")
     mla = MLASpec(
-        q_lora_rank=c.int("q_lora_rank", default=0),
-        kv_lora_rank=c.int("kv_lora_rank"),
-        qk_nope_head_dim=c.int("qk_nope_head_dim"),
-        qk_rope_head_dim=c.int("qk_rope_head_dim"),
-        v_head_dim=c.int("v_head_dim"),
+        q_lora_rank=c.int("q_lora_rank", if_none=0),
+        kv_lora_rank=c.int("kv_lora_rank", minimum=1),
+        qk_nope_head_dim=c.int("qk_nope_head_dim", minimum=1),
+        qk_rope_head_dim=c.int("qk_rope_head_dim", minimum=1),
+        v_head_dim=c.int("v_head_dim", minimum=1),
     )
-    moe_width = c.int("moe_intermediate_size")
+    moe_width = c.int("moe_intermediate_size", minimum=1)
     moe = MoESpec(
-        num_experts=c.int("n_routed_experts"),
-        top_k=c.int("num_experts_per_tok"),
+        num_experts=c.int("n_routed_experts", minimum=1),
+        top_k=c.int("num_experts_per_tok", minimum=1),
         expert_intermediate=moe_width,
-        shared_intermediate=c.int("n_shared_experts", default=0) * moe_width,
+        shared_intermediate=c.int("n_shared_experts") * moe_width,
     )
-    dense = min(c.int("first_k_dense_replace", default=0), layers)
+    dense = min(c.int("first_k_dense_replace"), layers)
     kinds = tuple((k, n) for k, n in (("dense", dense), ("moe", layers - dense)) if n)
-    bias = bool(c.get("attention_bias", False))
+    bias = c.flag("attention_bias")
     return ModelSpec(
         model_type="deepseek_v3",
         hidden_size=h,
         num_layers=layers,
-        vocab_size=c.int("vocab_size"),
+        vocab_size=c.int("vocab_size", minimum=1),
         num_heads=heads,
         num_kv_heads=heads,
         head_dim=mla.qk_nope_head_dim + mla.qk_rope_head_dim,
-        intermediate_size=c.int("intermediate_size"),
+        intermediate_size=c.int("intermediate_size", minimum=1),
         gated_mlp=True,
-        activation=c.get("hidden_act", "silu"),
+        activation=c.text("hidden_act"),
         norm="rmsnorm",
         norm_bias=False,
         norms_per_layer=2,
@@ -463,10 +834,10 @@ def _deepseek_v3(c: _Fields) -> ModelSpec:
         attn_out_bias=bias,
         mlp_bias=False,
         positions="rotary",
-        max_positions=c.int("max_position_embeddings", default=4096),
+        max_positions=c.int("max_position_embeddings", minimum=1),
         rotary_dim=mla.qk_rope_head_dim,
-        tie_embeddings=bool(c.get("tie_word_embeddings", False)),
-        attention_dropout=float(c.get("attention_dropout", 0.0)),
+        tie_embeddings=c.flag("tie_word_embeddings"),
+        attention_dropout=c.probability("attention_dropout"),
         layer_kinds=kinds,
         moe=moe,
         mla=mla,
@@ -492,15 +863,16 @@ SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(PARSERS)
 
 
 def parse_hf_config(config: Mapping[str, Any]) -> ModelSpec:
-    """Build the :class:`ModelSpec` of a Hugging Face ``config.json`` dict, dispatching on ``model_type``."""
+    """Build the :class:`ModelSpec` of a Hugging Face ``config.json`` dict, dispatching on ``model_type``;
+    fields it leaves out take the defaults of the family's ``transformers`` configuration class."""
     if not isinstance(config, Mapping):
         raise ConfigError(f"model config must be a JSON object, got {type(config).__name__}")
     model_type = config.get("model_type")
     if model_type is None:
         raise ConfigError("model config: missing field 'model_type' (e.g. \"llama\")")
-    parser = PARSERS.get(model_type)
+    parser = PARSERS.get(model_type) if isinstance(model_type, str) else None
     if parser is None:
         raise ConfigError(
             f"unsupported model_type '{model_type}'; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
-    return parser(_Fields(config))
+    return parser(_Fields(config, model_type, _schema(model_type)))

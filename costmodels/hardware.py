@@ -118,6 +118,7 @@ class Hardware:
     memory_efficiency: Scalar = 1.0  # fraction of HBM bandwidth a GEMM streaming its weights sustains
     elementwise_efficiency: Scalar = 1.0  # fraction of HBM bandwidth elementwise / norm kernels sustain
     collective_efficiency: Scalar = 1.0  # achieved bus bandwidth / link bandwidth (NCCL busbw)
+    collective_base_latency_s: Scalar = 0.0  # fixed cost of one collective call (NCCL baseLat + launch)
     kernel_overhead_s: Scalar = 0.0  # launch + tail time added to every kernel
 
     # --- power and cost ---

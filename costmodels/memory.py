@@ -27,6 +27,7 @@ import numpy as np
 from costmodels.architectures import ModelSpec
 from costmodels.errors import ConfigError
 from costmodels.hardware import (
+    LOW_PRECISIONS,
     Hardware,
     activation_precision,
     bytes_per_element,
@@ -199,11 +200,14 @@ def _dropout(spec: ModelSpec, dropout: bool | None) -> tuple[float, float]:
     return float(spec.attention_dropout > 0), float(spec.hidden_dropout > 0)
 
 
-def _mlp_terms(spec: ModelSpec, width: int, e: float) -> float:
+def _mlp_terms(spec: ModelSpec, width: int, e: float, gemm_in: float | None = None) -> float:
     """Stored MLP intermediates per token: plain 2·I (activation input, down_proj input: the 8+8 of
-    Korthikanti's 34 for I = 4h); gated 4·I (gate and up outputs, activation output, product; a fused
-    SwiGLU kernel as in Megatron-LM keeps 3·I and recomputes the activation)."""
-    return e * width * (4.0 if spec.gated_mlp else 2.0)
+    Korthikanti's 34 for I = 4h); gated 3·I: Megatron-Core's fused SwiGLU (``bias_swiglu_fusion``, on
+    by default) keeps the gate and up outputs (2·I) and recomputes the activation in its backward, and
+    the down_proj keeps its input, the product (I). The down_proj input is kept at ``gemm_in`` bytes
+    (an FP8 copy under Transformer Engine), the rest at ``e``."""
+    gemm_in = e if gemm_in is None else gemm_in
+    return width * (e * (2.0 if spec.gated_mlp else 1.0) + gemm_in)
 
 
 def _attention_terms(spec: ModelSpec, e: float) -> tuple[float, float, float]:
@@ -222,28 +226,36 @@ def _attention_terms(spec: ModelSpec, e: float) -> tuple[float, float, float]:
     return 0.0, e * nh * hd * (2.0 + qk_norm), e * hd * (2.0 + qk_norm)
 
 
-def _mlp_block_terms(spec: ModelSpec, kind: str, e: float) -> tuple[float, float]:
+def _mlp_block_terms(spec: ModelSpec, kind: str, e: float, gemm_in: float) -> tuple[float, float]:
     """(replicated, sharded) MLP bytes per token. MoE: fp32 router probabilities (4·E), the top_k
     dispatched copies of the input and of the expert outputs (the all-to-all buffers, 2·top_k·h), the
     routed copies' expert intermediates (top_k × expert width) and the shared experts."""
     if kind != "moe":
-        return 0.0, _mlp_terms(spec, spec.intermediate_size, e)
+        return 0.0, _mlp_terms(spec, spec.intermediate_size, e, gemm_in)
     moe = spec.moe
     replicated = 4.0 * moe.num_experts + 2.0 * e * moe.top_k * spec.hidden_size
-    sharded = moe.top_k * _mlp_terms(spec, moe.expert_intermediate, e)
-    return replicated, sharded + _mlp_terms(spec, moe.shared_intermediate, e)
+    sharded = moe.top_k * _mlp_terms(spec, moe.expert_intermediate, e, gemm_in)
+    return replicated, sharded + _mlp_terms(spec, moe.shared_intermediate, e, gemm_in)
 
 
 @cache
-def _layer_terms(spec: ModelSpec, e: float, drop: float) -> tuple[float, float, float]:
+def _layer_terms(spec: ModelSpec, e: float, drop: float, gemm_in: float) -> tuple[float, float, float]:
     """(replicated, sharded, per-KV-head) bytes per token, averaged over the layer kinds. Norm inputs
     (1 in a parallel block, else 2) and outputs (one per norm) and h-wide dropout masks (attention and
-    MLP outputs, 1 B) are replicated: Korthikanti's 10sbh for GPT (4 + 4 + 2)."""
+    MLP outputs, 1 B) are replicated: Korthikanti's 10sbh for GPT (4 + 4 + 2).
+
+    ``gemm_in``: bytes of a saved tensor whose only use is as a GEMM input — the norm outputs and the
+    MLP down-projection input. FP8 training (Transformer Engine) saves these as the FP8 copies its
+    GEMMs read (1 B) and adds an FP8 copy of the attention output (the out-projection's input, which
+    flash attention keeps in 16 bits for its own backward); otherwise ``gemm_in`` = ``e``."""
     h, n = spec.hidden_size, spec.num_layers
-    norms = e * h * ((1 if spec.parallel_block else 2) + spec.norms_per_layer) + 2.0 * drop * h
+    norm_in = e * h * (1 if spec.parallel_block else 2)
+    norms = norm_in + gemm_in * h * spec.norms_per_layer + 2.0 * drop * h
     rep, shard, kv_head = _attention_terms(spec, e)
+    if gemm_in < e:
+        shard += gemm_in * spec.num_heads * spec.head_dim
     for kind, count in spec.layer_kinds:
-        mlp_rep, mlp_shard = _mlp_block_terms(spec, kind, e)
+        mlp_rep, mlp_shard = _mlp_block_terms(spec, kind, e, gemm_in)
         rep, shard = rep + mlp_rep * count / n, shard + mlp_shard * count / n
     return norms + rep, shard, kv_head
 
@@ -270,7 +282,8 @@ def layer_activation_bytes(
     score term; full recompute keeps the layer input 2sbh (/t with SP). Tokens per device b·s/cp.
     Other architectures term by term: see ``_layer_terms``, ``_attention_terms``, ``_mlp_block_terms``."""
     e, (attn_drop, hidden_drop) = _training_bytes(precision), _dropout(spec, dropout)
-    rep, shard, kv_head = _layer_terms(spec, e, hidden_drop)
+    gemm_in = bytes_per_element(precision) if precision in LOW_PRECISIONS else e
+    rep, shard, kv_head = _layer_terms(spec, e, hidden_drop, gemm_in)
     t = plan.tp
     t_sp = jnp.where(plan.sequence_parallel > 0, t, 1.0)
     kv_heads = jnp.maximum(spec.num_kv_heads / t, 1.0)  # a KV head is never split: replicated if kv < t

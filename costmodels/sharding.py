@@ -263,12 +263,14 @@ def links(hw: Hardware) -> tuple[network.Link, network.Link]:
 def collective_s(kind: str, hw: Hardware, size: Array, stride: Array, n: Array) -> Array:
     """A collective over a group of ``n`` ranks spaced ``stride`` apart: hierarchical over the
     scale-up and scale-out tiers (switched fabrics), or on a 2-D mesh of dies (``topology: mesh2d``,
-    a wafer) over a compact sub-mesh, then across wafers."""
+    a wafer) over a compact sub-mesh, then across wafers. Every call (n > 1) also pays the library's
+    base latency ``collective_base_latency_s`` once, besides the α of each ring step."""
     inner, outer = _tiers(hw, stride, n)
     up, out = links(hw)
+    base = jnp.where(n > 1, hw.collective_base_latency_s, 0.0)  # one library call, whatever its tiers
     if hw.topology == "mesh2d":
-        return _mesh_hierarchical(kind, size, inner, outer, up, out)
-    return network.hierarchical_collective_time_s(kind, size, inner, outer, up, out)
+        return base + _mesh_hierarchical(kind, size, inner, outer, up, out)
+    return base + network.hierarchical_collective_time_s(kind, size, inner, outer, up, out)
 
 
 def _submesh(n: Array) -> tuple[Array, Array]:

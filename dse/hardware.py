@@ -66,6 +66,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, float]]] = {
         "memory": ("memory_efficiency", 1.0),
         "elementwise": ("elementwise_efficiency", 1.0),
         "collective": ("collective_efficiency", 1.0),
+        "collective_base_latency_us": ("collective_base_latency_s", 1e-6),
         "kernel_overhead_us": ("kernel_overhead_s", 1e-6),
     },
     "host": {

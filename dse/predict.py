@@ -149,7 +149,7 @@ def _plans(case: dict[str, Any], num_layers: int, hw: Hardware | None = None) ->
     recompute = _choices(p.get("recompute"), ["none", "selective", "full"])
     sp = _choices(p.get("sequence_parallel"), [False, True] if p["tp"] > 1 else [False])
     current = hw is not None and _hopper_or_newer(hw)
-    base = {k: p[k] for k in ("tp", "pp", "dp", "cp", "ep")}
+    base = {k: p[k] for k in ("tp", "pp", "dp", "cp")} | {"ep": p.get("ep") or 1}
     base |= {"global_batch": b["global_batch_size"], "dp_overlap": float(current)}
     if current:  # next-layer prefetch hides the ZeRO-3 gathers behind compute
         base["zero3_overlap"] = 1.0

@@ -21,6 +21,7 @@ IDEAL = dataclasses.replace(
     flash_attention_efficiency=1.0,
     flash_attention_bwd_efficiency=1.0,
     collective_efficiency=1.0,
+    collective_base_latency_s=0.0,
     kernel_overhead_s=0.0,
     compute_units=0.0,
     scale_up_latency_s=0.0,

@@ -250,3 +250,31 @@ def test_max_feasible_serving_batch_stops_at_the_engine_limit():
     notes = explain_case(case, {})[3]
     assert "kv cache fp8" in notes
     assert any(n.startswith("batch 2048 ") for n in notes)
+
+
+def test_fp8_training_saves_fp8_copies_of_gemm_only_inputs():
+    """Transformer Engine keeps the tensors whose only use is a GEMM input as FP8 copies: the two
+    norm outputs (2h) and the down-projection input (I) at 1 B instead of 2, plus an FP8 copy of the
+    attention output (nh·hd) that flash attention also keeps in 16 bits. Per token per layer the
+    saving is 2·1024 + 4096 − 1024 = 5,120 B; for one 4,096-token sequence 20,971,520 B."""
+    from costmodels.memory import layer_activation_bytes
+
+    spec = parse_hf_config(LLAMA)
+    plan = make_plan()
+    bf16 = layer_activation_bytes(spec, plan, 4096, "bf16", fused_attention=True)
+    fp8 = layer_activation_bytes(spec, plan, 4096, "fp8", fused_attention=True)
+    _close(float(bf16) - float(fp8), 4096 * (2 * 1024 + 4096 - 1024))
+
+
+def test_every_collective_call_pays_the_base_latency_once():
+    """NCCL's fixed cost per call (tuning.cc baseLat, Ring LL 6.6 µs) is added once to a collective
+    over n > 1 ranks, whatever tiers it spans; a group of one rank costs nothing."""
+    import dataclasses
+
+    from costmodels.sharding import collective_s
+
+    with_base = dataclasses.replace(HW, collective_base_latency_s=6.6e-6)
+    for stride, n in ((1.0, 8.0), (1.0, 16.0), (8.0, 4.0)):
+        plain = float(collective_s("all_reduce", HW, 1e8, stride, n))
+        _close(float(collective_s("all_reduce", with_base, 1e8, stride, n)), plain + 6.6e-6)
+    assert float(collective_s("all_reduce", with_base, 1e8, 1.0, 1.0)) == 0.0

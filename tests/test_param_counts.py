@@ -166,8 +166,9 @@ def test_shipped_config_reproduces_the_published_count(name: str) -> None:
 def narayanan_parameter_count(config: dict[str, Any]) -> int:
     """Narayanan et al. 2021, Sec. 5.1: P = 12·l·h²·(1 + 13/(12h) + (V+s)/(12·l·h)), i.e. per layer
     12h² + 13h, plus (V + s)·h embeddings (tied); the paper leaves out the final LayerNorm's 2h."""
-    h, layers = config["n_embd"], config["n_layer"]
-    embeddings = config["vocab_size"] + config.get("n_positions", 1024)  # GPT2Config's default s
+    gpt2 = AutoConfig.for_model(**config)  # fields left out: GPT2Config's defaults (V = 50257, s = 1024)
+    h, layers = gpt2.n_embd, gpt2.n_layer
+    embeddings = gpt2.vocab_size + gpt2.n_positions
     return 12 * layers * h * h + 13 * layers * h + embeddings * h
 
 
@@ -197,16 +198,8 @@ def _calibration_models() -> list[tuple[str, dict[str, Any]]]:
 CALIBRATION_MODELS = _calibration_models()
 
 
-# Configs without vocab_size (NeMo GPT-3, TensorRT-LLM GPT-J): the parser still requires it, until
-# missing fields take the transformers class defaults (strict: passes once that lands).
-_NEEDS_DEFAULTS = pytest.mark.xfail(reason="missing vocab_size: transformers defaults", strict=True)
-
-
-@pytest.mark.parametrize(
-    "model",
-    [pytest.param(m, marks=() if "vocab_size" in m else _NEEDS_DEFAULTS) for _, m in CALIBRATION_MODELS],
-    ids=[i for i, _ in CALIBRATION_MODELS],
-)
+# Some give no vocab_size (NeMo GPT-3, TensorRT-LLM GPT-J): both sides take the transformers class's.
+@pytest.mark.parametrize("model", [m for _, m in CALIBRATION_MODELS], ids=[i for i, _ in CALIBRATION_MODELS])
 def test_validation_case_models_match_transformers(model: dict[str, Any]) -> None:
     assert parameter_count(parse_hf_config(model)) == hf_parameter_count(model)
     if model["model_type"] == "gpt2" and model.get("tie_word_embeddings", True):

@@ -1,15 +1,15 @@
 """The cost models against the published measurements in experiments/validation/calibration.yaml.
 
-A100-era targets (259 cases: Narayanan, Korthikanti, BLOOM, FasterTransformer): Korthikanti et al.
-2022 Table 5 iteration times with mean |error| ≤ 3.5 % and max ≤ 8 %; every case covered, training
-MAPE ≤ 10 % and inference MAPE ≤ 15 %. Hopper and Blackwell (77 cases: NeMo, Megatron-Bridge,
-TensorRT-LLM), with one set of fractions per generation (``experiments/calibrate.py``): the MAPE
-the current calibration reaches, as a guard against regressions (the issue's targets are lower), and
-the uncovered cases limited to those whose model config lacks a field the parser still requires.
+Targets (the fidelity issue), over all 336 cases — the A100-era tables (Narayanan, Korthikanti, BLOOM,
+FasterTransformer) and the Hopper / Blackwell runs (NeMo, Megatron-Bridge, TensorRT-LLM) — with one
+set of kernel fractions per hardware generation (``experiments/calibrate.py``): every case covered;
+Korthikanti et al. 2022 Table 5 iteration times with mean |error| ≤ 3.5 % and max ≤ 8 %; training
+MAPE ≤ 10 %; inference MAPE ≤ 12 %; no family's MAPE above 20 %.
 """
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +19,6 @@ import yaml
 from dse.predict import predict_case
 
 CASES = Path(__file__).resolve().parent.parent / "experiments" / "validation" / "calibration.yaml"
-A100_ERA = {
-    "narayanan2021_t1",
-    "narayanan2021_t2",
-    "korthikanti2022_t5",
-    "korthikanti2022_f1_mem",
-    "bloom176b",
-    "ft_calibration",
-}
-HOPPER, BLACKWELL = {"h100_sxm", "h200", "dgx_h100"}, {"b200", "gb200", "gb300"}
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +26,7 @@ def results() -> list[tuple[dict, float | None, str | None]]:
     cases = yaml.load(CASES.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))["cases"]
     out = []
     for case in cases:
-        try:
-            _, value, reason = predict_case(case, {})
-        except Exception as exc:  # a case the model cannot predict is a reason, as in dse.validate
-            value, reason = None, str(exc)
+        _, value, reason = predict_case(case, {})
         out.append((case, value, reason))
     return out
 
@@ -48,18 +36,10 @@ def _ape(case: dict, value: float) -> float:
     return abs(value - measured) / measured * 100
 
 
-def test_every_a100_era_case_is_covered(results: list) -> None:
-    uncovered = [(c["id"], r) for c, v, r in results if v is None and c["family"] in A100_ERA]
+def test_every_case_is_covered(results: list) -> None:
+    assert len(results) == 336
+    uncovered = [(c["id"], reason) for c, value, reason in results if value is None]
     assert not uncovered
-    assert sum(c["family"] in A100_ERA for c, _, _ in results) == 259
-
-
-def test_new_cases_are_covered_but_for_missing_config_fields(results: list) -> None:
-    new = [(c, v, r) for c, v, r in results if c["family"] not in A100_ERA]
-    assert len(new) == 77
-    uncovered = [(c["id"], r) for c, v, r in new if v is None]
-    assert all("missing field" in r for _, r in uncovered), uncovered
-    assert len(uncovered) <= 13
 
 
 def test_korthikanti_table5(results: list) -> None:
@@ -68,20 +48,21 @@ def test_korthikanti_table5(results: list) -> None:
     assert np.mean(errors) <= 3.5 and max(errors) <= 8.0, errors
 
 
-def test_a100_era_training_mape(results: list) -> None:
-    errors = [_ape(c, v) for c, v, _ in results if c["kind"] == "training" and c["family"] in A100_ERA]
-    assert len(errors) == 43
+def test_training_mape(results: list) -> None:
+    errors = [_ape(c, v) for c, v, _ in results if c["kind"] == "training"]
+    assert len(errors) == 71
     assert np.mean(errors) <= 10.0
 
 
-def test_a100_era_inference_mape(results: list) -> None:
-    errors = [_ape(c, v) for c, v, _ in results if c["kind"] == "inference" and c["family"] in A100_ERA]
-    assert len(errors) == 216
-    assert np.mean(errors) <= 15.0
+def test_inference_mape(results: list) -> None:
+    errors = [_ape(c, v) for c, v, _ in results if c["kind"] == "inference"]
+    assert len(errors) == 265
+    assert np.mean(errors) <= 12.0
 
 
-@pytest.mark.parametrize(("hardware", "limit"), [(HOPPER, 22.0), (BLACKWELL, 13.0)])
-def test_generation_mape(results: list, hardware: set, limit: float) -> None:
-    errors = [_ape(c, v) for c, v, _ in results if c["hardware"] in hardware and v is not None]
-    assert len(errors) >= 24
-    assert np.mean(errors) <= limit, np.mean(errors)
+def test_no_family_above_20_percent(results: list) -> None:
+    by_family = collections.defaultdict(list)
+    for c, v, _ in results:
+        by_family[c["family"]].append(_ape(c, v))
+    worst = {f: round(float(np.mean(e)), 1) for f, e in by_family.items() if np.mean(e) > 20.0}
+    assert not worst, worst
