@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from costmodels.architectures import ModelSpec
-from costmodels.hardware import Hardware, bytes_per_element
+from costmodels.hardware import Hardware, activation_precision, bytes_per_element
 from costmodels.memory import MemoryBreakdown, inference_memory
 from costmodels.parallel import Plan
 from costmodels.sharding import OpTable, collective_s, op_times, p2p_s, shard, table_from_ops
@@ -44,10 +44,11 @@ class Engine:
     max_batch_size: int | None
 
 
-# TensorRT-LLM: ``max_num_tokens`` 8192 and ``max_batch_size`` 2048, the defaults of its LLM API /
-# trtllm-bench build configuration (NVIDIA/TensorRT-LLM docs "Tuning Max Batch Size and Max Num
-# Tokens"; ``tensorrt_llm`` BuildConfig and KV-cache manager defaults). Static-batching benchmarks
-# (FasterTransformer, TensorRT-LLM's gptSessionBenchmark) run the batch they are given.
+# TensorRT-LLM: ``max_num_tokens`` 8192 and ``max_batch_size`` 2048, the defaults of its LLM API
+# (``tensorrt_llm`` BuildConfig and KV-cache manager; docs "Tuning Max Batch Size and Max Num
+# Tokens"). trtllm-bench sizes its own token budget from the KV-cache capacity (2,048 to 32,768),
+# which this preset does not follow. Static-batching benchmarks (FasterTransformer, TensorRT-LLM's
+# gptSessionBenchmark) run the batch they are given.
 ENGINES: dict[str, Engine] = {
     "tensorrt-llm": Engine("TensorRT-LLM (in-flight batching)", 8192, 2048),
 }
@@ -131,7 +132,8 @@ def _step_s(
         )
     fwd, _ = op_times(hw, job.precision, table, s)
     kernels = jnp.sum(fwd * table.layers)
-    size = batch * new_tokens * spec.hidden_size * bytes_per_element(job.precision)
+    # tensor-parallel all-reduces move 16-bit activations whatever the weights' precision
+    size = batch * new_tokens * spec.hidden_size * bytes_per_element(activation_precision(job.precision))
     blocks = 1.0 if spec.parallel_block else 2.0
     tp_comm = blocks * spec.num_layers * collective_s("all_reduce", hw, size, 1.0, tp)
     pp_comm = (pp - 1.0) * p2p_s(hw, size / tp, tp)

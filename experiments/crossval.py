@@ -7,8 +7,10 @@ For each family, every generation it has cases in is refitted without it (the pa
 ``calibrate.GENERATIONS``, from their prior values ``calibrate.prior``: the fractions the preset
 carried before any of that generation's cases were seen), and the family is scored with the refitted
 fractions. That error is the honest figure for runs the model has not seen; the in-sample error (the
-shipped presets, fitted on every case) is printed beside it. A parameter that no remaining case
-exercises stays at its prior, so a family that alone identifies a parameter is scored without it.
+shipped presets, fitted on every case) is printed beside it. A low-precision GEMM fraction that no
+remaining case exercises (FP4 without the FP4 serving table) is the other low precision's fitted
+fraction times the public benchmarks' ratio (``transfer_unseen``); any other parameter no remaining
+case exercises stays at its prior.
 """
 
 from __future__ import annotations
@@ -17,7 +19,21 @@ import argparse
 import time
 
 import numpy as np
-from calibrate import CASES, GENERATIONS, errors, fit, items, load_cases, prior
+from calibrate import CASES, GENERATIONS, SOURCED_PRIORS, errors, fit, items, load_cases, prior
+
+LOW = ("fp8", "fp4")
+
+
+def transfer_unseen(generation: str, values: dict[str, float], seen: set[str]) -> dict[str, float]:
+    """A low-precision GEMM fraction no remaining case exercises takes the fitted fraction of the
+    other low precision times the public benchmarks' ratio of the two (``SOURCED_PRIORS``): the
+    level from this generation's runs, the step between precisions from the GEMM benchmarks."""
+    sourced, out = SOURCED_PRIORS.get(generation, {}), dict(values)
+    for p, q in (LOW, LOW[::-1]):
+        name, other = f"matmul_efficiency_{p}", f"matmul_efficiency_{q}"
+        if name in out and other in out and p not in seen and q in seen:
+            out[name] = out[other] * sourced[name] / sourced[other]
+    return out
 
 
 def main() -> None:
@@ -27,6 +43,7 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.time()
     cases = load_cases(CASES)
+    precision = {c["id"]: c.get("precision") for c in cases}
     by_generation = {g: items(cases, g) for g in GENERATIONS}
     print(f"compiled {sum(map(len, by_generation.values()))} cases in {time.time() - t0:.0f} s")
     families = args.families or sorted({c[1] for gen in by_generation.values() for c in gen})
@@ -39,6 +56,7 @@ def main() -> None:
                 continue
             rest = [c for c in gen_items if c[1] != family]
             values = fit(g, rest, args.fit, start=prior(g)) if rest else prior(g)
+            values = transfer_unseen(g, values, {precision[c[0]] for c in rest})
             held += errors(values, mine)
             inside += errors({}, mine)
         h, i = np.array([e for *_, e in held]), np.array([e for *_, e in inside])

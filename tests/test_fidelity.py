@@ -4,6 +4,7 @@ serving-engine limits (the fidelity issue): each against a hand derivation or a 
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -278,3 +279,59 @@ def test_every_collective_call_pays_the_base_latency_once():
         plain = float(collective_s("all_reduce", HW, 1e8, stride, n))
         _close(float(collective_s("all_reduce", with_base, 1e8, stride, n)), plain + 6.6e-6)
     assert float(collective_s("all_reduce", with_base, 1e8, 1.0, 1.0)) == 0.0
+
+
+def test_tensor_parallel_all_reduces_stay_16_bit_in_fp8_and_fp4_serving():
+    """The all-reduces after the row-parallel GEMMs carry 16-bit activations whatever the weights'
+    precision: an fp8 or fp4 decode step communicates exactly what a bf16 one does on tp = 2."""
+    from costmodels.inference import InferenceJob, inference_step
+
+    hw = dataclasses.replace(HW, peak_flops_fp4=4000e12)
+    spec = parse_hf_config(LLAMA)
+    comm = {
+        p: float(inference_step(hw, InferenceJob(spec, 128, 128, p), 2.0, 1.0, 8.0).decode_comm_s)
+        for p in ("bf16", "fp8", "fp4")
+    }
+    assert comm["bf16"] > 0
+    _close(comm["fp8"], comm["bf16"])
+    _close(comm["fp4"], comm["bf16"])
+
+
+@pytest.mark.parametrize(
+    ("preset", "field", "achieved", "peak"),
+    [
+        # stas00/ml-engineering "Maximum Achievable Matmul FLOPS" table (commit 744d01e), bf16
+        ("h100_sxm", "matmul_efficiency", 794.5, 989.0),
+        ("b200", "matmul_efficiency", 1745.0, 2250.0),
+        ("gb200", "matmul_efficiency", 1822.0, 2500.0),
+        # FlashAttention-3 repo chart: FP16 forward, causal, head dim 128, 16k tokens
+        ("h100_sxm", "flash_attention_efficiency", 616.0, 989.0),
+        # FlashMLA README, B200 dense MHA prefill: forward and backward
+        ("b200", "flash_attention_efficiency", 1460.0, 2250.0),
+        ("b200", "flash_attention_bwd_efficiency", 1000.0, 2250.0),
+    ],
+)
+def test_sourced_preset_fractions_match_their_sources(preset, field, achieved, peak):
+    """Each sourced fraction is the published TFLOP/s over the dense peak, to its two or three digits."""
+    from dse.hardware import load_hardware
+
+    assert abs(float(getattr(load_hardware(preset), field)) - achieved / peak) < 0.005
+
+
+def test_a100_flash_backward_reproduces_flashattention2_forward_plus_backward():
+    """FlashAttention-2's chart (A100, causal, head dim 128, 16k): forward + backward at 189 of 312
+    TFLOP/s. With the forward at 0.6 and the backward 2.5× its FLOPs at ``flash_attention_bwd``, the
+    pair runs at 3.5 / (1/0.6 + 2.5/bwd) of peak."""
+    from dse.hardware import load_hardware
+
+    hw = load_hardware("a100_80gb_sxm")
+    fwd, bwd = float(hw.flash_attention_efficiency), float(hw.flash_attention_bwd_efficiency)
+    assert abs(3.5 / (1 / fwd + 2.5 / bwd) - 189.0 / 312.0) < 0.01
+
+
+def test_nccl_base_latency_is_tuning_cc_ring_ll():
+    """NVIDIA/nccl src/graph/tuning.cc: baseLat for Ring / LL is 6.6 µs."""
+    from dse.hardware import load_hardware
+
+    for preset in ("a100_80gb_sxm", "h100_sxm", "b200", "gb200"):
+        assert abs(float(load_hardware(preset).collective_base_latency_s) - 6.6e-6) < 1e-12
