@@ -34,7 +34,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from costmodels.hardware import LOW_PRECISIONS, Hardware, matmul_efficiency
+from costmodels.hardware import Hardware, activation_precision, matmul_efficiency
 
 Array = Any
 
@@ -126,7 +126,8 @@ def kernel_time_s(
         ],
         1.0,
     )
-    attention_peak = peak_flops if precision not in LOW_PRECISIONS else hw.peak_flops_bf16
+    attention = activation_precision(precision)  # the one rule: fp8/fp4 runs keep attention bf16
+    attention_peak = peak_flops if attention == precision else getattr(hw, f"peak_flops_{attention}")
     vector = (kind == KIND_ELEMENTWISE) | (kind == KIND_EMBEDDING)
     vector_peak = jnp.where(hw.peak_flops_fp32 > 0, hw.peak_flops_fp32, peak_flops)
     compute_peak = jnp.where(vector, vector_peak, jnp.where(kind == KIND_MATMUL, peak_flops, attention_peak))
