@@ -342,6 +342,18 @@ def _class_schema(cls: type) -> _Schema:
 # Field access: the config's values, else transformers' defaults, with clear errors
 
 _UNSET: Any = object()
+MAX_INT = 2**31 - 1  # every integer field: JAX computes in 32-bit integers by default
+MAX_LAYERS = 65_536  # far beyond any model; per-layer lists stay small
+# FLOPs per element of each supported MLP activation (the cost model's table, costmodels.workload)
+ACTIVATION_FLOPS = {
+    "silu": 4.0,
+    "swish": 4.0,
+    "gelu": 8.0,
+    "gelu_new": 8.0,
+    "gelu_pytorch_tanh": 8.0,
+    "gelu_fast": 8.0,
+    "relu": 1.0,
+}
 
 
 class _Fields:
@@ -396,7 +408,17 @@ class _Fields:
             return names[0], if_none, False
         raise self._missing(names)
 
-    def int(self, name: str, *, required: bool = False, minimum: int = 0, if_none: Any = _UNSET) -> Any:
+    def int(
+        self,
+        name: str,
+        *,
+        required: bool = False,
+        minimum: int = 0,
+        maximum: int = MAX_INT,
+        bound: str = "",
+        if_none: Any = _UNSET,
+    ) -> Any:
+        """An integer in [minimum, maximum]; ``bound`` names what ``maximum`` is (another field)."""
         key, value, check = self._value(name, required, if_none)
         if not check:
             return value
@@ -411,6 +433,8 @@ class _Fields:
             raise self._error(
                 key, f"must be {'positive' if minimum == 1 else f'>= {minimum}'}, got {value!r}"
             )
+        if value > maximum:
+            raise self._error(key, f"must be <= {maximum:,}{f' ({bound})' if bound else ''}, got {value!r}")
         return int(value)
 
     def number(self, name: str, *, low: float = 0.0, high: float = math.inf, if_none: Any = _UNSET) -> float:
@@ -430,6 +454,13 @@ class _Fields:
         key, value, check = self._value(name, False, if_none)
         if check and not isinstance(value, bool):
             raise self._error(key, f"must be true or false, got {value!r}")
+        return value
+
+    def activation(self, name: str) -> str:
+        """An activation function the cost model knows (``ACTIVATION_FLOPS``)."""
+        key, value, _ = self._value(name, False, _UNSET)
+        if not isinstance(value, str) or value not in ACTIVATION_FLOPS:
+            raise self._error(key, f"must be one of {', '.join(ACTIVATION_FLOPS)}, got {value!r}")
         return value
 
     def text(self, name: str) -> str:
@@ -457,11 +488,14 @@ class _Fields:
         return _Fields(value, self.model_type, schema, prefix=f"{self.prefix}{names[0]}.")
 
 
-def _shape(c: _Fields, hidden: str, layers: str, heads: str) -> tuple[int, int, int]:
-    """The three required fields (hidden size, layers, attention heads), under the family's names."""
+def _shape(c: _Fields, hidden: str, layers: str, heads: str, divisible: bool = True) -> tuple[int, int, int]:
+    """The three required fields (hidden size, layers, attention heads), under the family's names.
+    ``divisible``: the head width is hidden / heads (no ``head_dim`` field), so heads must divide it."""
     h = c.int(hidden, required=True, minimum=1)
     n_heads = c.int(heads, required=True, minimum=1)
-    return h, c.int(layers, required=True, minimum=1), n_heads
+    if divisible and h % n_heads:
+        raise c._error(hidden, f"({h}) must be a multiple of '{c.prefix}{heads}' ({n_heads})")
+    return h, c.int(layers, required=True, minimum=1, maximum=MAX_LAYERS), n_heads
 
 
 # --------------------------------------------------------------------------------------------
@@ -482,7 +516,7 @@ def _gpt2(c: _Fields) -> ModelSpec:
         head_dim=h // heads,
         intermediate_size=c.int("n_inner", if_none=4 * h),  # GPT2MLP: None → 4·n_embd
         gated_mlp=False,
-        activation=c.text("activation_function"),
+        activation=c.activation("activation_function"),
         norm="layernorm",
         norm_bias=True,
         norms_per_layer=2,
@@ -511,7 +545,7 @@ def _gptj(c: _Fields) -> ModelSpec:
         head_dim=h // heads,
         intermediate_size=c.int("n_inner", if_none=4 * h),  # GPTJMLP: None → 4·n_embd
         gated_mlp=False,
-        activation=c.text("activation_function"),
+        activation=c.activation("activation_function"),
         norm="layernorm",
         norm_bias=True,
         norms_per_layer=1,
@@ -554,7 +588,7 @@ def _gpt_neox(c: _Fields) -> ModelSpec:
         head_dim=head_dim,
         intermediate_size=c.int("intermediate_size", minimum=1),
         gated_mlp=False,
-        activation=c.text("hidden_act"),
+        activation=c.activation("hidden_act"),
         norm="layernorm",
         norm_bias=True,
         norms_per_layer=2,
@@ -585,7 +619,8 @@ def _llama_like(
     ``attention_bias`` / ``mlp_bias``: fixed by the family's modeling code, or None to read the
     config field of that name (Llama has both; Qwen3 and Qwen3-MoE ``attention_bias`` only).
     ``qkv_bias``: the q/k/v projections' bias where it differs from the output's (Qwen2)."""
-    h, layers, heads = _shape(c, "hidden_size", "num_hidden_layers", "num_attention_heads")
+    given = c.given("head_dim")
+    h, layers, heads = _shape(c, "hidden_size", "num_hidden_layers", "num_attention_heads", not given)
     head_dim = c.int("head_dim", minimum=1, if_none=h // heads)  # None/undeclared → hidden/heads
     attn_bias = c.flag("attention_bias") if attention_bias is None else attention_bias
     return ModelSpec(
@@ -598,7 +633,7 @@ def _llama_like(
         head_dim=head_dim,
         intermediate_size=c.int("intermediate_size", minimum=1),
         gated_mlp=True,
-        activation=c.text("hidden_act"),
+        activation=c.activation("hidden_act"),
         norm="rmsnorm",
         norm_bias=False,
         norms_per_layer=2,
@@ -638,9 +673,10 @@ def _mixtral(c: _Fields) -> ModelSpec:
     """Mixtral: Mistral's attention (no biases); every layer routes to ``num_local_experts``
     (alias ``num_experts``) experts of width ``intermediate_size``."""
     spec = _llama_like(c, "mixtral", attention_bias=False)
+    experts = c.int("num_local_experts", minimum=1)
     moe = MoESpec(
-        num_experts=c.int("num_local_experts", minimum=1),
-        top_k=c.int("num_experts_per_tok", minimum=1),
+        num_experts=experts,
+        top_k=c.int("num_experts_per_tok", minimum=1, maximum=experts, bound="num_local_experts"),
         expert_intermediate=spec.intermediate_size,
     )
     return replace(spec, moe=moe, layer_kinds=(("moe", spec.num_layers),))
@@ -660,7 +696,7 @@ def _qwen3_moe(c: _Fields) -> ModelSpec:
     ]
     moe = MoESpec(
         num_experts=experts,
-        top_k=c.int("num_experts_per_tok", minimum=1),
+        top_k=c.int("num_experts_per_tok", minimum=1, maximum=max(experts, 1), bound="num_experts"),
         expert_intermediate=c.int("moe_intermediate_size", minimum=1),
     )
     return replace(spec, moe=moe, layer_kinds=_runs(kinds))
@@ -776,7 +812,7 @@ def _falcon(c: _Fields) -> ModelSpec:
         head_dim=h // heads,
         intermediate_size=c.int("ffn_hidden_size", minimum=1, if_none=4 * h),  # None → 4·hidden
         gated_mlp=False,
-        activation=c.text("activation"),
+        activation=c.activation("activation"),
         norm="layernorm",
         norm_bias=True,
         norms_per_layer=norms,
@@ -800,16 +836,17 @@ def _deepseek_v3(c: _Fields) -> ModelSpec:
     n_shared·moe_intermediate_size. ``q_lora_rank`` null: a plain query projection."""
     h, layers, heads = _shape(c, "hidden_size", "num_hidden_layers", "num_attention_heads")
     mla = MLASpec(
-        q_lora_rank=c.int("q_lora_rank", if_none=0),
+        q_lora_rank=c.int("q_lora_rank", minimum=1, if_none=0),  # null: a plain query projection
         kv_lora_rank=c.int("kv_lora_rank", minimum=1),
         qk_nope_head_dim=c.int("qk_nope_head_dim", minimum=1),
         qk_rope_head_dim=c.int("qk_rope_head_dim", minimum=1),
         v_head_dim=c.int("v_head_dim", minimum=1),
     )
     moe_width = c.int("moe_intermediate_size", minimum=1)
+    experts = c.int("n_routed_experts", minimum=1)
     moe = MoESpec(
-        num_experts=c.int("n_routed_experts", minimum=1),
-        top_k=c.int("num_experts_per_tok", minimum=1),
+        num_experts=experts,
+        top_k=c.int("num_experts_per_tok", minimum=1, maximum=experts, bound="n_routed_experts"),
         expert_intermediate=moe_width,
         shared_intermediate=c.int("n_shared_experts") * moe_width,
     )
@@ -826,7 +863,7 @@ def _deepseek_v3(c: _Fields) -> ModelSpec:
         head_dim=mla.qk_nope_head_dim + mla.qk_rope_head_dim,
         intermediate_size=c.int("intermediate_size", minimum=1),
         gated_mlp=True,
-        activation=c.text("hidden_act"),
+        activation=c.activation("hidden_act"),
         norm="rmsnorm",
         norm_bias=False,
         norms_per_layer=2,

@@ -35,6 +35,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from costmodels.hardware import Hardware, activation_precision, matmul_efficiency
+from costmodels.hardware import peak_flops as precision_peak_flops
 
 Array = Any
 
@@ -107,12 +108,14 @@ def kernel_time_s(
     temperature: float = 0.0,
     quantize: bool = True,
     precision: str = "bf16",
+    attention_precision: str | None = None,
 ) -> Array:
     """Time of a kernel of class ``kind`` (one of the KIND_* codes, may be an array over ops).
 
     ``peak_flops`` is the dense peak of the GEMM ``precision``; a GEMM sustains
     ``hardware.matmul_efficiency(hw, precision)`` of it. Attention kernels run at their own 16-bit
-    type (``hardware.activation_precision``: bf16 in an fp8/fp4 run) and peak. ``quantize=False``
+    type (``hardware.activation_precision``: bf16 in an fp8/fp4 run), or ``attention_precision`` where
+    the run says so (FP8 attention), at that type's peak. ``quantize=False``
     skips the tile/wave factor, for callers whose ``kind`` holds no matmul."""
     waves = wave_efficiency(hw, rows, cols, gemms, reduce) if quantize else 1.0
     matmul_eff = matmul_efficiency(hw, precision) * waves
@@ -126,8 +129,9 @@ def kernel_time_s(
         ],
         1.0,
     )
-    attention = activation_precision(precision)  # the one rule: fp8/fp4 runs keep attention bf16
-    attention_peak = peak_flops if attention == precision else getattr(hw, f"peak_flops_{attention}")
+    # the one rule: fp8/fp4 runs keep attention bf16 unless the run chooses its attention's type
+    attention = attention_precision or activation_precision(precision)
+    attention_peak = peak_flops if attention == precision else precision_peak_flops(hw, attention)
     vector = (kind == KIND_ELEMENTWISE) | (kind == KIND_EMBEDDING)
     vector_peak = jnp.where(hw.peak_flops_fp32 > 0, hw.peak_flops_fp32, peak_flops)
     compute_peak = jnp.where(vector, vector_peak, jnp.where(kind == KIND_MATMUL, peak_flops, attention_peak))

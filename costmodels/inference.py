@@ -1,20 +1,37 @@
 """Latency and throughput of LLM inference: prefill (time to first token) and decode steps.
 
-A request batch of ``B`` sequences with ``input_len`` prompt tokens generates ``output_len`` tokens:
+A batch of ``B`` requests with ``input_len`` prompt tokens generates ``output_len`` tokens each. One
+*pass* is the batch's kernels through all layers (``compute.kernel_time_s`` per op, tensor
+parallelism sharding the ops as in training with one all-reduce per attention and per MLP block)
+plus ``pp − 1`` activation transfers. Static batching (``Engine.inflight_batching`` false):
 
-    TTFT        = prefill(B queries of input_len new tokens)
-    TPOT        = decode step with the mean context input_len + (output_len − 1)/2
+    TTFT        = prefill pass of the B prompts
+    TPOT        = decode step at the mean context input_len + (output_len − 1)/2
                   (a decode step's cost is affine in the context length, so the mean step is
                   the step at the mean context; exact while no roof changes within the range)
     end-to-end  = TTFT + output_len · TPOT          (the calibration schema's e2e definition)
     throughput  = B · output_len / end-to-end
 
-Each step is the sum of its ops' kernel times on one device (``compute.kernel_time_s``) with
-tensor parallelism sharding the ops as in training (Megatron-style; one all-reduce per attention
-and per MLP block), pipeline parallelism passing one batch through all ``pp`` stages in turn (a
-single batch has no pipelining: latency adds the stages and ``pp − 1`` activation transfers), and
-weights or KV cache offloaded to host memory streamed over the host link every step. A decode step
-reads only the experts its tokens touch (``workload.experts_touched``).
+Pipeline parallelism splits the batch into m = min(pp, B) micro-batches that occupy the stages
+concurrently (TensorRT-LLM and vLLM schedule one micro-batch per stage). With ``pass(b)`` the
+pass of one micro-batch b = B/m and ``stage(b) = kernels(b)/pp + transfer(b)`` one stage's share:
+
+    TTFT = pass(b) + (m − 1) · stage(b)             (the last micro-batch's prompts)
+    TPOT = max(pass(b), m · stage(b))               (its next token waits for its own pass and
+                                                     for the first stage to serve the m others)
+
+In-flight (continuous) batching keeps B sequences decoding while finished requests are replaced:
+each step also runs the prefill of the B / output_len requests that arrive per step on average, so
+the inter-token latency is ``TPOT + TTFT_static / output_len``, a new request's first token comes
+after one such step plus its own prefill, and the throughput is ``B / ITL``.
+
+An engine that launches every kernel from Python (eager PyTorch) cannot run faster than its host
+issues the work: each pass takes ``max(kernels, layers · host_layer_s + host_step_s)``; engines
+that replay CUDA graphs or hide the host's work behind the GPU's (TensorRT-LLM; FasterTransformer's
+C++ runtime, whose few-µs launches stay below its kernels' times) have no such floor.
+
+Weights or KV cache offloaded to host memory are streamed over the host link every step. A decode
+step reads only the experts its tokens touch (``workload.experts_touched``).
 """
 
 from __future__ import annotations
@@ -26,6 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from costmodels.architectures import ModelSpec
+from costmodels.errors import ConfigError
 from costmodels.hardware import Hardware, activation_precision, bytes_per_element
 from costmodels.memory import MemoryBreakdown, inference_memory
 from costmodels.parallel import Plan
@@ -37,21 +55,44 @@ Array = Any
 
 @dataclass(frozen=True)
 class Engine:
-    """A serving engine's scheduling limits: the token budget of one step and the largest batch."""
+    """A serving engine's scheduling: batching mode, the token budget of one step, the largest
+    batch, and the host time per pass that does not hide behind the GPU."""
 
     name: str
-    max_num_tokens: int | None
-    max_batch_size: int | None
+    inflight_batching: bool = False
+    max_num_tokens: int | None = None  # token budget of one step (None: the batch's prompts at once)
+    max_batch_size: int | None = None
+    host_layer_s: float = 0.0  # host time to launch one decoder layer's ops (0: CUDA graphs / hidden)
+    host_step_s: float = 0.0  # host time per pass outside the layers (embedding, head, sampling)
 
+
+STATIC = Engine("static batch")
 
 # TensorRT-LLM: ``max_num_tokens`` 8192 and ``max_batch_size`` 2048, the defaults of its LLM API
 # (``tensorrt_llm`` BuildConfig and KV-cache manager; docs "Tuning Max Batch Size and Max Num
-# Tokens"). trtllm-bench sizes its own token budget from the KV-cache capacity (2,048 to 32,768),
-# which this preset does not follow. Static-batching benchmarks (FasterTransformer, TensorRT-LLM's
+# Tokens"); decode steps replay CUDA graphs and the overlap scheduler (on by default) runs the
+# host's per-step work behind the GPU's ("Overlap Scheduler" page), so no host time is exposed.
+# trtllm-bench sizes its own token budget from the KV-cache capacity (2,048 to 32,768), which this
+# preset does not follow. Static-batching benchmarks (FasterTransformer, TensorRT-LLM's
 # gptSessionBenchmark) run the batch they are given.
+# PyTorch eager (``transformers`` ``generate``): every op is launched from Python. Measured with
+# torch 2.11 and transformers 5.17 on an H200 machine (experiments/device/eager_decode.py: greedy
+# decode of a Llama with tiny kernels, 8 and 16 layers): 762 µs of host time per Llama decoder
+# layer and 682 µs per token outside the layers, i.e. about 65 launches of 11.7 µs per layer
+# (experiments/device/launch_overhead.py; CUDA-graph replay: 0.84 µs per kernel). The figures are
+# the host CPU's: a faster host lowers them, another architecture's layer launches other ops.
 ENGINES: dict[str, Engine] = {
-    "tensorrt-llm": Engine("TensorRT-LLM (in-flight batching)", 8192, 2048),
+    "static": STATIC,
+    "tensorrt-llm": Engine("TensorRT-LLM (in-flight batching)", True, 8192, 2048, 0.0),
+    "pytorch-eager": Engine("PyTorch eager (static batch)", False, None, None, 762e-6, 682e-6),
 }
+
+
+def engine_preset(name: str, key: str = "engine") -> Engine:
+    """The ``ENGINES`` preset called ``name``; :class:`ConfigError` naming ``key`` otherwise."""
+    if name not in ENGINES:
+        raise ConfigError(f"{key}: unknown engine {name!r}; valid: {', '.join(ENGINES)}")
+    return ENGINES[name]
 
 
 @dataclass(frozen=True)
@@ -65,10 +106,12 @@ class InferenceJob:
     kv_precision: str | None = None
     fused_attention: bool = True
     mla_absorb: bool = True
-    # tokens one engine step processes at most (TensorRT-LLM ``max_num_tokens``, vLLM
-    # ``max_num_batched_tokens``: chunked prefill): the activation peak is one such step, not the
-    # whole batch's prompts at once. None: the batch's prompts in one step.
-    max_num_tokens: int | None = None
+    # the serving engine: batching mode, token budget of one step (TensorRT-LLM ``max_num_tokens``,
+    # vLLM ``max_num_batched_tokens``: chunked prefill, so the activation peak is one such step, not
+    # the whole batch's prompts at once) and host launch time
+    engine: Engine = STATIC
+    # attention kernels' type; None: the run's 16-bit type (``hardware.activation_precision``)
+    attention_precision: str | None = None
 
     @property
     def mean_context(self) -> float:
@@ -113,10 +156,11 @@ class InferenceBreakdown:
         return self.memory.feasible
 
 
-def _step_s(
+def _pass_s(
     hw: Hardware, job: InferenceJob, table: OpTable, tp: Array, pp: Array, batch: Array, new_tokens: float
-) -> tuple[Array, Array]:
-    """(kernel time, communication time) of one step of ``batch`` queries with ``new_tokens`` each."""
+) -> tuple[Array, Array, Array]:
+    """(kernel time, TP all-reduce time, one PP transfer) of ``batch`` queries with ``new_tokens``
+    each through all layers; the kernels are at least the host's launches of them."""
     spec = job.spec
     plan = Plan(tp=tp, pp=pp, microbatch=batch)
     s = shard(table, plan, batch)
@@ -130,14 +174,28 @@ def _step_s(
                 "weight": jnp.where(table.expert > 0, s.weight * touched / spec.moe.num_experts, s.weight),
             }
         )
-    fwd, _ = op_times(hw, job.precision, table, s)
-    kernels = jnp.sum(fwd * table.layers)
+    fwd, _ = op_times(hw, job.precision, table, s, attention_precision=job.attention_precision)
+    host = spec.num_layers * job.engine.host_layer_s + job.engine.host_step_s
+    kernels = jnp.maximum(jnp.sum(fwd * table.layers), host)
     # tensor-parallel all-reduces move 16-bit activations whatever the weights' precision
     size = batch * new_tokens * spec.hidden_size * bytes_per_element(activation_precision(job.precision))
     blocks = 1.0 if spec.parallel_block else 2.0
     tp_comm = blocks * spec.num_layers * collective_s("all_reduce", hw, size, 1.0, tp)
-    pp_comm = (pp - 1.0) * p2p_s(hw, size / tp, tp)
-    return kernels, tp_comm + pp_comm
+    return kernels, tp_comm, p2p_s(hw, size / tp, tp)
+
+
+def _pipelined_s(
+    hw: Hardware, job: InferenceJob, table: OpTable, tp: Array, pp: Array, batch: Array, new_tokens: float
+) -> tuple[Array, Array, Array, Array]:
+    """(first-token time, per-token time, kernels, communication) of ``batch`` queries split into
+    m = min(pp, batch) micro-batches on ``pp`` stages (module docstring); kernels and communication
+    are one micro-batch's pass."""
+    m = jnp.maximum(jnp.floor(jnp.minimum(pp, batch)), 1.0)
+    kernels, tp_comm, p2p = _pass_s(hw, job, table, tp, pp, batch / m, new_tokens)
+    comm = tp_comm + (pp - 1.0) * p2p
+    one_pass = kernels + comm
+    stage = (kernels + tp_comm) / pp + jnp.where(pp > 1.0, p2p, 0.0)  # one stage and its send
+    return one_pass + (m - 1.0) * stage, jnp.maximum(one_pass, m * stage), kernels, comm
 
 
 def inference_step(
@@ -152,9 +210,10 @@ def inference_step(
 ) -> InferenceBreakdown:
     """TTFT, time per output token, end-to-end latency and throughput of ``batch`` requests."""
     prefill_table, decode_table = job.tables() if tables is None else tables
-    prefill_k, prefill_c = _step_s(hw, job, prefill_table, tp, pp, batch, float(job.input_len))
-    decode_k, decode_c = _step_s(hw, job, decode_table, tp, pp, batch, 1.0)
+    prefill_s, _, prefill_k, _ = _pipelined_s(hw, job, prefill_table, tp, pp, batch, float(job.input_len))
+    _, decode_s, decode_k, decode_c = _pipelined_s(hw, job, decode_table, tp, pp, batch, 1.0)
     prompts = batch * job.input_len
+    budget = job.engine.max_num_tokens
     memory = inference_memory(
         job.spec,
         tp,
@@ -166,18 +225,27 @@ def inference_step(
         job.kv_precision,
         offload_weights=offload_weights,
         offload_kv=offload_kv,
-        prefill_tokens=prompts if job.max_num_tokens is None else jnp.minimum(prompts, job.max_num_tokens),
+        prefill_tokens=prompts if budget is None else jnp.minimum(prompts, budget),
     )
     host_bw = jnp.maximum(hw.host_bandwidth_Bps, 1.0)
     offload = memory.offloaded_bytes / host_bw  # every step streams the offloaded share in
-    ttft = prefill_k + prefill_c + offload
-    tpot = decode_k + decode_c + offload
-    latency = ttft + job.output_len * tpot
+    ttft = prefill_s + offload
+    tpot = decode_s + offload
+    if job.engine.inflight_batching:  # each step carries the prefill of the requests arriving in it
+        one = jnp.ones_like(batch)
+        one_prompt, _, _, _ = _pipelined_s(hw, job, prefill_table, tp, pp, one, float(job.input_len))
+        tpot = tpot + prefill_s / job.output_len
+        ttft = tpot + one_prompt
+        latency = ttft + job.output_len * tpot
+        throughput = batch / tpot
+    else:
+        latency = ttft + job.output_len * tpot
+        throughput = batch * job.output_len / latency
     return InferenceBreakdown(
         ttft_s=ttft,
         tpot_s=tpot,
         latency_s=latency,
-        output_tokens_per_s=batch * job.output_len / latency,
+        output_tokens_per_s=throughput,
         prefill_compute_s=prefill_k,
         decode_compute_s=decode_k,
         decode_comm_s=decode_c,

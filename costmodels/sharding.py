@@ -197,7 +197,12 @@ QUANTIZE_BYTES_PER_ELEMENT = 4.0  # fp8 cast + transpose: read 16-bit, write two
 
 
 def op_times(
-    hw: Hardware, precision: str, t: OpTable, s: _Sharded, quantize_inputs: bool = False
+    hw: Hardware,
+    precision: str,
+    t: OpTable,
+    s: _Sharded,
+    quantize_inputs: bool = False,
+    attention_precision: str | None = None,
 ) -> tuple[Array, Array]:
     """(forward, backward) time of each op, with the backward bytes of ``workload._backward``.
 
@@ -210,13 +215,24 @@ def op_times(
     input is cast to 8 bits (with a transposed copy for the weight gradient) in a memory-bound pass
     before the forward GEMM, and its output gradient before the backward ones (4 B per element read
     and written); the weights' casts are cached across micro-batches and not counted.
+    ``attention_precision``: the attention kernels' type (``compute.kernel_time_s``).
     """
     peak = peak_flops(hw, precision)
     is_mm = t.kind == KIND_MATMUL
     moved = s.weight + s.x + s.y
 
     def kernel(kind: Array, flops: Array, bytes_: Array, *geometry: Array, quantize: bool = True) -> Array:
-        return kernel_time_s(hw, peak, kind, flops, bytes_, *geometry, quantize=quantize, precision=precision)
+        return kernel_time_s(
+            hw,
+            peak,
+            kind,
+            flops,
+            bytes_,
+            *geometry,
+            quantize=quantize,
+            precision=precision,
+            attention_precision=attention_precision,
+        )
 
     fwd = kernel(t.kind, s.flops, moved, s.rows, s.cols, s.gemms, s.reduce)
     gemm = 2.0 * s.rows * s.cols * s.reduce * s.gemms

@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from costmodels.architectures import ModelSpec
+from costmodels.architectures import ACTIVATION_FLOPS, ModelSpec
 from costmodels.errors import ConfigError
 from costmodels.hardware import (
     activation_precision,
@@ -39,15 +39,6 @@ from costmodels.hardware import (
     weight_bytes_per_element,
 )
 
-ACTIVATION_FLOPS = {
-    "silu": 4.0,
-    "swish": 4.0,
-    "gelu": 8.0,
-    "gelu_new": 8.0,
-    "gelu_pytorch_tanh": 8.0,
-    "gelu_fast": 8.0,
-    "relu": 1.0,
-}
 SOFTMAX_FLOPS = 5.0
 ROTARY_FLOPS = 3.0
 

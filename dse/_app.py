@@ -7,24 +7,37 @@ Every entry point is a Hydra app over ``conf/<name>.yaml``. This module adds wha
 * ``model=<path or hub id>`` becomes ``model=path model.source=<value>``, so a config.json path
   or a Hugging Face hub id works wherever a shipped model name does (``model`` is a config group
   of shipped configs, and Hydra only knows group options by name);
+* the overrides are composed once before the app (:func:`precheck`), so a composition error
+  (unknown key or preset, bad override syntax, a ``+key`` the app does not have) is one line;
 * user mistakes (:class:`costmodels.errors.ConfigError`) print one line on stderr and exit 2,
-  with no traceback; ``format=json`` output goes to stdout alone.
+  with no traceback; ``format=json`` output goes to stdout alone;
+* SIGTERM (SLURM, ``timeout``, ``kill``) is turned into the same interrupt as Ctrl-C: the app
+  stops, an open MLflow run is closed as KILLED (``dse.tracking.JobRun``), one line says so, and
+  the exit status is 128 + the signal number (130 for SIGINT, 143 for SIGTERM);
+* a result that cannot be right (:class:`dse.checks.ResultError`: NaN, infinite, negative) is a
+  one-line bug report with exit status 3, never an output.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, open_dict
 from omegaconf.errors import MissingMandatoryValue
 
 from costmodels.errors import ConfigError
+from dse.checks import ResultError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 MODEL_DIR = CONF_DIR / "model"
@@ -85,12 +98,145 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
-def run_app(task: Callable[[DictConfig], Any], config_name: str, positional: Sequence[str] = ()) -> None:
-    """Run ``task`` as a Hydra app over ``conf/<config_name>.yaml``."""
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM; ``signum`` says which."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+def config_groups() -> set[str]:
+    """The config groups under ``conf/`` (``+experiment=...`` adds one of these)."""
+    return {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+
+
+def _sweep_values(override: str) -> list[str]:
+    """``key=a,b`` → [``key=a``, ``key=b``]: a multirun sweep's values, split at top-level commas."""
+    key, sep, value = override.partition("=")
+    if not sep:
+        return [override]
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(value):
+        depth += ch in "[({"
+        depth -= ch in "])}"
+        if ch == "," and depth == 0:
+            parts.append(value[start:i])
+            start = i + 1
+    return [key + sep + p for p in [*parts, value[start:]]]
+
+
+def _variants(overrides: list[str], limit: int = 64) -> list[list[str]]:
+    """The override lists that check every value of every sweep once: the first values together,
+    then each other value with the rest at their first (at most ``limit`` lists)."""
+    sweeps = [_sweep_values(o) for o in overrides]
+    base = [values[0] for values in sweeps]
+    out = [base]
+    for i, values in enumerate(sweeps):
+        out += [[*base[:i], v, *base[i + 1 :]] for v in values[1:]]
+    return out[:limit]
+
+
+_SWEEP_FUNCTION = re.compile(r"^\s*(range|choice|glob|interval|tag|sort|shuffle)\(")
+
+
+def precheck(
+    argv: Sequence[str],
+    config_name: str,
+    known: Mapping[str, Sequence[str]] | None = None,
+    check: Callable[[DictConfig], None] | None = None,
+) -> None:
+    """Compose the config once before the Hydra app so that a composition error (unknown key,
+    unknown preset, bad override syntax, ``+key`` for a key the app does not have) is one
+    ``error:`` line, not Hydra's multi-line report. A multirun (``-m``) checks every value of each
+    comma-separated sweep (a sweep function such as ``range(1,4)`` is left to Hydra, as are flags
+    such as ``--help`` and ``--cfg``). ``known`` maps a
+    key prefix to its valid keys, for the message; ``check`` range-checks each composed config, so
+    a sweep with one bad value stops before any job runs."""
+    flags = [a for a in argv if a.startswith("-")]
+    if any(f not in ("-m", "--multirun") for f in flags):
+        return
+    try:
+        overrides = rewrite_argv([a for a in argv if not a.startswith("-")])
+        if flags and any(_SWEEP_FUNCTION.match(o.partition("=")[2]) for o in overrides):
+            return
+        for o in overrides:
+            key = o.partition("=")[0]
+            root = key.lstrip("+~").split(".")[0].split("/")[0]
+            if key.startswith("+") and "." not in key and root not in config_groups() | {"hydra"}:
+                raise ConfigError(f"unknown key '{key[1:]}': this app has no such option ('+' adds keys)")
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            for variant in _variants(overrides) if flags else [overrides]:
+                cfg = compose(config_name, variant, return_hydra_config=True)
+                _check_output_dir(str(cfg.hydra.sweep.dir if flags else cfg.hydra.run.dir))
+                with open_dict(cfg):
+                    del cfg["hydra"]
+                if check is not None:
+                    check(cfg)
+    except ConfigError as exc:
+        fail(str(exc))
+    except HydraException as exc:
+        fail(_one_line(exc, known or {}))
+
+
+def _check_output_dir(path: str) -> None:
+    """Hydra's output directory (``hydra.run.dir`` / ``hydra.sweep.dir``) must be creatable: its
+    nearest existing ancestor is a directory we can write a file in."""
+    target = Path(path).expanduser().absolute()
+    ancestor = next(p for p in (target, *target.parents) if p.exists())
+    try:
+        if not ancestor.is_dir():
+            raise NotADirectoryError(20, "Not a directory", str(ancestor))
+        fd, probe = tempfile.mkstemp(dir=ancestor, prefix=".dse-write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the output directory {target}: {exc.strerror} ({ancestor}); "
+            "set hydra.run.dir=<a writable directory>"
+        ) from None
+
+
+def _one_line(exc: HydraException, known: Mapping[str, Sequence[str]]) -> str:
+    """Hydra's composition error in one line: the unknown key, or the missing option and the choices."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    unknown = "not in struct" in str(exc.__cause__) or "To append to your config" in str(exc)
+    if lines[0].startswith("Could not override") and unknown:
+        key = lines[0].split("'")[1]
+        prefix = key.rpartition(".")[0]
+        valid = f"; valid: {', '.join(known[prefix])}" if prefix in known else ""
+        return f"unknown key '{key}'{valid}"
+    missing = re.search(r"Could not find '(\w+)/([^']*)'", lines[0])
+    if missing and "Available options" in str(exc):
+        group, name = missing.groups()
+        start = lines.index(next(ln for ln in lines if ln.startswith("Available options")))
+        options = [ln for ln in lines[start + 1 :] if not ln.startswith(("Config search", "provider="))]
+        shipped = ", ".join(o for o in options if o != "path")
+        source = " (or a config.json path / hub id)" if group == "model" else ""
+        return f"unknown {group} '{name}'; shipped{source}: {shipped}"
+    return " ".join(ln for ln in lines if not ln.startswith(("See https://", "Set the environment")))
+
+
+def run_app(
+    task: Callable[[DictConfig], Any],
+    config_name: str,
+    positional: Sequence[str] = (),
+    known: Mapping[str, Sequence[str]] | None = None,
+    check: Callable[[DictConfig], None] | None = None,
+) -> None:
+    """Run ``task`` as a Hydra app over ``conf/<config_name>.yaml`` (see :func:`precheck` for
+    ``known`` and ``check``)."""
     try:
         sys.argv[1:] = rewrite_argv(sys.argv[1:], positional)
     except ConfigError as exc:
         fail(str(exc))
+    precheck(sys.argv[1:], config_name, known, check)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
     def _main(cfg: DictConfig) -> Any:
@@ -110,6 +256,19 @@ def run_app(task: Callable[[DictConfig], Any], config_name: str, positional: Seq
         sys.stdout.flush()
     except BrokenPipeError:
         _silence_stdout()
+    except Interrupted as exc:
+        print(
+            f"error: interrupted by {exc}; nothing was reported as finished "
+            "(the same command resumes an Optuna search)",
+            file=sys.stderr,
+        )
+        raise SystemExit(128 + exc.signum) from None
+    except ResultError as exc:  # a bug, not the user's mistake: one line, its own exit status
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(3) from None
+    except OSError as exc:  # Hydra creating the output or log directory
+        where = exc.filename or "the output directory"
+        fail(f"cannot write {where}: {exc.strerror}; set hydra.run.dir=<a writable directory>")
 
 
 def _silence_stdout() -> None:

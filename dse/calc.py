@@ -16,7 +16,6 @@ Numbers are computed in float64 (``jax.enable_x64``) so the breakdown sums to th
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields, is_dataclass
@@ -24,22 +23,23 @@ from typing import Any
 
 import jax
 import numpy as np
-from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from costmodels.architectures import ModelSpec
 from costmodels.errors import ConfigError
-from costmodels.hardware import Hardware, peak_flops
-from costmodels.inference import InferenceJob, inference_step
+from costmodels.hardware import PRECISIONS, Hardware, activation_precision, kv_cache_precision, peak_flops
+from costmodels.inference import InferenceJob, engine_preset, inference_step
 from costmodels.memory import MemoryBreakdown, overflow, overflow_message
 from costmodels.metrics import model_flops_per_sequence, recompute_flops_per_sequence, tokens_per_day
 from costmodels.parallel import RECOMPUTE, Plan, check_plan, make_plan
 from costmodels.training import TIME_FIELDS, TrainingJob, training_step
 from costmodels.workload import parameter_count
-from dse._app import CONF_DIR, fail, format_table, print_json, rewrite_argv, run_app
+from dse._app import format_table, print_json, run_app
+from dse.checks import check_results
+from dse.checks import fraction as _fraction
+from dse.checks import positive_int as _positive_int
 from dse.hardware import hardware_from_config
 from dse.models import SOURCE_OPTION, load_model
 from dse.units import fmt_bytes, fmt_count, fmt_time
@@ -80,20 +80,6 @@ HFU_NOTE = "hardware FLOPs: model FLOPs + the recomputed forward"
 
 # --------------------------------------------------------------------------------------------
 # Configuration → checked values
-
-
-def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
-    """``value`` as an int ≥ ``minimum``, else a ConfigError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ConfigError(f"{name} must be {what}, got {value!r}")
-    return value
-
-
-def _fraction(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise ConfigError(f"{name} is a fraction in [0, 1], got {value!r}")
-    return float(value)
 
 
 def parallelism(cfg: DictConfig) -> dict[str, Any]:
@@ -215,10 +201,21 @@ def inference_report(cfg: DictConfig, spec: ModelSpec, hw: Hardware) -> dict[str
     input_len = _positive_int(inf.input_len, "inference.input_len")
     output_len = _positive_int(inf.output_len, "inference.output_len")
     offload = [_fraction(inf[k], f"inference.{k}") for k in ("offload_weights", "offload_kv")]
+    for key in ("kv_precision", "attention_precision"):
+        if inf[key] is not None and inf[key] not in PRECISIONS:
+            valid = ", ".join(PRECISIONS)
+            raise ConfigError(f"inference.{key} must be null or one of {valid}, got {inf[key]!r}")
     plan = make_plan(tp=tp, pp=pp, dp=1, global_batch=batch)
     check_plan(plan, spec, int(cfg.num_devices), input_len + output_len)
     job = InferenceJob(
-        spec, input_len, output_len, cfg.precision, inf.kv_precision, bool(cfg.fused_attention)
+        spec,
+        input_len,
+        output_len,
+        cfg.precision,
+        inf.kv_precision,
+        bool(cfg.fused_attention),
+        engine=engine_preset(inf.engine, "inference.engine"),
+        attention_precision=inf.attention_precision,
     )
     with jax.enable_x64(True):
         step = inference_step(hw, job, float(tp), float(pp), float(batch), *offload)
@@ -230,6 +227,10 @@ def inference_report(cfg: DictConfig, spec: ModelSpec, hw: Hardware) -> dict[str
         "batch_size": batch,
         "input_len": input_len,
         "output_len": output_len,
+        "engine": job.engine.name,
+        "inflight_batching": job.engine.inflight_batching,
+        "kv_cache_precision": kv_cache_precision(cfg.precision, inf.kv_precision),
+        "attention_precision": inf.attention_precision or activation_precision(cfg.precision),
         **result,
         "output_tokens_per_s_per_device": result["output_tokens_per_s"] / (tp * pp),
         **_feasibility(result["memory"]),
@@ -266,7 +267,9 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     _positive_int(cfg.num_devices, "num_devices")
     if not isinstance(cfg.fused_attention, bool):
         raise ConfigError(f"fused_attention must be true or false, got {cfg.fused_attention!r}")
-    return MODES[cfg.mode](cfg, load_model(cfg.model), hardware_from_config(cfg.hardware))
+    rep = MODES[cfg.mode](cfg, load_model(cfg.model), hardware_from_config(cfg.hardware))
+    check_results(rep, f"the command: {rep['command']}")
+    return rep
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,15 +412,29 @@ def render_inference(rep: Mapping[str, Any]) -> str:
     p = rep["plan"]
     head = (
         f"{_header(rep)}\nplan: tp={p['tp']} pp={p['pp']}, batch {rep['batch_size']} requests × "
-        f"{rep['input_len']} input + {rep['output_len']} output tokens"
+        f"{rep['input_len']} input + {rep['output_len']} output tokens\n"
+        f"engine: {rep['engine']}; kv cache {rep['kv_cache_precision']}, attention "
+        f"{rep['attention_precision']}"
     )
+    if rep["inflight_batching"]:
+        defs = (
+            "time to first token: one step of the running batch + the request's own prefill",
+            "inter-token latency: decode step + the prefill of batch/output_len arriving requests",
+            "batch / TPOT (steady state, finished requests replaced)",
+        )
+    else:
+        defs = (
+            "time to first token: prefill of the batch",
+            "time per output token: decode step at the mean context",
+            "batch · output_len / latency",
+        )
     rows = [
-        ["TTFT", fmt_time(rep["ttft_s"]), "time to first token: prefill of the batch"],
-        ["TPOT", fmt_time(rep["tpot_s"]), "time per output token: decode step at the mean context"],
+        ["TTFT", fmt_time(rep["ttft_s"]), defs[0]],
+        ["TPOT", fmt_time(rep["tpot_s"]), defs[1]],
         ["end-to-end latency", fmt_time(rep["latency_s"]), "TTFT + output_len · TPOT"],
-        ["output tokens/s", f"{rep['output_tokens_per_s']:.1f}", "batch · output_len / latency"],
+        ["output tokens/s", f"{rep['output_tokens_per_s']:.1f}", defs[2]],
         ["output tokens/s/device", f"{rep['output_tokens_per_s_per_device']:.1f}", ""],
-        ["decode comm", fmt_time(rep["decode_comm_s"]), "TP all-reduces + PP sends of one decode step"],
+        ["decode comm", fmt_time(rep["decode_comm_s"]), "TP all-reduces + PP sends of one decode pass"],
         ["offload streaming", _time(rep["offload_s"]), "host-link time per step"],
     ]
     cats = ("weights", "kv_cache", "activations", "workspace")
@@ -456,43 +473,8 @@ def task(cfg: DictConfig) -> None:
         raise SystemExit(1)
 
 
-def precheck(argv: Sequence[str]) -> None:
-    """Compose the config once before the Hydra app so that a composition error (unknown key,
-    unknown hardware or model preset, bad override syntax) is one ``error:`` line, not Hydra's
-    multi-line report. Flags (``-m``, ``--help``, ``--cfg``) are left to Hydra."""
-    if any(a.startswith("-") for a in argv):
-        return
-    try:
-        overrides = rewrite_argv(argv)
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            compose(CONFIG_NAME, overrides)
-    except ConfigError as exc:
-        fail(str(exc))
-    except HydraException as exc:
-        fail(_one_line(exc))
-
-
-def _one_line(exc: HydraException) -> str:
-    """Hydra's composition error in one line: the unknown key, or the missing option and the choices."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    if lines[0].startswith("Could not override") and "not in struct" in str(exc.__cause__):
-        key = lines[0].split("'")[1]
-        valid = f"; valid: {', '.join(PARALLELISM_KEYS)}" if key.startswith("parallelism.") else ""
-        return f"unknown key '{key}'{valid}"
-    missing = re.search(r"Could not find '(\w+)/([^']*)'", lines[0])
-    if missing and "Available options" in str(exc):
-        group, name = missing.groups()
-        start = lines.index(next(ln for ln in lines if ln.startswith("Available options")))
-        options = [ln for ln in lines[start + 1 :] if not ln.startswith(("Config search", "provider="))]
-        shipped = ", ".join(o for o in options if o != SOURCE_OPTION)
-        source = " (or a config.json path / hub id)" if group == "model" else ""
-        return f"unknown {group} '{name}'; shipped{source}: {shipped}"
-    return " ".join(ln for ln in lines if not ln.startswith("See https://"))
-
-
 def main() -> None:
-    precheck(sys.argv[1:])
-    run_app(task, CONFIG_NAME)
+    run_app(task, CONFIG_NAME, known={"parallelism": PARALLELISM_KEYS})
 
 
 if __name__ == "__main__":

@@ -76,10 +76,14 @@ _SCHEMA: dict[str, dict[str, tuple[str, float]]] = {
     },
 }
 _STRINGS = ("name", "topology")
-_REQUIRED = ("name", "peak_tflops", "hbm_gib", "hbm_TBps")  # present, though a number may be null
+_REQUIRED = ("name", "peak_tflops", "hbm_gib", "hbm_TBps")  # present (and > 0: _POSITIVE)
 _AT_LEAST_ONE = ("scale_up.domain_size", "scale_out.oversubscription")
 # Essential Hardware fields have no default: a null there is stored as 0.0 ("unknown").
 _NO_DEFAULT = ("peak_flops_bf16", "hbm_capacity_bytes", "hbm_bandwidth_Bps")
+# every time divides by these: a zero would make a step infinite or NaN
+_POSITIVE = ("hbm_gib", "hbm_TBps", "peak_tflops.bf16", "matmul_tile.m", "matmul_tile.n")
+_FRACTIONS = tuple(f"efficiency.{k}" for k, (_, f) in _SCHEMA["efficiency"].items() if not k.endswith("_us"))
+_ZERO_MEANS_DEFAULT = ("efficiency.matmul_fp8", "efficiency.matmul_fp4")  # 0: as the 16-bit fraction
 
 
 def available_hardware() -> list[str]:
@@ -203,6 +207,8 @@ def _reject_unknown(values: dict[str, Any], valid: list[str], source: str, prefi
 
 def _number(value: Any, label: str, source: str) -> float | None:
     """A finite non-negative number (>= 1 where the field is a count or factor), or None for null."""
+    if value is None and label in _POSITIVE:
+        raise ConfigError(f"{source}: '{label}' is required: a number > 0")
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -214,4 +220,10 @@ def _number(value: Any, label: str, source: str) -> float | None:
         raise ConfigError(f"{source}: '{label}' must be >= 0, got {value!r}")
     if label in _AT_LEAST_ONE and number < 1:
         raise ConfigError(f"{source}: '{label}' must be >= 1, got {value!r}")
+    if label in _POSITIVE and number == 0:
+        raise ConfigError(f"{source}: '{label}' must be > 0, got {value!r}")
+    if label in _FRACTIONS and number > 1:
+        raise ConfigError(f"{source}: '{label}' is a fraction of peak and must be <= 1, got {value!r}")
+    if label in _FRACTIONS and number == 0 and label not in _ZERO_MEANS_DEFAULT:
+        raise ConfigError(f"{source}: '{label}' must be > 0 (a fraction of peak, at most 1), got {value!r}")
     return number

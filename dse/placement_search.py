@@ -146,16 +146,26 @@ def bytes_per_step(spec: ModelSpec, w: Mapping[str, Any], p: Mapping[str, Any]) 
     return out
 
 
-def degrees(p: Mapping[str, Any], n_devices: int) -> dict[str, int]:
-    """tp, pp, cp, ep and dp (``null``: n_devices / (tp·pp·cp·ep)) as ints, checked."""
-    d = {k: int(p.get(k) or 1) for k in ("tp", "pp", "cp", "ep")}
+def _degree(value: Any, key: str) -> int:
+    """A parallel degree: a positive integer (``null`` means 1), else a ConfigError naming ``key``."""
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or value < 1:
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def degrees(p: Mapping[str, Any], n_devices: int, prefix: str = "placement.") -> dict[str, int]:
+    """tp, pp, cp, ep and dp (``null``: n_devices / (tp·pp·cp·ep)) as ints, checked; errors name
+    ``prefix`` + the key."""
+    d = {k: _degree(p.get(k), prefix + k) for k in ("tp", "pp", "cp", "ep")}
     rest = d["tp"] * d["pp"] * d["cp"] * d["ep"]
     if p.get("dp") is None:
         if n_devices % rest:
             raise ConfigError(f"num_devices={n_devices} is not a multiple of tp·pp·cp·ep = {rest}")
         d["dp"] = n_devices // rest
     else:
-        d["dp"] = int(p["dp"])
+        d["dp"] = _degree(p["dp"], prefix + "dp")
     return d
 
 

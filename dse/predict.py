@@ -26,6 +26,7 @@ options it chose where the case leaves them open).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -36,7 +37,7 @@ import numpy as np
 from costmodels.architectures import parse_hf_config
 from costmodels.errors import ConfigError
 from costmodels.hardware import Hardware, kv_cache_precision, peak_flops
-from costmodels.inference import ENGINES, Engine, InferenceJob, inference_step
+from costmodels.inference import ENGINES, STATIC, Engine, InferenceJob, inference_step
 from costmodels.memory import training_memory
 from costmodels.parallel import RECOMPUTE, check_plan, make_plan
 from costmodels.training import TrainingJob, training_step
@@ -266,21 +267,28 @@ def _inference(case: dict[str, Any], quantity: str, notes: list[str], as_functio
     if p.get("dp", 1) != 1 or p.get("cp", 1) != 1:
         raise ConfigError("inference with dp or cp > 1 is not modelled")
     engine = serving_engine(case)
+    kv, attention = precision_options(case)
     job = InferenceJob(
         spec,
         b["input_len"],
         b["output_len"],
         case["precision"],
-        max_num_tokens=engine.max_num_tokens if engine else None,
+        kv_precision=kv,
+        engine=engine,
+        attention_precision=attention,
     )
-    notes.append(f"kv cache {kv_cache_precision(case['precision'])}")
+    source = "precision_detail" if kv else "default for " + str(case["precision"])
+    notes.append(f"kv cache {kv_cache_precision(case['precision'], kv)} ({source})")
+    if attention:
+        notes.append(f"attention {attention} (precision_detail)")
     tables = job.tables()
     batch = b.get("batch_size")
     if batch is None:
-        limit = engine.max_batch_size if engine and engine.max_batch_size else 65536
+        limit = engine.max_batch_size or 65536
         batch = _max_batch(hw, job, p["tp"], p["pp"], tables, limit)
-        notes.append(f"batch {batch} (largest that fits{', engine limit ' + str(limit) if engine else ''})")
-    if engine:
+        cap = f", engine limit {limit}" if engine.max_batch_size else ""
+        notes.append(f"batch {batch} (largest that fits{cap})")
+    if engine is not STATIC:
         notes.append(f"engine {engine.name}: {engine.max_num_tokens} tokens per step")
     devices = p["tp"] * p["pp"]
 
@@ -304,13 +312,26 @@ def _inference(case: dict[str, Any], quantity: str, notes: list[str], as_functio
     return value if as_function else float(value(hw))
 
 
-def serving_engine(case: dict[str, Any]) -> Engine | None:
+def serving_engine(case: dict[str, Any]) -> Engine:
     """The engine preset of an in-flight-batching benchmark (``batch_size_policy: max_feasible``)
-    whose ``engine`` names it; static-batching benchmarks run the batch they state."""
+    whose ``engine`` names it; static-batching benchmarks run the batch they state (``STATIC``)."""
     name = str(case.get("engine") or "").lower()
     if case.get("batch_size_policy") != "max_feasible":
-        return None
-    return next((engine for key, engine in ENGINES.items() if key in name), None)
+        return STATIC
+    return next((engine for key, engine in ENGINES.items() if key in name), STATIC)
+
+
+_KV_DETAIL = re.compile(r"\b(fp8|fp16|bf16|fp32)\b[^;,)]*?\bkv\b", re.IGNORECASE)
+_ATTENTION_DETAIL = re.compile(r"\b(fp8)\b[^;,)]*?\b(attention|fmha)\b", re.IGNORECASE)
+
+
+def precision_options(case: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(KV-cache type, attention type) that a case's ``precision_detail`` states, else None (the
+    defaults: ``hardware.kv_cache_precision``, 16-bit attention). "fp8 KV cache" → fp8; "FP8
+    attention" or "FP8 FMHA" → fp8 attention."""
+    detail = str(case.get("precision_detail") or "")
+    kv, attention = _KV_DETAIL.search(detail), _ATTENTION_DETAIL.search(detail)
+    return (kv.group(1).lower() if kv else None), (attention.group(1).lower() if attention else None)
 
 
 def _max_batch(hw: Hardware, job: InferenceJob, tp: int, pp: int, tables: Any, limit: int = 65536) -> int:

@@ -10,31 +10,39 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from costmodels.errors import ConfigError
 from costmodels.hardware import bytes_per_element, peak_flops
 from costmodels.roofline import RooflinePoint, ridge_intensity, roofline
 from costmodels.workload import inference_ops, kv_cache_bytes, parameter_count
 from dse._app import format_table, print_json, run_app
+from dse.checks import positive_int
 from dse.hardware import hardware_from_config
 from dse.models import load_model
 from dse.units import fmt_bytes, fmt_count, fmt_time
 
+MAX_QUERIES = 65_536
+MAX_TOKENS = 2**31 - 1
+
 
 def queries(cfg: DictConfig) -> tuple[list[int], list[int]]:
     """Per-query (cached, input) token lists; a single entry is repeated for all ``batch_size`` queries."""
-    n = int(cfg.batch_size)
-    if n < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {n}")
-    cached, new = list(cfg.cached_tokens), list(cfg.input_tokens)
+    n = positive_int(cfg.batch_size, "batch_size")
+    if n > MAX_QUERIES:  # the report lists every query
+        raise ConfigError(f"batch_size must be <= {MAX_QUERIES:,} (one row per query), got {n:,}")
+    lists = {}
+    for name in ("cached_tokens", "input_tokens"):
+        value = cfg[name]
+        lists[name] = list(value) if isinstance(value, ListConfig | list) else [value]
+    cached, new = lists["cached_tokens"], lists["input_tokens"]
     for name, values in (("cached_tokens", cached), ("input_tokens", new)):
         if len(values) == 1:
             values *= n
         if len(values) != n:
             raise ConfigError(f"{name} has {len(values)} entries for batch_size={n}: give 1 or {n}")
-        if not all(isinstance(v, int) for v in values):
-            raise ConfigError(f"{name} must be integers, got {values}")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v <= MAX_TOKENS for v in values):
+            raise ConfigError(f"{name} must be integers up to {MAX_TOKENS:,}, got {values}")
     return cached, new
 
 

@@ -12,6 +12,9 @@ and the best design (YAML).
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,12 +26,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from costmodels.errors import ConfigError
 from costmodels.hardware import Hardware
-from costmodels.inference import InferenceJob
+from costmodels.inference import InferenceJob, engine_preset
 from costmodels.parallel import RECOMPUTE
 from costmodels.training import TIME_FIELDS, TrainingJob
 from dse import schema
 from dse._app import format_table, print_json, run_app
 from dse.calc import command_line
+from dse.checks import check_results
 from dse.hardware import hardware_from_config
 from dse.models import load_model
 from dse.tracking import JobRun
@@ -50,9 +54,38 @@ INFERENCE_KNOBS = ("tp", "pp", "batch_size")
 SUMMARY = ("objective", "step_time_s", "mfu", "tokens_per_s", "memory_gib", "power_w", "cost_usd_per_mtoken")
 
 
+KNOB_VALUES: dict[str, tuple[Any, ...] | None] = {  # None: any positive integer
+    "zero_stage": (0, 1, 2, 3),
+    "sequence_parallel": (0, 1),
+    "recompute": tuple(RECOMPUTE.values()),
+}
+
+
+def _knob_value(knob: str, value: Any) -> float:
+    """One candidate value of ``parallelism.<knob>`` as a float, or a ConfigError naming the knob."""
+    if knob == "recompute" and isinstance(value, str):
+        if value not in RECOMPUTE:
+            valid = ", ".join(RECOMPUTE)
+            raise ConfigError(f"parallelism.recompute: unknown value {value!r}; valid: {valid}")
+        return float(RECOMPUTE[value])
+    if isinstance(value, bool) and knob == "sequence_parallel":
+        return float(value)
+    allowed = KNOB_VALUES.get(knob)
+    integral = isinstance(value, int | float) and not isinstance(value, bool) and float(value).is_integer()
+    if allowed is not None and not (integral and value in allowed):
+        names = ", ".join(str(v) for v in allowed)
+        raise ConfigError(f"parallelism.{knob}: {value!r} is not one of {names}")
+    if allowed is None and not (integral and value >= 1):
+        raise ConfigError(f"parallelism.{knob}: {value!r} is not a positive integer")
+    return float(value)
+
+
 def _space(cfg: DictConfig, knobs: tuple[str, ...]) -> dict[str, list[float]]:
-    """Candidate values per knob from ``cfg.parallelism``; unknown knobs are an error naming them."""
+    """Candidate values per knob from ``cfg.parallelism``; unknown knobs and values out of a knob's
+    domain are an error naming them."""
     values = OmegaConf.to_container(cfg.parallelism, resolve=True)
+    if not isinstance(values, dict):
+        raise ConfigError("parallelism must map knob names to lists of candidate values")
     unknown = sorted(set(values) - set(knobs))
     if unknown:
         raise ConfigError(
@@ -62,11 +95,9 @@ def _space(cfg: DictConfig, knobs: tuple[str, ...]) -> dict[str, list[float]]:
     space = {}
     for knob, vals in values.items():
         vals = vals if isinstance(vals, list) else [vals]
-        if knob == "recompute":
-            vals = [RECOMPUTE[v] if isinstance(v, str) else v for v in vals]
-        if not vals or not all(isinstance(v, int | float) and v >= 0 for v in vals):
-            raise ConfigError(f"parallelism.{knob} must be a list of non-negative numbers, got {vals}")
-        space[knob] = [float(v) for v in vals]
+        if not vals:
+            raise ConfigError(f"parallelism.{knob} is an empty list: give at least one candidate value")
+        space[knob] = sorted({_knob_value(knob, v) for v in vals})
     return space
 
 
@@ -84,7 +115,15 @@ def build_problem(cfg: DictConfig) -> tuple[Problem, Hardware]:
         return training_mapping_problem(hw, job, cfg.num_devices, w.global_batch, space, objective), hw
     if w.kind == "inference":
         space = {"pp": [1.0]} | _space(cfg, INFERENCE_KNOBS)
-        job = InferenceJob(spec, w.input_len, w.output_len, w.precision, w.kv_precision)
+        job = InferenceJob(
+            spec,
+            w.input_len,
+            w.output_len,
+            w.precision,
+            w.kv_precision,
+            engine=engine_preset(w.engine, "workload.engine"),
+            attention_precision=w.attention_precision,
+        )
         return inference_slo_problem(hw, job, space, w.tpot_limit_ms / 1e3, objective), hw
     raise ConfigError(f"workload.kind must be training or inference, got '{w.kind}'")
 
@@ -150,7 +189,12 @@ def _optuna(cfg: DictConfig, problem: Problem, run: JobRun) -> Result:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = s.storage or str(Path(HydraConfig.get().runtime.output_dir) / "optuna.journal")
+    study_name, storage = study_location(cfg)
+    print(
+        f"optuna: study {study_name} in {storage}; the same command resumes it, "
+        "search.study_name=<new name> starts afresh",
+        file=sys.stderr,
+    )
     return optuna_search(
         {k: tuple(v) for k, v in problem.space.items()},
         evaluate,
@@ -160,10 +204,41 @@ def _optuna(cfg: DictConfig, problem: Problem, run: JobRun) -> Result:
         seed=cfg.seed,
         sampler=s.sampler,
         storage=storage,
-        study_name=s.study_name,
+        study_name=study_name,
         on_trial=on_trial,
         pareto_axes=tuple(s.pareto),
     )
+
+
+# the options that define a study's question; the others (trials, time, output) may change on resume
+_STUDY_KEYS = ("model", "hardware", "workload", "parallelism", "num_devices")
+_STUDY_SEARCH_KEYS = ("objective", "objectives", "sampler")
+
+
+def study_location(cfg: DictConfig) -> tuple[str, str]:
+    """(study name, storage) of an Optuna search. Defaults are stable, so running the same command
+    again resumes the study: the name is ``<experiment>-<model>-<hardware>-<digest of the question>``
+    and the storage ``<launch dir>/optuna/<name>.journal``."""
+    s = cfg.search
+    name = s.study_name
+    if name is None:
+        choices = HydraConfig.get().runtime.choices
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        question = {k: plain.get(k) for k in _STUDY_KEYS}
+        question["search"] = {k: plain["search"].get(k) for k in _STUDY_SEARCH_KEYS}
+        digest = hashlib.sha256(json.dumps(question, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        parts = [choices.get("experiment") or "search", choices.get("model"), choices.get("hardware"), digest]
+        name = "-".join(re.sub(r"[^A-Za-z0-9_.]+", "_", str(p)) for p in parts if p)
+    if s.storage is not None:
+        return name, s.storage
+    folder = Path(HydraConfig.get().runtime.cwd) / "optuna"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the Optuna study folder {folder}: {exc.strerror}; set search.storage=<path>"
+        ) from None
+    return name, str(folder / f"{name}.journal")
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,6 +272,9 @@ def calc_command(cfg: DictConfig, design: dict[str, Any]) -> str:
             "inference.input_len": w.input_len,
             "inference.output_len": w.output_len,
         }
+        settings |= {f"inference.{k}": w[k] for k in ("kv_precision", "attention_precision") if w[k]}
+        if w.engine != "static":
+            settings["inference.engine"] = w.engine
     return command_line(settings)
 
 
@@ -211,7 +289,7 @@ def summary(cfg: DictConfig, problem: Problem, result: Result) -> dict[str, Any]
         {k: float(np.asarray(result.table[k])[i]) for k in (*problem.space, *result.pareto_axes)}
         for i in result.pareto
     ]
-    return {
+    rep = {
         "driver": result.driver,
         "evaluations": result.evaluations,
         "best": design,
@@ -221,6 +299,8 @@ def summary(cfg: DictConfig, problem: Problem, result: Result) -> dict[str, Any]
         "pareto": front,
         "reproduce": calc_command(cfg, design),
     }
+    check_results({"metrics": rep["metrics"], "top": top}, f"the design {rep['reproduce']}", ("objective",))
+    return rep
 
 
 def render(cfg: DictConfig, rep: dict[str, Any]) -> str:
@@ -329,8 +409,7 @@ def _experiment_name() -> str:
 
 
 def task(cfg: DictConfig) -> None:
-    if cfg.format not in ("table", "json"):
-        raise ConfigError(f"format must be 'table' or 'json', got '{cfg.format}'")
+    schema.check_config(cfg)
     # hardware co-design, automatic sharding, topology-aware placement
     special = {"gd": "wafer_search", "ilp": "shard_search", "cpsat": "placement_search"}
     if cfg.search.driver in special:
@@ -341,8 +420,8 @@ def task(cfg: DictConfig) -> None:
             rep = module.run(cfg, run)
         print_json(rep) if cfg.format == "json" else print(module.render(rep))
         return
+    problem, _ = build_problem(cfg)  # bad input stops here, before a run is opened
     with JobRun(cfg, name=_experiment_name()) as run:
-        problem, _ = build_problem(cfg)
         result = run_driver(cfg, problem, run)
         rep = summary(cfg, problem, result)
         log_result(run, cfg, problem, result, rep)
@@ -353,7 +432,7 @@ def task(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    run_app(task, "config")
+    run_app(task, "config", check=schema.check_config)
 
 
 if __name__ == "__main__":

@@ -70,14 +70,16 @@ def device_indices(topo: Topology, devices: list[Any]) -> tuple[int, ...]:
 def job_of(cfg: DictConfig, n_ranks: int, from_file: dict[str, Any] | None) -> Job:
     """The report's job when the file is a report, else ``cfg.job`` with traffic from the model."""
     if from_file is not None:
-        keys = ("tp", "pp", "dp", "cp", "ep")
+        if not isinstance(from_file, dict) or not isinstance(from_file.get("bytes_per_step"), dict):
+            raise ConfigError("the report's job must be an object with tp, pp, dp, cp, ep and bytes_per_step")
+        degree = degrees(from_file | {"dp": from_file.get("dp", 1)}, n_ranks, prefix="the report's job.")
         return Job(
-            **{k: int(from_file[k]) for k in keys},
+            **degree,
             bytes_per_step=dict(from_file["bytes_per_step"]),
             order=tuple(from_file.get("order", ("tp", "cp", "ep", "dp", "pp"))),
         )
     j = OmegaConf.to_container(cfg.job, resolve=True)
-    d = degrees(j, n_ranks)
+    d = degrees(j, n_ranks, prefix="job.")
     if j.get("bytes_per_step") is not None:
         s = {k: float(v) for k, v in j["bytes_per_step"].items()}
     else:

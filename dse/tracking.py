@@ -43,9 +43,12 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import time
 import traceback
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from types import TracebackType
@@ -56,6 +59,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from costmodels.errors import ConfigError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -126,6 +131,61 @@ def sqlite_path(uri: str) -> Path | None:
         return None
     path = uri[len("sqlite:///") :].partition("?")[0]
     return Path(path) if path and not path.startswith(":memory:") else None
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+MIN_FREE_BYTES = 16 * 2**20  # an SQLite store with a run's artifacts needs a few MiB at least
+HEALTH_TIMEOUT_S = 5.0
+
+
+def check_store(uri: str | None) -> None:
+    """Fail fast on a tracking store that cannot work, before anything runs: a ``sqlite:///``
+    path that is a directory, not an SQLite file, in a directory that cannot be created or written
+    (read-only, ``/proc``), or on a disk with under 16 MiB free; an ``http(s)://`` server that does
+    not answer ``/health`` within 5 s. Raises :class:`ConfigError` naming the URI and the cause.
+    MLflow's own HTTP retries (minutes) are cut to 2 retries of at most 10 s each."""
+    if uri is None:
+        return
+    fix = "set tracking.uri=sqlite:///<writable dir>/mlflow.db, or tracking=none"
+    db = sqlite_path(uri)
+    if db is not None:
+        if db.is_dir():
+            raise ConfigError(f"tracking store {uri}: {db} is a directory, not a database file; {fix}")
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=db.parent, prefix=".dse-write-check-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise ConfigError(
+                f"tracking store {uri}: cannot write in {db.parent}: {exc.strerror}; {fix}"
+            ) from None
+        if db.exists() and db.stat().st_size > 0:
+            with db.open("rb") as fh:
+                if fh.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+                    raise ConfigError(f"tracking store {uri}: {db} is not an SQLite database; {fix}")
+        free = shutil.disk_usage(db.parent).free
+        if free < MIN_FREE_BYTES:
+            raise ConfigError(
+                f"tracking store {uri}: only {free / 2**20:.1f} MiB free on the disk of {db.parent}; {fix}"
+            )
+        return
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        health = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(health, timeout=HEALTH_TIMEOUT_S) as response:
+                answer = response.read(64).decode(errors="replace").strip()
+        except urllib.error.HTTPError as exc:
+            answer = f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError) as exc:
+            answer = str(getattr(exc, "reason", exc))
+        if answer != "OK":
+            raise ConfigError(
+                f"cannot reach the MLflow tracking server {uri} (GET /health: {answer}); start it, or set "
+                "tracking.uri to a reachable server, or tracking=none"
+            )
 
 
 def ensure_store(uri: str | None) -> None:

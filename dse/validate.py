@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from omegaconf import DictConfig, ListConfig
 
+from costmodels.architectures import MAX_INT
 from costmodels.errors import ConfigError
 from dse._app import CONF_DIR, format_table, print_json, run_app
 from dse.tracking import JobRun
@@ -205,13 +206,15 @@ def _optional(case: dict[str, Any], dotted: str) -> Any:
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An integer the cost model can take (JAX computes in 32-bit integers: at most MAX_INT)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value <= MAX_INT
 
 
 def _positive_int(case: dict[str, Any], dotted: str) -> int:
     value = _get(case, dotted)
     if not _is_int(value) or value < 1:
-        raise _Uncovered(INVALID, f"'{dotted}' must be a positive integer, got {_show(value)}")
+        limit = f" up to {MAX_INT:,}" if isinstance(value, int) and value > MAX_INT else ""
+        raise _Uncovered(INVALID, f"'{dotted}' must be a positive integer{limit}, got {_show(value)}")
     return value
 
 

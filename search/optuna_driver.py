@@ -16,11 +16,20 @@ only the missing trials and workers sharing one stop at exactly ``n_trials``: Op
 and creating the next trial happen under one lock — a thread lock plus ``flock`` on
 ``<storage file>.trials.lock`` for file-backed storages. Network RDB workers on several machines may
 overshoot by one trial each.
+
+Faults: each trial records the ``host:pid`` of the process running it. A study opened again first
+marks FAIL the RUNNING trials whose process on this host is gone (``kill -9``, a crash, a node
+reboot), and failed trials do not count towards ``n_trials``, so they are run again: a resumed study
+ends with exactly ``n_trials`` finished trials. (A RUNNING trial of a process on another host is
+left alone; a process that is merely slow must not lose its trial.) An interrupt (SIGINT, or
+SIGTERM turned into one by the app) stops every worker after its current trial and re-raises.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import socket
 import threading
 import time
 import warnings
@@ -46,7 +55,8 @@ except ImportError:  # pragma: no cover - Windows
 Evaluate = Callable[[dict[str, Any]], dict[str, float]]
 JOURNAL_SUFFIXES = (".log", ".journal")
 MAXIMIZED = ("mfu", "hfu", "tokens_per_s")  # metric names whose default direction is "maximize"
-COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)  # FAIL trials are run again
+WORKER_ATTR = "dse_worker"  # host:pid of the process running a trial
 SAMPLERS = ("auto", "tpe", "motpe", "nsga2", "random")
 
 
@@ -256,7 +266,30 @@ def _next_trial(task: _Task) -> Trial | None:
     with task.lock.held():
         if len(task.study.get_trials(deepcopy=False, states=COUNTED)) >= task.n_trials:
             return None
-        return task.study.ask()
+        trial = task.study.ask()
+        trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
+        return trial
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def fail_stale_trials(study: Any) -> int:
+    """Mark FAIL the RUNNING trials whose process on this host no longer exists; their count."""
+    host, stale = socket.gethostname(), 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker_host, _, pid = str(t.user_attrs.get(WORKER_ATTR, "")).rpartition(":")
+        if worker_host == host and pid.isdigit() and not _process_alive(int(pid)):
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            stale += 1
+    return stale
 
 
 def _run_trial(task: _Task, trial: Trial) -> None:
@@ -368,8 +401,9 @@ def optuna_search(
 
     ``evaluate(params) -> metrics`` returns at least the ``objectives`` (and ``feasible``, else
     feasible); ``constraints(params | metrics) -> values`` adds constraints, ≤ 0 feasible.
-    ``n_trials`` counts every trial the study holds (complete, failed, pruned, running — so a trial
-    left RUNNING by a crashed worker counts): resuming a study runs only the missing trials, and
+    ``n_trials`` counts the trials the study holds that are complete, pruned or running (a failed
+    trial, or one whose process died — see the module docstring — is run again): resuming a study
+    runs only the missing trials, and
     several processes sharing ``storage``/``study_name`` stop together at exactly ``n_trials`` (give
     each worker its own ``seed``, or they propose the same start-up points). ``n_jobs`` threads run
     trials in this process. ``on_trial(number, params | metrics)`` is called after each trial.
@@ -388,8 +422,16 @@ def optuna_search(
     space = {n: _as_param(p) for n, p in space.items()}
     task = _Task(study, space, evaluate, objectives, constraints, on_trial, n_trials, deadline,
                  _TrialLock(storage), threading.Event())  # fmt: skip
-    with ThreadPoolExecutor(max(1, n_jobs)) as pool:
+    with task.lock.held():
+        fail_stale_trials(study)
+    pool = ThreadPoolExecutor(max(1, n_jobs))
+    try:
         ran = sum(f.result() for f in [pool.submit(_worker, task) for _ in range(max(1, n_jobs))])
+    except BaseException:  # an interrupt or a failed trial: the other workers stop after their trial
+        task.stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return _result(study, task, dirs, pareto_axes, ran)
 
 

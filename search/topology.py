@@ -117,9 +117,16 @@ def _add_spines(g: nx.Graph, leaves: list[str], spines: int | None, oversubscrip
             _link(g, leaf, f"spine{s}", "spine", down / oversubscription / n_spines)
 
 
-def gpu_cluster(nodes: int, gpus_per_node: int = 8, nodes_per_leaf: int = 8, spines: int | None = None,
-                oversubscription: float = 2.0, nvlink_Bps: float = 450e9, nic_Bps: float = 50e9,
-                rail_optimized: bool = False) -> Topology:
+def gpu_cluster(
+    nodes: int,
+    gpus_per_node: int = 8,
+    nodes_per_leaf: int = 8,
+    spines: int | None = None,
+    oversubscription: float = 2.0,
+    nvlink_Bps: float = 450e9,
+    nic_Bps: float = 50e9,
+    rail_optimized: bool = False,
+) -> Topology:
     """Nodes of ``gpus_per_node`` GPUs on one NVSwitch (scale-up domain), one NIC per GPU.
 
     NICs go to their node's leaf (``nodes_per_leaf`` nodes per leaf) or, rail-optimised, GPU k of
@@ -176,19 +183,55 @@ def mesh2d(x: int, y: int, link_Bps: float = 100e9) -> Topology:
     return _grid((x, y), link_Bps, False, "mesh")
 
 
+def _field(item: Any, key: str, where: str) -> Any:
+    if not isinstance(item, Mapping):
+        raise ConfigError(f"instance topology JSON: {where} must be an object, got {item!r}")
+    if key not in item:
+        raise ConfigError(f"instance topology JSON: {where} has no {key!r}")
+    return item[key]
+
+
+def _names(value: Any, where: str) -> list[str]:
+    """A list of network node ids (strings or integers), never a string read letter by letter."""
+    if not isinstance(value, list) or not all(
+        isinstance(v, str | int) and not isinstance(v, bool) for v in value
+    ):
+        raise ConfigError(f"instance topology JSON: {where} must be a list of node ids, got {value!r}")
+    return [str(v) for v in value]
+
+
+def _gpus(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4096:
+        raise ConfigError(
+            f"instance topology JSON: {where}.gpus must be an integer in 1..4096, got {value!r}"
+        )
+    return value
+
+
 def _instances(data: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Our form ``{"nodes": [...]}`` (levels innermost first) or AWS DescribeInstanceTopology's
-    ``{"Instances": [{"InstanceId", "NetworkNodes"}]}`` (levels outermost first)."""
-    if "nodes" in data:
-        return [dict(n) for n in data["nodes"]]
-    if "Instances" in data:
-        return [{"id": i["InstanceId"], "network_node_ids": list(reversed(i["NetworkNodes"])),
-                 "gpus": i.get("gpus", 8)} for i in data["Instances"]]
-    raise ConfigError('instance topology JSON needs a "nodes" (or "Instances") list')
+    ``{"Instances": [{"InstanceId", "NetworkNodes"}]}`` (levels outermost first), checked."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"instance topology JSON must be an object, got {type(data).__name__}")
+    key = "nodes" if "nodes" in data else "Instances" if "Instances" in data else None
+    if key is None or not isinstance(data[key], list) or not data[key]:
+        raise ConfigError('instance topology JSON needs a non-empty "nodes" (or "Instances") list')
+    out = []
+    for i, item in enumerate(data[key]):
+        where = f"{key}[{i}]"
+        if key == "nodes":
+            levels = _names(item.get("network_node_ids", []) if isinstance(item, Mapping) else item, where)
+            ident = _field(item, "id", where)
+        else:
+            levels = list(reversed(_names(_field(item, "NetworkNodes", where), f"{where}.NetworkNodes")))
+            ident = _field(item, "InstanceId", where)
+        out.append({"id": str(ident), "network_node_ids": levels, "gpus": _gpus(item.get("gpus", 8), where)})
+    return out
 
 
-def from_instance_json(data: Mapping[str, Any], nvlink_Bps: float = 450e9, nic_Bps: float = 400e9,
-                       uplink_Bps: float = 400e9) -> Topology:
+def from_instance_json(
+    data: Mapping[str, Any], nvlink_Bps: float = 450e9, nic_Bps: float = 400e9, uplink_Bps: float = 400e9
+) -> Topology:
     """Instances (scale-up domains of ``gpus`` GPUs) under a tree of network nodes.
 
     ``{"nodes": [{"id", "network_node_ids": [level1, level2, ...], "gpus": 8}], "links": [...]}``:
@@ -198,9 +241,9 @@ def from_instance_json(data: Mapping[str, Any], nvlink_Bps: float = 450e9, nic_B
     """
     g, devices = nx.Graph(), []
     for inst in _instances(data):
-        iid, levels = str(inst["id"]), [str(n) for n in inst.get("network_node_ids", [])]
+        iid, levels = inst["id"], inst["network_node_ids"]
         g.add_node(iid, kind="node")
-        for k in range(int(inst.get("gpus", 8))):
+        for k in range(inst["gpus"]):
             dev = f"{iid}/gpu{k}"
             _device(g, dev, "gpu", iid, tuple(reversed(levels)))
             _link(g, dev, iid, "scale_up", nvlink_Bps)
@@ -208,14 +251,20 @@ def from_instance_json(data: Mapping[str, Any], nvlink_Bps: float = 450e9, nic_B
         for depth, (inner, outer) in enumerate(zip([iid, *levels], levels, strict=False)):
             g.add_node(outer, kind=("leaf", "spine")[min(depth, 1)] if depth < 2 else "switch")
             _link(g, inner, outer, "leaf" if depth == 0 else "spine", nic_Bps if depth == 0 else uplink_Bps)
-    for link in data.get("links", []):
-        for end in (link["source"], link["target"]):
-            if end not in g:
-                raise ConfigError(f"dangling link {link['source']!r}–{link['target']!r}: no node {end!r}")
-        if link.get("tier", "spine") not in TIERS:
-            raise ConfigError(f"link {link['source']!r}–{link['target']!r}: tier must be one of {TIERS}")
+    links = data.get("links", [])
+    if not isinstance(links, list):
+        raise ConfigError(f'instance topology JSON: "links" must be a list, got {links!r}')
+    for i, link in enumerate(links):
+        source, target = (str(_field(link, end, f"links[{i}]")) for end in ("source", "target"))
         tier, bw = link.get("tier", "spine"), link.get("bandwidth_Bps", uplink_Bps)
-        _link(g, link["source"], link["target"], tier, bw)
+        if isinstance(bw, bool) or not isinstance(bw, int | float) or not 0 < bw < float("inf"):
+            raise ConfigError(f"instance topology JSON: links[{i}].bandwidth_Bps must be > 0, got {bw!r}")
+        for end in (source, target):
+            if end not in g:
+                raise ConfigError(f"dangling link {source!r}–{target!r}: no node {end!r}")
+        if tier not in TIERS:
+            raise ConfigError(f"link {source!r}–{target!r}: tier must be one of {TIERS}")
+        _link(g, source, target, tier, bw)
     return Topology(g, tuple(devices), "instance_topology")
 
 
@@ -275,8 +324,9 @@ def hop_cost_matrix(topology: Topology, tier_weights: Mapping[str, float] | None
     return topology._cache[key]
 
 
-def _next_hops(topology: Topology, i: int, j: int,
-               weights: Mapping[str, float]) -> Callable[[str], list[str]]:
+def _next_hops(
+    topology: Topology, i: int, j: int, weights: Mapping[str, float]
+) -> Callable[[str], list[str]]:
     """Neighbours v of u on a cheapest i → j path: d_i(u) + w(u, v) + d_j(v) = d_i(j)."""
     col, dist = _distances(topology, weights)
     d_src, d_dst, g = dist[i], dist[j], topology.graph
@@ -300,8 +350,9 @@ def route(topology: Topology, i: int, j: int, tier_weights: Mapping[str, float] 
     return path
 
 
-def ecmp_split(topology: Topology, i: int, j: int,
-               tier_weights: Mapping[str, float] | None = None) -> dict[tuple[str, str], float]:
+def ecmp_split(
+    topology: Topology, i: int, j: int, tier_weights: Mapping[str, float] | None = None
+) -> dict[tuple[str, str], float]:
     """Share of a device ``i`` → ``j`` flow on each directed link (u, v), with equal-cost multipath:
     every node splits what reaches it evenly over its next hops on cheapest paths (per-hop ECMP
     hashing of many flows). A link (u, v) is on a cheapest path iff d_i(u) + w(u, v) + d_j(v) = d_i(j)."""

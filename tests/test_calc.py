@@ -165,6 +165,18 @@ def test_inference_report() -> None:
     assert {f.name for f in fields(InferenceBreakdown)} | {"feasible", "plan"} <= rep.keys()
     assert rep["latency_s"] == pytest.approx(rep["ttft_s"] + 256 * rep["tpot_s"], rel=1e-9)
     assert rep["memory"]["kv_cache_bytes"] > 0 and rep["feasible"] is True
+    assert rep["engine"] == "static batch"
+    assert (rep["kv_cache_precision"], rep["attention_precision"]) == ("bf16", "bf16")
+
+
+def test_inference_report_names_the_engine_and_its_definitions() -> None:
+    """An fp8 run on TensorRT-LLM: KV cache fp8 by default, attention 16-bit, in-flight definitions."""
+    rep = calc_report(["mode=inference", "num_devices=1", "precision=fp8", "inference.engine=tensorrt-llm"])
+    assert (rep["kv_cache_precision"], rep["attention_precision"]) == ("fp8", "bf16")
+    assert rep["output_tokens_per_s"] == pytest.approx(rep["batch_size"] / rep["tpot_s"], rel=1e-9)
+    text = calc.render_inference(rep)
+    assert "engine: TensorRT-LLM (in-flight batching); kv cache fp8, attention bf16" in text
+    assert "inter-token latency: decode step + the prefill" in text
 
 
 @pytest.mark.parametrize(
@@ -178,6 +190,15 @@ def test_inference_report() -> None:
         (["parallelism.recompute=some"], "recompute must be one of none, selective, full"),
         (["parallelism.weight_streaming=1"], "parallelism.weight_streaming must be true or false"),
         (["mode=inference", "parallelism.tp=2"], "set num_devices=2"),
+        (["mode=inference", "num_devices=1", "inference.engine=vllm"], "unknown engine 'vllm'"),
+        (
+            ["mode=inference", "num_devices=1", "inference.attention_precision=fp9"],
+            "inference.attention_precision must be null or one of",
+        ),
+        (
+            ["mode=inference", "num_devices=1", "hardware=a100_80gb", "inference.attention_precision=fp8"],
+            "has no fp8 peak",
+        ),
     ],
 )
 def test_bad_values_raise_config_error(overrides: list[str], message: str) -> None:

@@ -22,7 +22,7 @@ from costmodels.hardware import (
 from costmodels.parallel import check_plan, make_plan, stage_layers
 from costmodels.sharding import op_times, shard
 from costmodels.training import TrainingJob, op_table, training_step
-from dse.predict import explain_case
+from dse.predict import explain_case, precision_options
 
 HW = Hardware(
     name="test",
@@ -249,7 +249,7 @@ def test_max_feasible_serving_batch_stops_at_the_engine_limit():
         "measured": {"output_tokens_per_s": 1000.0},
     }
     notes = explain_case(case, {})[3]
-    assert "kv cache fp8" in notes
+    assert "kv cache fp8 (default for fp4)" in notes
     assert any(n.startswith("batch 2048 ") for n in notes)
 
 
@@ -335,3 +335,19 @@ def test_nccl_base_latency_is_tuning_cc_ring_ll():
 
     for preset in ("a100_80gb_sxm", "h100_sxm", "b200", "gb200"):
         assert abs(float(load_hardware(preset).collective_base_latency_s) - 6.6e-6) < 1e-12
+
+
+@pytest.mark.parametrize(
+    ("detail", "expected"),
+    [
+        ("FP8 (weights/activations; fp8 KV cache)", ("fp8", None)),
+        ("FP8, default granularity (25.09; precision column absent)", (None, None)),
+        ("FP4 weights, FP8 attention (FMHA), fp16 KV cache", ("fp16", "fp8")),
+        ("FP8 FMHA", (None, "fp8")),
+        (None, (None, None)),
+    ],
+)
+def test_precision_detail_states_the_kv_cache_and_attention_types(detail, expected):
+    """A case's ``precision_detail`` overrides the KV-cache default (fp8 for fp8/fp4 weights) and the
+    16-bit attention where it names them; a phrase never reaches across a comma or semicolon."""
+    assert precision_options({"precision_detail": detail}) == expected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -271,6 +272,16 @@ def test_bad_numbers_name_the_field(tmp_path: Path, old: str, new: str, field: s
         load_hardware(_write(tmp_path, H100_YAML.replace(old, new)))
 
 
+@pytest.mark.parametrize("key", ["hbm_gib", "hbm_TBps"])
+@pytest.mark.parametrize("value", [None, 0])
+def test_capacity_and_bandwidth_must_be_known_and_positive(key: str, value: Any) -> None:
+    """Every memory check divides or compares against these: unknown (null) or 0 would make every
+    design infeasible or every step infinite, so they are an error, not a default."""
+    chip = {"name": "x", "peak_tflops": {"bf16": 1.0}, "hbm_gib": 1, "hbm_TBps": 1} | {key: value}
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        hardware_from_config(chip)
+
+
 def test_missing_required_key() -> None:
     with pytest.raises(ConfigError, match="missing required key 'hbm_TBps'"):
         hardware_from_config({"name": "x", "peak_tflops": {"bf16": 1.0}, "hbm_gib": 1})
@@ -278,9 +289,9 @@ def test_missing_required_key() -> None:
 
 def test_from_plain_mapping_with_defaults() -> None:
     hw = hardware_from_config(
-        {"name": "paper chip", "peak_tflops": {"bf16": 100}, "hbm_gib": None, "hbm_TBps": 2}
+        {"name": "paper chip", "peak_tflops": {"bf16": 100}, "hbm_gib": 16, "hbm_TBps": 2, "power_w": None}
     )
     assert hw.peak_flops_bf16 == pytest.approx(1e14)
-    assert hw.hbm_capacity_bytes == 0.0  # null: unknown
+    assert hw.power_w == 0.0  # null: unknown
     assert (hw.scale_up_domain_size, hw.scale_out_oversubscription, hw.topology) == (1.0, 1.0, "switched")
     assert jnp.isfinite(jnp.asarray(jax.tree_util.tree_leaves(hw))).all()

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from costmodel_helpers import A100, IDEAL, padded
 
-from costmodels.inference import InferenceJob, inference_step
+from costmodels.inference import ENGINES, InferenceJob, inference_step
 from costmodels.sharding import OpTable
 from costmodels.workload import inference_ops, parameter_count
 from dse.hardware import load_hardware
@@ -178,6 +178,76 @@ def test_pp2_adds_one_activation_transfer_per_step():
     one, two = _run(hw=IDEAL_LAT), _run(hw=IDEAL_LAT, pp=2.0)
     _close(two.decode_compute_s, one.decode_compute_s, rtol=1e-6)
     _close(two.decode_comm_s, 0.6e-6 + 8192 / B_UP)
+
+
+def test_pp2_pipelines_two_micro_batches():
+    """Batch 2 on pp = 2: two micro-batches of 1 occupy the stages concurrently. With K the kernels
+    of one request's pass (batch-1 prefill or decode on one device) and X = 0.6 µs + S/B_up the
+    stage-to-stage send (S = 2048·4096·2 B for a prompt, 8192 B for a token):
+
+        TTFT = pass + stage = (K + X) + (K/2 + X) = 1.5·K + 2·X   (the second micro-batch's prompt)
+        TPOT = max(pass, 2·stage) = K + 2·X                        (its next token waits for stage 1)
+    """
+    one, two = _run(hw=IDEAL_LAT), _run(hw=IDEAL_LAT, pp=2.0, batch=2.0)
+    send_prompt, send_token = 0.6e-6 + INPUT * 4096 * 2 / B_UP, 0.6e-6 + 8192 / B_UP
+    _close(two.ttft_s, 1.5 * _f(one.prefill_compute_s) + 2 * send_prompt, rtol=1e-6)
+    _close(two.tpot_s, _f(one.decode_compute_s) + 2 * send_token, rtol=1e-6)
+    _close(two.output_tokens_per_s, 2 * OUTPUT / (_f(two.ttft_s) + OUTPUT * _f(two.tpot_s)), rtol=1e-6)
+
+
+def test_pp4_batch_8_splits_into_four_micro_batches():
+    """pp = 4, batch 8: m = 4 micro-batches of 2. TTFT = pass(2) + 3·stage(2) with stage = pass's
+    kernels / 4 + one send: (K₂ + 3X) + 3·(K₂/4 + X) = 1.75·K₂ + 6X; TPOT = 4·stage(2) = K₂ + 4X."""
+    two, four = _run(hw=IDEAL_LAT, batch=2.0), _run(hw=IDEAL_LAT, pp=4.0, batch=8.0)
+    send_prompt, send_token = 0.6e-6 + 2 * INPUT * 4096 * 2 / B_UP, 0.6e-6 + 2 * 8192 / B_UP
+    _close(four.ttft_s, 1.75 * _f(two.prefill_compute_s) + 6 * send_prompt, rtol=1e-6)
+    _close(four.tpot_s, _f(two.decode_compute_s) + 4 * send_token, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# Serving engines
+
+
+def test_inflight_batching_spreads_the_arrivals_prefill_over_the_decode_steps():
+    """In-flight batching at batch 8: each step carries the prefill of 8/129 arriving requests, so
+    ITL = TPOT + TTFT_static/129; a request's first token comes after one such step plus its own
+    prefill (the batch-1 TTFT); throughput = 8 / ITL, which equals the static 8·129/(TTFT + 129·TPOT)."""
+    static = _run(batch=8.0)
+    job = dataclasses.replace(JOB, engine=ENGINES["tensorrt-llm"])
+    inflight = inference_step(IDEAL, job, 1.0, 1.0, 8.0, tables=_tables(JOB))
+    itl = _f(static.tpot_s) + _f(static.ttft_s) / OUTPUT
+    _close(inflight.tpot_s, itl, rtol=1e-6)
+    _close(inflight.ttft_s, itl + _f(_run().ttft_s), rtol=1e-6)
+    _close(inflight.output_tokens_per_s, 8.0 / itl, rtol=1e-6)
+    _close(inflight.output_tokens_per_s, static.output_tokens_per_s, rtol=1e-6)
+
+
+def test_eager_engine_is_bound_by_its_host_launches():
+    """PyTorch eager decode at batch 1: the GPU needs 7.03 ms (bytes / bandwidth) but the host needs
+    32 layers · 762 µs + 682 µs = 25.066 ms to launch the step (the measured per-layer figure), so
+    TPOT = 25.066 ms. A 2048-token prefill (94.5 ms on the GPU) is above that floor and unchanged."""
+    job = dataclasses.replace(JOB, engine=ENGINES["pytorch-eager"])
+    eager = inference_step(IDEAL, job, 1.0, 1.0, 1.0, tables=_tables(JOB))
+    _close(eager.tpot_s, 32 * 762e-6 + 682e-6, rtol=1e-6)
+    _close(eager.ttft_s, _run().ttft_s, rtol=1e-6)
+    assert _f(_run().tpot_s) < 0.3 * _f(eager.tpot_s)
+
+
+def test_fp8_attention_runs_the_attention_kernels_at_the_fp8_peak():
+    """FP8 attention (``attention_precision="fp8"``) on the H100 preset: the prefill's compute-bound
+    flash-attention kernels (F = 32 layers · 3.47e10 FLOPs, causal, from the op table) run at the fp8
+    peak (1978.9e12) instead of the 16-bit one (989.4e12), at the same flash fraction η; nothing else
+    changes: Δ TTFT = F/(989.4e12·η) − F/(1978.9e12·η)."""
+    h100 = load_hardware("h100_sxm")
+    bf16 = InferenceJob(LLAMA, INPUT, OUTPUT, "bf16")
+    fp8 = dataclasses.replace(bf16, attention_precision="fp8")
+    ops = inference_ops(LLAMA, [0], [INPUT], "bf16", fused_attention=True)
+    flops = sum(op.flops * op.count for op in ops if op.kind == "attention")
+    _close(flops, 32 * 34_712_223_744)
+    ttft = [_f(inference_step(h100, job, 1.0, 1.0, 1.0).ttft_s) for job in (bf16, fp8)]
+    eta = h100.flash_attention_efficiency
+    expected = flops / (h100.peak_flops_bf16 * eta) - flops / (h100.peak_flops_fp8 * eta)
+    _close(ttft[0] - ttft[1], expected, rtol=1e-4)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,390 @@
+"""Property-based tests of the input edges: every entry point either returns a sane result or raises
+the one-line :class:`ConfigError` naming the user's key — never another exception, NaN, an infinite
+or a negative figure.
+
+Strategies mutate the shipped inputs (Hugging Face configs of every model family, hardware presets,
+the composed ``dse.search`` and ``dse.calc`` configs, instance-topology files) with values of the
+wrong type, non-finite numbers, zero, negative and huge values, strings that look like numbers or
+booleans, lists and objects. About 10,000 inputs in all per run (the example counts below);
+``HYPOTHESIS_PROFILE=nightly`` runs ten times as many.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from omegaconf import OmegaConf, open_dict
+
+from costmodels.architectures import parse_hf_config
+from costmodels.errors import ConfigError
+from costmodels.workload import parameter_count
+from dse import calc, convert, roofline, schema, validate
+from dse._app import CONF_DIR, MODEL_DIR
+from dse.checks import check_results
+from dse.hardware import HARDWARE_DIR, hardware_from_config, resolve_defaults
+from search.topology import from_instance_json
+
+settings.register_profile("default", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("nightly", parent=settings.get_profile("default"), max_examples=20_000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+NIGHTLY = os.environ.get("HYPOTHESIS_PROFILE") == "nightly"
+
+
+def _examples(n: int) -> Any:
+    return settings(max_examples=10 * n if NIGHTLY else n)
+
+
+# values that broke an entry point once, and their neighbours
+BAD_VALUES = st.one_of(
+    st.integers(min_value=-(10**13), max_value=10**13),
+    st.sampled_from([0, 1, -1, 2**31, 2**63, 10**12, 0.5, 1e12, -1e-9]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["", "8", "4096", "false", "true", "null", "NaN", "llama", "1e3"]),
+    st.booleans(),
+    st.none(),
+    st.lists(st.integers(min_value=-4, max_value=64), max_size=3),
+    st.dictionaries(st.sampled_from(["a", "attn_impl", "type"]), st.integers(), max_size=2),
+)
+
+MODELS = {p.stem: yaml.safe_load(p.read_text()) for p in sorted(MODEL_DIR.glob("*.yaml")) if p.stem != "path"}
+
+
+def _changed(cfg: Any, key: str, value: Any) -> Any:
+    """A copy of ``cfg`` with ``key`` set to ``value``, or None when the config's own types refuse it."""
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        try:
+            OmegaConf.update(cfg, key, value, force_add=True)
+        except Exception:
+            return None
+    return cfg
+
+
+def _positive_finite(x: float) -> bool:
+    return math.isfinite(x) and x > 0
+
+
+# --------------------------------------------------------------------------------------------
+# Model configs
+
+
+@_examples(4000)
+@given(
+    name=st.sampled_from(sorted(MODELS)),
+    changes=st.lists(
+        st.tuples(st.integers(min_value=0, max_value=10**6), BAD_VALUES), min_size=1, max_size=3
+    ),
+)
+def test_model_config_parses_to_a_sane_spec_or_one_line_error(
+    name: str, changes: list[tuple[int, Any]]
+) -> None:
+    """Any field of any shipped config set to any bad value: a :class:`ModelSpec` with positive
+    dimensions and a positive, finite parameter count, or a one-line ConfigError."""
+    config = copy.deepcopy(MODELS[name])
+    keys = sorted(config)
+    for index, value in changes:
+        config[keys[index % len(keys)]] = value
+    try:
+        spec = parse_hf_config(config)
+    except ConfigError as exc:
+        assert "\n" not in str(exc) and str(exc)
+        return
+    dims = (
+        spec.hidden_size,
+        spec.num_layers,
+        spec.vocab_size,
+        spec.num_heads,
+        spec.num_kv_heads,
+        spec.head_dim,
+    )
+    assert all(isinstance(d, int) and d > 0 for d in dims)
+    assert _positive_finite(float(parameter_count(spec)))
+    if spec.moe is not None and spec.moe.num_experts > 0:
+        assert 1 <= spec.moe.top_k <= spec.moe.num_experts
+
+
+@pytest.mark.parametrize(
+    ("model", "change", "message"),
+    [
+        (
+            "mixtral_8x7b",
+            {"num_experts_per_tok": 9},
+            "'num_experts_per_tok' must be <= 8 (num_local_experts)",
+        ),
+        ("deepseek_v3", {"num_experts_per_tok": 300}, "must be <= 256 (n_routed_experts)"),
+        ("deepseek_v3", {"q_lora_rank": 0}, "'q_lora_rank' must be positive"),
+        ("gpt3_175b", {"n_embd": 12289}, "'n_embd' (12289) must be a multiple of 'n_head' (96)"),
+        (
+            "llama3_8b",
+            {"hidden_size": 4097},
+            "'hidden_size' (4097) must be a multiple of 'num_attention_heads'",
+        ),
+        ("llama3_8b", {"num_hidden_layers": 1e12}, "'num_hidden_layers' must be <= 65,536"),
+        ("llama3_8b", {"vocab_size": 2**40}, "'vocab_size' must be <= 2,147,483,647"),
+        ("llama3_8b", {"tie_word_embeddings": "false"}, "'tie_word_embeddings' must be true or false"),
+    ],
+)
+def test_cross_field_rules_name_the_users_key(model: str, change: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_hf_config(MODELS[model] | change)
+
+
+# --------------------------------------------------------------------------------------------
+# Hardware presets
+
+PRESETS = {
+    p.stem: resolve_defaults(OmegaConf.load(p), HARDWARE_DIR) for p in sorted(HARDWARE_DIR.glob("*.yaml"))
+}
+HW_KEYS = [
+    "hbm_gib", "hbm_TBps", "power_w", "peak_tflops.bf16", "peak_tflops.fp8", "scale_up.GBps_per_direction",
+    "scale_up.domain_size", "scale_out.GBps_per_device", "efficiency.matmul", "efficiency.matmul_fp8",
+    "efficiency.memory", "efficiency.collective", "efficiency.kernel_overhead_us", "matmul_tile.m",
+]  # fmt: skip
+FRACTIONS = ("matmul_efficiency", "attention_efficiency", "flash_attention_efficiency", "memory_efficiency",
+             "elementwise_efficiency", "collective_efficiency")  # fmt: skip
+
+
+@_examples(2000)
+@given(name=st.sampled_from(sorted(PRESETS)), key=st.sampled_from(HW_KEYS), value=BAD_VALUES)
+def test_hardware_preset_loads_sane_or_one_line_error(name: str, key: str, value: Any) -> None:
+    """A preset with one key set to a bad value: a Hardware whose every figure is finite and >= 0,
+    with the bf16 peak and HBM positive and every efficiency in (0, 1]; or a one-line ConfigError."""
+    data = OmegaConf.to_container(PRESETS[name], resolve=True)
+    section, _, leaf = key.rpartition(".")
+    (data.setdefault(section, {}) if section else data)[leaf] = value
+    try:
+        hw = hardware_from_config(data)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+        return
+    values = {k: float(v) for k, v in hw.__dict__.items() if isinstance(v, int | float)}
+    assert all(math.isfinite(v) and v >= 0 for v in values.values())
+    assert hw.peak_flops_bf16 > 0 and hw.hbm_bandwidth_Bps > 0 and hw.hbm_capacity_bytes > 0
+    assert all(0 < values[f] <= 1 for f in FRACTIONS)
+
+
+# --------------------------------------------------------------------------------------------
+# dse.search and dse.calc configs
+
+
+@pytest.fixture(scope="module")
+def search_cfg():
+    schema.register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", ["+experiment=gpu_cluster", "tracking=none"])
+
+
+SEARCH_KEYS = [
+    "num_devices", "seed", "format", "workload.seq_len", "workload.global_batch", "workload.precision",
+    "workload.optimizer", "search.top_k", "search.chunk_size", "search.objective", "search.pareto",
+]  # fmt: skip
+
+
+@_examples(1500)
+@given(key=st.sampled_from(SEARCH_KEYS), value=BAD_VALUES)
+def test_search_config_check_accepts_only_values_in_range(search_cfg, key: str, value: Any) -> None:
+    """``schema.check_config`` on the gpu_cluster config with one bad value: a one-line error, or the
+    value is one a search can use (positive integer counts, known names)."""
+    cfg = _changed(search_cfg, key, value)
+    if cfg is None:  # the structured schema rejects the type itself (Hydra reports it in one line)
+        return
+    try:
+        schema.check_config(cfg)
+    except ConfigError as exc:
+        assert "\n" not in str(exc) and key.split(".")[-1] in str(exc)
+        return
+    accepted = OmegaConf.select(cfg, key)
+    if key in (
+        "num_devices",
+        "workload.seq_len",
+        "workload.global_batch",
+        "search.top_k",
+        "search.chunk_size",
+    ):
+        assert isinstance(accepted, int) and accepted >= 1
+    if key == "seed":
+        assert isinstance(accepted, int) and accepted >= 0
+
+
+CALC_KEYS = {
+    "num_devices": [1, 8], "seq_len": [2048], "global_batch": [8, 64], "parallelism.tp": [1, 2],
+    "parallelism.pp": [1, 2], "parallelism.microbatch": [1], "inference.batch_size": [1, 4],
+    "inference.input_len": [128], "inference.output_len": [16], "inference.offload_weights": [0.0],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def calc_cfgs():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return {
+            mode: compose("calc", [f"mode={mode}", "model=llama2_7b", "hardware=a100_80gb", "num_devices=1"])
+            for mode in ("training", "inference")
+        }
+
+
+@_examples(600)
+@given(
+    mode=st.sampled_from(["training", "inference"]),
+    key=st.sampled_from(sorted(CALC_KEYS)),
+    value=st.one_of(BAD_VALUES, st.sampled_from([1, 2, 4, 8, 16, 1024])),
+)
+def test_calc_report_is_sane_or_one_line_error(calc_cfgs, mode: str, key: str, value: Any) -> None:
+    """``dse.calc``'s report with one value changed: every number finite and >= 0 (``check_results``
+    inside ``report`` would raise otherwise), MFU/HFU finite; or a one-line ConfigError."""
+    cfg = _changed(calc_cfgs[mode], key, value)
+    if cfg is None:  # the structured schema rejects the type itself (Hydra reports it in one line)
+        return
+    try:
+        rep = calc.report(cfg)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+        return
+    for k in ("step_time_s", "ttft_s", "tpot_s", "latency_s"):
+        if k in rep:
+            assert _positive_finite(rep[k])
+    assert all(np.isfinite(rep.get(k, 0.0)) for k in ("mfu", "hfu"))
+
+
+# --------------------------------------------------------------------------------------------
+# Instance topology files
+
+NODE = {"id": "i0", "network_node_ids": ["leaf0", "spine0"], "gpus": 8}
+TOPOLOGY_KEYS = ["id", "network_node_ids", "gpus"]
+
+
+@_examples(2000)
+@given(
+    where=st.sampled_from(["node", "link", "top"]),
+    key=st.sampled_from([*TOPOLOGY_KEYS, "source", "target", "bandwidth_Bps", "tier", "nodes", "links"]),
+    value=st.one_of(BAD_VALUES, st.just("leaf0"), st.just("leafX")),
+)
+def test_instance_topology_builds_or_one_line_error(where: str, key: str, value: Any) -> None:
+    data: dict[str, Any] = {
+        "nodes": [dict(NODE), NODE | {"id": "i1"}],
+        "links": [{"source": "leaf0", "target": "spine0", "tier": "spine", "bandwidth_Bps": 4e11}],
+    }
+    target = {"node": data["nodes"][0], "link": data["links"][0], "top": data}[where]
+    target[key] = value
+    try:
+        topo = from_instance_json(data)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert len(topo.devices) >= 1 and len(topo.devices) == len(set(topo.devices))
+
+
+# --------------------------------------------------------------------------------------------
+# dse.roofline, dse.convert, dse.validate cases
+
+ROOFLINE_KEYS = [
+    "batch_size",
+    "cached_tokens",
+    "input_tokens",
+    "precision",
+    "kv_precision",
+    "fused_attention",
+]
+
+
+@pytest.fixture(scope="module")
+def roofline_cfg():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("roofline", ["model=llama2_7b", "hardware=h100_sxm"], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # roofline.report reads the model choice from Hydra
+    yield cfg
+    HydraConfig.instance().cfg = None  # later tests run outside a Hydra app again
+
+
+@_examples(600)
+@given(
+    key=st.sampled_from(ROOFLINE_KEYS), value=st.one_of(BAD_VALUES, st.sampled_from(["fp8", "bf16", [4096]]))
+)
+def test_roofline_report_is_sane_or_one_line_error(roofline_cfg, key: str, value: Any) -> None:
+    cfg = _changed(roofline_cfg, key, value)
+    if cfg is None:  # the structured schema rejects the type itself (Hydra reports it in one line)
+        return
+    try:
+        rep = roofline.report(cfg)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+        return
+    check_results(rep, f"roofline {key}={value!r}")
+    assert rep["totals"]["time_s"] > 0
+
+
+@_examples(1500)
+@given(
+    rate=st.sampled_from(sorted(convert.RATES)),
+    value=BAD_VALUES,
+    seq_len=st.one_of(st.none(), st.integers(min_value=1, max_value=10**7)),
+    global_batch=st.one_of(st.none(), st.integers(min_value=1, max_value=10**7)),
+    num_devices=st.one_of(st.none(), st.integers(min_value=1, max_value=10**6)),
+    flops=st.one_of(st.none(), st.floats(min_value=1e6, max_value=1e22)),
+    peak=st.one_of(st.none(), st.floats(min_value=1e12, max_value=1e16)),
+)
+def test_convert_gives_finite_positive_rates_or_one_line_error(
+    rate: str, value: Any, seq_len, global_batch, num_devices, flops, peak
+) -> None:
+    """Any rate with any value and any subset of inputs: every derived rate finite and > 0 (an MFU in
+    (0, 1] when the given rate was one), or a one-line ConfigError."""
+    cfg = OmegaConf.create({name: None for name in convert.RATES} | {rate: value})
+    inputs = convert.Inputs(
+        seq_len=seq_len,
+        global_batch=global_batch,
+        num_devices=num_devices,
+        model="m" if flops else None,
+        flops_per_sample=flops if seq_len else None,
+        hardware="h" if peak else None,
+        precision="bf16" if peak else None,
+        peak_flops=peak,
+    )
+    try:
+        name, number = convert.given_rate(cfg)
+        out = convert.convert(name, number, inputs)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert all(math.isfinite(v) and v > 0 for v in out.values()), out
+
+
+CASES = yaml.safe_load(
+    (Path(__file__).resolve().parents[1] / "experiments/validation/calibration.yaml").read_text()
+)
+CASES = CASES["cases"] if isinstance(CASES, dict) else CASES
+SERVING_CASES = [c for c in CASES if c["family"] in ("ft_calibration", "trtllm05")][:40]
+CASE_KEYS = ["batch.batch_size", "batch.input_len", "batch.output_len", "parallelism.tp", "parallelism.pp",
+             "num_devices", "precision", "hardware", "model.n_head", "model.num_attention_heads",
+             "measured.latency_ms", "measured.ttft_ms", "engine", "batch_size_policy"]  # fmt: skip
+
+
+@_examples(300)
+@given(case=st.sampled_from(SERVING_CASES), key=st.sampled_from(CASE_KEYS), value=BAD_VALUES)
+def test_validation_case_is_scored_or_rejected_with_a_reason(case: dict, key: str, value: Any) -> None:
+    """A published case with one field broken is scored, or uncovered with a reason in one of the
+    user-facing categories (invalid case, unsupported, infeasible), never an internal error."""
+    case = copy.deepcopy(case)
+    node = case
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = node.setdefault(p, {}) if isinstance(node.get(p, {}), dict) else {}
+    node[leaf] = value
+    known = validate.Known.load()
+    problem = validate.check_case(case, known)
+    if problem is not None:
+        assert problem[0] != validate.ERROR, problem
+        return
+    row = validate.evaluate(case, {}, validate.default_predictor())
+    assert row.category != validate.ERROR, row.reason
+    if row.covered:
+        assert math.isfinite(row.predicted) and row.predicted > 0
