@@ -1,10 +1,17 @@
 """FLOP counts behind MFU and HFU, and throughput conversions.
 
 * **Model FLOPs** (MFU numerator): the matmul and attention FLOPs of the forward and backward
-  passes of the model itself, without recomputation — PaLM (Chowdhery et al. 2022, App. B) and
-  Megatron-LM (Narayanan et al. 2021, Eq. 3 without the recompute term) count attention over the
-  full ``s×s`` score matrix, and so does this function (``causal=False``). For a GPT this equals
-  ``72·B·s·l·h²·(1 + s/6h + V/12lh)`` per batch of ``B`` sequences (a test checks it).
+  passes of the model itself, without recomputation. Two conventions for the attention scores:
+  - ``attention="causal"`` (the default of every dse figure): the ``s(s+1)/2`` query-key pairs a
+    causal mask leaves, as NeMo and Megatron-Bridge count them (their FLOP formulas halve the
+    ``s²`` attention term for causal self-attention) and as a fused causal kernel executes them.
+    Every modelled kernel runs at most at its peak and executes at least these FLOPs, so MFU ≤ 1
+    at any sequence length.
+  - ``attention="full"``: the whole ``s×s`` score matrix, as PaLM (Chowdhery et al. 2022, App. B),
+    Megatron-LM (Narayanan et al. 2021, Eq. 3 without the recompute term) and the BLOOM logs count
+    it; for a GPT ``72·B·s·l·h²·(1 + s/6h + V/12lh)`` per batch of ``B`` sequences (a test checks
+    it). Use it to compare with figures published that way (``dse.convert attention=full``); it
+    exceeds the executed FLOPs of a causal kernel, and at long sequences MFU by it can pass 1.
 * **Hardware FLOPs** (HFU numerator): model FLOPs plus the forward FLOPs recomputed in the backward
   pass (all layers' forward for full recomputation, the attention core for selective).
 
@@ -14,6 +21,7 @@ Elementwise ops are excluded from both, as in those definitions.
 from __future__ import annotations
 
 from costmodels.architectures import ModelSpec
+from costmodels.errors import ConfigError
 from costmodels.workload import Batch, Op, forward_ops, training_ops
 
 SECONDS_PER_DAY = 86_400.0
@@ -28,17 +36,29 @@ def _matmul_flops(ops: list[Op]) -> float:
     )
 
 
-def model_flops_per_sequence(spec: ModelSpec, seq_len: int) -> float:
-    """Forward + backward matmul and attention FLOPs of one training sequence (the MFU count)."""
-    return _matmul_flops(training_ops(spec, 1, seq_len, causal=False, fused_attention=False))
+ATTENTION_COUNTS = ("causal", "full")
 
 
-def recompute_flops_per_sequence(spec: ModelSpec, seq_len: int, recompute: str) -> float:
+def _causal(attention: str) -> bool:
+    if attention not in ATTENTION_COUNTS:
+        raise ConfigError(f"attention must be one of {', '.join(ATTENTION_COUNTS)}, got {attention!r}")
+    return attention == "causal"
+
+
+def model_flops_per_sequence(spec: ModelSpec, seq_len: int, attention: str = "causal") -> float:
+    """Forward + backward matmul and attention FLOPs of one training sequence (the MFU count), the
+    attention scores counted by ``attention`` (module docstring)."""
+    return _matmul_flops(training_ops(spec, 1, seq_len, causal=_causal(attention), fused_attention=False))
+
+
+def recompute_flops_per_sequence(
+    spec: ModelSpec, seq_len: int, recompute: str, attention: str = "causal"
+) -> float:
     """Extra forward FLOPs re-executed in the backward pass: all layer ops (full) or the attention
     core (selective: QKᵀ and AV, Korthikanti et al. 2022 Sec. 5); the same attention convention."""
     if recompute == "none":
         return 0.0
-    fwd = forward_ops(spec, Batch.training(1, seq_len, causal=False))
+    fwd = forward_ops(spec, Batch.training(1, seq_len, causal=_causal(attention)))
     if recompute == "selective":
         return _matmul_flops([op for op in fwd if op.kind == "attention"])
     return _matmul_flops(

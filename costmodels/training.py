@@ -95,7 +95,7 @@ class TrainingBreakdown:
     stream_s: Array
     bubble_s: Array
     optimizer_s: Array
-    mfu: Array  # model FLOPs (no recompute, full-square attention) / (time · devices · peak)
+    mfu: Array  # model FLOPs (no recompute, causal attention: metrics) / (time · devices · peak) ≤ 1
     hfu: Array  # hardware FLOPs (with the recomputed forward) / (time · devices · peak)
     tokens_per_s: Array
     memory: MemoryBreakdown

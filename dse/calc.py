@@ -74,7 +74,7 @@ _TIME_NOTES = {
     "bubble_s": "pipeline fill / drain: (pp-1)/vpp micro-batch times",
     "optimizer_s": "optimizer step (memory-bound)",
 }
-MFU_NOTE = "model FLOPs: fwd+bwd GEMMs + full s×s attention, no recompute (PaLM / Megatron)"
+MFU_NOTE = "model FLOPs: fwd+bwd GEMMs + causal attention, no recompute (NeMo / Megatron-Bridge)"
 HFU_NOTE = "hardware FLOPs: model FLOPs + the recomputed forward"
 
 

@@ -12,10 +12,12 @@ that. Each rate is ``factor · samples/s`` with the factors of :data:`RATES` (``
 (``hardware=`` alone gives no MFU without ``model=`` and ``num_devices=``).
 
 Model FLOPs per sample are :func:`costmodels.metrics.model_flops_per_sequence`: forward + backward
-matmul and full-square (``s×s``) attention FLOPs, no recompute — the MFU numerator of PaLM (Chowdhery
-et al. 2022, App. B) and of Megatron-LM (Narayanan et al. 2021, Eq. 3 without its recompute term).
-Megatron(-DeepSpeed) logs report TFLOP/s *with* recompute: about 4/3 of ``model_tflops_per_device``
-under full recompute (BLOOM-176B: 149.02 logged, 112.3 here).
+matmul and attention FLOPs, no recompute, the attention scores counted by ``attention``: ``causal``
+(the default, as NeMo / Megatron-Bridge and every other dse figure count them) or ``full`` (the
+``s×s`` count of PaLM, Chowdhery et al. 2022, App. B, and Megatron-LM, Narayanan et al. 2021, Eq. 3
+without its recompute term — the convention of the A100-era logs). Megatron(-DeepSpeed) logs report
+TFLOP/s *with* recompute: about 4/3 of ``model_tflops_per_device`` under full recompute (BLOOM-176B,
+``attention=full``: 149.02 logged, 112.3 here).
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ from dse._app import print_json, run_app
 from dse.hardware import hardware_from_config
 from dse.models import load_model
 
-FLOPS_DEFINITION = (
-    "model FLOPs: forward + backward matmul and full s×s attention, no recompute (PaLM / Megatron MFU)"
-)
+FLOPS_DEFINITION = {
+    "causal": "model FLOPs: fwd + bwd matmul and causal attention, no recompute (NeMo / Megatron-Bridge)",
+    "full": "model FLOPs: fwd + bwd matmul and full s×s attention, no recompute (PaLM / Megatron-LM 2021)",
+}
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,9 @@ def convert(rate: str, value: float, inputs: Inputs) -> dict[str, float]:
         else:
             rate_of, factor_of = RATES[name], RATES[name].factor(inputs)
             out[name] = factor_of / samples_per_s if rate_of.inverse else factor_of * samples_per_s
+    for name, result in out.items():  # an absurd value overflows a derived rate (1e308 s per step)
+        if not (math.isfinite(result) and result > 0):
+            raise ConfigError(f"{rate}={value:g} is out of range: {name} would be {result:g}")
     return out
 
 
@@ -179,7 +185,7 @@ def inputs_from_config(cfg: DictConfig) -> Inputs:
     if cfg.get("model") is not None:
         model = str(cfg.model.source) if choices.get("model") == "path" else str(choices.get("model"))
         spec = load_model(cfg.model)
-        flops = model_flops_per_sequence(spec, seq_len) if seq_len else None
+        flops = model_flops_per_sequence(spec, seq_len, cfg.attention) if seq_len else None
     if cfg.get("hardware") is not None:
         hw = hardware_from_config(cfg.hardware)
         hardware, peak = str(choices.get("hardware")), float(peak_flops(hw, cfg.precision))
@@ -224,6 +230,8 @@ def render(rep: dict[str, Any]) -> str:
 def task(cfg: DictConfig) -> None:
     if cfg.format not in ("table", "json"):
         raise ConfigError(f"format must be 'table' or 'json', got '{cfg.format}'")
+    if cfg.attention not in FLOPS_DEFINITION:
+        raise ConfigError(f"attention must be causal or full, got {cfg.attention!r}")
     rate, value = given_rate(cfg)
     inputs = inputs_from_config(cfg)
     results = convert(rate, value, inputs)
@@ -231,7 +239,7 @@ def task(cfg: DictConfig) -> None:
         "given": {rate: value},
         "inputs": {k: v for k, v in asdict(inputs).items() if v is not None and k != "flops_per_sample"},
         "results": results,
-        "flops_definition": FLOPS_DEFINITION,
+        "flops_definition": FLOPS_DEFINITION[cfg.attention],
     }
     if cfg.format == "json":
         print_json(rep)

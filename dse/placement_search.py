@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from costmodels.architectures import ModelSpec
 from costmodels.errors import ConfigError
@@ -150,9 +150,33 @@ def _degree(value: Any, key: str) -> int:
     """A parallel degree: a positive integer (``null`` means 1), else a ConfigError naming ``key``."""
     if value is None:
         return 1
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) or value < 1:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value != int(value) or value < 1:
         raise ConfigError(f"{key} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def group_order(value: Any, key: str) -> tuple[str, ...]:
+    """The nesting order of the parallel groups (innermost first): a permutation of the five types
+    as a list; null is Megatron's ``tp, cp, ep, dp, pp``. Else a ConfigError naming ``key``."""
+    if value is None:
+        return ("tp", "cp", "ep", "dp", "pp")
+    items = list(value) if isinstance(value, list | tuple | ListConfig) else None
+    if items is None or sorted(map(str, items)) != sorted(("tp", "cp", "ep", "dp", "pp")):
+        raise ConfigError(f"{key} must list tp, cp, ep, dp and pp once each (innermost first), got {value!r}")
+    return tuple(map(str, items))
+
+
+def traffic(value: Any, key: str) -> dict[str, float]:
+    """Bytes per rank per step by group type: finite numbers >= 0 keyed by tp, cp, ep, dp or pp."""
+    items = dict(value) if isinstance(value, Mapping) else None
+    types = ("tp", "cp", "ep", "dp", "pp")
+    if items is None or not all(k in types for k in items):
+        raise ConfigError(f"{key} must map group types ({', '.join(types)}) to bytes, got {value!r}")
+    for k, v in items.items():
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+            raise ConfigError(f"{key}.{k} must be a finite number of bytes >= 0, got {v!r}")
+    return {k: float(v) for k, v in items.items()}
 
 
 def degrees(p: Mapping[str, Any], n_devices: int, prefix: str = "placement.") -> dict[str, int]:
@@ -183,7 +207,7 @@ def job_from_config(cfg: DictConfig, topo: Topology, spec: ModelSpec) -> Job:
     d = degrees(p, int(cfg.num_devices))
     if p.get("fit_dp"):
         d = fit_dp(d, topo)
-    order = tuple(p.get("order") or ("tp", "cp", "ep", "dp", "pp"))
+    order = group_order(p.get("order"), "placement.order")
     s = bytes_per_step(spec, _plain(cfg.workload), p | d)
     return Job(**d, bytes_per_step=s, order=order)
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from costmodels.errors import ConfigError
 from dse._app import format_table, print_json, run_app
-from dse.placement_search import build_topology, bytes_per_step, degrees
+from dse.placement_search import build_topology, bytes_per_step, degrees, group_order, traffic
 from search.placement import Job, evaluate
 from search.topology import Topology
 
@@ -75,18 +75,18 @@ def job_of(cfg: DictConfig, n_ranks: int, from_file: dict[str, Any] | None) -> J
         degree = degrees(from_file | {"dp": from_file.get("dp", 1)}, n_ranks, prefix="the report's job.")
         return Job(
             **degree,
-            bytes_per_step=dict(from_file["bytes_per_step"]),
-            order=tuple(from_file.get("order", ("tp", "cp", "ep", "dp", "pp"))),
+            bytes_per_step=traffic(from_file["bytes_per_step"], "the report's job.bytes_per_step"),
+            order=group_order(from_file.get("order"), "the report's job.order"),
         )
     j = OmegaConf.to_container(cfg.job, resolve=True)
     d = degrees(j, n_ranks, prefix="job.")
     if j.get("bytes_per_step") is not None:
-        s = {k: float(v) for k, v in j["bytes_per_step"].items()}
+        s = traffic(j["bytes_per_step"], "job.bytes_per_step")
     else:
         from dse.models import load_model
 
         s = bytes_per_step(load_model(str(j["model"])), j, j | d)
-    job = Job(**d, bytes_per_step=s, order=tuple(j["order"]))
+    job = Job(**d, bytes_per_step=s, order=group_order(j["order"], "job.order"))
     if job.n_ranks != n_ranks:
         raise ConfigError(f"job tp·pp·dp·cp·ep = {job.n_ranks} but the placement has {n_ranks} ranks")
     return job

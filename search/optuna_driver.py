@@ -17,12 +17,14 @@ and creating the next trial happen under one lock — a thread lock plus ``flock
 ``<storage file>.trials.lock`` for file-backed storages. Network RDB workers on several machines may
 overshoot by one trial each.
 
-Faults: each trial records the ``host:pid`` of the process running it. A study opened again first
-marks FAIL the RUNNING trials whose process on this host is gone (``kill -9``, a crash, a node
-reboot), and failed trials do not count towards ``n_trials``, so they are run again: a resumed study
-ends with exactly ``n_trials`` finished trials. (A RUNNING trial of a process on another host is
-left alone; a process that is merely slow must not lose its trial.) An interrupt (SIGINT, or
-SIGTERM turned into one by the app) stops every worker after its current trial and re-raises.
+Faults: each trial records the ``host:pid`` of the process running it, and in an RDB storage
+(workers on many hosts) a heartbeat every 30 s. A study opened again first marks FAIL the RUNNING
+trials whose process on this host is gone (``kill -9``, a crash) and, in an RDB storage, those whose
+heartbeat stopped 120 s ago on any host; failed trials do not count towards ``n_trials``, so they
+are run again: a resumed study ends with exactly ``n_trials`` finished trials. (A journal file's
+RUNNING trial of a process on another host is left alone: a slow process must not lose its trial.)
+An interrupt (SIGINT, or SIGTERM turned into one by the app) stops every worker after its current
+trial and re-raises.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ JOURNAL_SUFFIXES = (".log", ".journal")
 MAXIMIZED = ("mfu", "hfu", "tokens_per_s")  # metric names whose default direction is "maximize"
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)  # FAIL trials are run again
 WORKER_ATTR = "dse_worker"  # host:pid of the process running a trial
+# RDB storages (workers on several hosts): each running trial's heartbeat every 30 s; a trial silent
+# for 120 s belongs to a dead worker (Optuna's ``fail_stale_trials``)
+HEARTBEAT_INTERVAL_S, HEARTBEAT_GRACE_S = 30, 120
 SAMPLERS = ("auto", "tpe", "motpe", "nsga2", "random")
 
 
@@ -114,7 +119,14 @@ def open_storage(storage: str | None) -> optuna.storages.BaseStorage:
         if storage.startswith("redis://"):
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalRedisBackend(storage))
         if "://" in storage:
-            return optuna.storages.RDBStorage(storage, engine_kwargs=_engine_kwargs(storage))
+            with warnings.catch_warnings():  # the heartbeat arguments are "experimental"
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    storage,
+                    engine_kwargs=_engine_kwargs(storage),
+                    heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                    grace_period=HEARTBEAT_GRACE_S,
+                )
     except Exception as exc:  # sqlalchemy/OS/import errors: all mean "cannot open"
         cause = (str(exc).splitlines() or [""])[0]  # sqlalchemy appends a "Background on this error" line
         raise ConfigError(f"cannot open Optuna storage {storage!r}: {type(exc).__name__}: {cause}") from exc
@@ -266,7 +278,9 @@ def _next_trial(task: _Task) -> Trial | None:
     with task.lock.held():
         if len(task.study.get_trials(deepcopy=False, states=COUNTED)) >= task.n_trials:
             return None
-        trial = task.study.ask()
+        with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": ours beats
+            warnings.simplefilter("ignore", UserWarning)
+            trial = task.study.ask()
         trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
         return trial
 
@@ -282,7 +296,11 @@ def _process_alive(pid: int) -> bool:
 
 
 def fail_stale_trials(study: Any) -> int:
-    """Mark FAIL the RUNNING trials whose process on this host no longer exists; their count."""
+    """Mark FAIL the RUNNING trials whose process on this host no longer exists, and, in an RDB
+    storage, those of any host whose heartbeat stopped; the count of the first kind."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "experimental"; a no-op for storages without a heartbeat
+        optuna.storages.fail_stale_trials(study)
     host, stale = socket.gethostname(), 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker_host, _, pid = str(t.user_attrs.get(WORKER_ATTR, "")).rpartition(":")
@@ -292,9 +310,37 @@ def fail_stale_trials(study: Any) -> int:
     return stale
 
 
+@contextmanager
+def _heartbeat(study: Any, trial: Trial) -> Iterator[None]:
+    """Record the trial's heartbeat every ``HEARTBEAT_INTERVAL_S`` while it runs (RDB storages)."""
+    storage = study._storage  # Optuna wraps an RDBStorage in a cache that forwards the heartbeat
+    if getattr(storage, "get_heartbeat_interval", lambda: None)() is None:
+        yield
+        return
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.is_set():
+            storage.record_heartbeat(trial._trial_id)
+            done.wait(HEARTBEAT_INTERVAL_S)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
 def _run_trial(task: _Task, trial: Trial) -> None:
     """Suggest, evaluate, record metrics (user attribute) and constraints, tell, report; a trial
     whose suggestion or evaluation raises is told FAIL and the exception re-raised."""
+    with _heartbeat(task.study, trial):
+        _run_trial_body(task, trial)
+
+
+def _run_trial_body(task: _Task, trial: Trial) -> None:
     try:
         params = {name: p.suggest(trial, name) for name, p in task.space.items()}
         out = task.evaluate(params)

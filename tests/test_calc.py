@@ -16,10 +16,11 @@ from hydra import compose, initialize_config_dir
 from costmodels.errors import ConfigError
 from costmodels.inference import InferenceBreakdown
 from costmodels.memory import MemoryBreakdown
-from costmodels.metrics import SECONDS_PER_DAY
+from costmodels.metrics import SECONDS_PER_DAY, model_flops_per_sequence
 from costmodels.training import TrainingBreakdown
 from dse import calc
 from dse._app import CONF_DIR, MODEL_DIR
+from dse.models import load_model
 
 H100_BF16 = 989e12
 # The README example with the distributed optimizer (ZeRO-1), which fits in 80 GiB.
@@ -120,19 +121,32 @@ def test_tokens_per_day_and_samples(example: dict[str, Any]) -> None:
 def test_mfu_and_hfu_by_hand(example: dict[str, Any]) -> None:
     """Llama-3-70B (L=80, h=8192, 64 heads of 128, 8 KV heads, I=28672, V=128256), s=8192:
     GEMM parameters P = L·(h·h + 2·h·1024 + h·h + 3·h·I) + V·h (the LM head; the embedding is a
-    lookup), model FLOPs per sequence 6·s·P + 12·L·s²·h (QKᵀ and AV over the full s×s square,
-    forward 4·s²·h per layer, backward twice that). MFU = tokens/s / s · FLOPs / (64 · 989 TFLOP/s).
-    Selective recompute re-runs QKᵀ and AV: HFU adds 4·L·s²·h per sequence."""
+    lookup), model FLOPs per sequence 6·s·P + 6·L·s·(s+1)·h (QKᵀ and AV over the causal s(s+1)/2
+    pairs, forward 2·s·(s+1)·h per layer, backward twice that). MFU = tokens/s / s · FLOPs /
+    (64 · 989 TFLOP/s). Selective recompute re-runs QKᵀ and AV: HFU adds 2·L·s·(s+1)·h per sequence."""
     cfg = json.loads((MODEL_DIR / "llama3_70b.yaml").read_text())
     layers, h, inter, vocab, s = 80, 8192, 28672, 128256, 8192
     assert (cfg["num_hidden_layers"], cfg["hidden_size"], cfg["intermediate_size"]) == (layers, h, inter)
     params = layers * (h * h + 2 * h * 1024 + h * h + 3 * h * inter) + vocab * h
-    flops = 6 * s * params + 12 * layers * s * s * h
+    flops = 6 * s * params + 6 * layers * s * (s + 1) * h
     seqs_per_s = example["tokens_per_s"] / s
     assert example["mfu"] == pytest.approx(seqs_per_s * flops / (64 * H100_BF16), rel=1e-9)
-    hardware = flops + 4 * layers * s * s * h
+    hardware = flops + 2 * layers * s * (s + 1) * h
     assert example["hfu"] == pytest.approx(seqs_per_s * hardware / (64 * H100_BF16), rel=1e-9)
     assert example["model_flops_per_s_per_device"] == pytest.approx(example["mfu"] * H100_BF16, rel=1e-9)
+
+
+@pytest.mark.parametrize("seq_len", [1_048_576, 4_194_304])
+def test_mfu_stays_below_one_at_million_token_sequences(seq_len: int) -> None:
+    """Llama-3-8B with cp = 64: attention dominates the FLOPs. MFU counts causal attention, the
+    FLOPs the fused kernel executes, so it stays in (0, 1]; the full-square count would be about
+    twice that (0.98 at 1M tokens on the H100 preset)."""
+    overrides = ["model=llama3_8b", "num_devices=64", "parallelism.cp=64", "parallelism.dp=1"]
+    rep = calc_report([*overrides, f"seq_len={seq_len}", "global_batch=1"])
+    assert 0.0 < rep["mfu"] <= 1.0 and rep["hfu"] <= 1.0
+    spec = load_model("llama3_8b")
+    ratio = model_flops_per_sequence(spec, seq_len, "full") / model_flops_per_sequence(spec, seq_len)
+    assert 1.9 < ratio < 2.0
 
 
 def test_infeasible_report_names_the_overflow() -> None:

@@ -19,12 +19,15 @@ from dse.models import load_model
 # BLOOM-176B (conf/model/bloom_176b.yaml): h = 14336, l = 70, V = 250880 (padded), s = 2048, on 384 A100s.
 H, L, V, S = 14336, 70, 250_880, 2048
 BLOOM_FLOPS = 72 * S * L * H**2 * (1 + S / (6 * H) + V / (12 * L * H))  # = 2.216074e15 per sequence
+# causal attention: (s+1)/2 keys per query instead of s: the s/(6h) term becomes (s+1)/(12h)
+BLOOM_CAUSAL_FLOPS = 72 * S * L * H**2 * (1 + (S + 1) / (12 * H) + V / (12 * L * H))  # = 2.190832e15
 A100_BF16 = 312e12
 
 
 @pytest.fixture(scope="module")
 def bloom() -> Inputs:
-    flops = model_flops_per_sequence(load_model("bloom_176b"), S)
+    """BLOOM's logs count full-square attention (Megatron-DeepSpeed): ``attention="full"``."""
+    flops = model_flops_per_sequence(load_model("bloom_176b"), S, attention="full")
     return Inputs(
         seq_len=S,
         global_batch=2048,
@@ -141,8 +144,18 @@ def test_cli_bloom_mfu() -> None:
     rep = json.loads(proc.stdout)
     assert rep["given"] == {"samples_per_s": 19.463}
     assert rep["inputs"]["model"] == "bloom_176b" and rep["inputs"]["peak_flops"] == A100_BF16
-    assert rep["results"]["mfu"] == pytest.approx(0.3600, abs=1e-4)
-    assert "no recompute" in rep["flops_definition"]
+    assert "causal attention, no recompute" in rep["flops_definition"]
+    assert rep["results"]["mfu"] == pytest.approx(19.463 * BLOOM_CAUSAL_FLOPS / (384 * A100_BF16), rel=1e-9)
+    full = json.loads(run_cli(*proc.args[3:], "attention=full").stdout)
+    assert full["results"]["mfu"] == pytest.approx(0.3600, abs=1e-4)
+    assert "full s×s attention" in full["flops_definition"]
+
+
+def test_causal_model_flops_by_hand() -> None:
+    """The default count: causal attention, 72·s·l·h²·(1 + (s+1)/(12h) + V/(12lh)) = 2.190832e15."""
+    flops = model_flops_per_sequence(load_model("bloom_176b"), S)
+    assert flops == pytest.approx(BLOOM_CAUSAL_FLOPS, rel=1e-12)
+    assert flops == pytest.approx(2.190832e15, rel=1e-6)
 
 
 @pytest.mark.parametrize(

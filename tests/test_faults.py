@@ -21,7 +21,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.optuna_driver import open_storage
+from search.optuna_driver import WORKER_ATTR, fail_stale_trials, open_storage
 
 SEARCH = [
     "+experiment=gpu_cluster",
@@ -170,3 +170,25 @@ def test_read_only_store_fails_fast_in_one_line(tmp_path: Path, tmpfs: Path) -> 
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
     proc, elapsed = _search(tmp_path, f"tracking.uri=sqlite:///{tmpfs}/mlflow.db")
     _one_error_line(proc, elapsed, "Read-only file system")
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Optuna: heartbeat "experimental", "meant for optimize"
+def test_rdb_trial_whose_heartbeat_stopped_is_failed_on_any_host(tmp_path: Path) -> None:
+    """In an RDB storage a RUNNING trial of another host (whose pid cannot be checked here) is marked
+    FAIL once its heartbeat is older than the grace period (1 s here; 120 s in ``open_storage``)."""
+    storage = optuna.storages.RDBStorage(
+        f"sqlite:///{tmp_path / 'h.db'}", heartbeat_interval=1, grace_period=1
+    )
+    study = optuna.create_study(storage=storage, study_name="s")
+    trial = study.ask()
+    trial.set_user_attr(WORKER_ATTR, "another-host:12345")
+    storage.record_heartbeat(trial._trial_id)
+    assert fail_stale_trials(study) == 0 and _trial_state(study) == "RUNNING"  # alive: beat just now
+    time.sleep(2.5)
+    fail_stale_trials(study)
+    assert _trial_state(study) == "FAIL"
+
+
+def _trial_state(study: optuna.Study) -> str:
+    [t] = study.get_trials(deepcopy=False)
+    return t.state.name

@@ -12,6 +12,7 @@ booleans, lists and objects. About 10,000 inputs in all per run (the example cou
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 from pathlib import Path
@@ -29,7 +30,7 @@ from omegaconf import OmegaConf, open_dict
 from costmodels.architectures import parse_hf_config
 from costmodels.errors import ConfigError
 from costmodels.workload import parameter_count
-from dse import calc, convert, roofline, schema, validate
+from dse import calc, ckpt_summarize, convert, roofline, schema, topoeval, validate
 from dse._app import CONF_DIR, MODEL_DIR
 from dse.checks import check_results
 from dse.hardware import HARDWARE_DIR, hardware_from_config, resolve_defaults
@@ -388,3 +389,99 @@ def test_validation_case_is_scored_or_rejected_with_a_reason(case: dict, key: st
     assert row.category != validate.ERROR, row.reason
     if row.covered:
         assert math.isfinite(row.predicted) and row.predicted > 0
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoint files (dse.ckpt_summarize)
+
+SAFETENSORS_HEADER = {"w": {"dtype": "F16", "shape": [2, 3], "data_offsets": [0, 12]}}
+
+
+def _safetensors(header: Any, payload: bytes = bytes(12)) -> bytes:
+    text = header if isinstance(header, str) else json.dumps(header)
+    raw = text.encode("utf-8", "surrogatepass")
+    return len(raw).to_bytes(8, "little") + raw + payload
+
+
+@_examples(800)
+@given(
+    field=st.sampled_from(["dtype", "shape", "data_offsets", "name", "header", "length", "truncate"]),
+    value=st.one_of(BAD_VALUES, st.binary(max_size=24), st.text(max_size=8)),
+)
+def test_checkpoint_file_summarizes_or_one_line_error(tmp_path_factory, field: str, value: Any) -> None:
+    """A safetensors file with one part broken (an entry's dtype, shape or offsets, its name, the
+    whole header, the header length, a truncated file): a summary whose counts are non-negative
+    integers, or a one-line ConfigError — never another exception."""
+    header = copy.deepcopy(SAFETENSORS_HEADER)
+    blob = None
+    as_json = value.decode("latin-1") if isinstance(value, bytes) else value  # JSON holds no bytes
+    if field in ("dtype", "shape", "data_offsets"):
+        header["w"][field] = as_json
+    elif field == "name":
+        header = {str(as_json): header["w"]}
+    elif field == "header":
+        header = as_json if isinstance(as_json, str) else {"w": as_json}
+    if field == "length":
+        blob = (value if isinstance(value, bytes) else bytes(8))[:8].ljust(8, b"\xff") + b"{}"
+    elif field == "truncate":
+        full = _safetensors(header)
+        blob = full[: (len(value) if isinstance(value, bytes | str) else 3) % len(full)]
+    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
+    try:
+        path.write_bytes(blob if blob is not None else _safetensors(header))
+    except UnicodeEncodeError:
+        return
+    try:
+        files, metas, non_tensor = ckpt_summarize.collect(path)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert files == [path] and non_tensor >= 0
+    assert all(m.elements >= 0 and m.size_bytes >= 0 for m in metas)
+
+
+# --------------------------------------------------------------------------------------------
+# Placement files (dse.topoeval)
+
+
+@pytest.fixture(scope="module")
+def topoeval_cfg():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(
+            "topoeval",
+            ["topology=small_2x8", "placement_file=x", "job.tp=8", "job.bytes_per_step={tp: 1e9, dp: 1e8}"],
+        )
+
+
+PLACEMENT_KEYS = ["rank", "device", "list", "job.tp", "job.dp", "job.pp", "job.order"]
+
+
+@_examples(400)
+@given(key=st.sampled_from(PLACEMENT_KEYS), value=st.one_of(BAD_VALUES, st.sampled_from(["n0/gpu0", "x/y"])))
+def test_placement_file_scores_or_one_line_error(
+    tmp_path_factory, topoeval_cfg, key: str, value: Any
+) -> None:
+    """16 ranks on the 2×8 topology with one thing broken (a rank key, a device id, the file's shape,
+    a degree, the group order): every reported cost and time finite and >= 0, or a one-line error."""
+    placement: Any = {str(r): r for r in range(16)}
+    if key == "rank":
+        placement[str(value)] = placement.pop("15")
+    elif key == "device":
+        placement["3"] = value
+    elif key == "list":
+        placement = [value] * 16 if not isinstance(value, list) else value
+    cfg = _changed(topoeval_cfg, key, value) if key.startswith("job.") else copy.deepcopy(topoeval_cfg)
+    if cfg is None:
+        return
+    path = tmp_path_factory.mktemp("placement") / "p.json"
+    path.write_text(json.dumps(placement, default=str))
+    with open_dict(cfg):
+        cfg.placement_file = str(path)
+    try:
+        rep = topoeval.report(cfg)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+        return
+    check_results(
+        {k: v for k, v in rep.items() if k not in ("max_link", "job")}, f"placement {key}={value!r}"
+    )

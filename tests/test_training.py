@@ -400,34 +400,47 @@ def _megatron_flops(s: int, layers: int, h: int, vocab: int) -> float:
     return 72.0 * s * layers * h * h * (1.0 + s / (6.0 * h) + vocab / (12.0 * layers * h))
 
 
+def _causal_flops(s: int, layers: int, h: int, vocab: int) -> float:
+    """The same with causal attention ((s+1)/2 keys per query): 72·s·l·h²·(1 + (s+1)/(12h) + V/(12·l·h))."""
+    return 72.0 * s * layers * h * h * (1.0 + (s + 1) / (12.0 * h) + vocab / (12.0 * layers * h))
+
+
 def test_model_flops_equal_the_megatron_formula():
-    """For this GPT-2: 72·1024·8·1024²·(1 + 1/6 + 51200/98304) = 6.1848e11 · 1.6875 = 1.04368e12.
-    Also for every shipped GPT-2-type model (plain 4h MLP, multi-head attention)."""
-    _close(model_flops_per_sequence(GPT2, SEQ), _megatron_flops(SEQ, L, H, V), rtol=1e-12)
+    """For this GPT-2: 72·1024·8·1024²·(1 + 1/6 + 51200/98304) = 6.1848e11 · 1.6875 = 1.04368e12 with
+    full-square attention, and 6.1848e11 · (1 + 1025/12288 + 51200/98304) = 9.9219e11 with causal
+    attention (the default). Also for every shipped GPT-2-type model (plain 4h MLP, multi-head attention)."""
+    _close(model_flops_per_sequence(GPT2, SEQ, attention="full"), _megatron_flops(SEQ, L, H, V), rtol=1e-12)
     _close(_megatron_flops(SEQ, L, H, V), 1.0436770e12, rtol=1e-7)
+    _close(model_flops_per_sequence(GPT2, SEQ), _causal_flops(SEQ, L, H, V), rtol=1e-12)
     for name in ("gpt3_175b", "megatron_gpt_22b", "megatron_gpt_175b"):
         spec = load_model(name)
         assert spec.model_type == "gpt2" and spec.intermediate_size == 4 * spec.hidden_size
         expected = _megatron_flops(2048, spec.num_layers, spec.hidden_size, spec.vocab_size)
-        _close(model_flops_per_sequence(spec, 2048), expected, rtol=1e-12)
+        _close(model_flops_per_sequence(spec, 2048, attention="full"), expected, rtol=1e-12)
+        causal = _causal_flops(2048, spec.num_layers, spec.hidden_size, spec.vocab_size)
+        _close(model_flops_per_sequence(spec, 2048), causal, rtol=1e-12)
 
 
 def test_mfu_is_model_flops_over_time_devices_peak():
-    """tp 2 × dp 4 = 8 GPUs, global batch 16, micro-batch 2 (m = 2): MFU = 16·F/(step·8·312e12)."""
+    """tp 2 × dp 4 = 8 GPUs, global batch 16, micro-batch 2 (m = 2): MFU = 16·F/(step·8·312e12), F
+    the causal model FLOPs."""
     plan = make_plan(tp=2, dp=4, microbatch=2, global_batch=16)
     b = _step(plan)
-    expected = 16 * _megatron_flops(SEQ, L, H, V) / (_f(b.step_time_s) * 8 * P)
+    expected = 16 * _causal_flops(SEQ, L, H, V) / (_f(b.step_time_s) * 8 * P)
     _close(b.mfu, expected)
     assert 0.0 < _f(b.mfu) < 1.0
 
 
 def test_hfu_adds_the_recomputed_forward():
-    """Full recompute re-runs the layers' forward: per sequence 24·s·h²·l (GEMMs) + 4·s²·h·l (attention,
-    full square) = 28·s·h²·l at s = h, against model FLOPs (84 + 6V/(l·h))·s·h²·l = 121.5·s·h²·l:
-    HFU/MFU = 1 + 28/121.5. Selective adds the attention core only, 4·s²·h·l: 1 + 4/121.5."""
+    """Full recompute re-runs the layers' forward: per sequence 24·s·h²·l (GEMMs) + 2·s·(s+1)·h·l
+    (causal attention) = (24 + 2·1025/1024)·s·h²·l at s = h = 1024, against model FLOPs
+    (72 + 6·1025/1024 + 6V/(l·h))·s·h²·l = (78.006 + 37.5)·s·h²·l: HFU/MFU = 1 + 26.002/115.506.
+    Selective adds the attention core only, 2·s·(s+1)·h·l: 1 + 2.002/115.506."""
     full, selective = _step(make_plan(recompute="full")), _step(make_plan(recompute="selective"))
-    _close(_f(full.hfu) / _f(full.mfu), 1.0 + 28.0 / 121.5)
-    _close(_f(selective.hfu) / _f(selective.mfu), 1.0 + 4.0 / 121.5)
+    attention = 2.0 * (SEQ + 1) / H
+    model = 72.0 + 3.0 * attention + 6.0 * V / (L * H)
+    _close(_f(full.hfu) / _f(full.mfu), 1.0 + (24.0 + attention) / model)
+    _close(_f(selective.hfu) / _f(selective.mfu), 1.0 + attention / model)
     none = _step(make_plan())
     assert _f(none.hfu) == _f(none.mfu)
 
