@@ -172,7 +172,7 @@ def test_read_only_store_fails_fast_in_one_line(tmp_path: Path, tmpfs: Path) -> 
     _one_error_line(proc, elapsed, "Read-only file system")
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")  # Optuna: heartbeat "experimental", "meant for optimize"
+@pytest.mark.filterwarnings("ignore")  # Optuna: the heartbeat is "experimental" and "meant for optimize"
 def test_rdb_trial_whose_heartbeat_stopped_is_failed_on_any_host(tmp_path: Path) -> None:
     """In an RDB storage a RUNNING trial of another host (whose pid cannot be checked here) is marked
     FAIL once its heartbeat is older than the grace period (1 s here; 120 s in ``open_storage``)."""
