@@ -247,6 +247,9 @@ def run_app(
             fail(str(exc))
         except MissingMandatoryValue as exc:
             fail(f"missing required value '{exc.full_key}': pass {exc.full_key}=...")
+        except ResultError as exc:  # a bug, not the user's mistake: one line, its own exit status
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(3) from None
         except BrokenPipeError:  # output piped into `head` and closed early: not an error
             _silence_stdout()
         return None
@@ -263,9 +266,6 @@ def run_app(
             file=sys.stderr,
         )
         raise SystemExit(128 + exc.signum) from None
-    except ResultError as exc:  # a bug, not the user's mistake: one line, its own exit status
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(3) from None
     except OSError as exc:  # Hydra creating the output or log directory
         where = exc.filename or "the output directory"
         fail(f"cannot write {where}: {exc.strerror}; set hydra.run.dir=<a writable directory>")

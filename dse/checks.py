@@ -59,9 +59,10 @@ def _leaves(value: Any, key: str) -> list[tuple[str, Any]]:
 
 def check_results(results: Mapping[str, Any], inputs: str, allow_negative: tuple[str, ...] = ()) -> None:
     """Raise :class:`ResultError` unless every numeric leaf of ``results`` is finite and >= 0
-    (keys ending in one of ``allow_negative`` may be negative, e.g. a signed objective)."""
+    (keys ending in one of ``allow_negative``, and ``neg_*`` objectives, may be negative)."""
     for key, value in _leaves(results, ""):
-        if not math.isfinite(value) or (value < 0 and not key.endswith(allow_negative)):
+        signed = key.endswith(allow_negative) or key.rsplit(".", 1)[-1].startswith("neg_")
+        if not math.isfinite(value) or (value < 0 and not signed):
             raise ResultError(
                 f"internal error: {key} = {value} is not a finite non-negative number for {inputs}; "
                 "this is a bug in dse, please report it with this line"

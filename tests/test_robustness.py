@@ -3,9 +3,10 @@ the one-line :class:`ConfigError` naming the user's key — never another except
 or a negative figure.
 
 Strategies mutate the shipped inputs (Hugging Face configs of every model family, hardware presets,
-the composed ``dse.search`` and ``dse.calc`` configs, instance-topology files) with values of the
-wrong type, non-finite numbers, zero, negative and huge values, strings that look like numbers or
-booleans, lists and objects. About 10,000 inputs in all per run (the example counts below);
+the composed ``dse.search``, ``dse.calc`` and ``dse.roofline`` configs, ``dse.convert`` rates,
+validation cases, instance-topology, placement and safetensors files) with values of the wrong
+type, non-finite numbers, zero, negative and huge values, strings that look like numbers or
+booleans, lists and objects. About 13,700 inputs in all per run (the example counts below);
 ``HYPOTHESIS_PROFILE=nightly`` runs ten times as many.
 """
 

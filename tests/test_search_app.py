@@ -101,6 +101,21 @@ def test_inference_slo_respects_the_tpot_limit(tmp_path: Path) -> None:
     assert all(r["tokens_per_s"] <= best_rate for r in rep["top"])
 
 
+@pytest.mark.parametrize("driver", ["grid", "optuna"])
+def test_inference_slo_with_each_driver_reports_tokens_per_s(tmp_path: Path, driver: str) -> None:
+    """The serving search maximises tokens/s (objective neg_tokens_per_s, a signed figure that is
+    negative by design) with the grid and with Optuna; the reported throughput is positive."""
+    proc = run(
+        "+experiment=inference_slo", f"search={driver}", "model=llama3_8b", "parallelism.tp=[1,2]",
+        "parallelism.batch_size=[1,8,64]", "tracking=none", "format=json",
+        *(["search.n_trials=6"] if driver == "optuna" else []),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads(proc.stdout)
+    assert rep["metrics"]["tokens_per_s"] > 0 and rep["metrics"]["objective"] < 0
+
+
 def _runs(uri: str, monkeypatch: pytest.MonkeyPatch) -> list:
     import mlflow
 
