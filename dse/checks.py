@@ -10,8 +10,10 @@ key, its value and the inputs that produced it, and the app prints it as one lin
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +38,38 @@ def fraction(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
         raise ConfigError(f"{name} is a fraction in [0, 1], got {value!r}")
     return float(value)
+
+
+MAX_FILE_BYTES = 256 * 2**20  # config, case, topology and placement files are far smaller
+
+
+def read_text(path: Path, what: str) -> str:
+    """A UTF-8 text file (``what`` names it in the message); a missing, unreadable, oversized or
+    non-UTF-8 file is a one-line ConfigError."""
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ConfigError(f"{what} {path}: {path.stat().st_size:,} bytes, more than such a file holds")
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {exc.start})") from None
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file: :func:`read_text`, then a one-line ConfigError for malformed or too deeply
+    nested JSON (naming the line and column)."""
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{what} {path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
+    except RecursionError:
+        raise ConfigError(f"{what} {path}: JSON nested too deeply") from None
 
 
 class ResultError(RuntimeError):

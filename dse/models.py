@@ -9,7 +9,6 @@ and ``transformers``; nothing is downloaded otherwise.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from costmodels.architectures import ModelSpec, parse_hf_config
 from costmodels.errors import ConfigError
 from dse._app import MODEL_DIR
+from dse.checks import read_json
 
 SOURCE_OPTION = "path"  # conf/model/path.yaml: {source: ???}
 
@@ -29,17 +29,9 @@ def available_models() -> list[str]:
 
 
 def read_config_json(path: Path) -> dict[str, Any]:
-    """Parse a config.json file; malformed JSON is a ConfigError naming the line and column."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read model config {path}: {exc.strerror}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-        ) from None
+    """Parse a config.json file (``dse.checks.read_json``: one-line errors naming the line and
+    column of malformed JSON, non-UTF-8 or oversized files)."""
+    data = read_json(path, "model config")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a model config must be a JSON object, got {type(data).__name__}")
     return data

@@ -23,7 +23,6 @@ Traffic per rank per step, S_t, the buffer of the type's collective (same terms 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Mapping
@@ -38,6 +37,7 @@ from costmodels.errors import ConfigError
 from costmodels.hardware import bytes_per_element
 from costmodels.memory import stage_parameters
 from dse._app import CONF_DIR, format_table
+from dse.checks import read_json
 from dse.tracking import JobRun
 from dse.units import fmt_cell
 from search.placement import Job, Placement, cp_sat, evaluate, rank_order, tree_heuristic
@@ -74,10 +74,7 @@ def resolve_path(path: str) -> Path:
 
 
 def read_instance_json(path: str) -> dict[str, Any]:
-    try:
-        return json.loads(resolve_path(path).read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"topology file {path} is not valid JSON: {exc}") from None
+    return read_json(resolve_path(path), "topology file")
 
 
 def build_topology(tcfg: Mapping[str, Any] | DictConfig) -> Topology:

@@ -12,7 +12,6 @@ link, comm time (``search.placement.evaluate``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from costmodels.errors import ConfigError
 from dse._app import format_table, print_json, run_app
+from dse.checks import read_json
 from dse.placement_search import build_topology, bytes_per_step, degrees, group_order, traffic
 from search.placement import Job, evaluate
 from search.topology import Topology
@@ -27,13 +27,7 @@ from search.topology import Topology
 
 def read_placement(path: str) -> tuple[list[Any], dict[str, Any] | None]:
     """(device per rank, the report's job or None) from a placement file."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"placement file {path} does not exist")
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"placement file {path} is not valid JSON: {exc}") from None
+    data = read_json(Path(path), "placement file")
     job = data.get("job") if isinstance(data, dict) and "placement" in data else None
     data = data["placement"] if job is not None or (isinstance(data, dict) and "placement" in data) else data
     if isinstance(data, list):

@@ -54,6 +54,7 @@ from omegaconf import DictConfig, ListConfig
 from costmodels.architectures import MAX_INT
 from costmodels.errors import ConfigError
 from dse._app import CONF_DIR, format_table, print_json, run_app
+from dse.checks import read_text
 from dse.tracking import JobRun
 
 if TYPE_CHECKING:
@@ -108,12 +109,7 @@ def resolve_path(text: str) -> Path:
 
 def read_yaml(path: Path, what: str) -> Any:
     """Parse a YAML file; a missing file or a syntax error is a one-line ConfigError (with the line)."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{what} file not found: {path}") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} file {path}: {exc.strerror}") from None
+    text = read_text(path, f"{what} file")
     try:
         return yaml.load(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:

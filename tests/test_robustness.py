@@ -35,6 +35,8 @@ from dse import calc, ckpt_summarize, convert, roofline, schema, topoeval, valid
 from dse._app import CONF_DIR, MODEL_DIR
 from dse.checks import check_results
 from dse.hardware import HARDWARE_DIR, hardware_from_config, resolve_defaults
+from dse.models import load_model
+from dse.placement_search import read_instance_json
 from search.topology import from_instance_json
 
 settings.register_profile("default", deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -486,3 +488,31 @@ def test_placement_file_scores_or_one_line_error(
     check_results(
         {k: v for k, v in rep.items() if k not in ("max_link", "job")}, f"placement {key}={value!r}"
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Unreadable files: every reader of a user's file
+
+
+READERS = {
+    "model config": lambda p: load_model(str(p)),
+    "placement file": lambda p: topoeval.read_placement(str(p)),
+    "topology file": lambda p: read_instance_json(str(p)),
+    "cases file": lambda p: validate.load_cases(p),
+}
+CONTENTS = {
+    "non-UTF-8": b"\xff\xfe{}",
+    "nested 100,000 deep": b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    "empty": b"",
+    "truncated": b'{"model_type": "llama", "hidden_size": 40',
+}
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+@pytest.mark.parametrize("content", sorted(CONTENTS))
+def test_unreadable_file_is_one_line_error(tmp_path: Path, reader: str, content: str) -> None:
+    path = tmp_path / ("cases.yaml" if reader == "cases file" else "file.json")
+    path.write_bytes(CONTENTS[content])
+    with pytest.raises(ConfigError) as err:
+        READERS[reader](path)
+    assert "\n" not in str(err.value)

@@ -406,7 +406,7 @@ def test_tracking_logs_metrics_table_and_scatter(
 
 def test_file_errors(tmp_path: Path) -> None:
     """Only what keeps the whole file from being read stops the run."""
-    with pytest.raises(ConfigError, match="cases file not found"):
+    with pytest.raises(ConfigError, match=r"cases file .* does not exist"):
         validate.load_cases(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("cases:\n  - id: a\n    kind: [training\n")
@@ -437,7 +437,7 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     bad.write_text("- id: a\n")
     for args, message in [
         ((str(bad), "format=json"), "expected a mapping with a top-level 'cases:' list"),
-        ((str(tmp_path / "nope.yaml"),), "cases file not found"),
+        ((str(tmp_path / "nope.yaml"),), "does not exist"),
     ]:
         proc = run_cli(*args)
         assert proc.returncode == 2, proc.stderr
