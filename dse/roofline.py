@@ -17,7 +17,7 @@ from costmodels.hardware import bytes_per_element, peak_flops
 from costmodels.roofline import RooflinePoint, ridge_intensity, roofline
 from costmodels.workload import inference_ops, kv_cache_bytes, parameter_count
 from dse._app import format_table, print_json, run_app
-from dse.checks import positive_int
+from dse.checks import check_results, positive_int
 from dse.hardware import hardware_from_config
 from dse.models import load_model
 from dse.units import fmt_bytes, fmt_count, fmt_time
@@ -69,7 +69,7 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     points = roofline(ops, peak, bandwidth)
     params = parameter_count(spec)
     kv_precision = cfg.kv_precision or cfg.precision
-    return {
+    rep = {
         "model": model_name(cfg),
         "model_type": spec.model_type,
         "hardware": hw.name,
@@ -88,6 +88,8 @@ def report(cfg: DictConfig) -> dict[str, Any]:
             "time_s": sum(p.total_time_s for p in points),
         },
     }
+    check_results(rep, f"dse.roofline with {rep['model']} on {hw.name}")
+    return rep
 
 
 def _op_row(p: RooflinePoint) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from costmodels.errors import ConfigError
 from dse._app import format_table, print_json, run_app
-from dse.checks import read_json
+from dse.checks import check_results, read_json
 from dse.placement_search import build_topology, bytes_per_step, degrees, group_order, traffic
 from search.placement import Job, evaluate
 from search.topology import Topology
@@ -93,13 +93,15 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     dev = device_indices(topo, devices)
     job = job_of(cfg, len(dev), from_file)
     ev = evaluate(job, topo, dev)
-    return {
+    rep = {
         "topology": topo.name,
         "ranks": job.n_ranks,
         "job": job.as_dict(),
         **ev,
         "max_link": list(ev["max_link"]) if ev["max_link"] else None,
     }
+    check_results({k: v for k, v in rep.items() if k != "max_link"}, f"the placement {cfg.placement_file}")
+    return rep
 
 
 def render(rep: dict[str, Any]) -> str:

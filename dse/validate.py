@@ -55,6 +55,7 @@ from costmodels.architectures import MAX_INT
 from costmodels.errors import ConfigError
 from dse._app import CONF_DIR, format_table, print_json, run_app
 from dse.checks import read_text
+from dse.schema import check_tracking
 from dse.tracking import JobRun
 
 if TYPE_CHECKING:
@@ -890,7 +891,7 @@ def task(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    run_app(task, "validate", positional=("cases",))
+    run_app(task, "validate", positional=("cases",), check=lambda cfg: check_tracking(cfg.get("tracking")))
 
 
 if __name__ == "__main__":
