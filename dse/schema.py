@@ -164,7 +164,13 @@ def register() -> None:
 
 GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     "workload": {"training": TrainingWorkload, "inference": InferenceWorkload},
-    "search": {"grid": GridSearch, "optuna": OptunaSearch, "gd": GradientSearch, "ilp": IlpSearch},
+    "search": {
+        "grid": GridSearch,
+        "optuna": OptunaSearch,
+        "gd": GradientSearch,
+        "ilp": IlpSearch,
+        "cpsat": CpsatSearch,
+    },
 }
 
 
@@ -215,8 +221,6 @@ def check_config(cfg: DictConfig) -> None:
         kind = node.get("kind" if group == "workload" else "driver") if node is not None else None
         if kind is not None and kind in schemas:
             check_node(node, schemas[kind], f"{group}.")
-    if kind == "cpsat":
-        check_node(cfg.search, CpsatSearch, "search.")
     check_tracking(cfg.get("tracking"))
 
 
