@@ -14,8 +14,9 @@ for workers on many machines). ``n_trials`` is what the *study* should hold, so 
 only the missing trials and workers sharing one stop at exactly ``n_trials``: Optuna's
 ``MaxTrialsCallback`` counts only after a trial ends (concurrent workers overshoot), so here counting
 and creating the next trial happen under one lock — a thread lock plus ``flock`` on
-``<storage file>.trials.lock`` for file-backed storages. Network RDB workers on several machines may
-overshoot by one trial each.
+``<storage file>.trials.lock`` for file-backed storages, and a PostgreSQL advisory lock for workers
+on several machines sharing a PostgreSQL database (other network databases may overshoot by one
+trial per worker).
 
 Faults: each trial records the ``host:pid`` of the process running it, and in an RDB storage
 (workers on many hosts) a heartbeat every 30 s. A study opened again first marks FAIL the RUNNING
@@ -29,6 +30,7 @@ trial and re-raises.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import socket
@@ -119,7 +121,8 @@ def open_storage(storage: str | None) -> optuna.storages.BaseStorage:
         if storage.startswith("redis://"):
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalRedisBackend(storage))
         if "://" in storage:
-            with warnings.catch_warnings():  # the heartbeat arguments are "experimental"
+            # workers starting together on a new PostgreSQL database would create its tables at once
+            with warnings.catch_warnings(), _pg_lock(storage, "schema"):  # heartbeat args: "experimental"
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(
                     storage,
@@ -154,16 +157,46 @@ def _lock_path(storage: str | None) -> Path | None:
     return None
 
 
+@contextmanager
+def _pg_lock(storage: str, purpose: str, engine: Any = None) -> Iterator[None]:
+    """A PostgreSQL session-level advisory lock keyed by the storage URL and ``purpose``, held for
+    the block (all hosts); a no-op for other storages."""
+    if not storage.startswith("postgresql"):
+        yield
+        return
+    import sqlalchemy
+
+    engine = engine or sqlalchemy.create_engine(storage, **(_engine_kwargs(storage) or {}))
+    key = int.from_bytes(hashlib.sha256(f"{purpose}:{storage}".encode()).digest()[:8], "big", signed=True)
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        try:
+            yield
+        finally:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+
+
 class _TrialLock:
-    """Serialises "count the study's trials, then create one" across threads and local processes."""
+    """Serialises "count the study's trials, then create one" across threads, local processes
+    (``flock`` on a file-backed storage's sidecar file) and, for PostgreSQL, every host (a
+    session-level advisory lock keyed by the storage URL)."""
 
     def __init__(self, storage: str | None) -> None:
         self._thread_lock = threading.Lock()
         self._path = _lock_path(storage) if fcntl is not None else None
+        self._storage, self._engine = storage, None
+        if storage is not None and storage.startswith("postgresql"):
+            import sqlalchemy
+
+            self._engine = sqlalchemy.create_engine(storage, **(_engine_kwargs(storage) or {}))
 
     @contextmanager
     def held(self) -> Iterator[None]:
         with self._thread_lock:
+            if self._engine is not None:
+                with _pg_lock(self._storage, "trials", self._engine):
+                    yield
+                return
             if self._path is None:
                 yield
                 return

@@ -1,0 +1,134 @@
+"""Scale-out on a real PostgreSQL server: several workers share one Optuna study and stop together
+at exactly ``n_trials``, through the driver and through ``dse.search``.
+
+The fixture starts a private PostgreSQL cluster (``initdb`` + ``pg_ctl``, as the ``postgres`` user
+when run as root) on a free port in a temporary directory and stops it afterwards. ``.ci/run``
+installs PostgreSQL from Debian's packages and sets ``DSE_REQUIRE_SERVICES``, so CI always runs these
+tests (a missing server fails there); elsewhere a machine without the server binaries skips them,
+saying so.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+
+from search.optuna_driver import open_storage
+
+
+def _unavailable(reason: str) -> None:
+    """Skip, or fail where the services are required (``.ci/run`` sets ``DSE_REQUIRE_SERVICES``)."""
+    if os.environ.get("DSE_REQUIRE_SERVICES"):
+        pytest.fail(f"required service unavailable: {reason}")
+    pytest.skip(reason)
+
+
+def _pg_bin(name: str) -> str | None:
+    found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found if isinstance(found, str) else (found[-1] if found else None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        _unavailable("PostgreSQL server binaries not found (.ci/run installs them with apt-get)")
+    root = Path(tempfile.mkdtemp(prefix="dse-pg-"))  # not under pytest's root-only tmp folders
+    data, port = root / "data", _free_port()
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses root: run the server as the postgres user
+        if subprocess.run(["id", "postgres"], capture_output=True).returncode:
+            _unavailable("no 'postgres' user to run the server as")
+        shutil.chown(root, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    run = functools.partial(subprocess.run, check=True, capture_output=True)
+    run([*as_user, initdb, "-D", str(data), "-U", "dse", "--auth=trust"])
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
+    run([*as_user, pg_ctl, "-D", str(data), "-o", options, "-w", "start", "-l", str(root / "log")])
+    run(
+        [
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-U",
+            "dse",
+            "-d",
+            "postgres",
+            "-c",
+            "CREATE DATABASE optuna",
+        ]
+    )
+    yield f"postgresql+psycopg://dse@127.0.0.1:{port}/optuna"
+    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+WORKER = textwrap.dedent(
+    """
+    import sys, time
+    from search.optuna_driver import optuna_search
+
+    def evaluate(p):
+        time.sleep(0.02)
+        return {"objective": (p["x"] - 3) ** 2, "feasible": True}
+
+    optuna_search({"x": list(range(10))}, evaluate, n_trials=40, storage=sys.argv[1], study_name=sys.argv[2],
+                  seed=int(sys.argv[3]), pareto_axes=("objective", "objective"))
+    """
+)
+
+
+def _states(url: str, name: str) -> Counter:
+    study = optuna.load_study(study_name=name, storage=open_storage(url))
+    return Counter(t.state.name for t in study.get_trials(deepcopy=False))
+
+
+def test_four_workers_stop_together_at_exactly_n_trials(postgres_url: str) -> None:
+    """Four processes on one PostgreSQL study: counting the trials and creating the next one happen
+    under one advisory lock, so the study ends with exactly 40 COMPLETE trials, none extra."""
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WORKER, postgres_url, "four", str(seed)]) for seed in range(4)
+    ]
+    assert all(p.wait(300) == 0 for p in procs)
+    assert _states(postgres_url, "four") == Counter({"COMPLETE": 40})
+
+
+def test_dse_search_workers_share_a_postgres_study(postgres_url: str, tmp_path: Path) -> None:
+    """The README's scale-out command, twice at once with different seeds: one study, 24 trials."""
+    args = [
+        *(sys.executable, "-m", "dse.search", "+experiment=gpu_cluster", "search=optuna", "progress=false"),
+        *(
+            "tracking=none",
+            "search.n_trials=24",
+            f"search.storage={postgres_url}",
+            "search.study_name=shared",
+        ),
+        *("parallelism.tp=[1,2,4,8]", "parallelism.pp=[1,2,4]"),
+    ]
+    procs = [
+        subprocess.Popen([*args, f"seed={seed}"], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+        for seed in (1, 2)
+    ]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    assert _states(postgres_url, "shared") == Counter({"COMPLETE": 24})
