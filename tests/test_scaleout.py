@@ -1,5 +1,6 @@
-"""Scale-out on a real PostgreSQL server: several workers share one Optuna study and stop together
-at exactly ``n_trials``, through the driver and through ``dse.search``.
+"""Scale-out on real services: several workers share one Optuna study on a PostgreSQL server and
+stop together at exactly ``n_trials`` (through the driver and through ``dse.search``), and a sweep
+logs to an ``mlflow server`` whose backend store is that PostgreSQL server.
 
 The fixture starts a private PostgreSQL cluster (``initdb`` + ``pg_ctl``, as the ``postgres`` user
 when run as root) on a free port in a temporary directory and stops it afterwards. ``.ci/run``
@@ -14,11 +15,14 @@ import functools
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -132,3 +136,69 @@ def test_dse_search_workers_share_a_postgres_study(postgres_url: str, tmp_path: 
     errors = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errors
     assert _states(postgres_url, "shared") == Counter({"COMPLETE": 24})
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(postgres_url: str):
+    """``mlflow server`` with the PostgreSQL backend store and a local artifact root, on a free port."""
+    database = postgres_url.rsplit("/", 1)[0] + "/mlflow"
+    server = postgres_url.split("@", 1)[1].split("/", 1)[0]
+    host, port = server.split(":")
+    psql = ["psql", "-h", host, "-p", port, "-U", "dse", "-d", "postgres"]
+    subprocess.run([*psql, "-c", "CREATE DATABASE mlflow"], check=True, capture_output=True)
+    artifacts = Path(tempfile.mkdtemp(prefix="dse-mlflow-"))
+    http_port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", database, "--artifacts-destination",
+         str(artifacts), "--host", "127.0.0.1", "--port", str(http_port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{http_port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.read().strip() == b"OK":
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGTERM)
+            _unavailable("mlflow server did not start")
+        time.sleep(0.5)
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(30)
+    shutil.rmtree(artifacts, ignore_errors=True)
+
+
+def test_sweep_logs_to_an_mlflow_server_on_postgres(mlflow_server: str, tmp_path: Path) -> None:
+    """A two-job sweep against the tracking server: one sweep parent run, two FINISHED job runs under
+    it with the shared metrics and their artifacts, and the compare query (search_runs on a metric)
+    returns both jobs ordered."""
+    from mlflow.tracking import MlflowClient
+
+    args = [
+        *(sys.executable, "-m", "dse.search", "-m", "+experiment=gpu_cluster", "model=llama3_8b"),
+        *(
+            "hardware=a100_80gb,h100_sxm",
+            "num_devices=8",
+            "workload.seq_len=2048",
+            "workload.global_batch=64",
+        ),
+        *("parallelism.tp=[1,2]", "parallelism.pp=[1]", "parallelism.cp=[1]", "parallelism.vpp=[1]"),
+        *("parallelism.microbatch=[1]", "parallelism.zero_stage=[1]", "search.top_k=2", "progress=false"),
+        f"tracking.uri={mlflow_server}",
+    ]
+    proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("dse").experiment_id
+    runs = client.search_runs([experiment])
+    kinds = Counter(r.data.tags.get("dse.kind") for r in runs)
+    assert kinds["sweep"] == 1 and kinds["job"] == 2 and kinds["child"] == 4
+    jobs = client.search_runs([experiment], "tags.`dse.kind` = 'job'", order_by=["metrics.step_time_s ASC"])
+    assert [j.info.status for j in jobs] == ["FINISHED", "FINISHED"]
+    assert jobs[0].data.metrics["step_time_s"] <= jobs[1].data.metrics["step_time_s"]
+    artifacts = {a.path for a in client.list_artifacts(jobs[0].info.run_id)}
+    assert {"config.yaml", "results.csv", "best.yaml"} <= artifacts
