@@ -64,6 +64,18 @@ BAD_VALUES = st.one_of(
 MODELS = {p.stem: yaml.safe_load(p.read_text()) for p in sorted(MODEL_DIR.glob("*.yaml")) if p.stem != "path"}
 
 
+REFUSED = object()  # what _result_or_refusal returns for a one-line ConfigError
+
+
+def _result_or_refusal(fn: Any, *args: Any) -> Any:
+    """``fn(*args)``, or ``REFUSED`` once the ConfigError it raised is checked to be one line."""
+    try:
+        return fn(*args)
+    except ConfigError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return REFUSED
+
+
 def _changed(cfg: Any, key: str, value: Any) -> Any:
     """A copy of ``cfg`` with ``key`` set to ``value``, or None when the config's own types refuse it."""
     cfg = copy.deepcopy(cfg)
@@ -99,10 +111,8 @@ def test_model_config_parses_to_a_sane_spec_or_one_line_error(
     keys = sorted(config)
     for index, value in changes:
         config[keys[index % len(keys)]] = value
-    try:
-        spec = parse_hf_config(config)
-    except ConfigError as exc:
-        assert "\n" not in str(exc) and str(exc)
+    spec = _result_or_refusal(parse_hf_config, config)
+    if spec is REFUSED:
         return
     dims = (
         spec.hidden_size,
@@ -167,10 +177,8 @@ def test_hardware_preset_loads_sane_or_one_line_error(name: str, key: str, value
     data = OmegaConf.to_container(PRESETS[name], resolve=True)
     section, _, leaf = key.rpartition(".")
     (data.setdefault(section, {}) if section else data)[leaf] = value
-    try:
-        hw = hardware_from_config(data)
-    except ConfigError as exc:
-        assert "\n" not in str(exc)
+    hw = _result_or_refusal(hardware_from_config, data)
+    if hw is REFUSED:
         return
     values = {k: float(v) for k, v in hw.__dict__.items() if isinstance(v, int | float)}
     assert all(math.isfinite(v) and v >= 0 for v in values.values())
@@ -249,10 +257,8 @@ def test_calc_report_is_sane_or_one_line_error(calc_cfgs, mode: str, key: str, v
     cfg = _changed(calc_cfgs[mode], key, value)
     if cfg is None:  # the structured schema rejects the type itself (Hydra reports it in one line)
         return
-    try:
-        rep = calc.report(cfg)
-    except ConfigError as exc:
-        assert "\n" not in str(exc)
+    rep = _result_or_refusal(calc.report, cfg)
+    if rep is REFUSED:
         return
     for k in ("step_time_s", "ttft_s", "tpot_s", "latency_s"):
         if k in rep:
@@ -280,10 +286,8 @@ def test_instance_topology_builds_or_one_line_error(where: str, key: str, value:
     }
     target = {"node": data["nodes"][0], "link": data["links"][0], "top": data}[where]
     target[key] = value
-    try:
-        topo = from_instance_json(data)
-    except ConfigError as exc:
-        assert "\n" not in str(exc)
+    topo = _result_or_refusal(from_instance_json, data)
+    if topo is REFUSED:
         return
     assert len(topo.devices) >= 1 and len(topo.devices) == len(set(topo.devices))
 
@@ -318,10 +322,8 @@ def test_roofline_report_is_sane_or_one_line_error(roofline_cfg, key: str, value
     cfg = _changed(roofline_cfg, key, value)
     if cfg is None:  # the structured schema rejects the type itself (Hydra reports it in one line)
         return
-    try:
-        rep = roofline.report(cfg)
-    except ConfigError as exc:
-        assert "\n" not in str(exc)
+    rep = _result_or_refusal(roofline.report, cfg)
+    if rep is REFUSED:
         return
     check_results(rep, f"roofline {key}={value!r}")
     assert rep["totals"]["time_s"] > 0
@@ -353,11 +355,8 @@ def test_convert_gives_finite_positive_rates_or_one_line_error(
         precision="bf16" if peak else None,
         peak_flops=peak,
     )
-    try:
-        name, number = convert.given_rate(cfg)
-        out = convert.convert(name, number, inputs)
-    except ConfigError as exc:
-        assert "\n" not in str(exc)
+    out = _result_or_refusal(lambda: convert.convert(*convert.given_rate(cfg), inputs))
+    if out is REFUSED:
         return
     assert all(math.isfinite(v) and v > 0 for v in out.values()), out
 
@@ -434,11 +433,10 @@ def test_checkpoint_file_summarizes_or_one_line_error(tmp_path_factory, field: s
         path.write_bytes(blob if blob is not None else _safetensors(header))
     except UnicodeEncodeError:
         return
-    try:
-        files, metas, non_tensor = ckpt_summarize.collect(path)
-    except ConfigError as exc:
-        assert "\n" not in str(exc)
+    result = _result_or_refusal(ckpt_summarize.collect, path)
+    if result is REFUSED:
         return
+    files, metas, non_tensor = result
     assert files == [path] and non_tensor >= 0
     assert all(m.elements >= 0 and m.size_bytes >= 0 for m in metas)
 
@@ -480,10 +478,8 @@ def test_placement_file_scores_or_one_line_error(
     path.write_text(json.dumps(placement, default=str))
     with open_dict(cfg):
         cfg.placement_file = str(path)
-    try:
-        rep = topoeval.report(cfg)
-    except ConfigError as exc:
-        assert "\n" not in str(exc)
+    rep = _result_or_refusal(topoeval.report, cfg)
+    if rep is REFUSED:
         return
     check_results(
         {k: v for k, v in rep.items() if k not in ("max_link", "job")}, f"placement {key}={value!r}"
