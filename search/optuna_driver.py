@@ -166,14 +166,19 @@ def _pg_lock(storage: str, purpose: str, engine: Any = None) -> Iterator[None]:
         return
     import sqlalchemy
 
+    own = engine is None  # a one-off lock: close its connection pool afterwards
     engine = engine or sqlalchemy.create_engine(storage, **(_engine_kwargs(storage) or {}))
     key = int.from_bytes(hashlib.sha256(f"{purpose}:{storage}".encode()).digest()[:8], "big", signed=True)
-    with engine.connect() as conn:
-        conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-        try:
-            yield
-        finally:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    finally:
+        if own:
+            engine.dispose()
 
 
 class _TrialLock:
