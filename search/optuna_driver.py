@@ -39,6 +39,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,9 @@ JOURNAL_SUFFIXES = (".log", ".journal")
 MAXIMIZED = ("mfu", "hfu", "tokens_per_s")  # metric names whose default direction is "maximize"
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)  # FAIL trials are run again
 WORKER_ATTR = "dse_worker"  # host:pid of the process running a trial
+# The main thread waits for the trial threads in slices of this length: a signal that the kernel
+# delivered to a trial thread is handled (by Python, in the main thread) within one slice.
+SIGNAL_POLL_S = 0.2
 # RDB storages (workers on several hosts): each running trial's heartbeat every 30 s; a trial silent
 # for 120 s belongs to a dead worker (Optuna's ``fail_stale_trials``)
 HEARTBEAT_INTERVAL_S, HEARTBEAT_GRACE_S = 30, 120
@@ -510,7 +514,10 @@ def optuna_search(
         fail_stale_trials(study)
     pool = ThreadPoolExecutor(max(1, n_jobs))
     try:
-        ran = sum(f.result() for f in [pool.submit(_worker, task) for _ in range(max(1, n_jobs))])
+        futures = [pool.submit(_worker, task) for _ in range(max(1, n_jobs))]
+        while futures_wait(futures, timeout=SIGNAL_POLL_S).not_done:
+            pass  # the main thread runs bytecode between waits, so Python handles a pending signal
+        ran = sum(f.result() for f in futures)
     except BaseException:  # an interrupt or a failed trial: the other workers stop after their trial
         task.stop.set()
         raise

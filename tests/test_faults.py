@@ -111,6 +111,37 @@ def test_signal_stops_search_fast_and_run_is_killed(tmp_path: Path, signum: int,
     assert _mlflow_status(tmp_path / "mlflow.db") == ["KILLED"]
 
 
+# A signal sent to a process is handled by whichever thread the kernel picks; Python runs the
+# handler in the main thread only once that thread runs bytecode again. Here the trial thread
+# receives SIGINT while the main thread waits for the trials to finish.
+SIGNAL_IN_TRIAL_THREAD = textwrap.dedent(
+    """
+    import signal, threading
+    from search.optuna_driver import optuna_search
+
+    def evaluate(p):
+        if p["x"] == 5:
+            signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+        return {"objective": float(p["x"]), "feasible": True}
+
+    try:
+        optuna_search({"x": list(range(10))}, evaluate, n_trials=10**6, sampler="random",
+                      pareto_axes=("objective", "objective"))
+    except KeyboardInterrupt:
+        print("interrupted")
+    """
+)
+
+
+def test_signal_received_by_the_trial_thread_still_stops_the_search() -> None:
+    """The main thread must not block on the trial thread without a timeout, or a signal that the
+    kernel delivered to the trial thread is never handled and the search runs on (10⁶ trials)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", SIGNAL_IN_TRIAL_THREAD], capture_output=True, text=True, timeout=120
+    )
+    assert proc.stdout.strip() == "interrupted", proc.stderr
+
+
 def _one_error_line(proc: subprocess.CompletedProcess, elapsed_s: float, expect: str) -> None:
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "INFO" not in ln]
