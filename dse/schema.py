@@ -26,7 +26,7 @@ from costmodels.inference import ENGINES
 from costmodels.memory import OPTIMIZER_MOMENT_BYTES
 from search.base import METRICS
 from search.optuna_driver import SAMPLERS
-from search.problems import OBJECTIVES
+from search.problems import OBJECTIVES, SERVING_METRICS, SERVING_OBJECTIVES
 
 
 def ranged(default: Any, **rule: Any) -> Any:
@@ -37,7 +37,8 @@ def ranged(default: Any, **rule: Any) -> Any:
 
 POSITIVE_INT = {"at_least": 1, "integer": True}
 PRECISION = {"one_of": PRECISIONS}
-METRIC_NAMES = {"one_of": METRICS}
+ALL_OBJECTIVES = tuple(dict.fromkeys(OBJECTIVES + SERVING_OBJECTIVES))  # per workload kind: dse/search.py
+METRIC_NAMES = {"one_of": tuple(dict.fromkeys(METRICS + SERVING_METRICS))}
 
 
 @dataclass
@@ -60,12 +61,13 @@ class InferenceWorkload:
     attention_precision: str | None = ranged(None, **PRECISION)
     engine: str = ranged("static", one_of=tuple(ENGINES))
     tpot_limit_ms: float = ranged(50.0, above=0.0)
+    ttft_limit_ms: float | None = ranged(None, above=0.0)
 
 
 @dataclass
 class GridSearch:
     driver: str = "grid"
-    objective: str = ranged("step_time_s", one_of=OBJECTIVES)
+    objective: str = ranged("step_time_s", one_of=ALL_OBJECTIVES)
     top_k: int = ranged(10, **POSITIVE_INT)
     chunk_size: int = ranged(262_144, **POSITIVE_INT)
     pareto: list[str] = field(
@@ -76,8 +78,8 @@ class GridSearch:
 @dataclass
 class OptunaSearch:
     driver: str = "optuna"
-    objective: str = ranged("step_time_s", one_of=OBJECTIVES)
-    objectives: list[str] | None = field(default=None, metadata={"one_of": OBJECTIVES})
+    objective: str = ranged("step_time_s", one_of=ALL_OBJECTIVES)
+    objectives: list[str] | None = field(default=None, metadata={"one_of": ALL_OBJECTIVES})
     n_trials: int = ranged(200, **POSITIVE_INT)
     timeout_s: float | None = ranged(None, above=0.0)
     sampler: str = ranged("auto", one_of=SAMPLERS)

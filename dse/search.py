@@ -12,6 +12,7 @@ and the best design (YAML).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import re
@@ -22,6 +23,8 @@ from typing import Any
 
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from costmodels.errors import ConfigError
@@ -35,13 +38,15 @@ from dse.calc import command_line
 from dse.checks import check_results
 from dse.hardware import hardware_from_config
 from dse.models import load_model
-from dse.tracking import JobRun
-from dse.units import fmt_breakdown, fmt_cell
-from search.base import Result
+from dse.tracking import JobRun, sweep_label, swept_keys, write_csv
+from dse.units import fmt_breakdown, fmt_cell, fmt_count, fmt_metric, metric_label
+from search.base import METRICS, Result
 from search.grid import grid_search
 from search.optuna_driver import optuna_search
 from search.problems import (
     OBJECTIVES,
+    SERVING_METRICS,
+    SERVING_OBJECTIVES,
     Problem,
     inference_slo_problem,
     signed_objective,
@@ -51,7 +56,9 @@ from search.problems import (
 schema.register()
 TRAINING_KNOBS = ("tp", "pp", "cp", "ep", "vpp", "microbatch", "recompute", "zero_stage", "sequence_parallel")
 INFERENCE_KNOBS = ("tp", "pp", "batch_size")
-SUMMARY = ("objective", "step_time_s", "mfu", "tokens_per_s", "memory_gib", "power_w", "cost_usd_per_mtoken")
+# the metrics a search reports, per workload kind (training: search.base.METRICS less the objective)
+SUMMARY = {"training": tuple(m for m in METRICS if m != "objective"), "inference": SERVING_METRICS}
+GiB = float(2**30)
 
 
 KNOB_VALUES: dict[str, tuple[Any, ...] | None] = {  # None: any positive integer
@@ -101,31 +108,60 @@ def _space(cfg: DictConfig, knobs: tuple[str, ...]) -> dict[str, list[float]]:
     return space
 
 
+def _check_objectives(cfg: DictConfig, hw: Hardware) -> None:
+    """The objective(s) and Pareto axes exist for this workload kind, and a cost objective has a price."""
+    s, kind = cfg.search, cfg.workload.kind
+    valid = OBJECTIVES if kind == "training" else SERVING_OBJECTIVES
+    for key, names in (
+        ("search.objective", [s.objective]),
+        ("search.objectives", list(s.get("objectives") or [])),
+    ):
+        for name in names:
+            if name not in valid:
+                raise ConfigError(f"{key}: '{name}' is not a {kind} objective; valid: {', '.join(valid)}")
+            _check_price(key, name, hw)
+    metrics = SUMMARY[kind] + (TIME_FIELDS if kind == "training" else ())
+    for axis in s.pareto:
+        if axis not in metrics:
+            raise ConfigError(f"search.pareto: '{axis}' is not a {kind} metric; valid: {', '.join(metrics)}")
+        _check_price("search.pareto", axis, hw)
+
+
+def _check_price(key: str, metric: str, hw: Hardware) -> None:
+    """A cost metric needs the hardware's price (a preset without one reports cost as unknown)."""
+    if metric == "cost_usd_per_mtoken" and not float(hw.price_usd_per_hour) > 0:
+        preset = HydraConfig.get().runtime.choices.get("hardware") if HydraConfig.initialized() else hw.name
+        raise ConfigError(
+            f"{key} uses cost_usd_per_mtoken, and hardware '{preset}' has no price: set "
+            "hardware.price_usd_per_hour=<USD per device-hour> or choose another metric"
+        )
+
+
 def build_problem(cfg: DictConfig) -> tuple[Problem, Hardware]:
     """The search problem the config describes."""
     spec, hw = load_model(cfg.model), hardware_from_config(cfg.hardware)
     w, objective = cfg.workload, cfg.search.objective
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"search.objective '{objective}' is not one of {', '.join(OBJECTIVES)}")
+    if w.kind not in SUMMARY:
+        raise ConfigError(f"workload.kind must be training or inference, got '{w.kind}'")
+    _check_objectives(cfg, hw)
     if w.kind == "training":
         if cfg.num_devices < 1:
             raise ConfigError(f"num_devices must be >= 1, got {cfg.num_devices}")
         space = {"ep": [1.0], "cp": [1.0], "vpp": [1.0]} | _space(cfg, TRAINING_KNOBS)
         job = TrainingJob(spec, w.seq_len, w.precision, w.fused_attention, w.optimizer)
         return training_mapping_problem(hw, job, cfg.num_devices, w.global_batch, space, objective), hw
-    if w.kind == "inference":
-        space = {"pp": [1.0]} | _space(cfg, INFERENCE_KNOBS)
-        job = InferenceJob(
-            spec,
-            w.input_len,
-            w.output_len,
-            w.precision,
-            w.kv_precision,
-            engine=engine_preset(w.engine, "workload.engine"),
-            attention_precision=w.attention_precision,
-        )
-        return inference_slo_problem(hw, job, space, w.tpot_limit_ms / 1e3, objective), hw
-    raise ConfigError(f"workload.kind must be training or inference, got '{w.kind}'")
+    space = {"pp": [1.0]} | _space(cfg, INFERENCE_KNOBS)
+    job = InferenceJob(
+        spec,
+        w.input_len,
+        w.output_len,
+        w.precision,
+        w.kv_precision,
+        engine=engine_preset(w.engine, "workload.engine"),
+        attention_precision=w.attention_precision,
+    )
+    ttft = None if w.ttft_limit_ms is None else w.ttft_limit_ms / 1e3
+    return inference_slo_problem(hw, job, space, w.tpot_limit_ms / 1e3, objective, ttft), hw
 
 
 def _progress(enabled: bool, label: str) -> Callable[[int, int], None] | None:
@@ -172,10 +208,12 @@ def _optuna(cfg: DictConfig, problem: Problem, run: JobRun) -> Result:
     s = cfg.search
     objectives = list(s.objectives or [s.objective])
 
+    reported = SUMMARY[cfg.workload.kind]
+
     def evaluate(point: dict[str, Any]) -> dict[str, float]:
         cols = {k: np.array([float(v)]) for k, v in point.items()}
         if not bool(problem.constraint(cols)[0]):  # not a valid mapping: nothing to evaluate
-            return {m: float("nan") for m in SUMMARY} | {o: 1e30 for o in objectives} | {"feasible": False}
+            return {m: float("nan") for m in reported} | {o: 1e30 for o in objectives} | {"feasible": False}
         out = {k: float(np.asarray(v)[0]) for k, v in problem.cost_fn(cols).items()}
         return out | {o: signed_objective(out, o) for o in objectives}
 
@@ -183,7 +221,7 @@ def _optuna(cfg: DictConfig, problem: Problem, run: JobRun) -> Result:
         run.child(
             f"trial-{number}",
             params={k: values[k] for k in problem.space if k in values},
-            metrics={k: v for k, v in values.items() if k in SUMMARY and np.isfinite(v)},
+            metrics={k: v for k, v in values.items() if k in reported and np.isfinite(v)},
         )
 
     import optuna
@@ -278,60 +316,255 @@ def calc_command(cfg: DictConfig, design: dict[str, Any]) -> str:
     return command_line(settings)
 
 
-def summary(cfg: DictConfig, problem: Problem, result: Result) -> dict[str, Any]:
-    """The JSON-ready summary of a search: best design (in the user's words), metrics, top-k, front."""
+def _fixed(problem: Problem) -> dict[str, Any]:
+    """Knobs with one candidate value (not chosen by the search), in the user's words."""
+    one = {k: v[0] for k, v in problem.space.items() if len(v) == 1}
+    full = problem.describe({k: v[0] for k, v in problem.space.items()})
+    return {k: full[k] for k in one if k in full}
+
+
+def question(cfg: DictConfig, problem: Problem, hw: Hardware) -> dict[str, Any]:
+    """What is searched: model, hardware, devices, workload, space, driver, objective, constraints."""
+    choices = HydraConfig.get().runtime.choices
+    w, s = cfg.workload, cfg.search
+    hbm_gib = float(hw.hbm_capacity_bytes) / GiB
+    if w.kind == "training":
+        workload = {"seq_len": w.seq_len, "global_batch": w.global_batch, "precision": w.precision}
+        constraints = [f"fits in {hbm_gib:.0f} GiB per device", "Megatron mapping rules"]
+        limits = {}
+    else:
+        workload = {"input_len": w.input_len, "output_len": w.output_len, "precision": w.precision,
+                    "engine": w.engine}  # fmt: skip
+        constraints = [f"fits in {hbm_gib:.0f} GiB per device", f"TPOT <= {w.tpot_limit_ms:g} ms"]
+        limits = {"tpot_s": w.tpot_limit_ms / 1e3}
+        if w.ttft_limit_ms is not None:
+            constraints.append(f"TTFT <= {w.ttft_limit_ms:g} ms")
+            limits["ttft_s"] = w.ttft_limit_ms / 1e3
+    objective = str(s.objective)
+    metric = objective.removeprefix("neg_")
+    return {
+        "experiment": _experiment_name(),
+        "kind": w.kind,
+        "model": cfg.model.source if choices.get("model") == "path" else choices.get("model"),
+        "hardware": choices.get("hardware"),
+        "devices": int(cfg.num_devices) if w.kind == "training" else None,
+        "workload": workload,
+        "space_size": int(np.prod([len(v) for v in problem.space.values()])),
+        "knobs": [k for k, v in problem.space.items() if len(v) > 1],
+        "fixed": _fixed(problem),
+        "driver": str(s.driver),
+        "objective": {"metric": metric, "goal": "maximize" if objective.startswith("neg_") else "minimize"},
+        "constraints": constraints,
+        "limits": limits,  # metric → the largest value a feasible design may have
+    }
+
+
+def question_line(q: dict[str, Any]) -> str:
+    """'gpu_cluster: train llama3_70b on 1024 × h100_sxm (seq_len 8192, ...)'."""
+    verb = "train" if q["kind"] == "training" else "serve"
+    where = f"{q['devices']:,} × {q['hardware']}" if q["devices"] else f"tp·pp × {q['hardware']}"
+    workload = ", ".join(f"{k} {fmt_cell(v)}" for k, v in q["workload"].items())
+    return f"{q['experiment']}: {verb} {q['model']} on {where} ({workload})"
+
+
+def search_line(q: dict[str, Any]) -> str:
+    """'grid over 5,598 designs of tp, pp, ...; objective: minimize step time; subject to ...'."""
+    fixed = ", ".join(f"{k}={fmt_cell(v)}" for k, v in q["fixed"].items())
+    goal = f"{q['objective']['goal']} {metric_label(q['objective']['metric'])}"
+    return (
+        f"{q['driver']} over {q['space_size']:,} candidate designs of {', '.join(q['knobs']) or 'nothing'}"
+        + (f" (fixed: {fixed})" if fixed else "")
+        + f"; objective: {goal}; subject to: {', '.join(q['constraints'])}"
+    )
+
+
+def _share(part_s: float, total_s: float) -> str:
+    return f"{part_s / total_s:.0%}"
+
+
+def _why(cfg: DictConfig, hw: Hardware, metrics: dict[str, float], top: list[dict[str, Any]],
+         best: dict[str, Any], objective: dict[str, str]) -> str:  # fmt: skip
+    """What binds the winner: where its time goes, its memory headroom or latency limit, and how
+    much the runner-up loses (the knobs it changes)."""
+    hbm_gib = float(hw.hbm_capacity_bytes) / GiB
+    mem = metrics["memory_gib"]
+    parts = []
+    if cfg.workload.kind == "training":
+        step = metrics["step_time_s"]
+        comm = {k.removesuffix("_comm_s"): v for k, v in metrics.items() if k.endswith("_comm_s") and v > 0}
+        parts.append(f"compute is {_share(metrics.get('compute_s', 0.0), step)} of the step")
+        if comm:
+            detail = ", ".join(
+                f"{k} {_share(v, step)}" for k, v in sorted(comm.items(), key=lambda kv: -kv[1])
+            )
+            parts.append(f"communication {_share(sum(comm.values()), step)} ({detail})")
+        if metrics.get("bubble_s", 0.0) > 0:
+            parts.append(f"pipeline bubble {_share(metrics['bubble_s'], step)}")
+    else:
+        limit_s = cfg.workload.tpot_limit_ms / 1e3
+        tpot = metrics["tpot_s"]
+        binds = " (binds)" if tpot >= 0.95 * limit_s else ""
+        parts.append(
+            f"TPOT {fmt_metric('tpot_s', tpot)} of the {cfg.workload.tpot_limit_ms:g} ms limit{binds}"
+        )
+        if cfg.workload.ttft_limit_ms is not None:
+            parts.append(
+                f"TTFT {fmt_metric('ttft_s', metrics['ttft_s'])} of {cfg.workload.ttft_limit_ms:g} ms"
+            )
+    binds = " (binds)" if mem >= 0.95 * hbm_gib else ""
+    parts.append(f"memory {mem:.1f} of {hbm_gib:.0f} GiB per device{binds}")
+    if len(top) > 1:
+        metric, runner = objective["metric"], top[1]
+        change = ", ".join(f"{k}={fmt_cell(runner[k])}" for k in best if k in runner and runner[k] != best[k])
+        a, b = metrics[metric], runner[metric]
+        worse = (a - b) / a if objective["goal"] == "maximize" else (b - a) / a
+        parts.append(f"the runner-up ({change}) has {abs(worse):.1%} {'worse' if worse > 0 else 'equal'} "
+                     f"{metric_label(metric)}")  # fmt: skip
+    return "; ".join(parts)
+
+
+def _warnings(
+    cfg: DictConfig, problem: Problem, hw: Hardware, best: dict[str, Any], q: dict[str, Any]
+) -> list[str]:
+    """What a user would want to know: an unknown price, a winner on the edge of its candidates."""
+    out = []
+    if not float(hw.price_usd_per_hour) > 0:
+        out.append(f"cost unknown: hardware '{q['hardware']}' has no price; set hardware.price_usd_per_hour")
+    for knob in ("batch_size", "microbatch"):
+        values = problem.space.get(knob, ())
+        if len(values) > 1 and best.get(knob) == int(max(values)):
+            out.append(
+                f"the best {knob}={best[knob]} is the largest candidate: a larger one may do better; "
+                f"add larger values to parallelism.{knob}"
+            )
+    return out
+
+
+def summary(cfg: DictConfig, problem: Problem, result: Result, hw: Hardware) -> dict[str, Any]:
+    """The JSON-ready summary of a search: the question, the best design (in the user's words) and
+    its metrics, why it wins, the distinct top-k designs and the Pareto front."""
+    q = question(cfg, problem, hw)
+    reported = SUMMARY[cfg.workload.kind]
     design = problem.describe(result.best)
+    knobs = tuple(problem.space)
+
+    def metrics_of(row: dict[str, Any]) -> dict[str, float]:
+        return {m: float(row[m]) for m in reported if m in row and np.isfinite(row[m])}
+
     top = [
-        problem.describe({k: r[k] for k in problem.space}) | {m: r[m] for m in SUMMARY if m in r}
-        for r in result.top(cfg.search.top_k)
+        problem.describe({k: r[k] for k in knobs}) | metrics_of(r)
+        for r in result.top(cfg.search.top_k, distinct=knobs)
     ]
     front = [
-        {k: float(np.asarray(result.table[k])[i]) for k in (*problem.space, *result.pareto_axes)}
+        {k: float(np.asarray(result.table[k])[i]) for k in (*knobs, *result.pareto_axes)}
         for i in result.pareto
     ]
+    metrics = metrics_of(result.metrics)
+    if cfg.workload.kind == "training":
+        metrics |= {k: float(result.metrics[k]) for k in TIME_FIELDS if k in result.metrics}
+    feasible = np.asarray(result.table.get("feasible", np.ones(result.rows, bool)), bool)
     rep = {
+        "question": q,
         "driver": result.driver,
         "evaluations": result.evaluations,
+        "distinct_designs": result.distinct_designs(knobs),
+        "infeasible": int(np.sum(~feasible)),
+        "objective": q["objective"],
         "best": design,
-        "metrics": {k: float(v) for k, v in result.metrics.items() if k in SUMMARY or k.endswith("_s")},
+        "chosen": [k for k in design if k not in q["fixed"]],
+        "metrics": metrics,
+        "why": _why(cfg, hw, metrics, top, design, q["objective"]),
         "top": top,
         "pareto_axes": list(result.pareto_axes),
         "pareto": front,
+        "warnings": _warnings(cfg, problem, hw, design, q),
         "reproduce": calc_command(cfg, design),
     }
-    check_results({"metrics": rep["metrics"], "top": top}, f"the design {rep['reproduce']}", ("objective",))
+    check_results({"metrics": rep["metrics"], "top": top}, f"the design {rep['reproduce']}")
     return rep
 
 
-def render(cfg: DictConfig, rep: dict[str, Any]) -> str:
-    best = ", ".join(f"{k}={v}" for k, v in rep["best"].items())
-    m = rep["metrics"]
-    metrics = format_table(
-        ["metric", "value"], [[k, f"{v:.6g}"] for k, v in m.items() if k not in TIME_FIELDS], align="lr"
-    )
+def _top_cell(key: str, value: Any) -> str:
+    if key in ("step_time_s", "ttft_s", "tpot_s", "latency_s", "power_w", "memory_gib", "mfu"):
+        return fmt_metric(key, value)
+    if key == "tokens_per_s":
+        return fmt_count(value)
+    if key == "cost_usd_per_mtoken":
+        return f"${value:.3g}"
+    return fmt_cell(value)
+
+
+TOP_HEADERS = {"tokens_per_s": "tokens/s", "cost_usd_per_mtoken": "$/M tokens", "memory_gib": "memory",
+               "step_time_s": "step time", "latency_s": "latency", "ttft_s": "TTFT", "tpot_s": "TPOT",
+               "mfu": "MFU", "power_w": "power", "sequence_parallel": "seq_par"}  # fmt: skip
+
+
+def render(rep: dict[str, Any]) -> str:
+    """The report a person reads: what was searched, the winner in human units and why, the
+    distinct top-k, warnings, the reproduce line and where the results are."""
+    q, m = rep["question"], rep["metrics"]
+    chosen = ", ".join(f"{k}={fmt_cell(rep['best'][k])}" for k in rep["chosen"])
+    rows = [[metric_label(k), fmt_metric(k, v)] for k, v in m.items() if k not in TIME_FIELDS]
     parts = {k: m[k] for k in TIME_FIELDS if k in m}
     breakdown = [f"step breakdown: {fmt_breakdown(m['step_time_s'], parts)}"] if parts else []
-    keys = [k for k in rep["top"][0] if k not in ("objective",)] if rep["top"] else []
-    top = format_table(keys, [[fmt_cell(r[k]) for k in keys] for r in rep["top"]]) if keys else ""
-    return "\n".join(
-        [
-            f"{rep['driver']} search over {rep['evaluations']:,} designs: {cfg.workload.kind}, "
-            f"objective {cfg.search.objective}",
-            f"best: {best}",
-            "",
-            metrics,
-            *breakdown,
-            "",
-            f"top {len(rep['top'])}:",
-            top,
-            "",
-            f"Pareto front ({' vs '.join(rep['pareto_axes'])}): {len(rep['pareto'])} designs",
-            f"reproduce: {rep['reproduce']}",
-        ]
+    keys = [k for k in rep["top"][0] if k not in q["fixed"]] if rep["top"] else []
+    top = format_table(
+        [TOP_HEADERS.get(k, k) for k in keys],
+        [[_top_cell(k, r[k]) if k in r else "" for k in keys] for r in rep["top"]],
     )
+    counted = (
+        f"{rep['evaluations']:,} evaluations, {rep['distinct_designs']:,} distinct designs, "
+        f"{rep['infeasible']:,} infeasible"
+    )
+    axes = " vs ".join(metric_label(a) for a in rep["pareto_axes"])
+    lines = [
+        question_line(q),
+        search_line(q),
+        counted,
+        "",
+        f"best: {chosen}",
+        format_table(["metric", "value"], rows, align="lr"),
+        *breakdown,
+        f"why: {rep['why']}",
+        "",
+        f"top {len(rep['top'])} distinct designs:",
+        top,
+        "",
+        f"Pareto front ({axes}): {len(rep['pareto'])} designs",
+        *(f"warning: {w}" for w in rep["warnings"]),
+        f"reproduce: {rep['reproduce']}",
+    ]
+    return "\n".join(lines + where_lines(rep.get("results", {})))
 
 
-def _pareto_figure(result: Result) -> Any:
+def where_lines(where: dict[str, Any]) -> list[str]:
+    """Where the results went: the MLflow run and how to open it, and the output directory."""
+    lines = []
+    if where.get("mlflow_run_id"):
+        lines.append(
+            f"MLflow: run {where['mlflow_run_id']} ('{where['run_name']}') in experiment "
+            f"'{where['experiment']}' at {where['tracking_uri']}"
+        )
+        lines.append(f"  open: {where['open']}")
+    if where.get("output_dir"):
+        lines.append(f"files: {where['output_dir']} ({', '.join(where['files'])})")
+    return lines
+
+
+def _open_command(uri: str, experiment_id: str, run_id: str) -> str:
+    page = f"#/experiments/{experiment_id}/runs/{run_id}"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {uri}   then http://127.0.0.1:5000/{page}"
+
+
+def _figure_title(rep: dict[str, Any]) -> str:
+    q = rep["question"]
+    where = f"{q['devices']:,} × {q['hardware']}" if q["devices"] else q["hardware"]
+    return f"{q['experiment']}: {q['model']} on {where}"
+
+
+def _pareto_figure(result: Result, rep: dict[str, Any], hw: Hardware) -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -340,72 +573,150 @@ def _pareto_figure(result: Result) -> Any:
     x, y = result.pareto_axes
     t = result.table
     ok = np.asarray(t["feasible"], bool) & np.isfinite(t[x]) & np.isfinite(t[y])
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(8, 5.5))
     ax.scatter(np.asarray(t[x])[ok], np.asarray(t[y])[ok], s=6, alpha=0.3, label="feasible designs")
     front = np.array(result.pareto, dtype=int)
     if front.size:
-        ax.plot(np.asarray(t[x])[front], np.asarray(t[y])[front], "r.-", label="Pareto front")
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
-    ax.legend()
+        fx, fy = np.asarray(t[x])[front], np.asarray(t[y])[front]
+        ax.plot(fx, fy, "r.-", label="Pareto front")
+        designs = {k: np.asarray(t[k])[front] for k in rep["chosen"] if k in t}
+        varying = [k for k, v in designs.items() if len(set(v.tolist())) > 1]  # what changes along the front
+        span = max(float(np.ptp(fy)), 1e-12)
+        last_y = np.inf
+        for i, (px, py) in enumerate(zip(fx, fy, strict=True)):
+            if abs(py - last_y) < 0.07 * span:  # keep labels apart: skip points close to the last labelled
+                continue
+            last_y = py
+            point = problem_label({k: designs[k][i] for k in varying})
+            ax.annotate(point, (px, py), fontsize=6, xytext=(4, 2), textcoords="offset points")
+    bx, by = rep["metrics"].get(x), rep["metrics"].get(y)
+    if bx is not None and by is not None:
+        ax.scatter(
+            [bx], [by], marker="*", s=160, color="gold", edgecolor="k", zorder=5, label="chosen design"
+        )
+    limits = rep["question"]["limits"] | {"memory_gib": float(hw.hbm_capacity_bytes) / GiB}
+    for line, name in ((ax.axvline, x), (ax.axhline, y)):
+        if name in limits:
+            line(limits[name], color="k", ls="--", lw=1, label=f"limit: {metric_label(name)}")
+    ax.set_xlabel(_axis_label(x))
+    ax.set_ylabel(_axis_label(y))
+    ax.set_title(f"{_figure_title(rep)}: {metric_label(x)} vs {metric_label(y)}")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def _breakdown_figure(metrics: dict[str, float]) -> Any:
-    """Bars of the step-time parts (``TIME_FIELDS``) in ``metrics``; None when it has none (serving)."""
+AXIS_UNITS = {
+    "memory_gib": "GiB per device",
+    "power_w": "W",
+    "tokens_per_s": "tokens/s",
+    "mfu": "fraction of peak",
+    "cost_usd_per_mtoken": "USD per million tokens",
+}
+
+
+def _axis_label(name: str) -> str:
+    unit = AXIS_UNITS.get(name) or ("s" if name.endswith("_s") else "")
+    return f"{metric_label(name)} ({unit})" if unit else metric_label(name)
+
+
+def problem_label(design: dict[str, Any]) -> str:
+    """A short mapping label for a plot point (``tp4 pp4 mb1``)."""
+    short = {"microbatch": "mb", "batch_size": "b", "zero_stage": "z", "sequence_parallel": "sp"}
+    names = {"recompute": ("no-rc", "sel-rc", "full-rc")}
+    return " ".join(
+        names[k][int(v)] if k in names else f"{short.get(k, k)}{int(v)}" for k, v in design.items()
+    )
+
+
+def _breakdown_figure(rep: dict[str, Any]) -> Any:
+    """Bars of the step-time parts (``TIME_FIELDS``); None when there are none (serving)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    metrics = rep["metrics"]
     parts = {k: metrics[k] for k in TIME_FIELDS if metrics.get(k, 0.0) > 0}
     if not parts:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.barh(list(parts), list(parts.values()))
+    labels = [k.removesuffix("_s").replace("_", " ") for k in parts]
+    ax.barh(labels, list(parts.values()), color="tab:blue")
+    for i, v in enumerate(parts.values()):
+        ax.annotate(f"{v / metrics['step_time_s']:.1%}", (v, i), xytext=(3, 0), textcoords="offset points",
+                    va="center", fontsize=8)  # fmt: skip
     ax.set_xlabel("seconds per step")
-    ax.set_title("best design: where the step time goes")
+    ax.set_title(f"{_figure_title(rep)}: where the step time goes (best design)", fontsize=9)
     fig.tight_layout()
     return fig
 
 
-def log_result(run: JobRun, cfg: DictConfig, problem: Problem, result: Result, rep: dict[str, Any]) -> None:
-    """Metrics of the best design, top-k child runs (grid), table, plots, best design."""
-    run.log_metrics({k: v for k, v in rep["metrics"].items() if np.isfinite(v)})
+def log_result(run: JobRun, cfg: DictConfig, problem: Problem, result: Result, rep: dict[str, Any],
+               hw: Hardware, out_dir: Path) -> list[str]:  # fmt: skip
+    """The best design as ``best.*`` params and its metrics, top-k child runs (grid), the table and
+    plots; each file is written to ``out_dir`` (the Hydra output directory) and logged to MLflow.
+    Returns the file names."""
+    import matplotlib.pyplot as plt
+
+    run.log_params({f"best.{k}": v for k, v in rep["best"].items()})
+    run.log_metrics(rep["metrics"])
     run.log_metrics({"evaluations": float(result.evaluations)})
     if result.driver == "grid":
         for rank, r in enumerate(rep["top"], start=1):
             run.child(
                 f"top-{rank}",
                 params={k: r[k] for k in rep["best"] if k in r},
-                metrics={k: r[k] for k in SUMMARY if k in r and np.isfinite(r[k])},
+                metrics={k: r[k] for k in SUMMARY[cfg.workload.kind] if k in r},
             )
     if result.trajectory:
         run.log_trajectory(result.trajectory)
-    run.log_table_csv(result.table, "results.csv")
-    run.log_dict({"best": rep["best"], "metrics": rep["metrics"], "reproduce": rep["reproduce"]}, "best.yaml")
-    if run.enabled:
-        import matplotlib.pyplot as plt
-
-        missing = [a for a in result.pareto_axes if a not in result.table]
-        if missing:
-            raise ConfigError(
-                f"search.pareto names unknown metric(s) {', '.join(missing)}; "
-                f"metrics: {', '.join(k for k in result.table if k not in problem.space)}"
-            )
-        for fig, name in (
-            (_pareto_figure(result), "pareto.png"),
-            (_breakdown_figure(rep["metrics"]), "breakdown.png"),
-        ):
-            if fig is not None:
-                run.log_figure(fig, name)
-                plt.close(fig)
+    files = {"results.csv": lambda p: write_csv(result.table, p)}
+    files["best.yaml"] = lambda p: p.write_text(
+        OmegaConf.to_yaml({"best": rep["best"], "metrics": rep["metrics"], "reproduce": rep["reproduce"]})
+    )
+    for fig, name in (
+        (_pareto_figure(result, rep, hw), "pareto.png"),
+        (_breakdown_figure(rep), "breakdown.png"),
+    ):
+        if fig is not None:
+            files[name] = lambda p, fig=fig: (fig.savefig(p, dpi=120), plt.close(fig))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, write in files.items():
+        write(out_dir / name)
+        run.log_file(out_dir / name)
+    return ["result.json", *files]
 
 
 def _experiment_name() -> str:
     choices = HydraConfig.get().runtime.choices
     return str(choices.get("experiment") or "search")
+
+
+def run_name(q: dict[str, Any], label: str | None) -> str:
+    """'gpu_cluster · llama3_70b · h100_sxm × 1024'; a sweep job adds its swept values other than the
+    model and hardware ('... · 8192' for a sweep over workload.seq_len)."""
+    devices = f" × {q['devices']}" if q["devices"] else ""
+    name = f"{q['experiment']} · {q['model']} · {q['hardware']}{devices}"
+    rest = [v for v in (label or "").split(" / ") if v and v not in (q["model"], q["hardware"])]
+    return " · ".join([name, *rest])
+
+
+def _emit(cfg: DictConfig, rep: dict[str, Any]) -> None:
+    """The report on stdout: text, one JSON document, or in a multirun one JSON line per job (JSON
+    Lines), written under a lock so that parallel jobs do not interleave."""
+    if cfg.format != "json":
+        print(render(rep), flush=True)
+        return
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        print_json(rep)
+        return
+    line = json.dumps(rep, default=lambda o: o.item() if hasattr(o, "item") else str(o)) + "\n"
+    with open(Path(hc.runtime.cwd, str(hc.sweep.dir), ".stdout.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 def task(cfg: DictConfig) -> None:
@@ -420,15 +731,129 @@ def task(cfg: DictConfig) -> None:
             rep = module.run(cfg, run)
         print_json(rep) if cfg.format == "json" else print(module.render(rep))
         return
-    problem, _ = build_problem(cfg)  # bad input stops here, before a run is opened
-    with JobRun(cfg, name=_experiment_name()) as run:
+    problem, hw = build_problem(cfg)  # bad input stops here, before a run is opened
+    q = question(cfg, problem, hw)
+    label = sweep_label()
+    print(f"dse.search: {question_line(q)}\n  {search_line(q)}", file=sys.stderr, flush=True)
+    tags = {
+        "dse.model": str(q["model"]),
+        "dse.hardware": str(q["hardware"]),
+        "dse.experiment": q["experiment"],
+    }
+    if q["devices"]:
+        tags["dse.devices"] = str(q["devices"])
+    if label:
+        tags["dse.label"] = label
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    with JobRun(cfg, name=run_name(q, label), tags=tags) as run:
         result = run_driver(cfg, problem, run)
-        rep = summary(cfg, problem, result)
-        log_result(run, cfg, problem, result, rep)
-    if cfg.format == "json":
-        print_json(rep)
-    else:
-        print(render(cfg, rep))
+        rep = summary(cfg, problem, result, hw)
+        if label:
+            rep["job"] = {"num": HydraConfig.get().job.num, "label": label,
+                          "overrides": list(HydraConfig.get().overrides.task)}  # fmt: skip
+        files = log_result(run, cfg, problem, result, rep, hw, out_dir)
+        rep["results"] = {"output_dir": str(out_dir), "files": files}
+        if run.enabled and run.run_id:
+            rep["results"] |= {
+                "mlflow_run_id": run.run_id,
+                "run_name": run.name,
+                "experiment": run.experiment,
+                "tracking_uri": run.uri,
+                "open": _open_command(str(run.uri), str(run.experiment_id), run.run_id),
+            }
+        (out_dir / "result.json").write_text(json.dumps(rep, indent=2, default=str) + "\n")
+        run.log_file(out_dir / "result.json")
+    _emit(cfg, rep)
+
+
+# --------------------------------------------------------------------------------------------
+# The combined table of a multirun
+
+
+def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per finished job of a multirun (its ``result.json``), in job order: the job's label
+    and overrides, its winning design and its metrics."""
+    rows = []
+    for path in sweep_dir.glob("*/result.json"):
+        rep = json.loads(path.read_text())
+        job = rep.get("job") or {"num": path.parent.name, "label": path.parent.name, "overrides": []}
+        design = " ".join(f"{k}={fmt_cell(rep['best'][k])}" for k in rep["chosen"])
+        rows.append({"job": job["num"], "label": job["label"], "overrides": " ".join(job["overrides"]),
+                     "design": design, "kind": rep["question"]["kind"], **rep["metrics"]})  # fmt: skip
+    return sorted(rows, key=lambda r: int(r["job"]) if str(r["job"]).isdigit() else 0)
+
+
+def sweep_table(rows: list[dict[str, Any]]) -> str:
+    """The side-by-side text table of a multirun's jobs (human units)."""
+    kinds = {r["kind"] for r in rows}
+    metrics = [m for k in SUMMARY if k in kinds for m in SUMMARY[k]]
+    metrics = [m for m in dict.fromkeys(metrics) if any(m in r for r in rows)]
+    body = [[r["label"], r["design"], *(_top_cell(m, r[m]) if m in r else "" for m in metrics)] for r in rows]
+    return format_table(["job", "best design", *(TOP_HEADERS.get(m, m) for m in metrics)], body)
+
+
+def sweep_figure(rows: list[dict[str, Any]], title: str) -> Any:
+    """Throughput against cost per million tokens (power where a job has no price), one labelled
+    point per job."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    y_name = "cost_usd_per_mtoken" if all("cost_usd_per_mtoken" in r for r in rows) else "power_w"
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for r in rows:
+        ax.scatter(r["tokens_per_s"], r[y_name], s=40, label=r["label"])
+        ax.annotate(
+            r["label"], (r["tokens_per_s"], r[y_name]), fontsize=8, xytext=(4, 4), textcoords="offset points"
+        )
+    rates = [r["tokens_per_s"] for r in rows]
+    if max(rates) > 20 * min(rates):
+        ax.set_xscale("log")
+    ax.set_xlabel(_axis_label("tokens_per_s"))
+    ax.set_ylabel(_axis_label(y_name))
+    ax.set_title(title, fontsize=10)
+    if len(rows) <= 12:
+        ax.legend(fontsize=7, title="job (swept values)")
+    fig.tight_layout()
+    return fig
+
+
+class SweepTable(Callback):
+    """Hydra callback: at the end of a multirun, the jobs' winning designs side by side, printed
+    (stdout; stderr under ``format=json``, whose stdout is JSON Lines) and written to the sweep
+    directory as ``sweep.csv`` and ``sweep.png``, both also logged to the sweep's MLflow run.
+    Registered after the MLflow callback, so it runs before that one closes the sweep run."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from dse.tracking import SWEEP_RUN_ID_FILE, resolve_uri
+
+        sweep_dir = Path(config.hydra.runtime.cwd, str(config.hydra.sweep.dir))
+        rows = sweep_rows(sweep_dir)
+        if not rows:
+            return
+        swept = sorted(swept_keys(sweep_dir))
+        title = f"sweep over {', '.join(swept) or 'one job'}: {len(rows)} jobs, best design of each"
+        stream = sys.stderr if config.get("format") == "json" else sys.stdout
+        print(f"\n{title}\n{sweep_table(rows)}", file=stream, flush=True)
+        import matplotlib.pyplot as plt
+
+        columns = dict.fromkeys(k for r in rows for k in r)
+        write_csv({k: [r.get(k, float("nan")) for r in rows] for k in columns}, sweep_dir / "sweep.csv")
+        fig = sweep_figure(rows, title)
+        fig.savefig(sweep_dir / "sweep.png", dpi=120)
+        plt.close(fig)
+        print(f"sweep table: {sweep_dir / 'sweep.csv'}, {sweep_dir / 'sweep.png'}", file=stream, flush=True)
+        run_file, uri = (
+            sweep_dir / SWEEP_RUN_ID_FILE,
+            resolve_uri(config.get("tracking"), cwd=config.hydra.runtime.cwd),
+        )
+        if uri is not None and run_file.is_file():
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(uri)
+            for name in ("sweep.csv", "sweep.png"):
+                client.log_artifact(run_file.read_text().strip(), str(sweep_dir / name))
 
 
 def main() -> None:

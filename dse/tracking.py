@@ -78,6 +78,7 @@ SWEEP_RUN_ID_FILE = "mlflow_sweep_run_id"
 PARENT_TAG = "mlflow.parentRunId"
 ERROR_TAG = "dse.error"
 KIND_TAG = "dse.kind"  # sweep | job | child
+KIND_LABEL = "dse.label"  # a sweep job's values of the swept keys ("a100_80gb / llama3_8b")
 
 # MLflow's limits (mlflow.utils.validation), copied so that importing this module stays cheap.
 MAX_PARAM_VAL_LENGTH = 6000
@@ -221,8 +222,14 @@ def _dir_lock(directory: Path, exclusive: bool) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+# MLflow 3's UI opens a new experiment on its GenAI overview unless the experiment says it holds
+# model-development runs; with this tag it opens the runs table, where runs are compared
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
-    """The id of experiment ``name``, created if missing (artifacts next to a SQLite DB)."""
+    """The id of experiment ``name``, created if missing (artifacts next to a SQLite DB, tagged so
+    that the UI opens its runs table)."""
     from mlflow.exceptions import MlflowException
 
     exp = client.get_experiment_by_name(name)
@@ -230,7 +237,7 @@ def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
         db = sqlite_path(uri)
         location = str(db.parent / "mlruns" / re.sub(r"[^\w.-]", "_", name)) if db else None
         try:
-            return client.create_experiment(name, artifact_location=location)
+            return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
         except MlflowException:  # created by another process meanwhile
             exp = client.get_experiment_by_name(name)
             if exp is None:
@@ -379,6 +386,32 @@ def sweep_parent_run_id() -> str | None:
     return os.environ.get(ENV_SWEEP_RUN_ID) or None
 
 
+def swept_keys(sweep_dir: Path) -> list[str]:
+    """The keys a multirun sweeps over (``hardware=a,b``, ``range(...)``), in command-line order,
+    read from the sweep's ``multirun.yaml``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return []
+    overrides = [str(o) for o in OmegaConf.load(path).hydra.overrides.task]
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return list(dict.fromkeys(o.key_or_group for o in parsed if o.is_sweep_override()))
+
+
+def sweep_label() -> str | None:
+    """In a multirun job, its values of the swept keys (``a100_80gb / llama3_8b``); else None."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    hc = HydraConfig.get()
+    values = {}
+    for item in hc.overrides.task:
+        key, _, value = str(item).partition("=")
+        values[key.lstrip("+~")] = value  # the last one wins, as in Hydra
+    swept = swept_keys(Path(hc.runtime.cwd, str(hc.sweep.dir)))
+    return " / ".join(values[k] for k in swept if k in values) or f"job {hc.job.num}"
+
+
 class SweepCallback(Callback):
     """Hydra callback: one MLflow parent run per multirun; creates the store before any job.
 
@@ -513,6 +546,18 @@ def _search_all(client: MlflowClient, exp_id: str, filter_string: str) -> Iterat
 # --------------------------------------------------------------------------- job run
 
 
+def write_csv(table: Mapping[str, Any], path: Path) -> None:
+    """A column table (equal-length 1-D arrays) as CSV at ``path``, header = column names."""
+    columns = {k: np.asarray(v).reshape(-1).tolist() for k, v in table.items()}
+    lengths = {len(v) for v in columns.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"table columns differ in length: { {k: len(v) for k, v in columns.items()} }")
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        writer.writerows(zip(*columns.values(), strict=True))
+
+
 class JobRun:
     """The MLflow run of one job, as a context manager; a no-op when tracking is disabled.
 
@@ -539,6 +584,10 @@ class JobRun:
     @property
     def enabled(self) -> bool:
         return self.uri is not None
+
+    @property
+    def experiment_id(self) -> str | None:
+        return self._exp_id
 
     def __enter__(self) -> JobRun:
         if self.uri is None:
@@ -573,7 +622,8 @@ class JobRun:
         return False
 
     def _name_and_tags(self) -> tuple[str, dict[str, str]]:
-        """Run name (``<name>-<job num>`` in a multirun) and tags (kind, overrides, parent)."""
+        """Run name (in a multirun ``<name> · <swept values>`` unless the caller labelled it) and tags
+        (kind, overrides, parent, label)."""
         tags: dict[str, str] = {KIND_TAG: "job", **self._tags}
         name = self.name or "job"
         if HydraConfig.initialized():
@@ -582,8 +632,10 @@ class JobRun:
             tags.update(_override_tags([str(o) for o in hc.overrides.task]))
             tags["dse.output_dir"] = str(hc.runtime.output_dir)
             if hc.mode == RunMode.MULTIRUN:
-                name = f"{name}-{hc.job.num}"
                 tags["dse.job_num"] = str(hc.job.num)
+                if KIND_LABEL not in tags:  # the caller's name does not say which job: add its values
+                    tags[KIND_LABEL] = sweep_label() or str(hc.job.num)
+                    name = f"{name} · {tags[KIND_LABEL]}"
         parent = sweep_parent_run_id()
         if parent:
             tags[PARENT_TAG] = parent
@@ -697,17 +749,10 @@ class JobRun:
         """A column table (equal-length 1-D arrays) as a CSV artifact, header = column names."""
         if self.run_id is None or self._client is None:
             return
-        columns = {k: np.asarray(v).reshape(-1).tolist() for k, v in table.items()}
-        lengths = {len(v) for v in columns.values()}
-        if len(lengths) > 1:
-            raise ValueError(f"table columns differ in length: { {k: len(v) for k, v in columns.items()} }")
         target = PurePosixPath(artifact_file)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp, target.name)
-            with path.open("w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(columns)
-                writer.writerows(zip(*columns.values(), strict=True))
+            write_csv(table, path)
             parent = str(target.parent)
             self._client.log_artifact(self.run_id, str(path), None if parent == "." else parent)
 

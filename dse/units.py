@@ -49,3 +49,38 @@ def fmt_breakdown(total_s: float, parts_s: dict[str, float]) -> str:
     """'2.65 s = compute 2.41 s + dp comm 239.91 ms': a time and its non-zero parts (keys end in _s)."""
     terms = [f"{k.removesuffix('_s').replace('_', ' ')} {fmt_time(v)}" for k, v in parts_s.items() if v > 0]
     return f"{fmt_time(total_s)} = " + " + ".join(terms)
+
+
+def fmt_power(watts: float) -> str:
+    """716800 → '716.8 kW'."""
+    for scale, unit in ((1e6, "MW"), (1e3, "kW")):
+        if abs(watts) >= scale:
+            return f"{watts / scale:.1f} {unit}"
+    return f"{watts:.0f} W"
+
+
+# metric name → (label, formatter): the one place that says how a metric reads to a person
+METRIC_FORMATS: dict[str, tuple[str, Any]] = {
+    "step_time_s": ("step time", fmt_time),
+    "ttft_s": ("TTFT", fmt_time),
+    "tpot_s": ("TPOT", fmt_time),
+    "latency_s": ("request latency", fmt_time),
+    "mfu": ("MFU", lambda v: f"{v:.1%}"),
+    "tokens_per_s": ("throughput", lambda v: fmt_count(v, "tokens/s")),
+    "memory_gib": ("memory per device", lambda v: f"{v:.1f} GiB"),
+    "power_w": ("power", fmt_power),
+    "cost_usd_per_mtoken": ("cost", lambda v: f"${v:.3g} per M tokens"),
+}
+
+
+def metric_label(name: str) -> str:
+    """'step_time_s' → 'step time'; an unknown name is returned as is."""
+    return METRIC_FORMATS.get(name, (name, None))[0]
+
+
+def fmt_metric(name: str, value: float) -> str:
+    """A metric value in human units ('7.07 s', '52.7%', '1.19 M tokens/s', '$2.94 per M tokens')."""
+    fmt = METRIC_FORMATS.get(name, (name, None))[1]
+    if fmt is None:
+        return fmt_cell(float(value))
+    return fmt(float(value))

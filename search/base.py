@@ -39,11 +39,31 @@ class Result:
     evaluations: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
 
-    def top(self, k: int, key: str = "objective") -> list[dict[str, float]]:
-        """The ``k`` best feasible rows by ``key`` (ascending), as dicts."""
+    def top(self, k: int, key: str = "objective", distinct: Sequence[str] = ()) -> list[dict[str, float]]:
+        """The ``k`` best feasible rows by ``key`` (ascending), as dicts; with ``distinct`` (design
+        columns) a design evaluated several times (Optuna trials) appears once."""
         feasible = np.asarray(self.table.get("feasible", np.ones(len(self.table[key]), bool)), bool)
-        order = [i for i in np.argsort(self.table[key], kind="stable") if feasible[i]][:k]
-        return [row(self.table, i) for i in order]
+        rows, seen = [], set()
+        for i in np.argsort(self.table[key], kind="stable"):
+            design = tuple(float(np.asarray(self.table[c])[i]) for c in distinct)
+            if not feasible[i] or (distinct and design in seen):
+                continue
+            seen.add(design)
+            rows.append(row(self.table, int(i)))
+            if len(rows) == k:
+                break
+        return rows
+
+    def distinct_designs(self, columns: Sequence[str]) -> int:
+        """How many different designs (rows differing in ``columns``) the table holds."""
+        if not self.rows or not columns:
+            return self.rows
+        designs = np.stack([np.asarray(self.table[c], float) for c in columns], axis=1)
+        return int(np.unique(designs, axis=0).shape[0])
+
+    @property
+    def rows(self) -> int:
+        return len(next(iter(self.table.values()))) if self.table else 0
 
 
 def row(table: Mapping[str, np.ndarray], i: int) -> dict[str, float]:
@@ -51,8 +71,12 @@ def row(table: Mapping[str, np.ndarray], i: int) -> dict[str, float]:
     return {k: np.asarray(v)[i].item() for k, v in table.items()}
 
 
-def pareto_front(a: np.ndarray, b: np.ndarray, feasible: np.ndarray | None = None,
-                 maximize: Sequence[bool] = (False, False)) -> list[int]:
+def pareto_front(
+    a: np.ndarray,
+    b: np.ndarray,
+    feasible: np.ndarray | None = None,
+    maximize: Sequence[bool] = (False, False),
+) -> list[int]:
     """Indices of the points no other point dominates in (a, b), sorted by a.
 
     A point dominates another when it is no worse in both and better in one; duplicates keep the

@@ -2,10 +2,10 @@
 
 ``training_mapping_problem`` is the 3D-parallel mapping space of a training job on a fixed device
 count (every factorization tp·pp·dp·cp = devices with ep, vpp, micro-batch, recompute, ZeRO stage and
-sequence parallelism); ``inference_slo_problem`` is TP degree × batch size for serving under a
-time-per-output-token limit. Both return a :class:`Problem` the drivers consume: ``cost_fn`` takes
-a dict of equal-length arrays and returns the shared metrics (``search.base.METRICS``) plus
-``feasible``. Pure: no Hydra, no MLflow, no printing.
+sequence parallelism); ``inference_slo_problem`` is TP degree × batch size for serving under
+TTFT/TPOT limits. Both return a :class:`Problem` the drivers consume: ``cost_fn`` takes a dict of
+equal-length arrays and returns the metrics (``search.base.METRICS`` for training, ``SERVING_METRICS``
+for serving) plus ``objective`` and ``feasible``. Pure: no Hydra, no MLflow, no printing.
 """
 
 from __future__ import annotations
@@ -25,7 +25,17 @@ from costmodels.training import TIME_FIELDS, TrainingJob, training_step
 from search.base import CostFn
 
 GiB = float(2**30)
-OBJECTIVES = ("step_time_s", "cost_usd_per_mtoken", "neg_mfu", "neg_tokens_per_s")
+OBJECTIVES = ("step_time_s", "cost_usd_per_mtoken", "neg_mfu", "neg_tokens_per_s")  # training
+SERVING_METRICS = (
+    "ttft_s",
+    "tpot_s",
+    "latency_s",
+    "tokens_per_s",
+    "memory_gib",
+    "power_w",
+    "cost_usd_per_mtoken",
+)
+SERVING_OBJECTIVES = ("neg_tokens_per_s", "tpot_s", "ttft_s", "latency_s", "cost_usd_per_mtoken")
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,13 @@ def signed_objective(metrics: Mapping[str, Any], objective: str) -> Any:
     if objective.startswith("neg_"):
         return -metrics[objective[4:]]
     return metrics[objective]
+
+
+def cost_usd_per_mtoken(devices: jax.Array, hw: Hardware, tokens_per_s: jax.Array) -> jax.Array:
+    """Dollars per million tokens: devices · price per device-hour / 3600 / (tokens/s) · 10⁶; NaN
+    when the hardware has no price (0), so an unknown cost is never reported as free."""
+    price = jnp.where(hw.price_usd_per_hour > 0, hw.price_usd_per_hour, jnp.nan)
+    return devices * price / 3600.0 / tokens_per_s * 1e6
 
 
 def _plan_from(points: Mapping[str, jax.Array], num_devices: float, global_batch: float) -> Plan:
@@ -100,7 +117,7 @@ def training_mapping_problem(
             "tokens_per_s": out.tokens_per_s,
             "memory_gib": out.memory.total_bytes / GiB,
             "power_w": devices * hw.power_w,
-            "cost_usd_per_mtoken": devices * hw.price_usd_per_hour / 3600.0 / out.tokens_per_s * 1e6,
+            "cost_usd_per_mtoken": cost_usd_per_mtoken(devices, hw, out.tokens_per_s),
             "feasible": out.feasible,
         }
         m |= {k: getattr(out, k) for k in TIME_FIELDS}  # where the step time goes
@@ -131,15 +148,18 @@ def inference_slo_problem(
     space: Mapping[str, Sequence[float]],
     tpot_limit_s: float,
     objective: str = "neg_tokens_per_s",
+    ttft_limit_s: float | None = None,
 ) -> Problem:
-    """TP degree (and pp) × batch size for serving ``job`` under a time-per-output-token limit.
+    """TP degree (and pp) × batch size for serving ``job`` under latency limits.
 
-    Feasible: the batch's weights and KV cache fit in memory and TPOT ≤ ``tpot_limit_s``. Metrics
-    use the shared names: ``tokens_per_s`` is output tokens/s over all devices, ``step_time_s`` the
-    time per output token, ``mfu`` is not defined for serving and is 0.
+    Feasible: the batch's weights and KV cache fit in memory, TPOT ≤ ``tpot_limit_s`` and (when
+    given) TTFT ≤ ``ttft_limit_s``. Metrics: ``ttft_s`` (time to first token), ``tpot_s`` (time per
+    output token), ``latency_s`` (a request end to end), ``tokens_per_s`` (output tokens/s over all
+    devices), memory, power and cost; serving has no MFU and no training step.
     """
     spec, tables = job.spec, job.tables()
     kv = spec.num_kv_heads if spec.mla is None else spec.num_heads
+    ttft_limit = np.inf if ttft_limit_s is None else float(ttft_limit_s)
 
     def constraint(c: dict[str, np.ndarray]) -> np.ndarray:
         tp, pp = c["tp"], c.get("pp", np.ones_like(c["tp"]))
@@ -147,17 +167,16 @@ def inference_slo_problem(
 
     def metrics(tp: jax.Array, pp: jax.Array, batch: jax.Array) -> dict[str, jax.Array]:
         out = inference_step(hw, job, tp, pp, batch, tables=tables)
-        feasible = out.feasible & (out.tpot_s <= tpot_limit_s)
+        feasible = out.feasible & (out.tpot_s <= tpot_limit_s) & (out.ttft_s <= ttft_limit)
         devices = tp * pp
         m = {
-            "step_time_s": out.tpot_s,
             "ttft_s": out.ttft_s,
+            "tpot_s": out.tpot_s,
             "latency_s": out.latency_s,
-            "mfu": 0.0 * tp,
             "tokens_per_s": out.output_tokens_per_s,
             "memory_gib": out.memory.total_bytes / GiB,
             "power_w": devices * hw.power_w,
-            "cost_usd_per_mtoken": devices * hw.price_usd_per_hour / 3600.0 / out.output_tokens_per_s * 1e6,
+            "cost_usd_per_mtoken": cost_usd_per_mtoken(devices, hw, out.output_tokens_per_s),
             "feasible": feasible,
         }
         m["objective"] = jnp.where(feasible, signed_objective(m, objective), jnp.inf)

@@ -95,10 +95,29 @@ def test_inference_slo_respects_the_tpot_limit(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     rep = json.loads(proc.stdout)
-    assert rep["metrics"]["step_time_s"] <= 0.020
-    assert all(r["step_time_s"] <= 0.020 for r in rep["top"])
+    assert rep["metrics"]["tpot_s"] <= 0.020
+    assert all(r["tpot_s"] <= 0.020 for r in rep["top"])
     best_rate = rep["metrics"]["tokens_per_s"]
     assert all(r["tokens_per_s"] <= best_rate for r in rep["top"])
+    # serving names its figures: TTFT, TPOT, throughput; no training step time, no MFU
+    assert {"ttft_s", "tpot_s", "latency_s", "tokens_per_s"} <= set(rep["metrics"])
+    assert not {"step_time_s", "mfu", "objective"} & set(rep["metrics"])
+    assert rep["objective"] == {"metric": "tokens_per_s", "goal": "maximize"}
+
+
+def test_inference_ttft_limit_excludes_slow_first_tokens(tmp_path: Path) -> None:
+    """A TTFT limit beside the TPOT limit: with ``workload.ttft_limit_ms`` every reported design has
+    TTFT ≤ the limit, and the limit changes the winner (the largest batch's prefill is too slow)."""
+    common = ["+experiment=inference_slo", "model=llama3_8b", "parallelism.tp=[1,2]", "format=json",
+              "parallelism.batch_size=[1,8,64,256]", "tracking=none", "progress=false"]  # fmt: skip
+    free = json.loads(run(*common, cwd=tmp_path).stdout)
+    limit_s = free["metrics"]["ttft_s"] / 2
+    proc = run(*common, f"workload.ttft_limit_ms={limit_s * 1e3}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads(proc.stdout)
+    assert rep["metrics"]["ttft_s"] <= limit_s and all(r["ttft_s"] <= limit_s for r in rep["top"])
+    assert rep["best"] != free["best"]
+    assert any(c.startswith("TTFT <= ") for c in rep["question"]["constraints"])
 
 
 @pytest.mark.parametrize("driver", ["grid", "optuna"])
@@ -113,7 +132,8 @@ def test_inference_slo_with_each_driver_reports_tokens_per_s(tmp_path: Path, dri
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     rep = json.loads(proc.stdout)
-    assert rep["metrics"]["tokens_per_s"] > 0 and rep["metrics"]["objective"] < 0
+    assert rep["metrics"]["tokens_per_s"] > 0 and "objective" not in rep["metrics"]
+    assert rep["objective"]["goal"] == "maximize"
 
 
 def _runs(uri: str, monkeypatch: pytest.MonkeyPatch) -> list:
@@ -149,11 +169,96 @@ def test_multirun_is_logged_to_mlflow(tmp_path: Path, monkeypatch: pytest.Monkey
     for job in jobs:
         assert job.info.status == "FINISHED"
         assert job.data.tags["mlflow.parentRunId"] == sweep.info.run_id
-        assert {"step_time_s", "mfu", "tokens_per_s", "memory_gib", "objective"} <= set(job.data.metrics)
+        assert {"step_time_s", "mfu", "tokens_per_s", "memory_gib", "cost_usd_per_mtoken"} <= set(
+            job.data.metrics
+        )
         children = [r for r in kinds["child"] if r.data.tags["mlflow.parentRunId"] == job.info.run_id]
         assert len(children) == 3
         artifacts = {a.path for a in MlflowClient(uri).list_artifacts(job.info.run_id)}
-        assert {"config.yaml", "results.csv", "pareto.png", "breakdown.png", "best.yaml"} <= artifacts
+        assert {
+            "config.yaml",
+            "results.csv",
+            "pareto.png",
+            "breakdown.png",
+            "best.yaml",
+            "result.json",
+        } <= artifacts
+        # the run says what ran; the winning design is params (MLflow's compare view), model etc. tags
+        hardware = job.data.tags["dse.hardware"]
+        assert job.info.run_name == f"search · llama3_8b · {hardware} × 16"
+        assert job.data.tags["dse.model"] == "llama3_8b" and job.data.tags["dse.devices"] == "16"
+        assert job.data.tags["dse.label"] == hardware  # the swept value
+        rep = json.loads((Path(job.data.tags["dse.output_dir"]) / "result.json").read_text())
+        assert {f"best.{k}": str(v) for k, v in rep["best"].items()} == {
+            k: v for k, v in job.data.params.items() if k.startswith("best.")
+        }
+    assert sorted(j.data.tags["dse.hardware"] for j in jobs) == ["a100_80gb", "h100_sxm"]
+    # the combined table: printed after the jobs, and sweep.csv / sweep.png on the sweep run
+    table = proc.stdout[proc.stdout.index("sweep over hardware: 2 jobs") :]
+    assert "a100_80gb" in table and "h100_sxm" in table and "step time" in table
+    sweep_artifacts = {a.path for a in MlflowClient(uri).list_artifacts(sweep.info.run_id)}
+    assert {"sweep.csv", "sweep.png"} <= sweep_artifacts
+    import csv
+
+    sweep_csv = Path(MlflowClient(uri).download_artifacts(sweep.info.run_id, "sweep.csv", str(tmp_path)))
+    rows = list(csv.DictReader(sweep_csv.open()))
+    assert [r["label"] for r in rows] == ["a100_80gb", "h100_sxm"]
+    steps = {j.data.tags["dse.hardware"]: j.data.metrics["step_time_s"] for j in jobs}
+    for r in rows:
+        assert float(r["step_time_s"]) == pytest.approx(steps[r["label"]])
+
+
+def test_multirun_json_is_json_lines(tmp_path: Path) -> None:
+    """``-m ... format=json``: stdout is JSON Lines, one object per job, each naming its job's swept
+    values and overrides; the combined table goes to stderr, so stdout stays parseable."""
+    small = [a for a in SMALL if not a.startswith("model=")]
+    proc = run("-m", *small, "hardware=a100_80gb,h100_sxm", "model=llama3_8b,qwen3_8b", "tracking=none",
+               "format=json", "progress=false", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    jobs = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(jobs) == 4
+    labels = sorted(j["job"]["label"] for j in jobs)
+    assert labels == [
+        "a100_80gb / llama3_8b",
+        "a100_80gb / qwen3_8b",
+        "h100_sxm / llama3_8b",
+        "h100_sxm / qwen3_8b",
+    ]
+    assert all("hardware=" in " ".join(j["job"]["overrides"]) for j in jobs)
+    assert "sweep over hardware, model: 4 jobs" in proc.stderr
+
+
+def test_output_dir_holds_the_results_and_optuna_top_is_distinct(tmp_path: Path) -> None:
+    """The Hydra output directory holds the result and the artifacts even without MLflow; Optuna's
+    top-k lists each design once although the sampler repeats designs."""
+    args = [*SMALL, "search=optuna", "search.n_trials=24", "tracking=none", "progress=false"]
+    args.append("hydra.run.dir=out")
+    proc = run(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out"
+    rep = json.loads((out / "result.json").read_text())
+    assert {"results.csv", "best.yaml", "pareto.png", "breakdown.png"} <= {p.name for p in out.iterdir()}
+    assert rep["evaluations"] == 24 and rep["distinct_designs"] <= 24
+    designs = [tuple(r[k] for k in rep["chosen"]) for r in rep["top"]]
+    assert len(designs) == len(set(designs)) >= 2
+    assert "distinct designs" in proc.stdout and f"files: {out}" in proc.stdout
+
+
+def test_unknown_price_is_never_a_zero_cost(tmp_path: Path) -> None:
+    """A preset without a price (gb300): the cost is reported as unknown (a warning, no cost figure),
+    and a cost objective is one line naming the key to set."""
+    args = ["+experiment=inference_slo", "hardware=gb300", "model=llama3_8b", "parallelism.tp=[1,2]",
+            "parallelism.batch_size=[1,8]", "tracking=none", "progress=false"]  # fmt: skip
+    proc = run(*args, cwd=tmp_path)  # the experiment's Pareto axes include the cost: one line
+    assert proc.returncode == 2 and "search.pareto uses cost_usd_per_mtoken" in proc.stderr
+    args.append("search.pareto=[tpot_s,memory_gib]")
+    proc = run(*args, "format=json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads(proc.stdout)
+    assert "cost_usd_per_mtoken" not in rep["metrics"] and any("price" in w for w in rep["warnings"])
+    proc = run(*args, "search.objective=cost_usd_per_mtoken", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "hardware.price_usd_per_hour" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_no_feasible_point_fails_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
