@@ -149,6 +149,7 @@ class SearchConfig:
     format: str = ranged("table", one_of=("table", "json"))
     seed: int = ranged(0, at_least=0, integer=True)
     progress: bool = True
+    job_report: bool = True  # in a multirun, each job prints its full report (dse.compare: one line)
 
 
 def register() -> None:

@@ -491,12 +491,15 @@ def _top_cell(key: str, value: Any) -> str:
         return fmt_count(value)
     if key == "cost_usd_per_mtoken":
         return f"${value:.3g}"
+    if key == "energy_j_per_token":
+        return f"{value:.3g} J"
     return fmt_cell(value)
 
 
 TOP_HEADERS = {"tokens_per_s": "tokens/s", "cost_usd_per_mtoken": "$/M tokens", "memory_gib": "memory",
                "step_time_s": "step time", "latency_s": "latency", "ttft_s": "TTFT", "tpot_s": "TPOT",
-               "mfu": "MFU", "power_w": "power", "sequence_parallel": "seq_par"}  # fmt: skip
+               "mfu": "MFU", "power_w": "power", "sequence_parallel": "seq_par",
+               "energy_j_per_token": "J/token"}  # fmt: skip
 
 
 def render(rep: dict[str, Any]) -> str:
@@ -612,6 +615,7 @@ AXIS_UNITS = {
     "tokens_per_s": "tokens/s",
     "mfu": "fraction of peak",
     "cost_usd_per_mtoken": "USD per million tokens",
+    "energy_j_per_token": "J per token",
 }
 
 
@@ -705,10 +709,16 @@ def run_name(q: dict[str, Any], label: str | None) -> str:
 def _emit(cfg: DictConfig, rep: dict[str, Any]) -> None:
     """The report on stdout: text, one JSON document, or in a multirun one JSON line per job (JSON
     Lines), written under a lock so that parallel jobs do not interleave."""
+    hc = HydraConfig.get()
+    if cfg.format != "json" and hc.mode == RunMode.MULTIRUN and not cfg.job_report:
+        metric = rep["objective"]["metric"]
+        chosen = " ".join(f"{k}={fmt_cell(rep['best'][k])}" for k in rep["chosen"])
+        value = fmt_metric(metric, rep["metrics"][metric])
+        print(f"{rep['job']['label']}: {chosen}, {metric_label(metric)} {value}", file=sys.stderr, flush=True)
+        return
     if cfg.format != "json":
         print(render(rep), flush=True)
         return
-    hc = HydraConfig.get()
     if hc.mode != RunMode.MULTIRUN:
         print_json(rep)
         return
@@ -734,7 +744,8 @@ def task(cfg: DictConfig) -> None:
     problem, hw = build_problem(cfg)  # bad input stops here, before a run is opened
     q = question(cfg, problem, hw)
     label = sweep_label()
-    print(f"dse.search: {question_line(q)}\n  {search_line(q)}", file=sys.stderr, flush=True)
+    if cfg.job_report or label is None:
+        print(f"dse.search: {question_line(q)}\n  {search_line(q)}", file=sys.stderr, flush=True)
     tags = {
         "dse.model": str(q["model"]),
         "dse.hardware": str(q["hardware"]),

@@ -70,6 +70,7 @@ METRIC_FORMATS: dict[str, tuple[str, Any]] = {
     "memory_gib": ("memory per device", lambda v: f"{v:.1f} GiB"),
     "power_w": ("power", fmt_power),
     "cost_usd_per_mtoken": ("cost", lambda v: f"${v:.3g} per M tokens"),
+    "energy_j_per_token": ("energy per token", lambda v: f"{v:.3g} J"),
 }
 
 

@@ -22,7 +22,16 @@ import numpy as np
 Points = Mapping[str, np.ndarray]
 Metrics = dict[str, np.ndarray]
 CostFn = Callable[[Points], Metrics]
-METRICS = ("objective", "step_time_s", "mfu", "tokens_per_s", "memory_gib", "power_w", "cost_usd_per_mtoken")
+METRICS = (
+    "objective",
+    "step_time_s",
+    "mfu",
+    "tokens_per_s",
+    "memory_gib",
+    "power_w",
+    "cost_usd_per_mtoken",
+    "energy_j_per_token",
+)
 
 
 @dataclass

@@ -34,6 +34,7 @@ SERVING_METRICS = (
     "memory_gib",
     "power_w",
     "cost_usd_per_mtoken",
+    "energy_j_per_token",
 )
 SERVING_OBJECTIVES = ("neg_tokens_per_s", "tpot_s", "ttft_s", "latency_s", "cost_usd_per_mtoken")
 
@@ -64,6 +65,13 @@ def cost_usd_per_mtoken(devices: jax.Array, hw: Hardware, tokens_per_s: jax.Arra
     when the hardware has no price (0), so an unknown cost is never reported as free."""
     price = jnp.where(hw.price_usd_per_hour > 0, hw.price_usd_per_hour, jnp.nan)
     return devices * price / 3600.0 / tokens_per_s * 1e6
+
+
+def energy_j_per_token(devices: jax.Array, hw: Hardware, tokens_per_s: jax.Array) -> jax.Array:
+    """Joules per token at the devices' rated power: devices · power_w / (tokens/s); NaN when the
+    hardware has no power figure (0)."""
+    power = jnp.where(hw.power_w > 0, hw.power_w, jnp.nan)
+    return devices * power / tokens_per_s
 
 
 def _plan_from(points: Mapping[str, jax.Array], num_devices: float, global_batch: float) -> Plan:
@@ -118,6 +126,7 @@ def training_mapping_problem(
             "memory_gib": out.memory.total_bytes / GiB,
             "power_w": devices * hw.power_w,
             "cost_usd_per_mtoken": cost_usd_per_mtoken(devices, hw, out.tokens_per_s),
+            "energy_j_per_token": energy_j_per_token(devices, hw, out.tokens_per_s),
             "feasible": out.feasible,
         }
         m |= {k: getattr(out, k) for k in TIME_FIELDS}  # where the step time goes
@@ -177,6 +186,7 @@ def inference_slo_problem(
             "memory_gib": out.memory.total_bytes / GiB,
             "power_w": devices * hw.power_w,
             "cost_usd_per_mtoken": cost_usd_per_mtoken(devices, hw, out.output_tokens_per_s),
+            "energy_j_per_token": energy_j_per_token(devices, hw, out.output_tokens_per_s),
             "feasible": feasible,
         }
         m["objective"] = jnp.where(feasible, signed_objective(m, objective), jnp.inf)

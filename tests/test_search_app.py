@@ -294,3 +294,29 @@ def test_unknown_experiment_and_bad_storage(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and "error:" in proc.stderr
+
+
+def test_compare_puts_each_preset_at_its_best_side_by_side(tmp_path: Path) -> None:
+    """``dse.compare hardware=a,b``: one search per preset; each job's winner equals a plain
+    ``dse.search`` on that preset, energy per token is devices · power / tokens per s, and the
+    combined table names both presets. Without ``hardware=`` it is one line."""
+    small = [a for a in SMALL if not a.startswith("parallelism.microbatch")]
+    args = [*small, "tracking=none", "progress=false", "format=json"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "dse.compare", *args, "hardware=a100_80gb,h100_sxm"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    jobs = {j["job"]["label"]: j for j in map(json.loads, proc.stdout.splitlines())}
+    assert sorted(jobs) == ["a100_80gb", "h100_sxm"]
+    single = json.loads(run(*args, "hardware=h100_sxm", cwd=tmp_path).stdout)
+    assert jobs["h100_sxm"]["best"] == single["best"]
+    assert jobs["h100_sxm"]["metrics"]["step_time_s"] == pytest.approx(single["metrics"]["step_time_s"])
+    for j in jobs.values():
+        m = j["metrics"]
+        assert m["energy_j_per_token"] == pytest.approx(m["power_w"] / m["tokens_per_s"], rel=1e-5)
+        assert m["power_w"] == 16 * {"a100_80gb": 400, "h100_sxm": 700}[j["job"]["label"]]
+    assert "sweep over hardware: 2 jobs" in proc.stderr and "J/token" in proc.stderr
+    bad = subprocess.run([sys.executable, "-m", "dse.compare", "model=llama3_8b"], capture_output=True,
+                         text=True, cwd=tmp_path, timeout=120)  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: give the presets to compare")
