@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -755,6 +756,9 @@ def task(cfg: DictConfig) -> None:
         tags["dse.devices"] = str(q["devices"])
     if label:
         tags["dse.label"] = label
+    slurm_job = os.environ.get("SLURM_JOB_ID")  # a sweep job that SLURM runs (hydra/launcher=submitit_slurm)
+    if slurm_job:
+        tags["dse.slurm_job_id"] = slurm_job
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     with JobRun(cfg, name=run_name(q, label), tags=tags) as run:
         result = run_driver(cfg, problem, run)
@@ -764,6 +768,8 @@ def task(cfg: DictConfig) -> None:
                           "overrides": list(HydraConfig.get().overrides.task)}  # fmt: skip
         files = log_result(run, cfg, problem, result, rep, hw, out_dir)
         rep["results"] = {"output_dir": str(out_dir), "files": files}
+        if slurm_job:
+            rep["results"]["slurm_job_id"] = slurm_job
         if run.enabled and run.run_id:
             rep["results"] |= {
                 "mlflow_run_id": run.run_id,
