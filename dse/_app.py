@@ -21,11 +21,13 @@ Every entry point is a Hydra app over ``conf/<name>.yaml``. This module adds wha
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -274,6 +276,44 @@ def run_app(
 def _silence_stdout() -> None:
     """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def progress_reporter(
+    enabled: bool,
+    total: int,
+    stream: Any = None,
+    every_s: float = 15.0,
+    label: str = "validate",
+    unit: str = "case",
+) -> Callable[[int], None] | None:
+    """``progress(done)``: a tqdm bar on a terminal, else (a log) a plain line per tenth of ``total``
+    and at least every ``every_s`` seconds (``validate: 3/25 cases (2 s)``); None when disabled. On
+    stderr: stdout is the report alone."""
+    stream = stream or sys.stderr
+    if not enabled or total < 1:
+        return None
+    if stream.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=label, unit=unit, file=stream, leave=False)
+
+        def tick(done: int) -> None:
+            bar.update(done - bar.n)
+            if done >= total:
+                bar.close()
+
+        return tick
+    every, start = max(1, math.ceil(total / 10)), time.monotonic()
+    last = start
+
+    def line(done: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if done % every == 0 or done == total or now - last >= every_s:
+            last = now
+            print(f"{label}: {done}/{total} {unit}s ({now - start:.0f} s)", file=stream, flush=True)
+
+    return line
 
 
 def print_json(payload: Any) -> None:

@@ -81,6 +81,9 @@ def report(cfg: DictConfig) -> dict[str, Any]:
         "params": params,
         "weights_bytes": params * bytes_per_element(cfg.precision),
         "kv_cache_bytes": kv_cache_bytes(spec, sum(cached) + sum(new), kv_precision),
+        "hbm_capacity_bytes": float(hw.hbm_capacity_bytes),
+        "matmul_efficiency": float(hw.matmul_efficiency),
+        "memory_efficiency": float(hw.memory_efficiency),
         "ops": [_op_row(p) for p in points],
         "totals": {
             "flops": sum(p.op.flops * p.op.count for p in points),
@@ -88,8 +91,22 @@ def report(cfg: DictConfig) -> dict[str, Any]:
             "time_s": sum(p.total_time_s for p in points),
         },
     }
+    rep["warnings"] = _warnings(rep)
     check_results(rep, f"dse.roofline with {rep['model']} on {hw.name}")
     return rep
+
+
+def _warnings(rep: dict[str, Any]) -> list[str]:
+    """The step cannot run on one device when its weights and KV cache exceed the HBM."""
+    need = rep["weights_bytes"] + rep["kv_cache_bytes"]
+    if need <= rep["hbm_capacity_bytes"]:
+        return []
+    return [
+        f"weights ({fmt_bytes(rep['weights_bytes'])}) + KV cache ({fmt_bytes(rep['kv_cache_bytes'])}) = "
+        f"{fmt_bytes(need)} do not fit in one {rep['hardware']}'s "
+        f"{fmt_bytes(rep['hbm_capacity_bytes'])} of HBM: "
+        "the times above assume they did (shard the model, or use fewer or shorter queries)"
+    ]
 
 
 def _op_row(p: RooflinePoint) -> dict[str, Any]:
@@ -144,12 +161,25 @@ def render(rep: dict[str, Any]) -> str:
         f"parameters       {rep['params']:,}",
         f"weight bytes     {fmt_bytes(rep['weights_bytes'])}",
         f"KV cache bytes   {fmt_bytes(rep['kv_cache_bytes'])}",
+        f"HBM capacity     {fmt_bytes(rep['hbm_capacity_bytes'])}",
+        *(f"warning: {w}" for w in rep["warnings"]),
     ]
     return "\n".join(summary)
 
 
 def plot_roofline(rep: dict[str, Any], path: Path) -> None:
-    """Ops on the hardware roofline: x = FLOPs per byte, y = attained FLOP/s (log-log)."""
+    """Save :func:`roofline_figure` to ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig = roofline_figure(rep)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def roofline_figure(rep: dict[str, Any], labels: int = 6) -> Any:
+    """Ops on the hardware roofline (log-log): x = FLOPs per byte, y = attained FLOP/s; marker area
+    by the op's share of the step time, the ``labels`` largest shares named, the derated roof (the
+    preset's achievable GEMM and HBM fractions) dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -160,21 +190,41 @@ def plot_roofline(rep: dict[str, Any], path: Path) -> None:
     ops = [o for o in rep["ops"] if o["flops"] > 0 and o["time_s"] > 0]
     xs = np.array([o["intensity"] for o in ops])
     ys = np.array([o["flops"] / o["time_s"] for o in ops])
+    share = np.array([o["total_time_s"] for o in ops]) / rep["totals"]["time_s"]
     grid = np.logspace(
         np.log10(max(min(xs.min(), 1.0) / 4, 1e-3)), np.log10(max(xs.max(), peak / bw) * 4), 200
     )
     fig, ax = plt.subplots(figsize=(9, 6))
-    ax.loglog(grid, np.minimum(peak, grid * bw), "k-", lw=2, label=f"{rep['hardware']} roofline")
-    for o, x, y in zip(ops, xs, ys, strict=True):
-        ax.scatter(x, y, s=25, color="tab:red" if o["bound"] == "memory" else "tab:blue")
-        ax.annotate(o["name"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.loglog(grid, np.minimum(peak, grid * bw), "k-", lw=2, label="roofline: peak and HBM bandwidth")
+    derated = (rep["matmul_efficiency"], rep["memory_efficiency"])
+    if min(derated) < 1.0:
+        ax.loglog(grid, np.minimum(peak * derated[0], grid * bw * derated[1]), "k--", lw=1,
+                  label=f"achievable: {derated[0]:.0%} of peak, {derated[1]:.0%} of bandwidth")  # fmt: skip
+    colours = {"memory": "tab:red", "compute": "tab:blue"}
+    for bound, colour in colours.items():
+        mask = np.array([o["bound"] == bound for o in ops])
+        if mask.any():
+            ax.scatter(xs[mask], ys[mask], s=20 + 600 * share[mask], color=colour, alpha=0.7,
+                       label=f"{bound}-bound op (area: share of step time)")  # fmt: skip
+    ranked = np.argsort(-share)[:labels]  # numbered on the plot, named in a list: ops often coincide
+    for rank, i in enumerate(ranked, start=1):
+        offset = (-4 + 9 * rank, 6)  # side by side, so coinciding ops stay readable
+        ax.annotate(str(rank), (xs[i], ys[i]), fontsize=8, xytext=offset, textcoords="offset points",
+                    arrowprops={"arrowstyle": "-", "lw": 0.5})  # fmt: skip
+    names = "\n".join(
+        f"{rank}. {ops[i]['name']}: {share[i]:.1%} of the step" for rank, i in enumerate(ranked, 1)
+    )
+    ax.text(0.02, 0.98, f"largest shares of the step time\n{names}", transform=ax.transAxes, va="top",
+            fontsize=8, bbox={"boxstyle": "round", "fc": "white", "alpha": 0.8})  # fmt: skip
     ax.set_xlabel("operational intensity (FLOP/byte)")
     ax.set_ylabel("attained FLOP/s")
-    ax.set_title(f"{rep['model']} on {rep['hardware']} ({rep['precision']})")
-    ax.legend()
+    q = rep["queries"]
+    ax.set_title(
+        f"{rep['model']} on one {rep['hardware']} ({rep['precision']}): one step of {len(q)} queries"
+    )
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def task(cfg: DictConfig) -> None:

@@ -34,7 +34,7 @@ from costmodels.inference import InferenceJob, engine_preset
 from costmodels.parallel import RECOMPUTE
 from costmodels.training import TIME_FIELDS, TrainingJob
 from dse import schema
-from dse._app import format_table, print_json, run_app
+from dse._app import format_table, print_json, progress_reporter, run_app
 from dse.calc import command_line
 from dse.checks import check_results
 from dse.hardware import hardware_from_config
@@ -165,19 +165,18 @@ def build_problem(cfg: DictConfig) -> tuple[Problem, Hardware]:
     return inference_slo_problem(hw, job, space, w.tpot_limit_ms / 1e3, objective, ttft), hw
 
 
-def _progress(enabled: bool, label: str) -> Callable[[int, int], None] | None:
+def _progress(enabled: bool, label: str, unit: str) -> Callable[[int, int], None] | None:
+    """``update(done, total)``: a bar on a terminal, plain lines in a log (:func:`progress_reporter`)."""
     if not enabled:
         return None
-    from tqdm import tqdm
-
-    bar = tqdm(total=0, desc=label, unit="pt", file=sys.stderr, leave=False)
+    reporter: Callable[[int], None] | None = None
 
     def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-        if done >= total:
-            bar.close()
+        nonlocal reporter
+        if reporter is None:
+            reporter = progress_reporter(True, total, label=label, unit=unit)
+        if reporter is not None:
+            reporter(min(done, total))
 
     return update
 
@@ -197,7 +196,7 @@ def run_driver(cfg: DictConfig, problem: Problem, run: JobRun) -> Result:
             chunk_size=s.chunk_size,
             top_k=s.top_k,
             pareto_axes=tuple(s.pareto),
-            progress=_progress(cfg.progress, "grid"),
+            progress=_progress(cfg.progress, "grid", "design"),
             infeasible_reason=_memory_reason,
         )
     if s.driver == "optuna":
@@ -218,7 +217,11 @@ def _optuna(cfg: DictConfig, problem: Problem, run: JobRun) -> Result:
         out = {k: float(np.asarray(v)[0]) for k, v in problem.cost_fn(cols).items()}
         return out | {o: signed_objective(out, o) for o in objectives}
 
+    progress = _progress(cfg.progress, "optuna", "trial")
+
     def on_trial(number: int, values: dict) -> None:
+        if progress is not None:
+            progress(number + 1, s.n_trials)
         run.child(
             f"trial-{number}",
             params={k: values[k] for k in problem.space if k in values},
@@ -555,6 +558,20 @@ def where_lines(where: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _where(run: JobRun, out_dir: Path | None, files: list[str]) -> dict[str, Any]:
+    """Where a run's results are: the output directory and its files, the MLflow run and how to open it."""
+    where: dict[str, Any] = {"output_dir": str(out_dir), "files": files} if out_dir is not None else {}
+    if run.enabled and run.run_id:
+        where |= {
+            "mlflow_run_id": run.run_id,
+            "run_name": run.name,
+            "experiment": run.experiment,
+            "tracking_uri": run.uri,
+            "open": _open_command(str(run.uri), str(run.experiment_id), run.run_id),
+        }
+    return where
+
+
 def _open_command(uri: str, experiment_id: str, run_id: str) -> str:
     page = f"#/experiments/{experiment_id}/runs/{run_id}"
     if uri.startswith(("http://", "https://")):
@@ -738,9 +755,16 @@ def task(cfg: DictConfig) -> None:
         import importlib
 
         module = importlib.import_module(f"dse.{special[cfg.search.driver]}")
-        with JobRun(cfg, name=_experiment_name()) as run:
+        choices = HydraConfig.get().runtime.choices
+        what = f"{_experiment_name()}: {choices.get('model')}, driver {cfg.search.driver}"
+        print(f"dse.search: {what}", file=sys.stderr, flush=True)
+        tags = {"dse.model": str(choices.get("model")), "dse.experiment": _experiment_name()}
+        with JobRun(cfg, name=f"{_experiment_name()} · {choices.get('model')}", tags=tags) as run:
             rep = module.run(cfg, run)
-        print_json(rep) if cfg.format == "json" else print(module.render(rep))
+            rep["results"] = _where(run, None, [])
+        print_json(rep) if cfg.format == "json" else print(
+            "\n".join([module.render(rep), *where_lines(rep["results"])])
+        )
         return
     problem, hw = build_problem(cfg)  # bad input stops here, before a run is opened
     q = question(cfg, problem, hw)
@@ -767,17 +791,9 @@ def task(cfg: DictConfig) -> None:
             rep["job"] = {"num": HydraConfig.get().job.num, "label": label,
                           "overrides": list(HydraConfig.get().overrides.task)}  # fmt: skip
         files = log_result(run, cfg, problem, result, rep, hw, out_dir)
-        rep["results"] = {"output_dir": str(out_dir), "files": files}
+        rep["results"] = _where(run, out_dir, files)
         if slurm_job:
             rep["results"]["slurm_job_id"] = slurm_job
-        if run.enabled and run.run_id:
-            rep["results"] |= {
-                "mlflow_run_id": run.run_id,
-                "run_name": run.name,
-                "experiment": run.experiment,
-                "tracking_uri": run.uri,
-                "open": _open_command(str(run.uri), str(run.experiment_id), run.run_id),
-            }
         (out_dir / "result.json").write_text(json.dumps(rep, indent=2, default=str) + "\n")
         run.log_file(out_dir / "result.json")
     _emit(cfg, rep)

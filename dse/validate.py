@@ -41,7 +41,6 @@ import math
 import re
 import statistics
 import sys
-import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -53,7 +52,7 @@ from omegaconf import DictConfig, ListConfig
 
 from costmodels.architectures import MAX_INT
 from costmodels.errors import ConfigError
-from dse._app import CONF_DIR, format_table, print_json, run_app
+from dse._app import CONF_DIR, format_table, print_json, progress_reporter, run_app
 from dse.checks import read_text
 from dse.schema import check_tracking
 from dse.tracking import JobRun
@@ -802,38 +801,6 @@ def log_report(run: JobRun, rep: dict[str, Any], fig: Figure | None) -> None:
 
 
 # ------------------------------------------------------------------------------------------- app
-
-
-def progress_reporter(
-    enabled: bool, total: int, stream: Any = None, every_s: float = 15.0
-) -> Progress | None:
-    """``progress(done)``: a tqdm bar on a terminal, else (a log) a plain line per tenth of the cases
-    and at least every ``every_s`` seconds; None when disabled. On stderr: stdout is the report alone."""
-    stream = stream or sys.stderr
-    if not enabled or total < 1:
-        return None
-    if stream.isatty():
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, desc="validate", unit="case", file=stream, leave=False)
-
-        def tick(done: int) -> None:
-            bar.update(done - bar.n)
-            if done >= total:
-                bar.close()
-
-        return tick
-    every, start = max(1, math.ceil(total / 10)), time.monotonic()
-    last = start
-
-    def line(done: int) -> None:
-        nonlocal last
-        now = time.monotonic()
-        if done % every == 0 or done == total or now - last >= every_s:
-            last = now
-            print(f"validate: {done}/{total} cases ({now - start:.0f} s)", file=stream, flush=True)
-
-    return line
 
 
 def _names(value: Any, key: str) -> list[str]:

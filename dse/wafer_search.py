@@ -203,12 +203,39 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
     return {
         "driver": "gd",
         "evaluations": result.evaluations,
+        "warnings": _warnings(result.best, knobs, best, int(cfg.workload.global_batch)),
         "design": design,
         "best": best,
         "comparison": rows,
         "hardware": _hardware_summary(system, design),
         "breakdown": breakdown,
     }
+
+
+def _warnings(
+    values: dict[str, float], knobs: dict[str, Knob], best: dict[str, Any], batch: int
+) -> list[str]:
+    """Knobs whose optimum sits on a bound of their range (within 1 % of the range: the optimum may
+    lie beyond it), and a global batch that the mapping rounded."""
+    out = []
+    edges = []
+    for name, v in values.items():
+        k = knobs[name]
+        for side, edge in (("lower", k.low), ("upper", k.high)):
+            if abs(v - edge) <= 0.01 * (k.high - k.low):
+                edges.append(f"{name} = {v:.4g} ({side})")
+    if edges:
+        out.append(
+            f"on a bound of its range: {', '.join(edges)}; the optimum may lie beyond: where a bound is "
+            "not physical, widen wafer.knobs.<name>.low/high"
+        )
+    rounded = round(float(best["global_batch"]))
+    if rounded != batch:
+        out.append(
+            f"global batch rounded from {batch} to {rounded} sequences to fit the mapping "
+            "(dp x micro-batch); the step figures are for the rounded batch"
+        )
+    return out
 
 
 def step_breakdown(
@@ -317,6 +344,8 @@ def render(rep: dict[str, Any]) -> str:
             f"mapping: {mapping}",
             f"step breakdown: {fmt_breakdown(rep['breakdown']['step_time_s'], parts)}",
             "",
+            *(f"warning: {w}" for w in rep["warnings"]),
+            "",
             format_table(cols, rows, align="lrrrrrrr"),
             *(
                 f"{name}: {_mapping_text(r['mapping'])}"
@@ -329,8 +358,6 @@ def render(rep: dict[str, Any]) -> str:
 
 
 _RECOMPUTE = ("none", "selective", "full")
-
-
 
 
 def _mapping_text(mapping: dict[str, Any]) -> str:
@@ -355,5 +382,3 @@ def _why_infeasible(row: dict[str, Any]) -> str:
             f"a die has {row['capacity_gib']:.4g} GiB)"
         )
     return str(row.get("reason", "no feasible mapping"))
-
-

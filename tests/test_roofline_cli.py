@@ -62,6 +62,30 @@ def test_million_token_cache_is_512_gib_and_table_prints_it(tmp_path: Path) -> N
     assert (tmp_path / "roofline.png").stat().st_size > 10_000
 
 
+def test_state_that_does_not_fit_in_hbm_is_a_warning_and_the_plot_explains_itself() -> None:
+    """512.5 GiB of KV cache + 12.55 GiB of weights exceed one H100's 80 GiB: a warning says so (the
+    times assume it fitted); a 1,024-token cache fits and warns nothing. The figure has a title with
+    model and hardware, axis labels with units, a legend entry per colour and the derated roof, and
+    names the ops with the largest time shares."""
+    from dse.roofline import roofline_figure
+
+    big = run_json("model=llama2_7b", "hardware=h100_sxm", "batch_size=2", "cached_tokens=[1048576,1024]",
+                   "input_tokens=[1,1]")  # fmt: skip
+    (warning,) = big["warnings"]
+    assert "525.05 GiB do not fit" in warning and "80.00 GiB" in warning
+    small = run_json("model=llama2_7b", "hardware=h100_sxm", "cached_tokens=[1024]", "input_tokens=[1]")
+    assert small["warnings"] == []
+    fig = roofline_figure(big)
+    ax = fig.axes[0]
+    assert "llama2_7b" in ax.get_title() and "H100" in ax.get_title()
+    assert "FLOP/byte" in ax.get_xlabel() and "FLOP/s" in ax.get_ylabel()
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(t.startswith("roofline") for t in legend) and any(t.startswith("achievable") for t in legend)
+    assert any("memory-bound" in t for t in legend)
+    listed = "".join(t.get_text() for t in ax.texts)
+    assert "1. attn.scores" in listed or "1. attn.av" in listed
+
+
 def test_config_path_equals_shipped_name(tmp_path: Path) -> None:
     shutil.copy(MODEL_DIR / "llama3_8b.yaml", tmp_path / "config.json")
     by_name = run_json("model=llama3_8b", "hardware=a100_80gb_sxm")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
@@ -320,3 +321,40 @@ def test_compare_puts_each_preset_at_its_best_side_by_side(tmp_path: Path) -> No
     bad = subprocess.run([sys.executable, "-m", "dse.compare", "model=llama3_8b"], capture_output=True,
                          text=True, cwd=tmp_path, timeout=120)  # fmt: skip
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: give the presets to compare")
+
+
+def test_search_figures_have_titles_units_legends_and_limits() -> None:
+    """The Pareto plot names model, hardware and devices, labels its axes with units, marks the
+    chosen design and draws the HBM capacity (80 GiB on an H100); the breakdown names the same
+    job; the sweep plot labels each job's point by its swept values."""
+    from omegaconf import OmegaConf
+
+    from dse.hardware import hardware_from_config
+    from dse.search import _breakdown_figure, _pareto_figure, sweep_figure
+    from search.base import Result
+
+    hw = hardware_from_config(OmegaConf.load(CONF_DIR / "hardware" / "h100_sxm.yaml"))
+    table = {"tp": np.array([1.0, 2.0, 4.0]), "pp": np.array([1.0, 1.0, 2.0]),
+             "step_time_s": np.array([3.0, 2.0, 2.5]), "memory_gib": np.array([70.0, 40.0, 20.0]),
+             "feasible": np.array([True, True, True])}  # fmt: skip
+    result = Result(
+        "grid", {"tp": 2.0, "pp": 1.0}, {}, table, pareto=[1, 2], pareto_axes=("step_time_s", "memory_gib")
+    )
+    question = {"experiment": "gpu_cluster", "model": "llama3_8b", "hardware": "h100_sxm", "devices": 16}
+    metrics = {"step_time_s": 2.0, "memory_gib": 40.0, "compute_s": 1.5, "tp_comm_s": 0.5}
+    rep = {"question": question | {"limits": {}}, "best": {"tp": 2, "pp": 1}, "chosen": ["tp", "pp"],
+           "metrics": metrics}  # fmt: skip
+    ax = _pareto_figure(result, rep, hw).axes[0]
+    assert ax.get_title().startswith("gpu_cluster: llama3_8b on 16 × h100_sxm")
+    assert ax.get_xlabel() == "step time (s)" and ax.get_ylabel() == "memory per device (GiB per device)"
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert {"feasible designs", "Pareto front", "chosen design", "limit: memory per device"} <= set(legend)
+    limit = next(line for line in ax.get_lines() if line.get_linestyle() == "--")
+    assert limit.get_ydata()[0] == pytest.approx(80.0)  # the H100's 80 GiB
+    assert any("tp4 pp2" in t.get_text() for t in ax.texts)  # front points labelled by their mapping
+    assert "llama3_8b on 16 × h100_sxm" in _breakdown_figure(rep).axes[0].get_title()
+    rows = [{"label": "a100_80gb", "tokens_per_s": 1e5, "cost_usd_per_mtoken": 3.0},
+            {"label": "h100_sxm", "tokens_per_s": 3e5, "cost_usd_per_mtoken": 2.5}]  # fmt: skip
+    ax = sweep_figure(rows, "sweep over hardware").axes[0]
+    assert {t.get_text() for t in ax.texts} == {"a100_80gb", "h100_sxm"}
+    assert ax.get_xlabel() == "throughput (tokens/s)" and "USD per million tokens" in ax.get_ylabel()

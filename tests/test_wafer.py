@@ -224,3 +224,19 @@ def test_impossible_budgets_name_the_binding_constraint(tmp_path: Path) -> None:
     assert proc.returncode != 0 and "power_cap_w" in proc.stderr and "Traceback" not in proc.stderr
     proc = run("wafer.lanes_per_core=0", cwd=tmp_path)
     assert proc.returncode != 0 and "wafer.lanes_per_core" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_warnings_name_knobs_on_a_bound_and_a_rounded_batch() -> None:
+    """A gradient-descent optimum within 1 % of a bound (here 0.798 of [0.2, 0.8], and exactly the
+    lower 6 of [6, 20]) may lie beyond it: one warning names both; 0.5 is inside and not named. A
+    mapping that rounds 512 sequences to 513 says so; 512 kept says nothing."""
+    from dse.wafer_search import _warnings
+    from search.gd import Knob
+
+    knobs = {"compute_frac": Knob(0.2, 0.8), "dies_x": Knob(6, 20, integer=True), "io_frac": Knob(0.0, 1.0)}
+    values = {"compute_frac": 0.798, "dies_x": 6.0, "io_frac": 0.5}
+    (edges, batch) = _warnings(values, knobs, {"global_batch": 513.0}, 512)
+    assert "compute_frac = 0.798 (upper)" in edges and "dies_x = 6 (lower)" in edges
+    assert "io_frac" not in edges
+    assert "rounded from 512 to 513" in batch
+    assert _warnings({"io_frac": 0.5}, knobs, {"global_batch": 512.0}, 512) == []
