@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from costmodels.architectures import ModelSpec
@@ -302,8 +303,53 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
     s = _plain(cfg.search)
     results = solve_all(job, topo, s | {"seed": s.get("seed", cfg.get("seed", 0))})
     rep = report(job, topo, results, str(s.get("objective", "time")))
+    rep["memory"] = job_memory(cfg, job)
+    rep["warnings"] = _memory_warnings(rep["memory"])
     log_report(run_, rep, job, topo, results["cp_sat"][0])
     return rep
+
+
+def job_memory(cfg: DictConfig, job: Job) -> dict[str, Any]:
+    """Per-device memory of the placed job's mapping (the training memory model of ``dse.calc``:
+    weights, gradients, optimizer states, activations of the in-flight micro-batches, workspace),
+    against the capacity of ``cfg.hardware``."""
+    from costmodels.parallel import RECOMPUTE, Plan
+    from costmodels.training import TrainingJob, training_step
+    from dse.hardware import hardware_from_config
+    from dse.models import load_model
+
+    hw, w, p = hardware_from_config(cfg.hardware), cfg.workload, _plain(cfg.placement)
+    train = TrainingJob(load_model(cfg.model), w.seq_len, w.precision, w.fused_attention, w.optimizer)
+    recompute, zero = str(p.get("recompute") or "none"), p.get("zero_stage") or 0
+    if recompute not in RECOMPUTE:
+        raise ConfigError(f"placement.recompute: unknown value {recompute!r}; valid: {', '.join(RECOMPUTE)}")
+    if zero not in (0, 1, 2, 3) or isinstance(zero, bool):
+        raise ConfigError(f"placement.zero_stage must be one of 0, 1, 2, 3, got {zero!r}")
+    plan = Plan(
+        tp=job.tp, pp=job.pp, dp=job.dp, cp=job.cp, ep=job.ep,
+        vpp=_degree(p.get("vpp") or 1, "placement.vpp"),
+        microbatch=_degree(p.get("microbatch") or 1, "placement.microbatch"),
+        global_batch=w.global_batch, zero_stage=float(zero), recompute=float(RECOMPUTE[recompute]),
+        sequence_parallel=float(bool(p.get("sequence_parallel"))),
+    )  # fmt: skip
+    out = training_step(hw, train, plan)
+    return {
+        "hardware": str(HydraConfig.get().runtime.choices.get("hardware"))
+        if HydraConfig.initialized()
+        else hw.name,
+        "per_device_gib": float(out.memory.total_bytes) / 2**30,
+        "capacity_gib": float(hw.hbm_capacity_bytes) / 2**30,
+    }
+
+
+def _memory_warnings(memory: dict[str, Any]) -> list[str]:
+    if memory["per_device_gib"] <= memory["capacity_gib"]:
+        return []
+    return [
+        f"the job needs {memory['per_device_gib']:.1f} GiB per device, more than the "
+        f"{memory['capacity_gib']:.0f} GiB of a {memory['hardware']}: this mapping cannot run as placed "
+        "(raise placement.tp or placement.pp, or see python -m dse.calc for memory-saving options)"
+    ]
 
 
 def evaluator_table(rep: dict[str, Any]) -> dict[str, list[Any]]:
@@ -394,6 +440,13 @@ def render(rep: dict[str, Any]) -> str:
     ]
     g = rep["reduction_vs_rank_order"]
     gains = ", ".join(f"{k} {100 * v:.1f}%" for k, v in g.items())
-    return "\n".join(
-        [head, "", format_table(cols, rows, align="lrrrrlrrlr"), "", f"cp_sat vs rank order: {gains} lower"]
+    m = rep.get("memory")
+    memory = (
+        [f"memory: {m['per_device_gib']:.1f} of {m['capacity_gib']:.0f} GiB per device ({m['hardware']})"]
+        if m
+        else []
     )
+    return "\n".join(
+        [head, *memory, "", format_table(cols, rows, align="lrrrrlrrlr"), "",
+         f"cp_sat vs rank order: {gains} lower", *(f"warning: {x}" for x in rep.get("warnings", []))]
+    )  # fmt: skip

@@ -20,6 +20,8 @@ from search.placement import GROUP_TYPES, Job, Placement, groups
 from search.topology import Topology
 
 UPPER = ("switch", "spine", "leaf", "node")  # drawn top to bottom, devices below
+LAYERED_MAX_DOMAINS = 32  # more scale-up domains than this: the PNG is a grid of node blocks
+NODES_PER_ROW = 16
 PALETTE = (
     "#1f77b4",
     "#ff7f0e",
@@ -107,6 +109,8 @@ def draw_png(
     from matplotlib.collections import LineCollection
 
     lay = layout(topo, placement, job)
+    if len(topo.domains) > LAYERED_MAX_DOMAINS:
+        return _draw_node_grid(topo, lay, job, Path(path), color_by)
     fig, ax = plt.subplots(figsize=(min(60.0, max(6.0, lay.width * 0.12)), max(3.0, lay.height * 0.6)))
     ax.add_collection(
         LineCollection(
@@ -129,6 +133,68 @@ def draw_png(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def _hex_rgb(colour: str) -> tuple[float, float, float]:
+    return tuple(int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5))  # type: ignore[return-value]
+
+
+def _draw_node_grid(topo: Topology, lay: Layout, job: Job, path: Path, color_by: str) -> Path:
+    """Many nodes: one small block per scale-up domain (its devices as cells, coloured by group),
+    ``NODES_PER_ROW`` blocks per row in domain order, rows labelled by their first and last domain;
+    a legend per colour. Readable at thousands of devices, where the layered drawing is a strip."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    domain_of = topo.domain_of
+    sizes = np.bincount(domain_of)
+    cols = math.ceil(math.sqrt(2 * sizes.max()))  # a block twice as wide as high
+    rows = math.ceil(sizes.max() / cols)
+    n_rows = math.ceil(len(topo.domains) / NODES_PER_ROW)
+    image = np.ones((n_rows * (rows + 1), NODES_PER_ROW * (cols + 1), 3))  # white gaps between blocks
+    slot = np.zeros(len(topo.domains), dtype=int)
+    available = topo.available
+    for i in range(len(topo.devices)):
+        d = int(domain_of[i])
+        r, c = divmod(int(slot[d]), cols)
+        slot[d] += 1
+        y, x = (d // NODES_PER_ROW) * (rows + 1) + r, (d % NODES_PER_ROW) * (cols + 1) + c
+        colour = _colour(lay, color_by, lay.rank.get(i)) if available[i] else "#bbbbbb"
+        image[y, x] = _hex_rgb("#f2f2f2" if colour == "#ffffff" else colour)
+    fig, ax = plt.subplots(figsize=(12, max(3.0, 1.2 + 0.32 * n_rows)))
+    ax.imshow(image, interpolation="nearest", aspect="equal")
+    ax.set_yticks([(k + 0.5) * (rows + 1) - 1 for k in range(n_rows)])
+    first_last = [
+        (k * NODES_PER_ROW, min((k + 1) * NODES_PER_ROW, len(topo.domains)) - 1) for k in range(n_rows)
+    ]
+    ax.set_yticklabels([f"{topo.domains[a]}…{topo.domains[b]}" for a, b in first_last], fontsize=6)
+    ax.set_xticks([])
+    n_groups = max(lay.group.get(color_by, {0: 0}).values()) + 1
+    handles = [
+        Patch(color=PALETTE[k % len(PALETTE)], label=f"{color_by} {k}") for k in range(min(n_groups, 16))
+    ]
+    if n_groups > 16:
+        handles.append(Patch(color="white", label=f"(colours repeat: {n_groups} groups)"))
+    handles += [
+        Patch(facecolor="#f2f2f2", edgecolor="k", label="unused"),
+        Patch(color="#bbbbbb", label="unavailable"),
+    ]
+    ax.legend(
+        handles=handles,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize=7,
+        title=f"colour = {color_by}",
+    )
+    ax.set_title(
+        f"{topo.name}: {job.n_ranks} ranks (tp={job.tp} pp={job.pp} dp={job.dp}) on {len(topo.devices):,} "
+        f"devices; one block per node ({len(topo.domains):,}), {NODES_PER_ROW} per row",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
 
 
 def _draw_devices(ax, topo: Topology, lay: Layout, color_by: str) -> None:
@@ -227,10 +293,15 @@ def draw_html(
     lay = layout(topo, placement, job)
     options = "".join(f'<option value="{t}">{t}</option>' for t in ("stage", *GROUP_TYPES) if t in lay.group)
     title = html.escape(f"{topo.name}: {job.n_ranks} ranks, tp={job.tp} pp={job.pp} dp={job.dp}")
+    legend = " ".join(
+        f"<span style='background:{PALETTE[k % len(PALETTE)]}'>&nbsp;&nbsp;&nbsp;</span>&nbsp;stage {k}"
+        for k in range(min(job.pp, len(PALETTE)))
+    )
     page = (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title></head><body "
         f"style='font-family:sans-serif'><h3>{title}</h3><p>colour by <select id='by'>{options}</select> "
-        "— hover a device to highlight its group; grey: unavailable, white: unused.</p>"
+        "— hover a device to highlight its group; grey: unavailable, white: unused; the browser's zoom "
+        f"enlarges the drawing.</p><p>{legend}</p>"
         f"{_svg(topo, lay, scale)}<script>{SCRIPT}</script></body></html>"
     )
     Path(path).write_text(page)

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dse import placement_search, schema
 from dse._app import CONF_DIR
+from dse.models import load_model
 from dse.tracking import JobRun
 from search.placement import Job
 from search.placement_draw import draw_html, draw_png
@@ -162,3 +163,51 @@ def test_topoeval_bad_input_is_one_line_error(tmp_path: Path, case: str) -> None
     assert {"too_many_ranks": "17 ranks", "unknown_device": "node7/gpu3", "dangling_link": "nowhere"}[
         case
     ] in proc.stderr
+
+
+def test_pictures_stay_readable_at_4096_gpus(tmp_path: Path) -> None:
+    """4,096 GPUs (512 nodes of 8): the PNG is a grid of node blocks, not a 30,000-pixel strip; with
+    ranks in order (tp 8 innermost, pp outermost) each of the 4 pipeline stages fills a quarter of
+    the nodes, so each stage colour covers the same area; the HTML page has a stage legend."""
+    import matplotlib.image
+    import numpy as np
+
+    from search.placement_draw import PALETTE
+
+    topo = gpu_cluster(512, 8, nodes_per_leaf=32)
+    job = Job(tp=8, pp=4, dp=128, bytes_per_step={"tp": 1.0, "dp": 1.0, "pp": 1.0})
+    png = draw_png(topo, tuple(range(4096)), job, tmp_path / "p.png")
+    image = matplotlib.image.imread(png)[..., :3]
+    assert image.shape[0] <= 2500 and image.shape[1] <= 2500
+    areas = []
+    for colour in PALETTE[:4]:
+        rgb = np.array([int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)])
+        areas.append(int(np.sum(np.all(np.abs(image - rgb) < 0.02, axis=-1))))
+    assert min(areas) > 0 and max(areas) <= 1.1 * min(areas), areas
+    page = draw_html(topo, tuple(range(4096)), job, tmp_path / "p.html").read_text()
+    assert all(f"stage {k}" in page for k in range(4))
+
+
+def test_placed_job_memory_equals_the_calculator_and_warns_when_it_cannot_fit() -> None:
+    """The placement experiment's job (Llama-3-70B, tp 8 · pp 4 · dp 32, ZeRO-1, sequence parallel,
+    8,192 tokens, global batch 1,024 on H100s) needs what ``dse.calc`` computes for that mapping
+    (36.4 GiB); without model parallelism it cannot fit in 80 GiB, and the report says so."""
+    cfg = placement_cfg()
+    topo = placement_search.build_topology(cfg.topology)
+    job = placement_search.job_from_config(cfg, topo, load_model(cfg.model))
+    memory = placement_search.job_memory(cfg, job)
+    calc = subprocess.run(
+        [sys.executable, "-m", "dse.calc", "model=llama3_70b", "hardware=h100_sxm", "num_devices=1024",
+         "seq_len=8192", "global_batch=1024", "parallelism.tp=8", "parallelism.pp=4", "parallelism.dp=32",
+         "parallelism.zero_stage=1", "parallelism.sequence_parallel=true", "format=json"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert calc.returncode == 0, calc.stderr
+    assert memory["per_device_gib"] * 2**30 == pytest.approx(
+        json.loads(calc.stdout)["memory"]["total_bytes"], rel=1e-6
+    )
+    assert placement_search._memory_warnings(memory) == [] and memory["capacity_gib"] == pytest.approx(80.0)
+    cfg = placement_cfg("placement.tp=1", "placement.pp=1")
+    job = placement_search.job_from_config(cfg, topo, load_model(cfg.model))
+    (warning,) = placement_search._memory_warnings(placement_search.job_memory(cfg, job))
+    assert "cannot run as placed" in warning and "80 GiB" in warning
