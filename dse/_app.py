@@ -316,6 +316,36 @@ def progress_reporter(
     return line
 
 
+def progress_callback(enabled: bool, label: str, unit: str) -> Callable[[int, int], None] | None:
+    """``update(done, total)`` for drivers that learn the total as they go: a bar on a terminal, plain
+    lines in a log (:func:`progress_reporter`); None when disabled."""
+    if not enabled:
+        return None
+    reporter: Callable[[int], None] | None = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal reporter
+        if reporter is None:
+            reporter = progress_reporter(True, total, label=label, unit=unit)
+        if reporter is not None:
+            reporter(min(done, total))
+
+    return update
+
+
+def phase_printer(enabled: bool, label: str) -> Callable[[str], None] | None:
+    """``say(message)``: one ``<label>: <message>`` line on stderr per phase of a long step (capture,
+    build, solve), with the seconds since the first; None when disabled."""
+    if not enabled:
+        return None
+    start = time.monotonic()
+
+    def say(message: str) -> None:
+        print(f"{label}: {message} ({time.monotonic() - start:.0f} s)", file=sys.stderr, flush=True)
+
+    return say
+
+
 def print_json(payload: Any) -> None:
     """Machine-readable output: one JSON document on stdout."""
     json.dump(payload, sys.stdout, indent=2, default=_json_default)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from costmodels.architectures import ModelSpec
 from costmodels.errors import ConfigError
 from costmodels.hardware import bytes_per_element
 from costmodels.memory import stage_parameters
-from dse._app import CONF_DIR, format_table
+from dse._app import CONF_DIR, format_table, phase_printer
 from dse.checks import read_json
 from dse.tracking import JobRun
 from dse.units import fmt_cell
@@ -214,8 +214,11 @@ def job_from_config(cfg: DictConfig, topo: Topology, spec: ModelSpec) -> Job:
 # Solve, score, report
 
 
-def solve_all(job: Job, topo: Topology, s: Mapping[str, Any]) -> dict[str, tuple[Placement, dict]]:
-    """Rank order, tree heuristic and CP-SAT, each with its evaluator report (timed)."""
+def solve_all(
+    job: Job, topo: Topology, s: Mapping[str, Any], phase: Callable[[str], None] | None = None
+) -> dict[str, tuple[Placement, dict]]:
+    """Rank order, tree heuristic and CP-SAT, each with its evaluator report (timed); ``phase``
+    is told as each starts and ends."""
     keep = bool(s.get("keep_tp_in_domain", True))
     objective = str(s.get("objective", "time"))
     runs = {
@@ -233,11 +236,16 @@ def solve_all(job: Job, topo: Topology, s: Mapping[str, Any]) -> dict[str, tuple
         ),
     }
     out = {}
+    say = phase or (lambda _message: None)
     for name, solve in runs.items():
+        limit = f", up to {float(s.get('time_limit_s', 60)):g} s" if name == "cp_sat" else ""
+        label = {"cp_sat": "CP-SAT"}.get(name, name.replace("_", " "))
+        say(f"{label} on {job.n_ranks:,} ranks{limit}")
         t0 = time.perf_counter()
         placement = solve()
         elapsed = time.perf_counter() - t0
         out[name] = (placement, evaluate(job, topo, placement) | {"solve_time_s": elapsed})
+        say(f"{label}: communication {out[name][1]['comm_time_s']:.3g} s per step")
     return out
 
 
@@ -301,7 +309,8 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
     topo = build_topology(cfg.topology)
     job = job_from_config(cfg, topo, load_model(cfg.model))
     s = _plain(cfg.search)
-    results = solve_all(job, topo, s | {"seed": s.get("seed", cfg.get("seed", 0))})
+    phase = phase_printer(bool(cfg.get("progress")), "placement")
+    results = solve_all(job, topo, s | {"seed": s.get("seed", cfg.get("seed", 0))}, phase)
     rep = report(job, topo, results, str(s.get("objective", "time")))
     rep["memory"] = job_memory(cfg, job)
     rep["warnings"] = _memory_warnings(rep["memory"])

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from costmodels.inference import InferenceJob, engine_preset
 from costmodels.parallel import RECOMPUTE
 from costmodels.training import TIME_FIELDS, TrainingJob
 from dse import schema
-from dse._app import format_table, print_json, progress_reporter, run_app
+from dse._app import format_table, print_json, progress_callback, run_app
 from dse.calc import command_line
 from dse.checks import check_results
 from dse.hardware import hardware_from_config
@@ -165,22 +164,6 @@ def build_problem(cfg: DictConfig) -> tuple[Problem, Hardware]:
     return inference_slo_problem(hw, job, space, w.tpot_limit_ms / 1e3, objective, ttft), hw
 
 
-def _progress(enabled: bool, label: str, unit: str) -> Callable[[int, int], None] | None:
-    """``update(done, total)``: a bar on a terminal, plain lines in a log (:func:`progress_reporter`)."""
-    if not enabled:
-        return None
-    reporter: Callable[[int], None] | None = None
-
-    def update(done: int, total: int) -> None:
-        nonlocal reporter
-        if reporter is None:
-            reporter = progress_reporter(True, total, label=label, unit=unit)
-        if reporter is not None:
-            reporter(min(done, total))
-
-    return update
-
-
 def _memory_reason(metrics: dict[str, np.ndarray]) -> str:
     return f"none fits in memory; the smallest footprint is {float(np.min(metrics['memory_gib'])):.1f} GiB"
 
@@ -196,7 +179,7 @@ def run_driver(cfg: DictConfig, problem: Problem, run: JobRun) -> Result:
             chunk_size=s.chunk_size,
             top_k=s.top_k,
             pareto_axes=tuple(s.pareto),
-            progress=_progress(cfg.progress, "grid", "design"),
+            progress=progress_callback(cfg.progress, "grid", "design"),
             infeasible_reason=_memory_reason,
         )
     if s.driver == "optuna":
@@ -217,7 +200,7 @@ def _optuna(cfg: DictConfig, problem: Problem, run: JobRun) -> Result:
         out = {k: float(np.asarray(v)[0]) for k, v in problem.cost_fn(cols).items()}
         return out | {o: signed_objective(out, o) for o in objectives}
 
-    progress = _progress(cfg.progress, "optuna", "trial")
+    progress = progress_callback(cfg.progress, "optuna", "trial")
 
     def on_trial(number: int, values: dict) -> None:
         if progress is not None:

@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from costmodels.errors import ConfigError
-from dse._app import format_table
+from dse._app import format_table, phase_printer
 from dse.hardware import hardware_from_config
 from dse.models import model_config
 from dse.tracking import JobRun
@@ -41,6 +41,9 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
     s, mesh = cfg.search, _mesh(cfg)
     hw = hardware_from_config(cfg.hardware)
     limit = s.memory_limit_gib * GiB if s.memory_limit_gib is not None else float(hw.hbm_capacity_bytes)
+    say = phase_printer(bool(cfg.get("progress")), "ilp")
+    if say is not None:
+        say(f"capturing {'forward+backward' if s.joint else 'forward'} graph of the model (PyTorch FX)")
     t0 = perf_counter()
     captured = capture_hf(
         model_config(cfg.model), int(s.batch), int(cfg.workload.seq_len), joint=bool(s.joint)
@@ -57,6 +60,7 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
         solver=s.solver,
         time_limit_s=s.time_limit_s,
         pins=dict(s.pins or {}),
+        phase=say,
     )
     sol = plan.solution
     rep = {

@@ -19,7 +19,7 @@ from costmodels.errors import ConfigError
 from costmodels.parallel import make_plan
 from costmodels.training import TIME_FIELDS, TrainingJob, training_step
 from costmodels.wafer import WaferDesign, WaferSystem, capped_clock_hz, wafer_hardware
-from dse._app import format_table
+from dse._app import format_table, progress_callback
 from dse.hardware import load_hardware
 from dse.models import load_model
 from dse.tracking import JobRun
@@ -191,6 +191,7 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
         restarts=s.restarts,
         seed=cfg.seed,
         rescore=lambda v: problem.evaluate(v)["objective"],
+        progress=progress_callback(bool(cfg.get("progress")), "gd", "step"),
     )
     best = problem.evaluate(result.best)
     design = {**fixed, **result.best}

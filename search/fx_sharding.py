@@ -58,7 +58,7 @@ intervals.
 from __future__ import annotations
 
 import operator
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from math import prod
@@ -548,18 +548,27 @@ def plan_sharding(
     solver: str = "cbc",
     time_limit_s: float | None = None,
     pins: Mapping[str, str] | None = None,
+    phase: Callable[[str], None] | None = None,
 ) -> ShardingPlan:
     """Build the ILP of ``captured`` on ``mesh``, solve it (with ``pins``, see :func:`resolve_pins`),
-    and read the plan back."""
+    and read the plan back; ``phase(message)`` is told when each phase starts."""
+    say = phase or (lambda _message: None)
     t0 = perf_counter()
+    shape = "x".join(map(str, mesh))
+    say(f"strategies and costs of {len(captured.graph.nodes):,} graph nodes on mesh {shape}")
     costs = MeshCosts(hw, tuple(mesh), axis_links, precision)
     fx = build_problem(captured, costs, memory_per_param_bytes, count_activations, memory_limit)
     t1 = perf_counter()
+    limit = f", time limit {time_limit_s:g} s" if time_limit_s else ""
+    size = f"{len(fx.problem.nodes):,} nodes, {len(fx.problem.edges):,} edges"
+    say(f"building and solving the ILP ({size}) with {solver}{limit}")
     sol = solve(
         fx.problem, solver=solver, time_limit_s=time_limit_s, pins=resolve_pins(fx, captured, pins or {})
     )
     plan = read_solution(fx, captured, sol, costs)
     plan.timings_s = {"strategies_and_costs": t1 - t0, "build": sol.build_time_s, "solve": sol.solve_time_s}
+    times = f"build {sol.build_time_s:.1f} s, solve {sol.solve_time_s:.1f} s"
+    say(f"solved: {sol.num_variables:,} variables, {times}")
     return plan
 
 
