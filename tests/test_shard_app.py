@@ -32,6 +32,10 @@ def test_auto_shard_reports_placements(tmp_path: Path) -> None:
     assert rep["param_placements"] and all(p.count("(") == 2 for p in rep["param_placements"].values())
     assert rep["step_time_s"] == rep["compute_s"] + rep["comm_s"]
     assert rep["memory_gib"] <= rep["memory_limit_gib"]
+    # the long phases announce themselves on stderr (stdout stays one JSON document)
+    phases = [line.split(" (")[0] for line in proc.stderr.splitlines() if line.startswith("ilp: ")]
+    assert [p.split()[1] for p in phases] == ["capturing", "strategies", "building", "solved:"], phases
+    assert rep["results"] == {}  # tracking=none: no MLflow run to point at
 
 
 def test_pinned_input_is_respected(tmp_path: Path) -> None:
