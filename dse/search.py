@@ -38,7 +38,7 @@ from dse.calc import command_line
 from dse.checks import check_results
 from dse.hardware import hardware_from_config
 from dse.models import load_model
-from dse.tracking import JobRun, sweep_label, swept_keys, write_csv
+from dse.tracking import JobRun, location_lines, run_location, sweep_label, swept_keys, write_csv
 from dse.units import fmt_breakdown, fmt_cell, fmt_count, fmt_metric, metric_label
 from search.base import METRICS, Result
 from search.grid import grid_search
@@ -524,42 +524,7 @@ def render(rep: dict[str, Any]) -> str:
         *(f"warning: {w}" for w in rep["warnings"]),
         f"reproduce: {rep['reproduce']}",
     ]
-    return "\n".join(lines + where_lines(rep.get("results", {})))
-
-
-def where_lines(where: dict[str, Any]) -> list[str]:
-    """Where the results went: the MLflow run and how to open it, and the output directory."""
-    lines = []
-    if where.get("mlflow_run_id"):
-        lines.append(
-            f"MLflow: run {where['mlflow_run_id']} ('{where['run_name']}') in experiment "
-            f"'{where['experiment']}' at {where['tracking_uri']}"
-        )
-        lines.append(f"  open: {where['open']}")
-    if where.get("output_dir"):
-        lines.append(f"files: {where['output_dir']} ({', '.join(where['files'])})")
-    return lines
-
-
-def _where(run: JobRun, out_dir: Path | None, files: list[str]) -> dict[str, Any]:
-    """Where a run's results are: the output directory and its files, the MLflow run and how to open it."""
-    where: dict[str, Any] = {"output_dir": str(out_dir), "files": files} if out_dir is not None else {}
-    if run.enabled and run.run_id:
-        where |= {
-            "mlflow_run_id": run.run_id,
-            "run_name": run.name,
-            "experiment": run.experiment,
-            "tracking_uri": run.uri,
-            "open": _open_command(str(run.uri), str(run.experiment_id), run.run_id),
-        }
-    return where
-
-
-def _open_command(uri: str, experiment_id: str, run_id: str) -> str:
-    page = f"#/experiments/{experiment_id}/runs/{run_id}"
-    if uri.startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}/{page}"
-    return f"mlflow ui --backend-store-uri {uri}   then http://127.0.0.1:5000/{page}"
+    return "\n".join(lines + location_lines(rep.get("results", {})))
 
 
 def _figure_title(rep: dict[str, Any]) -> str:
@@ -744,9 +709,9 @@ def task(cfg: DictConfig) -> None:
         tags = {"dse.model": str(choices.get("model")), "dse.experiment": _experiment_name()}
         with JobRun(cfg, name=f"{_experiment_name()} · {choices.get('model')}", tags=tags) as run:
             rep = module.run(cfg, run)
-            rep["results"] = _where(run, None, [])
+            rep["results"] = run_location(run, None, [])
         print_json(rep) if cfg.format == "json" else print(
-            "\n".join([module.render(rep), *where_lines(rep["results"])])
+            "\n".join([module.render(rep), *location_lines(rep["results"])])
         )
         return
     problem, hw = build_problem(cfg)  # bad input stops here, before a run is opened
@@ -774,7 +739,7 @@ def task(cfg: DictConfig) -> None:
             rep["job"] = {"num": HydraConfig.get().job.num, "label": label,
                           "overrides": list(HydraConfig.get().overrides.task)}  # fmt: skip
         files = log_result(run, cfg, problem, result, rep, hw, out_dir)
-        rep["results"] = _where(run, out_dir, files)
+        rep["results"] = run_location(run, out_dir, files)
         if slurm_job:
             rep["results"]["slurm_job_id"] = slurm_job
         (out_dir / "result.json").write_text(json.dumps(rep, indent=2, default=str) + "\n")

@@ -760,3 +760,42 @@ class JobRun:
         """A matplotlib figure as an image artifact (PNG for ``.png``)."""
         if self.run_id is not None and self._client is not None:
             self._client.log_figure(self.run_id, fig, artifact_file)
+
+
+# --------------------------------------------------------------------------- where results are
+
+
+def run_location(run: JobRun, out_dir: Path | None, files: Sequence[str]) -> dict[str, Any]:
+    """Where a run's results are: the output directory and its files, the MLflow run and how to open it."""
+    where: dict[str, Any] = {"output_dir": str(out_dir), "files": list(files)} if out_dir is not None else {}
+    if run.enabled and run.run_id:
+        where |= {
+            "mlflow_run_id": run.run_id,
+            "run_name": run.name,
+            "experiment": run.experiment,
+            "tracking_uri": run.uri,
+            "open": open_command(str(run.uri), str(run.experiment_id), run.run_id),
+        }
+    return where
+
+
+def location_lines(where: Mapping[str, Any]) -> list[str]:
+    """The lines that end a report: the MLflow run and how to open it, and the output directory."""
+    lines = []
+    if where.get("mlflow_run_id"):
+        lines.append(
+            f"MLflow: run {where['mlflow_run_id']} ('{where['run_name']}') in experiment "
+            f"'{where['experiment']}' at {where['tracking_uri']}"
+        )
+        lines.append(f"  open: {where['open']}")
+    if where.get("output_dir"):
+        lines.append(f"files: {where['output_dir']} ({', '.join(where['files'])})")
+    return lines
+
+
+def open_command(uri: str, experiment_id: str, run_id: str) -> str:
+    """How to look at a run: its page on a tracking server, or ``mlflow ui`` on a local store."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{page}"
+    return f"mlflow ui --backend-store-uri {uri}   then http://127.0.0.1:5000/{page}"

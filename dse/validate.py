@@ -55,7 +55,7 @@ from costmodels.errors import ConfigError
 from dse._app import CONF_DIR, format_table, print_json, progress_reporter, run_app
 from dse.checks import read_text
 from dse.schema import check_tracking
-from dse.tracking import JobRun
+from dse.tracking import JobRun, location_lines, run_location
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -832,6 +832,13 @@ def task(cfg: DictConfig) -> None:
     cases = select(load_cases(path), _names(cfg.families, "families"), _names(cfg.ids, "ids"))
     hardware_table, hardware_file = load_hardware_table(path)
     progress = progress_reporter(bool(cfg.get("progress")), len(cases))
+    families = len({c.get("family") for c in cases if isinstance(c, dict)})
+    table = f"; hardware table {hardware_file}" if hardware_file else ""
+    print(
+        f"dse.validate: {len(cases)} cases of {families} families from {path}{table}",
+        file=sys.stderr,
+        flush=True,
+    )
     with JobRun(cfg, name="validate", tags={"dse.cases_file": str(path)}) as run:
         rep = {
             "cases_file": str(path),
@@ -842,10 +849,11 @@ def task(cfg: DictConfig) -> None:
         if plot and fig is not None:
             write_figure(fig, Path(str(plot)).expanduser())
         log_report(run, rep, fig)
+        rep["results"] = run_location(run, None, [])
     if cfg.format == "json":
         print_json(rep)
     else:
-        print(render(rep, top))
+        print("\n".join([render(rep, top), *location_lines(rep["results"])]))
     failed = [c["id"] for c in rep["cases"] if c["category"] == ERROR]
     if failed:
         sys.stdout.flush()

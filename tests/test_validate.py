@@ -326,7 +326,9 @@ def test_task_json_and_scatter_png(tmp_path: Path, calls: list, capsys: pytest.C
     validate.task(_cfg(path, plot=str(plot), progress=True))
     out, err = capsys.readouterr()
     rep = json.loads(out)
-    assert list(rep) == ["cases_file", "hardware_file", "cases", "summary"]
+    assert list(rep) == ["cases_file", "hardware_file", "cases", "summary", "results"]
+    assert rep["results"] == {}  # tracking off: no MLflow run to point at
+    assert err.splitlines()[0] == f"dse.validate: 7 cases of 3 families from {path}"  # what it does
     assert rep["summary"]["n"] == 7 and rep["summary"]["covered"] == 3
     assert [c["reason"] for c in rep["cases"][5:]] == [
         "invalid case: case #6 is a str, not a mapping",
@@ -353,7 +355,11 @@ def test_task_exits_1_after_the_report_when_the_predictor_fails(
     out, err = capsys.readouterr()
     assert exit_info.value.code == 1
     assert "t2: error: ZeroDivisionError" in out and "family fam_a" in out  # the full report first
-    assert err.strip() == "error: the predictor failed on 1 case(s) (a bug, see their reasons): t2"
+    assert (
+        err.strip().splitlines()[-1]
+        == "error: the predictor failed on 1 case(s) (a bug, see their reasons): t2"
+    )
+    assert len(err.strip().splitlines()) == 2  # the header line, then the one error line
 
 
 def test_progress_lines() -> None:
