@@ -405,8 +405,12 @@ def _why(cfg: DictConfig, hw: Hardware, metrics: dict[str, float], top: list[dic
         change = ", ".join(f"{k}={fmt_cell(runner[k])}" for k in best if k in runner and runner[k] != best[k])
         a, b = metrics[metric], runner[metric]
         worse = (a - b) / a if objective["goal"] == "maximize" else (b - a) / a
-        parts.append(f"the runner-up ({change}) has {abs(worse):.1%} {'worse' if worse > 0 else 'equal'} "
-                     f"{metric_label(metric)}")  # fmt: skip
+        gap = (
+            f"is {worse:.1%} worse in {metric_label(metric)}"
+            if worse > 0
+            else f"ties on {metric_label(metric)}"
+        )
+        parts.append(f"the runner-up ({change}) {gap}")
     return "; ".join(parts)
 
 
@@ -707,9 +711,12 @@ def task(cfg: DictConfig) -> None:
         what = f"{_experiment_name()}: {choices.get('model')}, driver {cfg.search.driver}"
         print(f"dse.search: {what}", file=sys.stderr, flush=True)
         tags = {"dse.model": str(choices.get("model")), "dse.experiment": _experiment_name()}
+        out_dir = Path(HydraConfig.get().runtime.output_dir)
         with JobRun(cfg, name=f"{_experiment_name()} · {choices.get('model')}", tags=tags) as run:
             rep = module.run(cfg, run)
-            rep["results"] = run_location(run, None, [])
+            rep["results"] = run_location(run, out_dir, ["result.json"])  # the artifacts are in the run
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "result.json").write_text(json.dumps(rep, indent=2, default=str) + "\n")
         print_json(rep) if cfg.format == "json" else print(
             "\n".join([module.render(rep), *location_lines(rep["results"])])
         )

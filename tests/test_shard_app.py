@@ -35,7 +35,9 @@ def test_auto_shard_reports_placements(tmp_path: Path) -> None:
     # the long phases announce themselves on stderr (stdout stays one JSON document)
     phases = [line.split(" (")[0] for line in proc.stderr.splitlines() if line.startswith("ilp: ")]
     assert [p.split()[1] for p in phases] == ["capturing", "strategies", "building", "solved:"], phases
-    assert rep["results"] == {}  # tracking=none: no MLflow run to point at
+    # the output directory holds the result; tracking=none: no MLflow run to point at
+    assert rep["results"]["files"] == ["result.json"] and "mlflow_run_id" not in rep["results"]
+    assert json.loads((Path(rep["results"]["output_dir"]) / "result.json").read_text())["mesh"] == [2, 2]
 
 
 def test_pinned_input_is_respected(tmp_path: Path) -> None:
