@@ -222,14 +222,14 @@ def _dir_lock(directory: Path, exclusive: bool) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-# MLflow 3's UI opens a new experiment on its GenAI overview unless the experiment says it holds
-# model-development runs; with this tag it opens the runs table, where runs are compared
+# the experiment holds model-development runs, not GenAI traces (MLflow 3's experiment kind); its UI
+# (3.17) still opens on the GenAI overview: the runs table is at #/experiments/<id>/runs
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
-    """The id of experiment ``name``, created if missing (artifacts next to a SQLite DB, tagged so
-    that the UI opens its runs table)."""
+    """The id of experiment ``name``, created if missing (artifacts next to a SQLite DB, tagged as
+    holding model-development runs)."""
     from mlflow.exceptions import MlflowException
 
     exp = client.get_experiment_by_name(name)
@@ -775,6 +775,7 @@ def run_location(run: JobRun, out_dir: Path | None, files: Sequence[str]) -> dic
             "experiment": run.experiment,
             "tracking_uri": run.uri,
             "open": open_command(str(run.uri), str(run.experiment_id), run.run_id),
+            "runs_table": runs_table_address(str(run.uri), str(run.experiment_id)),
         }
     return where
 
@@ -788,6 +789,7 @@ def location_lines(where: Mapping[str, Any]) -> list[str]:
             f"'{where['experiment']}' at {where['tracking_uri']}"
         )
         lines.append(f"  open: {where['open']}")
+        lines.append(f"  all runs of the experiment: {where['runs_table']}")
     if where.get("output_dir"):
         lines.append(f"files: {where['output_dir']} ({', '.join(where['files'])})")
     return lines
@@ -799,3 +801,9 @@ def open_command(uri: str, experiment_id: str, run_id: str) -> str:
     if uri.startswith(("http://", "https://")):
         return f"{uri.rstrip('/')}/{page}"
     return f"mlflow ui --backend-store-uri {uri}   then http://127.0.0.1:5000/{page}"
+
+
+def runs_table_address(uri: str, experiment_id: str) -> str:
+    """The UI page of an experiment's runs table (MLflow 3 otherwise opens its GenAI overview)."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs"
