@@ -764,6 +764,8 @@ def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for path in sweep_dir.glob("*/result.json"):
         rep = json.loads(path.read_text())
+        if "question" not in rep:  # a gd/ilp/cpsat job: its own report, no winning mapping to line up
+            continue
         job = rep.get("job") or {"num": path.parent.name, "label": path.parent.name, "overrides": []}
         design = " ".join(f"{k}={fmt_cell(rep['best'][k])}" for k in rep["chosen"])
         rows.append({"job": job["num"], "label": job["label"], "overrides": " ".join(job["overrides"]),

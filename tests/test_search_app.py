@@ -358,3 +358,13 @@ def test_search_figures_have_titles_units_legends_and_limits() -> None:
     ax = sweep_figure(rows, "sweep over hardware").axes[0]
     assert {t.get_text() for t in ax.texts} == {"a100_80gb", "h100_sxm"}
     assert ax.get_xlabel() == "throughput (tokens/s)" and "USD per million tokens" in ax.get_ylabel()
+
+
+def test_sweep_table_skips_reports_without_a_winning_mapping(tmp_path: Path) -> None:
+    """A wafer (gd) sweep writes its own result.json per job, with no mapping to line up: the combined
+    table leaves it out instead of failing the sweep at its end."""
+    from dse.search import sweep_rows
+
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "result.json").write_text(json.dumps({"driver": "gd", "design": {"clock_hz": 1e9}}))
+    assert sweep_rows(tmp_path) == []
