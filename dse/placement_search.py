@@ -399,7 +399,7 @@ def log_report(run_: JobRun, rep: dict[str, Any], job: Job, topo: Topology, best
     run_.log_metrics({f"reduction.{k}": v for k, v in rep["reduction_vs_rank_order"].items()})
     run_.log_dict(rep, "placement.json")
     run_.log_table_csv(evaluator_table(rep), "evaluator.csv")
-    if not run_.enabled:
+    if not run_.keeps_artifacts:
         return
     import tempfile
 

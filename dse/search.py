@@ -603,14 +603,14 @@ def problem_label(design: dict[str, Any]) -> str:
     )
 
 
-def _breakdown_figure(rep: dict[str, Any]) -> Any:
-    """Bars of the step-time parts (``TIME_FIELDS``); None when there are none (serving)."""
+def breakdown_figure(metrics: dict[str, float], title: str) -> Any:
+    """Bars of the step-time parts (``TIME_FIELDS``) of ``metrics`` with their shares of
+    ``step_time_s``; None when there are none (serving)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = rep["metrics"]
     parts = {k: metrics[k] for k in TIME_FIELDS if metrics.get(k, 0.0) > 0}
     if not parts:
         return None
@@ -621,7 +621,7 @@ def _breakdown_figure(rep: dict[str, Any]) -> Any:
         ax.annotate(f"{v / metrics['step_time_s']:.1%}", (v, i), xytext=(3, 0), textcoords="offset points",
                     va="center", fontsize=8)  # fmt: skip
     ax.set_xlabel("seconds per step")
-    ax.set_title(f"{_figure_title(rep)}: where the step time goes (best design)", fontsize=9)
+    ax.set_title(f"{title}: where the step time goes", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -651,7 +651,7 @@ def log_result(run: JobRun, cfg: DictConfig, problem: Problem, result: Result, r
     )
     for fig, name in (
         (_pareto_figure(result, rep, hw), "pareto.png"),
-        (_breakdown_figure(rep), "breakdown.png"),
+        (breakdown_figure(rep["metrics"], f"{_figure_title(rep)}, best design"), "breakdown.png"),
     ):
         if fig is not None:
             files[name] = lambda p, fig=fig: (fig.savefig(p, dpi=120), plt.close(fig))
@@ -712,10 +712,11 @@ def task(cfg: DictConfig) -> None:
         print(f"dse.search: {what}", file=sys.stderr, flush=True)
         tags = {"dse.model": str(choices.get("model")), "dse.experiment": _experiment_name()}
         out_dir = Path(HydraConfig.get().runtime.output_dir)
-        with JobRun(cfg, name=f"{_experiment_name()} · {choices.get('model')}", tags=tags) as run:
+        name = f"{_experiment_name()} · {choices.get('model')}"
+        with JobRun(cfg, name=name, tags=tags, mirror_dir=out_dir) as run:  # artifacts also in out_dir
             rep = module.run(cfg, run)
-            rep["results"] = run_location(run, out_dir, ["result.json"])  # the artifacts are in the run
-            out_dir.mkdir(parents=True, exist_ok=True)
+            files = sorted(p.name for p in out_dir.iterdir() if p.is_file() and not p.name.endswith(".log"))
+            rep["results"] = run_location(run, out_dir, ["result.json", *files])
             (out_dir / "result.json").write_text(json.dumps(rep, indent=2, default=str) + "\n")
         print_json(rep) if cfg.format == "json" else print(
             "\n".join([module.render(rep), *location_lines(rep["results"])])

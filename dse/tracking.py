@@ -569,7 +569,11 @@ class JobRun:
     """
 
     def __init__(
-        self, cfg: Mapping[str, Any] | None, name: str | None = None, tags: Mapping[str, str] | None = None
+        self,
+        cfg: Mapping[str, Any] | None,
+        name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        mirror_dir: Path | None = None,
     ) -> None:
         tracking = cfg.get("tracking") if cfg is not None else None
         self.uri = resolve_uri(tracking)
@@ -580,10 +584,16 @@ class JobRun:
         self._tags = dict(tags or {})
         self._client: MlflowClient | None = None
         self._exp_id: str | None = None
+        self.mirror_dir = mirror_dir  # artifacts are also written here (tracking on or off)
 
     @property
     def enabled(self) -> bool:
         return self.uri is not None
+
+    @property
+    def keeps_artifacts(self) -> bool:
+        """Whether logged artifacts go anywhere (MLflow, or the mirror directory): else skip drawing them."""
+        return self.enabled or self.mirror_dir is not None
 
     @property
     def experiment_id(self) -> str | None:
@@ -730,23 +740,44 @@ class JobRun:
         self._client.set_terminated(child_id, "FINISHED")
         return child_id
 
+    def _mirror(self, artifact_file: str) -> Path | None:
+        """Where ``artifact_file`` is also written (under ``mirror_dir``), or None."""
+        if self.mirror_dir is None:
+            return None
+        path = Path(self.mirror_dir, artifact_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
     def log_file(self, path: str | os.PathLike[str]) -> None:
         """A file from disk as an artifact, under its own name."""
+        copy = self._mirror(Path(path).name)
+        if copy is not None and copy.resolve() != Path(path).resolve():
+            shutil.copyfile(path, copy)
         if self.run_id is not None and self._client is not None:
             self._client.log_artifact(self.run_id, str(path))
 
     def log_text(self, text: str, artifact_file: str) -> None:
         """A text artifact at the run-relative path ``artifact_file``."""
+        if (copy := self._mirror(artifact_file)) is not None:
+            copy.write_text(text)
         if self.run_id is not None and self._client is not None:
             self._client.log_text(self.run_id, text, artifact_file)
 
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
         """A dict artifact, YAML for ``.yaml``/``.yml``, else JSON (numpy values made plain)."""
+        if (copy := self._mirror(artifact_file)) is not None:
+            plain = _plain(data)
+            yaml_file = copy.suffix in (".yaml", ".yml")
+            copy.write_text(
+                OmegaConf.to_yaml(plain) if yaml_file else json.dumps(plain, indent=2, default=str)
+            )
         if self.run_id is not None and self._client is not None:
             self._client.log_dict(self.run_id, _plain(data), artifact_file)
 
     def log_table_csv(self, table: Mapping[str, Any], artifact_file: str) -> None:
         """A column table (equal-length 1-D arrays) as a CSV artifact, header = column names."""
+        if (copy := self._mirror(artifact_file)) is not None:
+            write_csv(table, copy)
         if self.run_id is None or self._client is None:
             return
         target = PurePosixPath(artifact_file)
@@ -758,6 +789,8 @@ class JobRun:
 
     def log_figure(self, fig: Figure, artifact_file: str) -> None:
         """A matplotlib figure as an image artifact (PNG for ``.png``)."""
+        if (copy := self._mirror(artifact_file)) is not None:
+            fig.savefig(copy, dpi=120)
         if self.run_id is not None and self._client is not None:
             self._client.log_figure(self.run_id, fig, artifact_file)
 

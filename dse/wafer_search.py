@@ -289,14 +289,14 @@ def _log(
         )
     run_.log_dict({"design": design, "best": best}, "best_design.yaml")
     run_.log_dict({k: v for k, v in rows.items()}, "comparison.yaml")
-    if run_.enabled:
+    if run_.keeps_artifacts:
         import matplotlib.pyplot as plt
 
-        from dse.search import _breakdown_figure
+        from dse.search import breakdown_figure
 
         for fig, name in (
             (_area_figure(design), "area_split.png"),
-            (_breakdown_figure(breakdown), "breakdown.png"),
+            (breakdown_figure(breakdown, "wafer design found by gradient descent"), "breakdown.png"),
         ):
             run_.log_figure(fig, name)
             plt.close(fig)

@@ -330,7 +330,7 @@ def test_search_figures_have_titles_units_legends_and_limits() -> None:
     from omegaconf import OmegaConf
 
     from dse.hardware import hardware_from_config
-    from dse.search import _breakdown_figure, _pareto_figure, sweep_figure
+    from dse.search import _pareto_figure, breakdown_figure, sweep_figure
     from search.base import Result
 
     hw = hardware_from_config(OmegaConf.load(CONF_DIR / "hardware" / "h100_sxm.yaml"))
@@ -352,7 +352,7 @@ def test_search_figures_have_titles_units_legends_and_limits() -> None:
     limit = next(line for line in ax.get_lines() if line.get_linestyle() == "--")
     assert limit.get_ydata()[0] == pytest.approx(80.0)  # the H100's 80 GiB
     assert any("tp4 pp2" in t.get_text() for t in ax.texts)  # front points labelled by their mapping
-    assert "llama3_8b on 16 × h100_sxm" in _breakdown_figure(rep).axes[0].get_title()
+    assert "where the step time goes" in breakdown_figure(rep["metrics"], "gpu_cluster").axes[0].get_title()
     rows = [{"label": "a100_80gb", "tokens_per_s": 1e5, "cost_usd_per_mtoken": 3.0},
             {"label": "h100_sxm", "tokens_per_s": 3e5, "cost_usd_per_mtoken": 2.5}]  # fmt: skip
     ax = sweep_figure(rows, "sweep over hardware").axes[0]

@@ -36,7 +36,8 @@ def test_auto_shard_reports_placements(tmp_path: Path) -> None:
     phases = [line.split(" (")[0] for line in proc.stderr.splitlines() if line.startswith("ilp: ")]
     assert [p.split()[1] for p in phases] == ["capturing", "strategies", "building", "solved:"], phases
     # the output directory holds the result; tracking=none: no MLflow run to point at
-    assert rep["results"]["files"] == ["result.json"] and "mlflow_run_id" not in rep["results"]
+    assert rep["results"]["files"] == ["result.json", "collectives.txt", "placements.yaml"]
+    assert "mlflow_run_id" not in rep["results"]
     assert json.loads((Path(rep["results"]["output_dir"]) / "result.json").read_text())["mesh"] == [2, 2]
 
 

@@ -158,6 +158,9 @@ def test_wafer_arch_runs_and_compares(tmp_path: Path) -> None:
     assert "wse_style_sram_only: infeasible, no mapping fits memory" in proc.stdout
     assert "deepflow_20_die_4_hbm: tp=" in proc.stdout  # each feasible row's mapping
     assert "step breakdown: " in proc.stdout and "tokens per" not in proc.stdout
+    # the output directory holds the run's artifacts, pictures included, with tracking off too
+    files = next(line for line in proc.stdout.splitlines() if line.startswith("files: "))
+    assert all(f in files for f in ("result.json", "area_split.png", "breakdown.png", "comparison.yaml"))
     for row in (
         "gradient_descent",
         "wse_style_sram_only",
