@@ -212,6 +212,11 @@ def _one_line(exc: HydraException, known: Mapping[str, Sequence[str]]) -> str:
         prefix = key.rpartition(".")[0]
         valid = f"; valid: {', '.join(known[prefix])}" if prefix in known else ""
         return f"unknown key '{key}'{valid}"
+    if lines[0].startswith("Error merging override") and exc.__cause__ is not None:
+        override = lines[0].removeprefix("Error merging override").strip()
+        reason = str(exc.__cause__).strip().splitlines()[0]
+        key = override.partition("=")[0]
+        return f"{override}: {reason}; give {key} a value of its type (see conf/)"
     missing = re.search(r"Could not find '(\w+)/([^']*)'", lines[0])
     if missing and "Available options" in str(exc):
         group, name = missing.groups()

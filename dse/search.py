@@ -118,12 +118,16 @@ def _check_objectives(cfg: DictConfig, hw: Hardware) -> None:
     ):
         for name in names:
             if name not in valid:
-                raise ConfigError(f"{key}: '{name}' is not a {kind} objective; valid: {', '.join(valid)}")
+                raise ConfigError(
+                    f"{key}: '{name}' is not an objective for {kind}; valid: {', '.join(valid)}"
+                )
             _check_price(key, name, hw)
     metrics = SUMMARY[kind] + (TIME_FIELDS if kind == "training" else ())
     for axis in s.pareto:
         if axis not in metrics:
-            raise ConfigError(f"search.pareto: '{axis}' is not a {kind} metric; valid: {', '.join(metrics)}")
+            raise ConfigError(
+                f"search.pareto: '{axis}' is not a metric of {kind}; valid: {', '.join(metrics)}"
+            )
         _check_price("search.pareto", axis, hw)
 
 

@@ -368,3 +368,19 @@ def test_sweep_table_skips_reports_without_a_winning_mapping(tmp_path: Path) -> 
     (tmp_path / "0").mkdir()
     (tmp_path / "0" / "result.json").write_text(json.dumps({"driver": "gd", "design": {"clock_hz": 1e9}}))
     assert sweep_rows(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["progress=maybe"], "progress=maybe: Value 'maybe' is not a valid bool"),
+        (["workload.seq_len=abc"], "workload.seq_len=abc: Value 'abc' of type 'str' could not be converted"),
+        (["+experiment=inference_slo", "search.objective=step_time_s"], "is not an objective for inference"),
+        (["search.pareto=[tpot_s,memory_gib]"], "search.pareto: 'tpot_s' is not a metric of training"),
+    ],
+)
+def test_wrong_type_or_kind_is_one_line_naming_the_key(tmp_path: Path, args: list[str], expect: str) -> None:
+    proc = run(*args, "tracking=none", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: ") and expect in lines[-1], proc.stderr
