@@ -39,7 +39,7 @@ from dse.checks import check_results
 from dse.hardware import hardware_from_config
 from dse.models import load_model
 from dse.tracking import JobRun, location_lines, run_location, sweep_label, swept_keys, write_csv
-from dse.units import fmt_breakdown, fmt_cell, fmt_count, fmt_metric, metric_label
+from dse.units import fmt_breakdown, fmt_cell, fmt_metric, fmt_metric_cell, metric_header, metric_label
 from search.base import METRICS, Result
 from search.grid import grid_search
 from search.optuna_driver import optuna_search
@@ -479,22 +479,7 @@ def summary(cfg: DictConfig, problem: Problem, result: Result, hw: Hardware) -> 
     return rep
 
 
-def _top_cell(key: str, value: Any) -> str:
-    if key in ("step_time_s", "ttft_s", "tpot_s", "latency_s", "power_w", "memory_gib", "mfu"):
-        return fmt_metric(key, value)
-    if key == "tokens_per_s":
-        return fmt_count(value)
-    if key == "cost_usd_per_mtoken":
-        return f"${value:.3g}"
-    if key == "energy_j_per_token":
-        return f"{value:.3g} J"
-    return fmt_cell(value)
-
-
-TOP_HEADERS = {"tokens_per_s": "tokens/s", "cost_usd_per_mtoken": "$/M tokens", "memory_gib": "memory",
-               "step_time_s": "step time", "latency_s": "latency", "ttft_s": "TTFT", "tpot_s": "TPOT",
-               "mfu": "MFU", "power_w": "power", "sequence_parallel": "seq_par",
-               "energy_j_per_token": "J/token"}  # fmt: skip
+KNOB_HEADERS = {"sequence_parallel": "seq_par"}  # column headers of knobs whose names are long
 
 
 def render(rep: dict[str, Any]) -> str:
@@ -507,8 +492,8 @@ def render(rep: dict[str, Any]) -> str:
     breakdown = [f"step breakdown: {fmt_breakdown(m['step_time_s'], parts)}"] if parts else []
     keys = [k for k in rep["top"][0] if k not in q["fixed"]] if rep["top"] else []
     top = format_table(
-        [TOP_HEADERS.get(k, k) for k in keys],
-        [[_top_cell(k, r[k]) if k in r else "" for k in keys] for r in rep["top"]],
+        [KNOB_HEADERS.get(k, metric_header(k)) for k in keys],
+        [[fmt_metric_cell(k, r[k]) if k in r else "" for k in keys] for r in rep["top"]],
     )
     counted = (
         f"{rep['evaluations']:,} evaluations, {rep['distinct_designs']:,} distinct designs, "
@@ -783,8 +768,11 @@ def sweep_table(rows: list[dict[str, Any]]) -> str:
     kinds = {r["kind"] for r in rows}
     metrics = [m for k in SUMMARY if k in kinds for m in SUMMARY[k]]
     metrics = [m for m in dict.fromkeys(metrics) if any(m in r for r in rows)]
-    body = [[r["label"], r["design"], *(_top_cell(m, r[m]) if m in r else "" for m in metrics)] for r in rows]
-    return format_table(["job", "best design", *(TOP_HEADERS.get(m, m) for m in metrics)], body)
+    body = [
+        [r["label"], r["design"], *(fmt_metric_cell(m, r[m]) if m in r else "" for m in metrics)]
+        for r in rows
+    ]
+    return format_table(["job", "best design", *(metric_header(m) for m in metrics)], body)
 
 
 def sweep_figure(rows: list[dict[str, Any]], title: str) -> Any:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -59,29 +60,54 @@ def fmt_power(watts: float) -> str:
     return f"{watts:.0f} W"
 
 
-# metric name → (label, formatter): the one place that says how a metric reads to a person
-METRIC_FORMATS: dict[str, tuple[str, Any]] = {
-    "step_time_s": ("step time", fmt_time),
-    "ttft_s": ("TTFT", fmt_time),
-    "tpot_s": ("TPOT", fmt_time),
-    "latency_s": ("request latency", fmt_time),
-    "mfu": ("MFU", lambda v: f"{v:.1%}"),
-    "tokens_per_s": ("throughput", lambda v: fmt_count(v, "tokens/s")),
-    "memory_gib": ("memory per device", lambda v: f"{v:.1f} GiB"),
-    "power_w": ("power", fmt_power),
-    "cost_usd_per_mtoken": ("cost", lambda v: f"${v:.3g} per M tokens"),
-    "energy_j_per_token": ("energy per token", lambda v: f"{v:.3g} J"),
+class MetricFormat(NamedTuple):
+    """How a metric reads to a person: in a sentence (``label``: ``text(v)``) and in a table column
+    (``header``: ``cell(v)``)."""
+
+    label: str
+    header: str
+    text: Callable[[float], str]
+    cell: Callable[[float], str]
+
+
+def _usd(v: float) -> str:
+    return f"${v:.3g}"
+
+
+# metric name → its formats: the one place that says how a metric reads to a person
+METRIC_FORMATS: dict[str, MetricFormat] = {
+    "step_time_s": MetricFormat("step time", "step time", fmt_time, fmt_time),
+    "ttft_s": MetricFormat("TTFT", "TTFT", fmt_time, fmt_time),
+    "tpot_s": MetricFormat("TPOT", "TPOT", fmt_time, fmt_time),
+    "latency_s": MetricFormat("request latency", "latency", fmt_time, fmt_time),
+    "mfu": MetricFormat("MFU", "MFU", lambda v: f"{v:.1%}", lambda v: f"{v:.1%}"),
+    "tokens_per_s": MetricFormat("throughput", "tokens/s", lambda v: fmt_count(v, "tokens/s"), fmt_count),
+    "memory_gib": MetricFormat(
+        "memory per device", "memory", lambda v: f"{v:.1f} GiB", lambda v: f"{v:.1f} GiB"
+    ),
+    "power_w": MetricFormat("power", "power", fmt_power, fmt_power),
+    "cost_usd_per_mtoken": MetricFormat("cost", "$/M tokens", lambda v: f"{_usd(v)} per M tokens", _usd),
+    "energy_j_per_token": MetricFormat(
+        "energy per token", "J/token", lambda v: f"{v:.3g} J", lambda v: f"{v:.3g} J"
+    ),
 }
 
 
 def metric_label(name: str) -> str:
     """'step_time_s' → 'step time'; an unknown name is returned as is."""
-    return METRIC_FORMATS.get(name, (name, None))[0]
+    return METRIC_FORMATS[name].label if name in METRIC_FORMATS else name
+
+
+def metric_header(name: str) -> str:
+    """A table column's header: 'tokens_per_s' → 'tokens/s'; an unknown name is returned as is."""
+    return METRIC_FORMATS[name].header if name in METRIC_FORMATS else name
 
 
 def fmt_metric(name: str, value: float) -> str:
     """A metric value in human units ('7.07 s', '52.7%', '1.19 M tokens/s', '$2.94 per M tokens')."""
-    fmt = METRIC_FORMATS.get(name, (name, None))[1]
-    if fmt is None:
-        return fmt_cell(float(value))
-    return fmt(float(value))
+    return METRIC_FORMATS[name].text(float(value)) if name in METRIC_FORMATS else fmt_cell(float(value))
+
+
+def fmt_metric_cell(name: str, value: Any) -> str:
+    """A table cell: a metric in its compact unit ('1.19 M', '$2.94'), anything else by :func:`fmt_cell`."""
+    return METRIC_FORMATS[name].cell(float(value)) if name in METRIC_FORMATS else fmt_cell(value)
