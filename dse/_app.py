@@ -357,6 +357,12 @@ def print_json(payload: Any) -> None:
     sys.stdout.write("\n")
 
 
+def json_text(payload: Any, indent: int | None = 2) -> str:
+    """One JSON document (numpy and JAX scalars and arrays made plain), as :func:`print_json` prints it;
+    ``indent=None``: one line (JSON Lines)."""
+    return json.dumps(payload, indent=indent, default=_json_default)
+
+
 def _json_default(obj: Any) -> Any:
     if hasattr(obj, "item"):  # numpy / jax scalars
         return obj.item()

@@ -33,7 +33,7 @@ from costmodels.inference import InferenceJob, engine_preset
 from costmodels.parallel import RECOMPUTE
 from costmodels.training import TIME_FIELDS, TrainingJob
 from dse import schema
-from dse._app import format_table, print_json, progress_callback, run_app
+from dse._app import format_table, json_text, print_json, progress_callback, run_app
 from dse.calc import command_line
 from dse.checks import check_results
 from dse.hardware import hardware_from_config
@@ -435,10 +435,12 @@ def _warnings(
     return out
 
 
-def summary(cfg: DictConfig, problem: Problem, result: Result, hw: Hardware) -> dict[str, Any]:
+def summary(
+    cfg: DictConfig, problem: Problem, result: Result, hw: Hardware, q: dict[str, Any]
+) -> dict[str, Any]:
     """The JSON-ready summary of a search: the question, the best design (in the user's words) and
-    its metrics, why it wins, the distinct top-k designs and the Pareto front."""
-    q = question(cfg, problem, hw)
+    its metrics, why it wins, the distinct top-k designs and the Pareto front; ``q`` is
+    :func:`question`."""
     reported = SUMMARY[cfg.workload.kind]
     design = problem.describe(result.best)
     knobs = tuple(problem.space)
@@ -681,7 +683,7 @@ def _emit(cfg: DictConfig, rep: dict[str, Any]) -> None:
     if hc.mode != RunMode.MULTIRUN:
         print_json(rep)
         return
-    line = json.dumps(rep, default=lambda o: o.item() if hasattr(o, "item") else str(o)) + "\n"
+    line = json_text(rep, indent=None) + "\n"
     with open(Path(hc.runtime.cwd, str(hc.sweep.dir), ".stdout.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         sys.stdout.write(line)
@@ -706,7 +708,7 @@ def task(cfg: DictConfig) -> None:
             rep = module.run(cfg, run)
             files = sorted(p.name for p in out_dir.iterdir() if p.is_file() and not p.name.endswith(".log"))
             rep["results"] = run_location(run, out_dir, ["result.json", *files])
-            (out_dir / "result.json").write_text(json.dumps(rep, indent=2, default=str) + "\n")
+            (out_dir / "result.json").write_text(json_text(rep) + "\n")
         print_json(rep) if cfg.format == "json" else print(
             "\n".join([module.render(rep), *location_lines(rep["results"])])
         )
@@ -731,7 +733,7 @@ def task(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     with JobRun(cfg, name=run_name(q, label), tags=tags) as run:
         result = run_driver(cfg, problem, run)
-        rep = summary(cfg, problem, result, hw)
+        rep = summary(cfg, problem, result, hw, q)
         if label:
             rep["job"] = {"num": HydraConfig.get().job.num, "label": label,
                           "overrides": list(HydraConfig.get().overrides.task)}  # fmt: skip
@@ -739,7 +741,7 @@ def task(cfg: DictConfig) -> None:
         rep["results"] = run_location(run, out_dir, files)
         if slurm_job:
             rep["results"]["slurm_job_id"] = slurm_job
-        (out_dir / "result.json").write_text(json.dumps(rep, indent=2, default=str) + "\n")
+        (out_dir / "result.json").write_text(json_text(rep) + "\n")
         run.log_file(out_dir / "result.json")
     _emit(cfg, rep)
 
