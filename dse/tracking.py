@@ -139,6 +139,11 @@ MIN_FREE_BYTES = 16 * 2**20  # an SQLite store with a run's artifacts needs a fe
 HEALTH_TIMEOUT_S = 5.0
 
 
+def _is_server(uri: str) -> bool:
+    """A tracking server's URL, not a local store."""
+    return uri.startswith(("http://", "https://"))
+
+
 def check_store(uri: str | None) -> None:
     """Fail fast on a tracking store that cannot work, before anything runs: a ``sqlite:///``
     path that is a directory, not an SQLite file, in a directory that cannot be created or written
@@ -171,7 +176,7 @@ def check_store(uri: str | None) -> None:
                 f"tracking store {uri}: only {free / 2**20:.1f} MiB free on the disk of {db.parent}; {fix}"
             )
         return
-    if uri.startswith(("http://", "https://")):
+    if _is_server(uri):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         health = uri.rstrip("/") + "/health"
@@ -828,15 +833,20 @@ def location_lines(where: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+LOCAL_UI = "http://127.0.0.1:5000"  # where ``mlflow ui`` serves by default
+
+
+def _ui_base(uri: str) -> str:
+    """The UI of a tracking URI: the server itself, or ``mlflow ui`` run locally on a store."""
+    return uri.rstrip("/") if _is_server(uri) else LOCAL_UI
+
+
 def open_command(uri: str, experiment_id: str, run_id: str) -> str:
     """How to look at a run: its page on a tracking server, or ``mlflow ui`` on a local store."""
-    page = f"#/experiments/{experiment_id}/runs/{run_id}"
-    if uri.startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}/{page}"
-    return f"mlflow ui --backend-store-uri {uri}   then http://127.0.0.1:5000/{page}"
+    page = f"{_ui_base(uri)}/#/experiments/{experiment_id}/runs/{run_id}"
+    return page if _is_server(uri) else f"mlflow ui --backend-store-uri {uri}   then {page}"
 
 
 def runs_table_address(uri: str, experiment_id: str) -> str:
     """The UI page of an experiment's runs table (MLflow 3 otherwise opens its GenAI overview)."""
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{experiment_id}/runs"
+    return f"{_ui_base(uri)}/#/experiments/{experiment_id}/runs"
