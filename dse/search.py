@@ -38,7 +38,7 @@ from dse.calc import command_line
 from dse.checks import check_results
 from dse.hardware import hardware_from_config
 from dse.models import load_model
-from dse.tracking import JobRun, location_lines, run_location, sweep_label, swept_keys, write_csv
+from dse.tracking import JobRun, location_lines, run_location, sweep_dir, sweep_label, swept_keys, write_csv
 from dse.units import fmt_breakdown, fmt_cell, fmt_metric, fmt_metric_cell, metric_header, metric_label
 from search.base import METRICS, Result
 from search.grid import grid_search
@@ -684,7 +684,7 @@ def _emit(cfg: DictConfig, rep: dict[str, Any]) -> None:
         print_json(rep)
         return
     line = json_text(rep, indent=None) + "\n"
-    with open(Path(hc.runtime.cwd, str(hc.sweep.dir), ".stdout.lock"), "a") as lock:
+    with open(sweep_dir(hc) / ".stdout.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         sys.stdout.write(line)
         sys.stdout.flush()
@@ -750,11 +750,11 @@ def task(cfg: DictConfig) -> None:
 # The combined table of a multirun
 
 
-def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
+def sweep_rows(directory: Path) -> list[dict[str, Any]]:
     """One row per finished job of a multirun (its ``result.json``), in job order: the job's label
     and overrides, its winning design and its metrics."""
     rows = []
-    for path in sweep_dir.glob("*/result.json"):
+    for path in directory.glob("*/result.json"):
         rep = json.loads(path.read_text())
         if "question" not in rep:  # a gd/ilp/cpsat job: its own report, no winning mapping to line up
             continue
@@ -813,24 +813,24 @@ class SweepTable(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from dse.tracking import SWEEP_RUN_ID_FILE, resolve_uri
 
-        sweep_dir = Path(config.hydra.runtime.cwd, str(config.hydra.sweep.dir))
-        rows = sweep_rows(sweep_dir)
+        directory = sweep_dir(config.hydra)
+        rows = sweep_rows(directory)
         if not rows:
             return
-        swept = sorted(swept_keys(sweep_dir))
+        swept = sorted(swept_keys(directory))
         title = f"sweep over {', '.join(swept) or 'one job'}: {len(rows)} jobs, best design of each"
         stream = sys.stderr if config.get("format") == "json" else sys.stdout
         print(f"\n{title}\n{sweep_table(rows)}", file=stream, flush=True)
         import matplotlib.pyplot as plt
 
         columns = dict.fromkeys(k for r in rows for k in r)
-        write_csv({k: [r.get(k, float("nan")) for r in rows] for k in columns}, sweep_dir / "sweep.csv")
+        write_csv({k: [r.get(k, float("nan")) for r in rows] for k in columns}, directory / "sweep.csv")
         fig = sweep_figure(rows, title)
-        fig.savefig(sweep_dir / "sweep.png", dpi=120)
+        fig.savefig(directory / "sweep.png", dpi=120)
         plt.close(fig)
-        print(f"sweep table: {sweep_dir / 'sweep.csv'}, {sweep_dir / 'sweep.png'}", file=stream, flush=True)
+        print(f"sweep table: {directory / 'sweep.csv'}, {directory / 'sweep.png'}", file=stream, flush=True)
         run_file, uri = (
-            sweep_dir / SWEEP_RUN_ID_FILE,
+            directory / SWEEP_RUN_ID_FILE,
             resolve_uri(config.get("tracking"), cwd=config.hydra.runtime.cwd),
         )
         if uri is not None and run_file.is_file():
@@ -838,7 +838,7 @@ class SweepTable(Callback):
 
             client = MlflowClient(uri)
             for name in ("sweep.csv", "sweep.png"):
-                client.log_artifact(run_file.read_text().strip(), str(sweep_dir / name))
+                client.log_artifact(run_file.read_text().strip(), str(directory / name))
 
 
 def main() -> None:

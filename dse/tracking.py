@@ -374,8 +374,10 @@ def _override_tags(overrides: Sequence[str]) -> dict[str, str]:
     return tags
 
 
-def _sweep_dir(config: DictConfig) -> Path:
-    return Path(config.hydra.runtime.cwd, str(config.hydra.sweep.dir))
+def sweep_dir(hydra: Any) -> Path:
+    """A multirun's directory from Hydra's config node (``config.hydra`` in a callback,
+    ``HydraConfig.get()`` in a job): ``hydra.sweep.dir`` under the launch directory."""
+    return Path(hydra.runtime.cwd, str(hydra.sweep.dir))
 
 
 def sweep_parent_run_id() -> str | None:
@@ -385,18 +387,18 @@ def sweep_parent_run_id() -> str | None:
         hc = HydraConfig.get()
         if hc.mode != RunMode.MULTIRUN:
             return None
-        path = Path(hc.runtime.cwd, str(hc.sweep.dir), SWEEP_RUN_ID_FILE)
+        path = sweep_dir(hc) / SWEEP_RUN_ID_FILE
         if path.is_file():
             return path.read_text().strip() or None
     return os.environ.get(ENV_SWEEP_RUN_ID) or None
 
 
-def swept_keys(sweep_dir: Path) -> list[str]:
+def swept_keys(directory: Path) -> list[str]:
     """The keys a multirun sweeps over (``hardware=a,b``, ``range(...)``), in command-line order,
     read from the sweep's ``multirun.yaml``."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    path = sweep_dir / "multirun.yaml"
+    path = directory / "multirun.yaml"
     if not path.is_file():
         return []
     overrides = [str(o) for o in OmegaConf.load(path).hydra.overrides.task]
@@ -413,7 +415,7 @@ def sweep_label() -> str | None:
     for item in hc.overrides.task:
         key, _, value = str(item).partition("=")
         values[key.lstrip("+~")] = value  # the last one wins, as in Hydra
-    swept = swept_keys(Path(hc.runtime.cwd, str(hc.sweep.dir)))
+    swept = swept_keys(sweep_dir(hc))
     return " / ".join(values[k] for k in swept if k in values) or f"job {hc.job.num}"
 
 
@@ -450,14 +452,14 @@ class SweepCallback(Callback):
         ensure_store(uri)
         client = MlflowClient(uri)
         exp_id = experiment_id(client, str(tracking.experiment), uri)
-        sweep_dir = _sweep_dir(config)
+        directory = sweep_dir(config.hydra)
         overrides = [str(o) for o in config.hydra.overrides.task]
-        tags = {KIND_TAG: "sweep", "dse.sweep_dir": str(sweep_dir), **_override_tags(overrides)}
+        tags = {KIND_TAG: "sweep", "dse.sweep_dir": str(directory), **_override_tags(overrides)}
         name = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
         run = client.create_run(exp_id, run_name=name, tags=_context_tags(tags))
-        self.uri, self.run_id, self.experiment_id, self.sweep_dir = uri, run.info.run_id, exp_id, sweep_dir
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / SWEEP_RUN_ID_FILE).write_text(run.info.run_id + "\n")
+        self.uri, self.run_id, self.experiment_id, self.sweep_dir = uri, run.info.run_id, exp_id, directory
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / SWEEP_RUN_ID_FILE).write_text(run.info.run_id + "\n")
         os.environ[ENV_SWEEP_RUN_ID] = run.info.run_id
         atexit.register(self._close_aborted)
         log.info("MLflow sweep run %s (%s) in %s", name, run.info.run_id, uri)
