@@ -39,7 +39,17 @@ from dse.checks import check_results
 from dse.hardware import hardware_from_config
 from dse.models import load_model
 from dse.tracking import JobRun, location_lines, run_location, sweep_dir, sweep_label, swept_keys, write_csv
-from dse.units import fmt_breakdown, fmt_cell, fmt_metric, fmt_metric_cell, metric_header, metric_label
+from dse.units import (
+    binds,
+    fmt_breakdown,
+    fmt_cell,
+    fmt_metric,
+    fmt_metric_cell,
+    memory_phrase,
+    metric_header,
+    metric_label,
+    step_shares,
+)
 from search.base import METRICS, Result
 from search.grid import grid_search
 from search.optuna_driver import optuna_search
@@ -369,41 +379,25 @@ def search_line(q: dict[str, Any]) -> str:
     )
 
 
-def _share(part_s: float, total_s: float) -> str:
-    return f"{part_s / total_s:.0%}"
-
-
 def _why(cfg: DictConfig, hw: Hardware, metrics: dict[str, float], top: list[dict[str, Any]],
          best: dict[str, Any], objective: dict[str, str]) -> str:  # fmt: skip
     """What binds the winner: where its time goes, its memory headroom or latency limit, and how
     much the runner-up loses (the knobs it changes)."""
-    hbm_gib = float(hw.hbm_capacity_bytes) / GiB
-    mem = metrics["memory_gib"]
-    parts = []
     if cfg.workload.kind == "training":
-        step = metrics["step_time_s"]
-        comm = {k.removesuffix("_comm_s"): v for k, v in metrics.items() if k.endswith("_comm_s") and v > 0}
-        parts.append(f"compute is {_share(metrics.get('compute_s', 0.0), step)} of the step")
-        if comm:
-            detail = ", ".join(
-                f"{k} {_share(v, step)}" for k, v in sorted(comm.items(), key=lambda kv: -kv[1])
-            )
-            parts.append(f"communication {_share(sum(comm.values()), step)} ({detail})")
-        if metrics.get("bubble_s", 0.0) > 0:
-            parts.append(f"pipeline bubble {_share(metrics['bubble_s'], step)}")
+        parts = step_shares(metrics["step_time_s"], metrics)
     else:
         limit_s = cfg.workload.tpot_limit_ms / 1e3
         tpot = metrics["tpot_s"]
-        binds = " (binds)" if tpot >= 0.95 * limit_s else ""
-        parts.append(
-            f"TPOT {fmt_metric('tpot_s', tpot)} of the {cfg.workload.tpot_limit_ms:g} ms limit{binds}"
-        )
+        parts = [
+            f"TPOT {fmt_metric('tpot_s', tpot)} of the {cfg.workload.tpot_limit_ms:g} ms limit"
+            + binds(tpot, limit_s)
+        ]
         if cfg.workload.ttft_limit_ms is not None:
             parts.append(
                 f"TTFT {fmt_metric('ttft_s', metrics['ttft_s'])} of {cfg.workload.ttft_limit_ms:g} ms"
+                + binds(metrics["ttft_s"], cfg.workload.ttft_limit_ms / 1e3)
             )
-    binds = " (binds)" if mem >= 0.95 * hbm_gib else ""
-    parts.append(f"memory {mem:.1f} of {hbm_gib:.0f} GiB per device{binds}")
+    parts.append(memory_phrase(metrics["memory_gib"], float(hw.hbm_capacity_bytes) / GiB))
     if len(top) > 1:
         metric, runner = objective["metric"], top[1]
         change = ", ".join(f"{k}={fmt_cell(runner[k])}" for k in best if k in runner and runner[k] != best[k])

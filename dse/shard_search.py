@@ -23,6 +23,7 @@ from dse._app import format_table, phase_printer
 from dse.hardware import hardware_from_config
 from dse.models import model_config
 from dse.tracking import JobRun
+from dse.units import memory_phrase, share
 from search.fx_graph import capture_hf
 from search.fx_sharding import plan_sharding
 
@@ -82,8 +83,45 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
         "collectives": plan.collectives,
         "unsupported": sorted(set(plan.unsupported)),
     }
+    rep["why"] = why(rep)
     _log(run_, rep, plan.placements)
     return rep
+
+
+_STATUS = {
+    "optimal": "the ILP proved it optimal: no other choice among the per-op strategies has a lower "
+    "modelled step time within the memory limit",
+}
+
+
+def why(rep: dict[str, Any]) -> str:
+    """What binds the sharding found: the compute and communication shares of its step, its memory
+    against the limit, how each mesh axis is used by the weights of one layer (sharded or
+    replicated), and what the solver's status proves."""
+    step = rep["step_time_s"]
+    parts = [
+        f"compute is {share(rep['compute_s'], step)} of the step, communication {share(rep['comm_s'], step)}"
+    ]
+    parts.append(memory_phrase(rep["memory_gib"], rep["memory_limit_gib"]))
+    layer = [v for k, v in rep["param_placements"].items() if ".layers." not in k or ".layers.0." in k]
+    mesh = rep["mesh"]
+    link = {0: ", scale-out", len(mesh) - 1: ", scale-up"} if len(mesh) > 1 else {}
+    axes = [
+        f"axis {axis} ({size} devices{link.get(axis, '')}) shards "
+        f"{sum(1 for p in layer if 'Shard' in _axis_spec(p, axis))} of {len(layer)}"
+        for axis, size in enumerate(mesh)
+        if size > 1
+    ]
+    if axes and layer:
+        parts.append(f"weights (layer 0 for every layer): {', '.join(axes)}")
+    parts.append(_STATUS.get(rep["status"], f"solver status {rep['status']}: the plan may not be optimal"))
+    return "; ".join(parts)
+
+
+def _axis_spec(placement: str, axis: int) -> str:
+    """'[Shard(0), Replicate()]', 1 → 'Replicate()' (the DTensor spec of one mesh axis)."""
+    specs = placement.strip("[]").split(", ")
+    return specs[axis] if axis < len(specs) else ""
 
 
 def _inputs(captured: Any) -> set[str]:
@@ -124,6 +162,7 @@ def render(rep: dict[str, Any]) -> str:
             f"{rep['step_time_s'] * 1e3:.2f} ms (compute {rep['compute_s'] * 1e3:.2f} ms, "
             f"communication {rep['comm_s'] * 1e3:.2f} ms), memory {rep['memory_gib']:.2f} of "
             f"{rep['memory_limit_gib']:.2f} GiB per device",
+            f"why: {rep['why']}",
             "time: " + ", ".join(f"{k} {v:.2f} s" for k, v in t.items()),
             f"replicated fallback for: {', '.join(rep['unsupported'])}" if rep["unsupported"] else "",
         ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -90,6 +90,12 @@ METRIC_FORMATS: dict[str, MetricFormat] = {
     "energy_j_per_token": MetricFormat(
         "energy per token", "J/token", lambda v: f"{v:.3g} J", lambda v: f"{v:.3g} J"
     ),
+    "tokens_per_joule": MetricFormat(
+        "energy efficiency", "tokens/J", lambda v: f"{v:.3g} tokens/J", lambda v: f"{v:.3g}"
+    ),
+    "global_batch": MetricFormat(
+        "global batch", "batch", lambda v: f"{v:,.0f} sequences", lambda v: f"{v:,.0f}"
+    ),
 }
 
 
@@ -111,3 +117,45 @@ def fmt_metric(name: str, value: float) -> str:
 def fmt_metric_cell(name: str, value: Any) -> str:
     """A table cell: a metric in its compact unit ('1.19 M', '$2.94'), anything else by :func:`fmt_cell`."""
     return METRIC_FORMATS[name].cell(float(value)) if name in METRIC_FORMATS else fmt_cell(value)
+
+
+# --------------------------------------------------------------------------------------------
+# Phrases of a "why" line: what binds a winner
+
+BINDS_AT = 0.95  # a resource used to at least this fraction of its limit binds the design
+
+
+def share(part: float, total: float) -> str:
+    """0.25, 1.0 → '25%'; a share that rounds to 0 but is not → '<1%'."""
+    x = part / total
+    return "<1%" if 0 < x < 0.005 else f"{x:.0%}"
+
+
+def binds(used: float, limit: float) -> str:
+    """' (binds)' when ``used`` reaches :data:`BINDS_AT` of ``limit``, else ''."""
+    return " (binds)" if used >= BINDS_AT * limit else ""
+
+
+def step_shares(step_s: float, parts_s: Mapping[str, float]) -> list[str]:
+    """Where a training step goes, largest groups first: the compute share, the exposed communication
+    share with each group's (``<group>_comm_s`` parts, as in ``costmodels.training.TIME_FIELDS``),
+    and the recompute, weight-streaming and pipeline-bubble shares when present. For 10 s with
+    compute 8, dp 1.5, tp 0.5: ['compute is 80% of the step', 'communication 20% (dp 15%, tp 5%)']."""
+    out = [f"compute is {share(parts_s.get('compute_s', 0.0), step_s)} of the step"]
+    comm = {k.removesuffix("_comm_s"): v for k, v in parts_s.items() if k.endswith("_comm_s") and v > 0}
+    if comm:
+        detail = ", ".join(f"{k} {share(v, step_s)}" for k, v in sorted(comm.items(), key=lambda kv: -kv[1]))
+        out.append(f"communication {share(sum(comm.values()), step_s)} ({detail})")
+    for key, name in (
+        ("recompute_s", "recompute"),
+        ("stream_s", "weight streaming"),
+        ("bubble_s", "pipeline bubble"),
+    ):
+        if parts_s.get(key, 0.0) > 0:
+            out.append(f"{name} {share(parts_s[key], step_s)}")
+    return out
+
+
+def memory_phrase(used_gib: float, capacity_gib: float, per: str = "device") -> str:
+    """'memory 56.3 of 64.5 GiB per die' and ' (binds)' at :data:`BINDS_AT` of the capacity."""
+    return f"memory {used_gib:.1f} of {capacity_gib:.1f} GiB per {per}{binds(used_gib, capacity_gib)}"

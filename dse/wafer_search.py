@@ -23,7 +23,16 @@ from dse._app import format_table, progress_callback
 from dse.hardware import load_hardware
 from dse.models import load_model
 from dse.tracking import JobRun
-from dse.units import fmt_breakdown, fmt_cell
+from dse.units import (
+    fmt_breakdown,
+    fmt_bytes,
+    fmt_count,
+    fmt_metric_cell,
+    fmt_power,
+    memory_phrase,
+    metric_header,
+    step_shares,
+)
 from search.gd import Knob, gradient_descent
 from search.grid import grid_search
 from search.problems import training_mapping_problem
@@ -201,6 +210,7 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
     rows[f"{cfg.wafer.compare_gpu}_cluster_equal_power"] = gpu_cluster(cfg, job, system)
     breakdown = step_breakdown(system, job, design, best)
     _log(run_, result, design, best, rows, breakdown)
+    hardware = _hardware_summary(system, design)
     return {
         "driver": "gd",
         "evaluations": result.evaluations,
@@ -208,9 +218,39 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
         "design": design,
         "best": best,
         "comparison": rows,
-        "hardware": _hardware_summary(system, design),
+        "hardware": hardware,
         "breakdown": breakdown,
+        "why": _why(best, breakdown, rows, design, hardware, system.power_cap_w),
     }
+
+
+def _why(
+    best: dict[str, Any],
+    breakdown: dict[str, float],
+    rows: dict[str, dict[str, Any]],
+    design: dict[str, float],
+    hardware: dict[str, float],
+    power_cap_w: float,
+) -> str:
+    """What binds the design found: where its step goes, its memory per die, whether the power cap
+    throttles the clock (capped below the chosen clock), and its throughput against the best feasible
+    reference of the comparison."""
+    parts = step_shares(breakdown["step_time_s"], breakdown)
+    parts.append(memory_phrase(best["memory_gib"], best["capacity_gib"], "die"))
+    capped, chosen = hardware["clock_hz"], design.get("clock_hz", hardware["clock_hz"])
+    if capped < 0.999 * chosen:
+        parts.append(
+            f"the {fmt_power(power_cap_w)} per-wafer power cap holds the clock at {fmt_count(capped, 'Hz')} "
+            f"of {fmt_count(chosen, 'Hz')} (binds)"
+        )
+    else:
+        parts.append(f"the clock runs at {fmt_count(chosen, 'Hz')}, under the {fmt_power(power_cap_w)} cap")
+    refs = {k: r for k, r in rows.items() if k != "gradient_descent" and r.get("feasible")}
+    if refs:
+        name = max(refs, key=lambda k: refs[k]["tokens_per_s"])
+        ratio = best["tokens_per_s"] / refs[name]["tokens_per_s"]
+        parts.append(f"{ratio:.2f}x the tokens/s of the best reference ({name})")
+    return "; ".join(parts)
 
 
 def _warnings(
@@ -224,7 +264,8 @@ def _warnings(
         k = knobs[name]
         for side, edge in (("lower", k.low), ("upper", k.high)):
             if abs(v - edge) <= 0.01 * (k.high - k.low):
-                edges.append(f"{name} = {v:.4g} ({side})")
+                value = fmt_count(v, "Hz") if name == "clock_hz" else f"{v:.4g}"
+                edges.append(f"{name} = {value} ({side})")
     if edges:
         out.append(
             f"on a bound of its range: {', '.join(edges)}; the optimum may lie beyond: where a bound is "
@@ -315,39 +356,66 @@ def _area_figure(design: dict[str, float]) -> Any:
     return fig
 
 
+_AREA = {"compute_frac": "compute", "sram_frac": "SRAM", "io_frac": "I/O"}
+
+
+def _design_text(design: dict[str, float]) -> str:
+    """'die area: compute 80%, SRAM 17%, I/O 3%; clock 1.60 GHz, 4 HBM stacks per die, 6 x 6 dies per
+    wafer'; a field without a reading of its own as name=value."""
+    area = ", ".join(f"{label} {design[k]:.0%}" for k, label in _AREA.items() if k in design)
+    rest = []
+    if "clock_hz" in design:
+        rest.append(f"clock {fmt_count(design['clock_hz'], 'Hz')}")
+    if "hbm_stacks" in design:
+        rest.append(f"{design['hbm_stacks']:.3g} HBM stacks per die")
+    if "dies_x" in design and "dies_y" in design:
+        rest.append(f"{design['dies_x']:.3g} x {design['dies_y']:.3g} dies per wafer")
+    known = {*_AREA, "clock_hz", "hbm_stacks", "dies_x", "dies_y"}
+    rest += [f"{k}={v:.4g}" for k, v in design.items() if k not in known]
+    return "; ".join(x for x in (f"die area: {area}" if area else "", ", ".join(rest)) if x)
+
+
+def _hardware_text(hw: dict[str, float]) -> str:
+    """One die at its power-capped clock in human units."""
+    rate = {k: fmt_count(v, "B/s") for k, v in hw.items() if k.endswith("_Bps")}
+    return ", ".join(
+        [
+            f"clock {fmt_count(hw['clock_hz'], 'Hz')}",
+            f"{fmt_count(hw['peak_flops_bf16'], 'FLOP/s')} bf16",
+            f"HBM {fmt_bytes(hw['hbm_capacity_bytes'])} at {rate['hbm_bandwidth_Bps']}",
+            f"SRAM {fmt_bytes(hw['sram_capacity_bytes'])} at {rate['sram_bandwidth_Bps']}",
+            f"scale-up {hw['scale_up_domain_size']:.0f} dies at {rate['scale_up_bandwidth_Bps']}",
+            f"scale-out {rate['scale_out_bandwidth_Bps']}",
+            fmt_power(hw["power_w"]),
+        ]
+    )
+
+
+_COLUMNS = ("step_time_s", "tokens_per_s", "power_w", "tokens_per_joule", "mfu", "memory_gib", "global_batch")
+
+
 def render(rep: dict[str, Any]) -> str:
-    d = rep["design"]
-    design = ", ".join(f"{k}={v:.3g}" for k, v in d.items())
-    hw = ", ".join(f"{k}={v:.3g}" for k, v in rep["hardware"].items())
-    cols = [
-        "design",
-        "step_time_s",
-        "tokens_per_s",
-        "power_w",
-        "tokens_per_joule",
-        "mfu",
-        "memory_gib",
-        "global_batch",
-    ]
+    """The design, the die it makes, the mapping, the step, why it wins, the warnings, and the
+    comparison with the reference designs (each row's mapping under the table)."""
     rows = [
-        [name, *(fmt_cell(r.get(c)) for c in cols[1:])]
+        [name, *(fmt_metric_cell(c, r[c]) for c in _COLUMNS)]
         if r.get("feasible")
-        else [name, "infeasible", *[""] * (len(cols) - 2)]
+        else [name, "infeasible", *[""] * (len(_COLUMNS) - 1)]
         for name, r in rep["comparison"].items()
     ]
-    mapping = rep["best"]["mapping"]
     parts = {k: v for k, v in rep["breakdown"].items() if k != "step_time_s"}
     return "\n".join(
         [
             f"gradient descent over the wafer design ({rep['evaluations']} loss evaluations)",
-            f"design: {design}",
-            f"per die, at the power-capped clock: {hw}",
-            f"mapping: {mapping}",
+            f"design: {_design_text(rep['design'])}",
+            f"per die, at the power-capped clock: {_hardware_text(rep['hardware'])}",
+            f"mapping: {_mapping_text(rep['best']['mapping'])}",
             f"step breakdown: {fmt_breakdown(rep['breakdown']['step_time_s'], parts)}",
+            f"why: {rep['why']}",
             "",
             *(f"warning: {w}" for w in rep["warnings"]),
             "",
-            format_table(cols, rows, align="lrrrrrrr"),
+            format_table(["design", *map(metric_header, _COLUMNS)], rows, align="lrrrrrrr"),
             *(
                 f"{name}: {_mapping_text(r['mapping'])}"
                 if r.get("feasible")
@@ -368,6 +436,10 @@ def _mapping_text(mapping: dict[str, Any]) -> str:
     parts = [f"{k}={m[k]}" for k in ("tp", "pp", "cp", "dp", "vpp") if k in m]
     parts.append(f"micro-batch {m.get('microbatch', 1)}")
     parts.append(f"recompute {_RECOMPUTE[recompute] if isinstance(recompute, int) else recompute}")
+    if m.get("zero_stage"):
+        parts.append(f"ZeRO-{m['zero_stage']}")
+    if m.get("sequence_parallel"):
+        parts.append("sequence parallel")
     if m.get("weight_streaming"):
         parts.append("weight streaming")
     return ", ".join(parts)

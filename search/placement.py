@@ -28,8 +28,9 @@ leaves, onto nodes, then devices) for large ones, started from the best of the b
 from __future__ import annotations
 
 import itertools
+import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -82,8 +83,12 @@ class Job:
 
     def as_dict(self) -> dict:
         """JSON-ready: the degrees, nesting order, rank count and bytes per step."""
-        return {**{t: self.degree(t) for t in ("tp", "pp", "dp", "cp", "ep")}, "order": list(self.order),
-                "n_ranks": self.n_ranks, "bytes_per_step": dict(self.bytes_per_step)}
+        return {
+            **{t: self.degree(t) for t in ("tp", "pp", "dp", "cp", "ep")},
+            "order": list(self.order),
+            "n_ranks": self.n_ranks,
+            "bytes_per_step": dict(self.bytes_per_step),
+        }
 
 
 def groups(job: Job) -> dict[str, list[tuple[int, ...]]]:
@@ -133,8 +138,14 @@ def traffic(job: Job) -> Traffic:
             kinds.append(kind)
             members.append(grp)
     arr = np.array(rows, dtype=float).reshape(-1, 4)
-    return Traffic(arr[:, 0].astype(int), arr[:, 1].astype(int), arr[:, 2], arr[:, 3].astype(int),
-                   tuple(kinds), tuple(members))
+    return Traffic(
+        arr[:, 0].astype(int),
+        arr[:, 1].astype(int),
+        arr[:, 2],
+        arr[:, 3].astype(int),
+        tuple(kinds),
+        tuple(members),
+    )
 
 
 def placement_cost(tr: Traffic, h: np.ndarray, devices: Sequence[int], objective: str = "sum") -> float:
@@ -151,8 +162,13 @@ def placement_cost(tr: Traffic, h: np.ndarray, devices: Sequence[int], objective
 OBJECTIVES = ("sum", "max", "time")
 
 
-def score(job: Job, topo: Topology, devices: Sequence[int], objective: str = "sum",
-          tier_weights: Mapping[str, float] | None = None) -> float:
+def score(
+    job: Job,
+    topo: Topology,
+    devices: Sequence[int],
+    objective: str = "sum",
+    tier_weights: Mapping[str, float] | None = None,
+) -> float:
     """A placement's cost under ``objective``: cost_sum, cost_max (hop costs, module docstring) or
     "time", the evaluator's communication time per step with shared links (:func:`evaluate`)."""
     if objective == "time":
@@ -183,12 +199,16 @@ def _check(job: Job, topo: Topology, keep_tp_in_domain: bool) -> None:
         return
     size = np.bincount(topo.domain_of)
     if job.tp > size.max():
-        raise ConfigError(f"tp={job.tp} is larger than any scale-up domain (largest: {size.max()} devices); "
-                          "lower tp or pass keep_tp_in_domain=False")
+        raise ConfigError(
+            f"tp={job.tp} is larger than any scale-up domain (largest: {size.max()} devices); "
+            "lower tp or pass keep_tp_in_domain=False"
+        )
     slots = int((np.bincount(topo.domain_of, topo.available) // job.tp).sum())
     if slots < job.n_ranks // job.tp:
-        raise ConfigError(f"only {slots} of {job.n_ranks // job.tp} TP groups (tp={job.tp}) fit inside "
-                          "scale-up domains with enough available devices; pass keep_tp_in_domain=False")
+        raise ConfigError(
+            f"only {slots} of {job.n_ranks // job.tp} TP groups (tp={job.tp}) fit inside "
+            "scale-up domains with enough available devices; pass keep_tp_in_domain=False"
+        )
 
 
 def tp_in_domain(job: Job, topo: Topology, devices: Sequence[int]) -> bool:
@@ -211,12 +231,13 @@ def _tree_slots(topo: Topology, unit: int) -> list[list[int]]:
     slots = []
     for d in order:
         free = np.flatnonzero((topo.domain_of == d) & topo.available).tolist()
-        slots += [free[i:i + unit] for i in range(0, len(free) - unit + 1, unit)]
+        slots += [free[i : i + unit] for i in range(0, len(free) - unit + 1, unit)]
     return slots
 
 
-def tree_heuristic(job: Job, topo: Topology, objective: str = "sum", tier_weights=None,
-                   keep_tp_in_domain: bool = True) -> Placement:
+def tree_heuristic(
+    job: Job, topo: Topology, objective: str = "sum", tier_weights=None, keep_tp_in_domain: bool = True
+) -> Placement:
     """topoassign-style: TP groups, by first rank, onto TP-sized slots of domains taken depth first."""
     _check(job, topo, keep_tp_in_domain)
     unit = job.tp if keep_tp_in_domain else 1
@@ -236,8 +257,14 @@ def _coords(job: Job, rank: int) -> dict[str, int]:
     return out
 
 
-def nesting_starts(job: Job, topo: Topology, objective: str = "sum", tier_weights=None,
-                   keep_tp_in_domain: bool = True, limit: int = 24) -> list[Placement]:
+def nesting_starts(
+    job: Job,
+    topo: Topology,
+    objective: str = "sum",
+    tier_weights=None,
+    keep_tp_in_domain: bool = True,
+    limit: int = 24,
+) -> list[Placement]:
     """Starting points for CP-SAT: the tree heuristic's slots filled with the units (TP groups, or
     ranks) sorted by every nesting of the other parallel axes of degree > 1 (at most ``limit``), e.g.
     pipeline stages innermost, so that a replica's stages share a leaf, or outermost as Megatron
@@ -254,8 +281,11 @@ def nesting_starts(job: Job, topo: Topology, objective: str = "sum", tier_weight
         for u, slot in zip(sorted(range(len(units)), key=key.__getitem__), slots, strict=False):
             dev[list(units[u])] = slot
         devices = tuple(int(d) for d in dev)
-        out.append(Placement(devices, score(job, topo, devices, objective, tier_weights),
-                             f"nesting {'·'.join(perm)}"))
+        out.append(
+            Placement(
+                devices, score(job, topo, devices, objective, tier_weights), f"nesting {'·'.join(perm)}"
+            )
+        )
     return out
 
 
@@ -267,21 +297,64 @@ def _ints(x: np.ndarray, digits: int = 6) -> tuple[np.ndarray, float]:
     return np.round(x * scale).astype(np.int64), scale
 
 
-def _solve(model: cp_model.CpModel, time_limit_s: float, workers: int,
-           seed: int) -> tuple[cp_model.CpSolver, str]:
-    """Solve; the status as a lower-case name (optimal, feasible, infeasible, unknown)."""
+class _Incumbents(cp_model.CpSolverSolutionCallback):
+    """Tells ``say`` of CP-SAT's improving solutions: the n-th, its relative gap to the proven bound
+    (objective − bound) / objective, which needs no scale, and the solver's wall time; at most one
+    line per ``every_s`` seconds after the first."""
+
+    def __init__(self, say: Callable[[str], None], stage: str, every_s: float = 2.0) -> None:
+        super().__init__()
+        self.say, self.stage, self.every_s = say, stage, every_s
+        self.count, self.last_s = 0, -math.inf
+
+    def on_solution_callback(self) -> None:
+        self.count += 1
+        now = self.wall_time
+        if now - self.last_s < self.every_s:
+            return
+        self.last_s = now
+        gap = gap_text(self.objective_value, self.best_objective_bound)
+        self.say(f"{self.stage}: solution {self.count}, {gap} at {now:.1f} s")
+
+
+def gap_text(objective: float, bound: float) -> str:
+    """'gap 12.5 %' = (objective − bound) / objective, 'optimal' at 0; 'no bound yet' while unknown."""
+    if not math.isfinite(bound) or not objective > 0:
+        return "no bound yet" if objective > 0 else "gap 0 %"
+    gap = max(objective - bound, 0.0) / objective
+    return "gap 0 % (optimal)" if gap < 1e-9 else f"gap {gap:.1%}"
+
+
+def _solve(
+    model: cp_model.CpModel,
+    time_limit_s: float,
+    workers: int,
+    seed: int,
+    on_solution: Callable[[str], None] | None = None,
+    stage: str = "CP-SAT",
+) -> tuple[cp_model.CpSolver, str]:
+    """Solve; the status as a lower-case name (optimal, feasible, infeasible, unknown). ``on_solution``
+    hears of improving solutions (:class:`_Incumbents`)."""
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = float(time_limit_s)
     solver.parameters.num_workers = int(workers)
     solver.parameters.random_seed = int(seed)
     # presolve's symmetry and dual reductions may cut off the hinted placement; keep it reachable
     solver.parameters.keep_all_feasible_solutions_in_presolve = True
-    status = solver.solve(model)
+    callback = _Incumbents(on_solution, stage) if on_solution else None
+    status = solver.solve(model, callback)
     return solver, solver.status_name(status).lower()
 
 
-def _assignment_model(n_items: int, n_bins: int, pair_w: np.ndarray, pairs: np.ndarray,
-                      cost: np.ndarray, group: np.ndarray, objective: str):
+def _assignment_model(
+    n_items: int,
+    n_bins: int,
+    pair_w: np.ndarray,
+    pairs: np.ndarray,
+    cost: np.ndarray,
+    group: np.ndarray,
+    objective: str,
+):
     """x[i] ∈ bins; pair cost c_k = AddElement(x[a]·B + x[b], cost), objective Σ or max over groups."""
     m = cp_model.CpModel()
     x = [m.new_int_var(0, n_bins - 1, f"x{i}") for i in range(n_items)]
@@ -310,8 +383,16 @@ def _hint(m: cp_model.CpModel, x: list, terms: list, values: Sequence[int], tabl
         m.add_hint(c, int(table[values[a], values[b]]))
 
 
-def _exact(job: Job, topo: Topology, tr: Traffic, h: np.ndarray, hint: Placement, keep_tp: bool,
-           objective: str, opts: dict) -> tuple[tuple[int, ...] | None, str, float | None]:
+def _exact(
+    job: Job,
+    topo: Topology,
+    tr: Traffic,
+    h: np.ndarray,
+    hint: Placement,
+    keep_tp: bool,
+    objective: str,
+    opts: dict,
+) -> tuple[tuple[int, ...] | None, str, float | None]:
     """Exact model on available devices: AllDifferent positions, TP groups share a domain."""
     avail = np.flatnonzero(topo.available)
     local = {int(d): i for i, d in enumerate(avail)}
@@ -326,7 +407,7 @@ def _exact(job: Job, topo: Topology, tr: Traffic, h: np.ndarray, hint: Placement
             for r in grp:
                 m.add_element(x[r], dom, d)
     _hint(m, x, terms, [local[d] for d in hint.devices], _ints(sub)[0])
-    solver, status = _solve(m, **opts)
+    solver, status = _solve(m, **opts, stage="CP-SAT exact model")
     if status not in ("optimal", "feasible"):
         return None, status, None
     devices = tuple(int(avail[solver.value(v)]) for v in x)
@@ -407,8 +488,16 @@ def _capacity(m: cp_model.CpModel, x: list, caps: Sequence[int]) -> list[list]:
     return member
 
 
-def _time_terms(m: cp_model.CpModel, member: list[list], pairs: np.ndarray, w: np.ndarray,
-                hint: Sequence[int], kinds: np.ndarray, uplink_Bps: np.ndarray, floor_s: Mapping[int, float]):
+def _time_terms(
+    m: cp_model.CpModel,
+    member: list[list],
+    pairs: np.ndarray,
+    w: np.ndarray,
+    hint: Sequence[int],
+    kinds: np.ndarray,
+    uplink_Bps: np.ndarray,
+    floor_s: Mapping[int, float],
+):
     """The "time" objective on bins (docstring of :func:`_hierarchical`): y[k][b] ≥ |in_a,b − in_c,b|
     marks pair k leaving bin b; per group type t, T_t ≥ floor_t and 2·U_b·T_t ≥ Σ_k∈t w_k·y_kb (half
     a pair's bytes leave each end's bin: a ring leaves a bin as often as it enters it, a pipeline pair
@@ -446,9 +535,18 @@ def _time_terms(m: cp_model.CpModel, member: list[list], pairs: np.ndarray, w: n
     return sum(total), sum(cross), 2 * int(wi.sum()) * len(member) + 1
 
 
-def _assign(n_units: int, pairs: np.ndarray, w: np.ndarray, g: np.ndarray, cost: np.ndarray,
-            caps: Sequence[int], hint: Sequence[int], objective: str, opts: dict,
-            time_model: tuple | None = None) -> tuple[list[int], str]:
+def _assign(
+    n_units: int,
+    pairs: np.ndarray,
+    w: np.ndarray,
+    g: np.ndarray,
+    cost: np.ndarray,
+    caps: Sequence[int],
+    hint: Sequence[int],
+    objective: str,
+    opts: dict,
+    time_model: tuple | None = None,
+) -> tuple[list[int], str]:
     """Units onto capacitated bins minimising Σ (or max over groups) w·cost[bin_a, bin_b], by CP-SAT
     from ``hint``; the partition model when every off-diagonal cost and every diagonal cost is equal
     (cost_sum only); objective "time": ``time_model`` = (kinds, uplink_Bps, floor_s) of
@@ -499,8 +597,10 @@ def _bin_uplinks(topo: Topology, members: list[np.ndarray]) -> np.ndarray:
     for b, devs in enumerate(members):
         for c in {part[topo.devices[int(d)]] for d in devs}:
             if owner.setdefault(c, b) != b:
-                raise ConfigError("objective 'time' needs switch groups joined only by spine-tier links; "
-                                  "use objective=sum on this topology")
+                raise ConfigError(
+                    "objective 'time' needs switch groups joined only by spine-tier links; "
+                    "use objective=sum on this topology"
+                )
     for u, v, a in g.edges(data=True):
         if a["tier"] == "spine" and part[u] != part[v]:
             for end in (u, v):
@@ -534,8 +634,16 @@ def _node_floor_s(topo: Topology, tr: Traffic, devices: Sequence[int]) -> dict[i
     return floor
 
 
-def _hierarchical(job: Job, topo: Topology, tr: Traffic, h: np.ndarray, hint: Placement, keep_tp: bool,
-                  objective: str, opts: dict) -> tuple[tuple[int, ...] | None, str, float | None]:
+def _hierarchical(
+    job: Job,
+    topo: Topology,
+    tr: Traffic,
+    h: np.ndarray,
+    hint: Placement,
+    keep_tp: bool,
+    objective: str,
+    opts: dict,
+) -> tuple[tuple[int, ...] | None, str, float | None]:
     """Decomposition by the topology's levels, CP-SAT at each (Arnold-style: units onto switch
     groups, then onto domains, then devices):
 
@@ -564,17 +672,26 @@ def _hierarchical(job: Job, topo: Topology, tr: Traffic, h: np.ndarray, hint: Pl
     bin_of_domain = {int(d): i for i, b in enumerate(bins) for d in b}
     hint_dom = [int(topo.domain_of[hint.devices[grp[0]]]) for grp in units]
     limit = opts["time_limit_s"]
-    o1 = opts | {"time_limit_s": limit / 2}
+    o1 = opts | {"time_limit_s": limit / 2, "stage": "CP-SAT stage 1 (units onto switch groups)"}
     time_model = None
     if objective == "time":
         kinds = np.array([GROUP_TYPES.index(tr.kinds[gi]) for gi in g], dtype=int)
         time_model = (kinds, _bin_uplinks(topo, devs_of), _node_floor_s(topo, tr, hint.devices))
-    stage1, status = _assign(len(units), pairs, w, g, _bin_costs(h, devs_of),
-                             [int(cap[b].sum()) for b in bins], [bin_of_domain[d] for d in hint_dom],
-                             objective, o1, time_model)
+    stage1, status = _assign(
+        len(units),
+        pairs,
+        w,
+        g,
+        _bin_costs(h, devs_of),
+        [int(cap[b].sum()) for b in bins],
+        [bin_of_domain[d] for d in hint_dom],
+        objective,
+        o1,
+        time_model,
+    )
     objective = "sum" if objective == "time" else objective
     domain_of_unit = np.empty(len(units), dtype=int)
-    o2 = opts | {"time_limit_s": max(limit / 3 / len(bins), 0.05)}
+    o2 = opts | {"time_limit_s": max(limit / 3 / len(bins), 0.05), "on_solution": None}
     for i, b in enumerate(bins):
         mine = [u for u in range(len(units)) if stage1[u] == i]
         if not mine:
@@ -591,8 +708,9 @@ def _hierarchical(job: Job, topo: Topology, tr: Traffic, h: np.ndarray, hint: Pl
             d = hint_dom[u] if left.get(hint_dom[u], 0) > 0 else max(left, key=left.get)
             left[d] -= 1
             start.append(list(b).index(d))
-        chosen, _ = _assign(len(mine), sub_pairs, w[inside], g[inside], costs, [int(cap[d]) for d in b],
-                            start, objective, o2)
+        chosen, _ = _assign(
+            len(mine), sub_pairs, w[inside], g[inside], costs, [int(cap[d]) for d in b], start, objective, o2
+        )
         for u, k in zip(mine, chosen, strict=True):
             domain_of_unit[u] = int(b[k])
     dev = np.empty(job.n_ranks, dtype=int)
@@ -603,8 +721,9 @@ def _hierarchical(job: Job, topo: Topology, tr: Traffic, h: np.ndarray, hint: Pl
     return _swap_descent(tr, h, dev, list(free.values()), deadline), f"stage1 {status}", None
 
 
-def _swap_descent(tr: Traffic, h: np.ndarray, dev: np.ndarray, free: list[np.ndarray],
-                  deadline: float) -> tuple[int, ...]:
+def _swap_descent(
+    tr: Traffic, h: np.ndarray, dev: np.ndarray, free: list[np.ndarray], deadline: float
+) -> tuple[int, ...]:
     """First-improvement descent on cost_sum: swap the occupants (or an occupant and a hole) of two
     available devices of one domain, until no swap helps or the deadline passes."""
     incident = [np.flatnonzero((tr.a == r) | (tr.b == r)) for r in range(len(dev))]
@@ -613,13 +732,14 @@ def _swap_descent(tr: Traffic, h: np.ndarray, dev: np.ndarray, free: list[np.nda
         improved = False
         for positions in free:
             for i, p in enumerate(positions):
-                for q in positions[i + 1:]:
+                for q in positions[i + 1 :]:
                     improved |= _try_swap(tr, h, dev, incident, int(p), int(q))
     return tuple(int(d) for d in dev)
 
 
-def _try_swap(tr: Traffic, h: np.ndarray, dev: np.ndarray, incident: list[np.ndarray], p: int,
-              q: int) -> bool:
+def _try_swap(
+    tr: Traffic, h: np.ndarray, dev: np.ndarray, incident: list[np.ndarray], p: int, q: int
+) -> bool:
     """Swap what sits on devices p and q if that lowers cost_sum; report whether it did."""
     rp, rq = np.flatnonzero(dev == p), np.flatnonzero(dev == q)
     if not len(rp) and not len(rq):
@@ -633,9 +753,20 @@ def _try_swap(tr: Traffic, h: np.ndarray, dev: np.ndarray, incident: list[np.nda
     return False
 
 
-def cp_sat(job: Job, topo: Topology, *, time_limit_s: float = 30, workers: int = 2, objective: str = "sum",
-           keep_tp_in_domain: bool = True, seed: int = 0, method: str = "auto",
-           exact_max_devices: int = 16, tier_weights: Mapping[str, float] | None = None) -> Placement:
+def cp_sat(
+    job: Job,
+    topo: Topology,
+    *,
+    time_limit_s: float = 30,
+    workers: int = 2,
+    objective: str = "sum",
+    keep_tp_in_domain: bool = True,
+    seed: int = 0,
+    method: str = "auto",
+    exact_max_devices: int = 16,
+    tier_weights: Mapping[str, float] | None = None,
+    on_solution: Callable[[str], None] | None = None,
+) -> Placement:
     """CP-SAT placement. ``method``: "exact" (x[r] ∈ available devices, AllDifferent, each ring
     pair's cost by AddElement(x[a]·M + x[b], H); proves optimality up to ~16 devices: CP-SAT expands
     each element into M² literals, so at 24 devices presolve alone takes seconds), "hierarchical"
@@ -644,17 +775,22 @@ def cp_sat(job: Job, topo: Topology, *, time_limit_s: float = 30, workers: int =
     hinted with the best placement so far, starting from the better baseline; the result is the best
     of the runs and the baselines that obey ``keep_tp_in_domain`` (ties go to CP-SAT). ``objective``
     "sum" / "max": hop costs; "time": the evaluator's communication time, optimised by the
-    hierarchical model (:func:`_hierarchical`; not by "exact")."""
+    hierarchical model (:func:`_hierarchical`; not by "exact"). ``on_solution(message)`` hears of the
+    improving solutions of the exact model and of the hierarchy's first stage (:class:`_Incumbents`)."""
     t0 = time.perf_counter()
     if objective not in OBJECTIVES:
         raise ConfigError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if objective == "time" and method == "exact":
-        raise ConfigError("objective 'time' is optimised by the hierarchical model; use method=auto or "
-                          "hierarchical, or objective=sum for the exact one")
+        raise ConfigError(
+            "objective 'time' is optimised by the hierarchical model; use method=auto or "
+            "hierarchical, or objective=sum for the exact one"
+        )
     _check(job, topo, keep_tp_in_domain)
     tr, h = traffic(job), hop_cost_matrix(topo, tier_weights)
-    base = [tree_heuristic(job, topo, objective, tier_weights, keep_tp_in_domain),
-            rank_order(job, topo, objective, tier_weights)]
+    base = [
+        tree_heuristic(job, topo, objective, tier_weights, keep_tp_in_domain),
+        rank_order(job, topo, objective, tier_weights),
+    ]
     base = [b for b in base if not keep_tp_in_domain or tp_in_domain(job, topo, b.devices)]
     starts = nesting_starts(job, topo, objective, tier_weights, keep_tp_in_domain)
     hint = min([*base, *starts], key=lambda p: p.cost)
@@ -663,17 +799,32 @@ def cp_sat(job: Job, topo: Topology, *, time_limit_s: float = 30, workers: int =
     if method not in ("auto", "exact", "hierarchical"):
         raise ConfigError(f"cp_sat method must be auto, exact or hierarchical, got {method!r}")
     small = topo.available.sum() <= exact_max_devices
-    runs = {"exact": [_exact], "hierarchical": [_hierarchical],
-            "auto": [_hierarchical, _exact] if small and objective != "time" else [_hierarchical]}[method]
-    opts = {"time_limit_s": time_limit_s / len(runs), "workers": workers, "seed": seed}
+    runs = {
+        "exact": [_exact],
+        "hierarchical": [_hierarchical],
+        "auto": [_hierarchical, _exact] if small and objective != "time" else [_hierarchical],
+    }[method]
+    opts = {
+        "time_limit_s": time_limit_s / len(runs),
+        "workers": workers,
+        "seed": seed,
+        "on_solution": on_solution,
+    }
     found, bound = [], None
     for solve in runs:  # each run starts from the best placement so far
         devices, status, b = solve(job, topo, tr, h, hint, keep_tp_in_domain, objective, opts)
         if devices is None:  # no solution within the time limit (not even the hint accepted)
             continue
         bound = b if b is not None else bound
-        found.append(Placement(devices, score(job, topo, devices, objective, tier_weights),
-                               f"cp_sat{solve.__name__}", status, b))
+        found.append(
+            Placement(
+                devices,
+                score(job, topo, devices, objective, tier_weights),
+                f"cp_sat{solve.__name__}",
+                status,
+                b,
+            )
+        )
         hint = min([hint, found[-1]], key=lambda p: p.cost)
     best = min([*found[::-1], *base, *starts], key=lambda p: p.cost)
     if best in found or best in base:
@@ -692,8 +843,9 @@ def _ring_time_s(kind: str, s_bytes: float, n: int, link: Link) -> float:
 Loads = dict[tuple[str, str], float]  # directed link (u, v) -> bytes or share
 
 
-def _phase_loads(topo: Topology, tr: Traffic, dev: np.ndarray, kind: str,
-                 tier_weights) -> tuple[Loads, dict[int, Loads]]:
+def _phase_loads(
+    topo: Topology, tr: Traffic, dev: np.ndarray, kind: str, tier_weights
+) -> tuple[Loads, dict[int, Loads]]:
     """Bytes on each directed link while every group of ``kind`` runs at once, and each pair's (by
     index k) share of its w[k] bytes per directed link: a ring pair sends all of it from dev[a] to
     dev[b]; a pipeline pair half each way (activations forward, their gradients back), ECMP-split."""
@@ -711,8 +863,12 @@ def _phase_loads(topo: Topology, tr: Traffic, dev: np.ndarray, kind: str,
     return load, splits
 
 
-def evaluate(job: Job, topo: Topology, placement: Placement | Sequence[int],
-             tier_weights: Mapping[str, float] | None = None) -> dict:
+def evaluate(
+    job: Job,
+    topo: Topology,
+    placement: Placement | Sequence[int],
+    tier_weights: Mapping[str, float] | None = None,
+) -> dict:
     """Score a placement: per group type its span (devices, nodes, leaves crossed), hops, bytes per
     tier, hop cost and communication time per step; overall both costs, bytes per tier, the
     busiest link and the summed communication time.
@@ -738,8 +894,18 @@ def evaluate(job: Job, topo: Topology, placement: Placement | Sequence[int],
         drain = {e: b / topo.graph.edges[e]["bandwidth_Bps"] for e, b in load.items()}
         for e, t in drain.items():
             busy[e], moved[e] = busy.get(e, 0.0) + t, moved.get(e, 0.0) + load[e]
-        st = {"groups": 0, "devices": job.degree(kind), "max_nodes": 0, "max_leaves": 0, "total_hops": 0,
-              "max_hops": 0, "bytes_by_tier": {}, "cost": 0.0, "time_s": 0.0, "time_s_alone": 0.0}
+        st = {
+            "groups": 0,
+            "devices": job.degree(kind),
+            "max_nodes": 0,
+            "max_leaves": 0,
+            "total_hops": 0,
+            "max_hops": 0,
+            "bytes_by_tier": {},
+            "cost": 0.0,
+            "time_s": 0.0,
+            "time_s_alone": 0.0,
+        }
         for gi in (gi for gi, t in enumerate(tr.kinds) if t == kind):
             grp, bw, lat, worst, leaves, own = tr.members[gi], np.inf, 0.0, 0.0, set(), {}
             for k in np.flatnonzero(tr.g == gi):
@@ -769,10 +935,13 @@ def evaluate(job: Job, topo: Topology, placement: Placement | Sequence[int],
                 shared_bw = min(bw, w / worst) if worst > 0 else bw
                 alone = _ring_time_s(kind, s_bytes, n, Link(float(bw), lat))
                 t = _ring_time_s(kind, s_bytes, n, Link(float(shared_bw), lat))
-            st.update(groups=st["groups"] + 1, time_s=max(st["time_s"], t),
-                      time_s_alone=max(st["time_s_alone"], alone),
-                      max_nodes=max(st["max_nodes"], len(set(topo.domain_of[dev[list(grp)]]))),
-                      max_leaves=max(st["max_leaves"], len(leaves)))
+            st.update(
+                groups=st["groups"] + 1,
+                time_s=max(st["time_s"], t),
+                time_s_alone=max(st["time_s_alone"], alone),
+                max_nodes=max(st["max_nodes"], len(set(topo.domain_of[dev[list(grp)]]))),
+                max_leaves=max(st["max_leaves"], len(leaves)),
+            )
         st["contention"] = st["time_s"] / st["time_s_alone"] if st["time_s_alone"] > 0 else 1.0
         by_type[kind] = st
     tiers: dict[str, float] = {}
@@ -780,8 +949,14 @@ def evaluate(job: Job, topo: Topology, placement: Placement | Sequence[int],
         for tier, b in st["bytes_by_tier"].items():
             tiers[tier] = tiers.get(tier, 0.0) + b
     hot = max(busy, key=busy.get) if busy else None
-    return {"cost_sum": placement_cost(tr, h, dev, "sum"), "cost_max": placement_cost(tr, h, dev, "max"),
-            "comm_time_s": sum(st["time_s"] for st in by_type.values()), "bytes_by_tier": tiers,
-            "max_link": hot, "max_link_bytes": float(moved[hot]) if hot else 0.0,
-            "max_link_busy_s": float(busy[hot]) if hot else 0.0,
-            "tp_in_domain": tp_in_domain(job, topo, dev), "by_type": by_type}
+    return {
+        "cost_sum": placement_cost(tr, h, dev, "sum"),
+        "cost_max": placement_cost(tr, h, dev, "max"),
+        "comm_time_s": sum(st["time_s"] for st in by_type.values()),
+        "bytes_by_tier": tiers,
+        "max_link": hot,
+        "max_link_bytes": float(moved[hot]) if hot else 0.0,
+        "max_link_busy_s": float(busy[hot]) if hot else 0.0,
+        "tp_in_domain": tp_in_domain(job, topo, dev),
+        "by_type": by_type,
+    }

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
+from report_helpers import E_NOTATION
 
 from dse import placement_search, schema
 from dse._app import CONF_DIR
@@ -101,7 +102,9 @@ def test_search_end_to_end_cp_sat_not_worse_than_baselines() -> None:
     for base in ("rank_order", "tree_heuristic"):
         assert rows["cp_sat"]["cost_sum"] <= rows[base]["cost_sum"] * (1 + 1e-9)
     assert rows["cp_sat"]["tp_in_domain"] and len(set(rep["placement"].values())) == 16
-    assert "cp_sat" in placement_search.render(rep) and json.dumps(rep)
+    text = placement_search.render(rep)
+    assert "cp_sat" in text and "\nwhy: communication " in text and json.dumps(rep)
+    assert not E_NOTATION.search(text), E_NOTATION.findall(text)
 
 
 def test_search_logs_artifacts_to_mlflow(tmp_path: Path) -> None:

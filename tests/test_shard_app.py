@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dse import shard_search
+
 TINY = Path(__file__).parent / "data" / "tiny_configs" / "llama.json"
 
 
@@ -32,6 +34,7 @@ def test_auto_shard_reports_placements(tmp_path: Path) -> None:
     assert rep["param_placements"] and all(p.count("(") == 2 for p in rep["param_placements"].values())
     assert rep["step_time_s"] == rep["compute_s"] + rep["comm_s"]
     assert rep["memory_gib"] <= rep["memory_limit_gib"]
+    assert "\nwhy: compute is " in shard_search.render(rep) and "proved it optimal" in rep["why"]
     # the long phases announce themselves on stderr (stdout stays one JSON document)
     phases = [line.split(" (")[0] for line in proc.stderr.splitlines() if line.startswith("ilp: ")]
     assert [p.split()[1] for p in phases] == ["capturing", "strategies", "building", "solved:"], phases

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from report_helpers import E_NOTATION
 
 from costmodels.technology import NODES, flops_per_mm2
 from costmodels.training import TIME_FIELDS, TrainingJob
@@ -158,6 +159,9 @@ def test_wafer_arch_runs_and_compares(tmp_path: Path) -> None:
     assert "wse_style_sram_only: infeasible, no mapping fits memory" in proc.stdout
     assert "deepflow_20_die_4_hbm: tp=" in proc.stdout  # each feasible row's mapping
     assert "step breakdown: " in proc.stdout and "tokens per" not in proc.stdout
+    # why the design wins, every figure in human units
+    assert "\nwhy: compute is " in proc.stdout and " per die" in proc.stdout
+    assert not E_NOTATION.search(proc.stdout), E_NOTATION.findall(proc.stdout)
     # the output directory holds the run's artifacts, pictures included, with tracking off too
     files = next(line for line in proc.stdout.splitlines() if line.startswith("files: "))
     assert all(f in files for f in ("result.json", "area_split.png", "breakdown.png", "comparison.yaml"))
