@@ -34,7 +34,7 @@ from costmodels.hardware import (
     kv_cache_precision,
     weight_bytes_per_element,
 )
-from costmodels.parallel import Plan
+from costmodels.parallel import DEGREE, Plan, knobs
 from costmodels.sharding import RULE_REPLICATED, RULE_ROW, tp_rule
 from costmodels.workload import Batch, Op, forward_ops
 
@@ -413,8 +413,7 @@ def training_memory(
     ``offload_optimizer``: optimizer states live in host memory (``offloaded_bytes``); so does the
     whole training state under ``plan.weight_streaming``. ``workspace_bytes``: the runtime reserve
     (default the hardware's ``workspace_bytes``)."""
-    degrees = ("tp", "pp", "dp", "cp", "ep", "vpp", "microbatch", "global_batch")
-    _check("positive", seq_len=seq_len, **{f"parallelism.{d}": getattr(plan, d) for d in degrees})
+    _check("positive", seq_len=seq_len, **{f"parallelism.{d}": getattr(plan, d) for d in knobs(DEGREE)})
     w_b = _training_bytes(precision)
     opt_b = _optimizer_bytes(optimizer, w_b)
     first_p, last_p, experts = stage_parameters(spec, plan.tp, plan.pp, plan.ep)

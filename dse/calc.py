@@ -33,7 +33,7 @@ from costmodels.hardware import PRECISIONS, Hardware, activation_precision, kv_c
 from costmodels.inference import InferenceJob, engine_preset, inference_step
 from costmodels.memory import MemoryBreakdown, overflow, overflow_message
 from costmodels.metrics import model_flops_per_sequence, recompute_flops_per_sequence, tokens_per_day
-from costmodels.parallel import RECOMPUTE, Plan, check_plan, make_plan
+from costmodels.parallel import FLAG, FRACTION, RECOMPUTE, Plan, check_plan, knobs, make_plan
 from costmodels.training import TIME_FIELDS, TrainingJob, training_step
 from costmodels.workload import parameter_count
 from dse._app import format_table, print_json, run_app
@@ -46,21 +46,10 @@ from dse.units import fmt_bytes, fmt_count, fmt_time
 
 CONFIG_NAME = "calc"
 PARALLELISM_KEYS = tuple(f.name for f in fields(Plan) if f.name != "global_batch")
-_DEGREES = ("tp", "pp", "cp", "ep", "vpp", "microbatch")
-_FRACTIONS = ("tp_overlap", "dp_overlap", "zero3_overlap")
-# Parallelism values that mean "off"; command_line leaves them out (zero3_overlap matters only at ZeRO-3).
-_NEUTRAL = {
-    "cp": 1,
-    "ep": 1,
-    "vpp": 1,
-    "sequence_parallel": False,
-    "zero_stage": 0,
-    "recompute": "none",
-    "tp_overlap": 0.0,
-    "dp_overlap": 0.0,
-    "weight_streaming": False,
-    "pipeline_edge_layers": False,
-}
+_DEGREES = ("tp", "pp", "cp", "ep", "vpp", "microbatch")  # set by the user (dp derived, batch in workload)
+# Parallelism values that mean "off" (the plan fields' neutral values); command_line leaves them out
+# (zero3_overlap has none: it matters only at ZeRO-3).
+_NEUTRAL = {k: m["neutral"] for k, m in knobs().items() if m["neutral"] is not None}
 _TIME_NOTES = {
     "compute_s": "forward + backward kernels, all micro-batches, slowest stage",
     "recompute_s": "forward re-run in the backward pass",
@@ -90,15 +79,15 @@ def parallelism(cfg: DictConfig) -> dict[str, Any]:
         names = ", ".join(f"parallelism.{k}" for k in unknown)
         raise ConfigError(f"unknown key(s) {names}; valid: {', '.join(PARALLELISM_KEYS)}")
     out: dict[str, Any] = {k: _positive_int(par[k], f"parallelism.{k}") for k in _DEGREES}
-    out |= {k: _fraction(par[k], f"parallelism.{k}") for k in _FRACTIONS}
+    out |= {k: _fraction(par[k], f"parallelism.{k}") for k in knobs(FRACTION)}
     out["zero_stage"] = _positive_int(par["zero_stage"], "parallelism.zero_stage", minimum=0)
-    for flag in ("sequence_parallel", "weight_streaming", "pipeline_edge_layers"):
+    for flag in knobs(FLAG):
         if not isinstance(par[flag], bool):
             raise ConfigError(f"parallelism.{flag} must be true or false, got {par[flag]!r}")
     if par["recompute"] not in RECOMPUTE:
         valid = ", ".join(RECOMPUTE)
         raise ConfigError(f"parallelism.recompute must be one of {valid}, got {par['recompute']!r}")
-    out |= {k: par[k] for k in ("sequence_parallel", "weight_streaming", "pipeline_edge_layers", "recompute")}
+    out |= {k: par[k] for k in (*knobs(FLAG), "recompute")}
     out["dp"] = _derived_dp(par["dp"], out, _positive_int(cfg.num_devices, "num_devices"))
     return out
 

@@ -26,6 +26,7 @@ options it chose where the case leaves them open).
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -34,12 +35,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from costmodels.architectures import parse_hf_config
+from costmodels.architectures import ModelSpec, parse_hf_config
 from costmodels.errors import ConfigError
 from costmodels.hardware import Hardware, kv_cache_precision, peak_flops
 from costmodels.inference import ENGINES, STATIC, Engine, InferenceJob, inference_step
 from costmodels.memory import training_memory
-from costmodels.parallel import RECOMPUTE, check_plan, make_plan
+from costmodels.parallel import RECOMPUTE, check_plan, make_plan, plan_violations, with_defaults
 from costmodels.training import TrainingJob, training_step
 from dse.hardware import available_hardware, load_hardware
 
@@ -138,40 +139,38 @@ def _choices(stated: Any, open_: list[Any]) -> list[Any]:
     return open_ if stated is None else [stated]
 
 
-def _plans(case: dict[str, Any], num_layers: int, hw: Hardware | None = None) -> list[dict[str, Any]]:
-    """The case's mapping; every null option expands to its admissible choices (see module doc)."""
+def _plans(case: dict[str, Any], spec: ModelSpec, hw: Hardware | None = None) -> list[dict[str, Any]]:
+    """The case's mapping; every null option expands to its choices, and the combinations that break
+    no mapping rule (``costmodels.parallel.RULES``) are the options (see module doc). None left: the
+    first combination's broken rule is the error."""
     p, b = case["parallelism"], case["batch"]
-    per_replica = b["global_batch_size"] // p["dp"]
-    pp = p["pp"]
-    micro = _choices(b.get("micro_batch_size"), [m for m in (1, 2, 4, 8, 16) if per_replica % m == 0])
-    edges = [0, 1] if pp > 1 else [0]
-    vpps = _choices(p.get("vpp"), [v for v in range(1, 9) if pp * v <= num_layers and (v == 1 or pp > 1)])
-    zero = _choices(p.get("zero_stage"), [0, 1])
-    recompute = _choices(p.get("recompute"), ["none", "selective", "full"])
-    sp = _choices(p.get("sequence_parallel"), [False, True] if p["tp"] > 1 else [False])
     current = hw is not None and _hopper_or_newer(hw)
     base = {k: p[k] for k in ("tp", "pp", "dp", "cp")} | {"ep": p.get("ep") or 1}
     base |= {"global_batch": b["global_batch_size"], "dp_overlap": float(current)}
     if current:  # next-layer prefetch hides the ZeRO-3 gathers behind compute
         base["zero3_overlap"] = 1.0
-    return [
-        base
-        | {
-            "microbatch": m,
-            "vpp": v,
-            "zero_stage": z,
-            "recompute": RECOMPUTE[r],
-            "sequence_parallel": float(bool(s)),
-            "pipeline_edge_layers": e,
-        }
-        for m in micro
-        for v in vpps
-        for z in zero
-        for r in recompute
-        for s in sp
-        for e in edges
-        if pp * v <= num_layers + 2 * e
-    ]
+    open_ = {
+        "microbatch": _choices(b.get("micro_batch_size"), [1, 2, 4, 8, 16]),
+        "vpp": _choices(p.get("vpp"), list(range(1, 9))),
+        "zero_stage": _choices(p.get("zero_stage"), [0, 1]),
+        "recompute": [RECOMPUTE[r] for r in _choices(p.get("recompute"), list(RECOMPUTE))],
+        "sequence_parallel": [float(bool(x)) for x in _choices(p.get("sequence_parallel"), [False, True])],
+        "pipeline_edge_layers": [0, 1] if p["pp"] > 1 else [0],
+    }
+    rows = [base | dict(zip(open_, combo, strict=True)) for combo in itertools.product(*open_.values())]
+    cols = with_defaults({k: np.array([r[k] for r in rows], dtype=np.float64) for k in rows[0]})
+    seq, devices = case["batch"]["seq_len"], float(case["num_devices"])
+    broken = plan_violations(cols, spec, seq, devices)
+    ok = ~np.any(np.stack(list(broken.values())), axis=0)
+    if not ok.any():
+        if broken["pipeline_chunks"].all():
+            raise ConfigError(
+                f"no pipeline split of the {spec.num_layers} layers over pp={p['pp']} stages with vpp="
+                f"{p.get('vpp')} chunks each (pp·vpp must be at most the layer count, +2 with the "
+                "embedding and loss as pipeline layers)"
+            )
+        check_plan(make_plan(**rows[0]), spec, case["num_devices"], seq)  # raises the broken rule's line
+    return [r for r, keep in zip(rows, ok, strict=True) if keep]
 
 
 def _describe(values: dict[str, Any], case: dict[str, Any]) -> str:
@@ -201,16 +200,7 @@ def _training(case: dict[str, Any], quantity: str, notes: list[str], as_function
     current = _hopper_or_newer(hw)
     notes.append("dp/fsdp overlap on, fsdp hierarchical" if current else "dp overlap off, zero-3 flat ring")
     job = TrainingJob(spec, seq, case["precision"], fused_attention=fused, fsdp_hierarchical=current)
-    options = _plans(case, spec.num_layers, hw)
-    if not options:
-        p = case["parallelism"]
-        raise ConfigError(
-            f"no pipeline split of the {spec.num_layers} layers over pp={p['pp']} stages with vpp="
-            f"{p.get('vpp')} chunks each (pp·vpp must be at most the layer count, +2 with the "
-            "embedding and loss as pipeline layers)"
-        )
-    for values in options:
-        check_plan(make_plan(**values), spec, case["num_devices"], seq)
+    options = _plans(case, spec, hw)
     plans = jax.tree.map(
         lambda *xs: jnp.stack([jnp.asarray(x, float) for x in xs]), *[make_plan(**v) for v in options]
     )

@@ -16,7 +16,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from costmodels.errors import ConfigError
-from costmodels.parallel import make_plan
+from costmodels.parallel import make_plan, recompute_name
 from costmodels.training import TIME_FIELDS, TrainingJob, training_step
 from costmodels.wafer import WaferDesign, WaferSystem, capped_clock_hz, wafer_hardware
 from dse._app import format_table, progress_callback
@@ -426,16 +426,13 @@ def render(rep: dict[str, Any]) -> str:
     )
 
 
-_RECOMPUTE = ("none", "selective", "full")
-
-
 def _mapping_text(mapping: dict[str, Any]) -> str:
     """A row's mapping on one line: degrees, micro-batch, recompute, weight streaming when on."""
     m = dict(mapping)
     recompute = m.get("recompute", 0)
     parts = [f"{k}={m[k]}" for k in ("tp", "pp", "cp", "dp", "vpp") if k in m]
     parts.append(f"micro-batch {m.get('microbatch', 1)}")
-    parts.append(f"recompute {_RECOMPUTE[recompute] if isinstance(recompute, int) else recompute}")
+    parts.append(f"recompute {recompute_name(recompute)}")
     if m.get("zero_stage"):
         parts.append(f"ZeRO-{m['zero_stage']}")
     if m.get("sequence_parallel"):

@@ -20,7 +20,7 @@ import numpy as np
 
 from costmodels.hardware import Hardware
 from costmodels.inference import InferenceJob, inference_step
-from costmodels.parallel import Plan
+from costmodels.parallel import Plan, recompute_name, valid_plans, with_defaults
 from costmodels.training import TIME_FIELDS, TrainingJob, training_step
 from search.base import CostFn
 
@@ -47,10 +47,6 @@ class Problem:
     constraint: Callable[[dict[str, np.ndarray]], np.ndarray]
     cost_fn: CostFn
     describe: Callable[[dict[str, float]], dict[str, Any]]  # a design point in the user's words
-
-
-def _divides(a: np.ndarray, b: np.ndarray | float) -> np.ndarray:
-    return np.mod(b, a) == 0
 
 
 def signed_objective(metrics: Mapping[str, Any], objective: str) -> Any:
@@ -95,26 +91,16 @@ def training_mapping_problem(
     """The mapping space of ``job`` on ``num_devices`` devices of ``hw``.
 
     ``space`` gives candidate values for tp, pp, cp, ep, vpp, microbatch, recompute (0/1/2),
-    zero_stage and sequence_parallel (0/1); dp is derived. The constraint keeps the points Megatron
-    accepts: tp·pp·cp divides the devices, tp divides the heads (and the KV heads when there are more
-    of them than tp), pp·vpp divides the layers, ep divides dp and the experts, dp·microbatch divides
-    the global batch, interleaving only with pp > 1, sequence parallelism only with tp > 1.
+    zero_stage and sequence_parallel (0/1); dp is derived. The constraint keeps the points that
+    break none of the mapping rules (``costmodels.parallel.RULES``; a field outside ``space`` at its
+    default).
     """
     spec, table = job.spec, job.table()
-    experts = spec.moe.num_experts if spec.moe else 1
-    kv = spec.num_kv_heads if spec.mla is None else spec.num_heads
 
     def constraint(c: dict[str, np.ndarray]) -> np.ndarray:
-        tpc = c["tp"] * c["pp"] * c["cp"]
-        dp = num_devices / tpc
-        ok = _divides(tpc, num_devices) & _divides(c["tp"], spec.num_heads)
-        ok &= (c["tp"] > kv) | _divides(c["tp"], kv)
-        ok &= _divides(c["pp"] * c["vpp"], spec.num_layers) & ((c["vpp"] == 1) | (c["pp"] > 1))
-        ok &= _divides(c["ep"], np.where(ok, dp, 1.0)) & _divides(c["ep"], experts)
-        ok &= _divides(np.where(ok, dp, 1.0) * c["microbatch"], global_batch)
-        ok &= (c["sequence_parallel"] == 0) | (c["tp"] > 1)
-        ok &= _divides(np.where(c["cp"] > 1, 2 * c["cp"], 1.0), job.seq_len)
-        return ok
+        dp = num_devices / (c["tp"] * c["pp"] * c["cp"])
+        cols = with_defaults({**c, "dp": dp, "global_batch": np.full(dp.shape, float(global_batch))})
+        return valid_plans(cols, spec, job.seq_len, float(num_devices))
 
     def metrics(plan: Plan) -> dict[str, jax.Array]:
         out = training_step(hw, job, plan, table)
@@ -142,7 +128,7 @@ def training_mapping_problem(
     def describe(point: dict[str, float]) -> dict[str, Any]:
         d = {k: int(v) for k, v in point.items() if k not in ("sequence_parallel",)}
         d["dp"] = int(num_devices // (d["tp"] * d["pp"] * d["cp"]))
-        d["recompute"] = ("none", "selective", "full")[int(point["recompute"])]
+        d["recompute"] = recompute_name(point["recompute"])
         d["sequence_parallel"] = bool(point.get("sequence_parallel", 0))
         return d
 
@@ -167,12 +153,12 @@ def inference_slo_problem(
     devices), memory, power and cost; serving has no MFU and no training step.
     """
     spec, tables = job.spec, job.tables()
-    kv = spec.num_kv_heads if spec.mla is None else spec.num_heads
     ttft_limit = np.inf if ttft_limit_s is None else float(ttft_limit_s)
 
     def constraint(c: dict[str, np.ndarray]) -> np.ndarray:
-        tp, pp = c["tp"], c.get("pp", np.ones_like(c["tp"]))
-        return _divides(tp, spec.num_heads) & ((tp > kv) | _divides(tp, kv)) & (pp <= spec.num_layers)
+        """The mapping rules on tp and pp (heads, KV heads, a layer per stage); no dp or batch split."""
+        cols = {"tp": c["tp"], "pp": c.get("pp", np.ones_like(c["tp"]))}
+        return valid_plans(with_defaults(cols, derived=("dp", "global_batch")), spec, 1)
 
     def metrics(tp: jax.Array, pp: jax.Array, batch: jax.Array) -> dict[str, jax.Array]:
         out = inference_step(hw, job, tp, pp, batch, tables=tables)

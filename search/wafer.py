@@ -21,7 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from costmodels.architectures import ModelSpec
 from costmodels.errors import ConfigError
+from costmodels.parallel import Plan, valid_plans, with_defaults
 from costmodels.training import TrainingJob, training_step
 from costmodels.wafer import WaferDesign, WaferSystem, constraints, wafer_hardware
 from search.gd import Knob
@@ -29,7 +31,7 @@ from search.gd import Knob
 Array = Any
 GiB = float(2**30)
 # pp includes 3, 5, 6, 7, 10, 12, 14 so die counts with odd factors still split into power-of-two dp
-# (uneven 1F1B stages are allowed; interleaving only where pp·vpp divides the layers).
+# (uneven pipeline stages are allowed, as everywhere: costmodels.parallel.RULES).
 MAPPING_GRID = {
     "tp": (1, 2, 4, 8, 16, 32, 64),  # a wafer mesh can split a layer over many dies
     "pp": (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16),
@@ -53,23 +55,20 @@ class WaferProblem:
     evaluate: Any  # dict[str, float] -> dict[str, float]: exact metrics of the best mapping
 
 
-def mapping_columns(grid: Mapping[str, Sequence[float]] = MAPPING_GRID) -> dict[str, np.ndarray]:
-    """Every combination of the mapping grid, as float columns (dp is added per design). Interleaving
-    needs a pipeline; weight streaming (layer by layer through the whole model) runs without one."""
-    names = list(grid)
-
-    def valid(r: tuple) -> bool:
-        v = dict(zip(names, r, strict=True))
-        if v["vpp"] > 1 and v["pp"] == 1:
-            return False
-        return not (v.get("weight_streaming", 0) and (v["pp"] > 1 or v["vpp"] > 1))
-
-    rows = [r for r in itertools.product(*grid.values()) if valid(r)]
-    return {k: np.array(col, dtype=np.float32) for k, col in zip(grid, np.array(rows).T, strict=True)}
+def mapping_columns(
+    spec: ModelSpec, seq_len: int, grid: Mapping[str, Sequence[float]] = MAPPING_GRID
+) -> dict[str, np.ndarray]:
+    """Every combination of the mapping grid that the mapping rules allow for this model
+    (``costmodels.parallel.RULES``: interleaving needs a pipeline, weight streaming runs without one,
+    every pipeline chunk holds a layer, ...), as float columns; dp and the batch are set per design."""
+    rows = np.array(list(itertools.product(*grid.values())), dtype=np.float64).reshape(-1, len(grid))
+    cols = {k: rows[:, i] for i, k in enumerate(grid)}
+    ok = valid_plans(with_defaults(cols, derived=("dp", "global_batch")), spec, seq_len)
+    return {k: v[ok].astype(np.float32) for k, v in cols.items()}
 
 
 def _plans(
-    cols: dict[str, np.ndarray], devices: Array, global_batch: float, layers: int, relaxed: bool
+    cols: dict[str, np.ndarray], devices: Array, global_batch: float, relaxed: bool
 ) -> tuple[Any, Array]:
     """Plans for ``devices`` dies and their validity.
 
@@ -78,11 +77,9 @@ def _plans(
     batch for a machine. Relaxed (the gradient-descent loss): dp is the continuous N / (tp·pp·cp) ≥ 1,
     so the loss is smooth in the die count; the answer is re-scored exactly.
     """
-    from costmodels.parallel import Plan
-
     n = len(cols["tp"])
     dp = devices / (cols["tp"] * cols["pp"] * cols["cp"])
-    valid = (dp >= 1.0) & ((cols["vpp"] == 1) | (np.mod(layers, cols["pp"] * cols["vpp"]) == 0))
+    valid = dp >= 1.0  # the rest of the rules hold on every row (mapping_columns)
     if not relaxed:
         valid &= jnp.abs(dp - jnp.round(dp)) < 1e-3
         dp = jnp.maximum(jnp.round(dp), 1.0)
@@ -120,7 +117,7 @@ def design_metrics(
     """Per-mapping metrics of a design (arrays over the mapping grid) and its validity mask."""
     hw = wafer_hardware(system, design)
     devices = system.wafers * design.dies_x * design.dies_y
-    plan, valid = _plans(cols, devices, float(global_batch), job.spec.num_layers, relaxed)
+    plan, valid = _plans(cols, devices, float(global_batch), relaxed)
     table = job.table()
     out = jax.vmap(lambda p: training_step(hw, job, p, table))(plan)
     ok = valid & out.feasible
@@ -161,7 +158,7 @@ def wafer_problem(
     """The gradient-descent problem of ``system`` for ``job``: knobs are WaferDesign fields."""
     if objective not in ("step_time_s", "joules_per_token"):
         raise ConfigError(f"wafer objective must be step_time_s or joules_per_token, got '{objective}'")
-    cols = mapping_columns(grid)
+    cols = mapping_columns(job.spec, job.seq_len, grid)
     fixed = dict(fixed or {})
 
     def design_of(values: Mapping[str, Array]) -> WaferDesign:
