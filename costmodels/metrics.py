@@ -20,8 +20,14 @@ Elementwise ops are excluded from both, as in those definitions.
 
 from __future__ import annotations
 
+from typing import Any
+
+import jax.numpy as jnp
+
 from costmodels.architectures import ModelSpec
 from costmodels.errors import ConfigError
+from costmodels.hardware import Hardware
+from costmodels.memory import GiB
 from costmodels.workload import Batch, Op, forward_ops, training_ops
 
 SECONDS_PER_DAY = 86_400.0
@@ -74,3 +80,29 @@ def tokens_per_day(samples_per_s: float, seq_len: int) -> float:
 def mfu(model_flops_per_s: float, num_devices: int, peak_flops: float) -> float:
     """Model FLOPs utilisation: achieved model FLOP/s over the devices' aggregate dense peak."""
     return model_flops_per_s / (num_devices * peak_flops)
+
+
+def cost_usd_per_mtoken(devices: Any, hw: Hardware, tokens_per_s: Any) -> Any:
+    """Dollars per million tokens: devices · price per device-hour / 3600 / (tokens/s) · 10⁶; NaN
+    when the hardware has no price (0), so an unknown cost is never reported as free."""
+    price = jnp.where(hw.price_usd_per_hour > 0, hw.price_usd_per_hour, jnp.nan)
+    return devices * price / 3600.0 / tokens_per_s * 1e6
+
+
+def energy_j_per_token(devices: Any, hw: Hardware, tokens_per_s: Any) -> Any:
+    """Joules per token at the devices' rated power: devices · power_w / (tokens/s); NaN when the
+    hardware has no power figure (0)."""
+    power = jnp.where(hw.power_w > 0, hw.power_w, jnp.nan)
+    return devices * power / tokens_per_s
+
+
+def system_metrics(devices: Any, hw: Hardware, tokens_per_s: Any, memory_bytes: Any) -> dict[str, Any]:
+    """What every problem reports about the system that runs a workload at ``tokens_per_s`` on
+    ``devices`` devices of ``hw`` with ``memory_bytes`` per device: ``power_w`` = devices · rated
+    power, ``cost_usd_per_mtoken``, ``energy_j_per_token`` (both above) and ``memory_gib``."""
+    return {
+        "memory_gib": memory_bytes / GiB,
+        "power_w": devices * hw.power_w,
+        "cost_usd_per_mtoken": cost_usd_per_mtoken(devices, hw, tokens_per_s),
+        "energy_j_per_token": energy_j_per_token(devices, hw, tokens_per_s),
+    }

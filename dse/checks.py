@@ -22,21 +22,27 @@ from costmodels.architectures import MAX_INT
 from costmodels.errors import ConfigError
 
 
+def shown(value: Any) -> str:
+    """A user's value in a message: its repr, cut to 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def positive_int(value: Any, name: str, minimum: int = 1) -> int:
     """``value`` as an int in [``minimum``, ``MAX_INT``] (a bool or a float such as 1.5 is not one;
     JAX computes in 32-bit integers), else a ConfigError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ConfigError(f"{name} must be {what}, got {value!r}")
+        raise ConfigError(f"{name} must be {what}, got {shown(value)}")
     if value > MAX_INT:
-        raise ConfigError(f"{name} must be at most {MAX_INT:,}, got {value!r}")
+        raise ConfigError(f"{name} must be at most {MAX_INT:,}, got {shown(value)}")
     return value
 
 
 def fraction(value: Any, name: str) -> float:
     """``value`` as a float in [0, 1], else a ConfigError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        raise ConfigError(f"{name} is a fraction in [0, 1], got {value!r}")
+        raise ConfigError(f"{name} is a fraction in [0, 1], got {shown(value)}")
     return float(value)
 
 

@@ -34,6 +34,7 @@ from costmodels.errors import ConfigError
 from costmodels.hardware import peak_flops
 from costmodels.metrics import mfu, model_flops_per_sequence, tokens_per_day
 from dse._app import print_json, run_app
+from dse.checks import positive_int
 from dse.hardware import hardware_from_config
 from dse.models import load_model
 
@@ -172,9 +173,7 @@ def given_rate(cfg: DictConfig) -> tuple[str, float]:
 
 def _count(cfg: DictConfig, key: str) -> int | None:
     value = cfg.get(key)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
-    return value
+    return None if value is None else positive_int(value, key)
 
 
 def inputs_from_config(cfg: DictConfig) -> Inputs:

@@ -25,24 +25,24 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from costmodels.errors import ConfigError
 from costmodels.hardware import PRECISIONS, Hardware, validate_hardware
+from costmodels.memory import GiB
 from dse._app import CONF_DIR
 
 HARDWARE_DIR = CONF_DIR / "hardware"
 
-_GiB = float(2**30)
 _MiB = float(2**20)
 
 # YAML section ("" = top level) -> key -> (Hardware field, factor to SI). One row per numeric field.
 _SCHEMA: dict[str, dict[str, tuple[str, float]]] = {
     "": {
-        "hbm_gib": ("hbm_capacity_bytes", _GiB),
+        "hbm_gib": ("hbm_capacity_bytes", GiB),
         "hbm_TBps": ("hbm_bandwidth_Bps", 1e12),
         "sram_mib": ("sram_capacity_bytes", _MiB),
         "sram_TBps": ("sram_bandwidth_Bps", 1e12),
         "power_w": ("power_w", 1.0),
         "compute_units": ("compute_units", 1.0),
         "price_usd_per_hour": ("price_usd_per_hour", 1.0),
-        "workspace_gib": ("workspace_bytes", _GiB),
+        "workspace_gib": ("workspace_bytes", GiB),
     },
     "peak_tflops": {p: (f"peak_flops_{p}", 1e12) for p in PRECISIONS},
     "scale_up": {
@@ -70,7 +70,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, float]]] = {
         "kernel_overhead_us": ("kernel_overhead_s", 1e-6),
     },
     "host": {
-        "gib": ("host_memory_bytes", _GiB),
+        "gib": ("host_memory_bytes", GiB),
         "GBps": ("host_bandwidth_Bps", 1e9),
         "broadcast_devices": ("host_broadcast_devices", 1.0),
     },
@@ -84,6 +84,11 @@ _NO_DEFAULT = ("peak_flops_bf16", "hbm_capacity_bytes", "hbm_bandwidth_Bps")
 _POSITIVE = ("hbm_gib", "hbm_TBps", "peak_tflops.bf16", "matmul_tile.m", "matmul_tile.n")
 _FRACTIONS = tuple(f"efficiency.{k}" for k, (_, f) in _SCHEMA["efficiency"].items() if not k.endswith("_us"))
 _ZERO_MEANS_DEFAULT = ("efficiency.matmul_fp8", "efficiency.matmul_fp4")  # 0: as the 16-bit fraction
+
+
+def hbm_gib(hw: Hardware) -> float:
+    """A device's HBM capacity in GiB (2³⁰ bytes), the unit of every memory figure dse prints."""
+    return float(hw.hbm_capacity_bytes) / GiB
 
 
 def available_hardware() -> list[str]:

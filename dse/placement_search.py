@@ -38,7 +38,7 @@ from costmodels.errors import ConfigError
 from costmodels.hardware import bytes_per_element
 from costmodels.memory import stage_parameters
 from dse._app import CONF_DIR, format_table, phase_printer
-from dse.checks import read_json
+from dse.checks import positive_int, read_json
 from dse.tracking import JobRun
 from dse.units import fmt_bytes, fmt_cell, fmt_count, fmt_time
 from search.placement import Job, Placement, cp_sat, evaluate, rank_order, tree_heuristic
@@ -148,10 +148,9 @@ def _degree(value: Any, key: str) -> int:
     """A parallel degree: a positive integer (``null`` means 1), else a ConfigError naming ``key``."""
     if value is None:
         return 1
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value != int(value) or value < 1:
-        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
-    return int(value)
+    if isinstance(value, float) and value.is_integer():  # 8.0 from a YAML file is 8
+        value = int(value)
+    return positive_int(value, key)
 
 
 def group_order(value: Any, key: str) -> tuple[str, ...]:

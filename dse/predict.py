@@ -39,12 +39,11 @@ from costmodels.architectures import ModelSpec, parse_hf_config
 from costmodels.errors import ConfigError
 from costmodels.hardware import Hardware, kv_cache_precision, peak_flops
 from costmodels.inference import ENGINES, STATIC, Engine, InferenceJob, inference_step
-from costmodels.memory import training_memory
+from costmodels.memory import GiB, training_memory
 from costmodels.parallel import RECOMPUTE, check_plan, make_plan, plan_violations, with_defaults
 from costmodels.training import TrainingJob, training_step
 from dse.hardware import available_hardware, load_hardware
 
-GiB = float(2**30)
 TRAINING = (
     "iteration_time_s",
     "tokens_per_s_per_gpu",

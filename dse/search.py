@@ -36,7 +36,7 @@ from dse import schema
 from dse._app import format_table, json_text, print_json, progress_callback, run_app
 from dse.calc import command_line
 from dse.checks import check_results
-from dse.hardware import hardware_from_config
+from dse.hardware import hardware_from_config, hbm_gib
 from dse.models import load_model
 from dse.tracking import JobRun, location_lines, run_location, sweep_dir, sweep_label, swept_keys, write_csv
 from dse.units import (
@@ -68,7 +68,6 @@ TRAINING_KNOBS = ("tp", "pp", "cp", "ep", "vpp", "microbatch", "recompute", "zer
 INFERENCE_KNOBS = ("tp", "pp", "batch_size")
 # the metrics a search reports, per workload kind (training: search.base.METRICS less the objective)
 SUMMARY = {"training": tuple(m for m in METRICS if m != "objective"), "inference": SERVING_METRICS}
-GiB = float(2**30)
 
 
 KNOB_VALUES: dict[str, tuple[Any, ...] | None] = {  # None: any positive integer
@@ -328,15 +327,15 @@ def question(cfg: DictConfig, problem: Problem, hw: Hardware) -> dict[str, Any]:
     """What is searched: model, hardware, devices, workload, space, driver, objective, constraints."""
     choices = HydraConfig.get().runtime.choices
     w, s = cfg.workload, cfg.search
-    hbm_gib = float(hw.hbm_capacity_bytes) / GiB
+    capacity_gib = hbm_gib(hw)
     if w.kind == "training":
         workload = {"seq_len": w.seq_len, "global_batch": w.global_batch, "precision": w.precision}
-        constraints = [f"fits in {hbm_gib:.0f} GiB per device", "Megatron mapping rules"]
+        constraints = [f"fits in {capacity_gib:.0f} GiB per device", "Megatron mapping rules"]
         limits = {}
     else:
         workload = {"input_len": w.input_len, "output_len": w.output_len, "precision": w.precision,
                     "engine": w.engine}  # fmt: skip
-        constraints = [f"fits in {hbm_gib:.0f} GiB per device", f"TPOT <= {w.tpot_limit_ms:g} ms"]
+        constraints = [f"fits in {capacity_gib:.0f} GiB per device", f"TPOT <= {w.tpot_limit_ms:g} ms"]
         limits = {"tpot_s": w.tpot_limit_ms / 1e3}
         if w.ttft_limit_ms is not None:
             constraints.append(f"TTFT <= {w.ttft_limit_ms:g} ms")
@@ -397,7 +396,7 @@ def _why(cfg: DictConfig, hw: Hardware, metrics: dict[str, float], top: list[dic
                 f"TTFT {fmt_metric('ttft_s', metrics['ttft_s'])} of {cfg.workload.ttft_limit_ms:g} ms"
                 + binds(metrics["ttft_s"], cfg.workload.ttft_limit_ms / 1e3)
             )
-    parts.append(memory_phrase(metrics["memory_gib"], float(hw.hbm_capacity_bytes) / GiB))
+    parts.append(memory_phrase(metrics["memory_gib"], hbm_gib(hw)))
     if len(top) > 1:
         metric, runner = objective["metric"], top[1]
         change = ", ".join(f"{k}={fmt_cell(runner[k])}" for k in best if k in runner and runner[k] != best[k])
@@ -552,7 +551,7 @@ def _pareto_figure(result: Result, rep: dict[str, Any], hw: Hardware) -> Any:
         ax.scatter(
             [bx], [by], marker="*", s=160, color="gold", edgecolor="k", zorder=5, label="chosen design"
         )
-    limits = rep["question"]["limits"] | {"memory_gib": float(hw.hbm_capacity_bytes) / GiB}
+    limits = rep["question"]["limits"] | {"memory_gib": hbm_gib(hw)}
     for line, name in ((ax.axvline, x), (ax.axhline, y)):
         if name in limits:
             line(limits[name], color="k", ls="--", lw=1, label=f"limit: {metric_label(name)}")

@@ -19,6 +19,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from costmodels.errors import ConfigError
+from costmodels.memory import GiB
 from dse._app import format_table, phase_printer
 from dse.hardware import hardware_from_config
 from dse.models import model_config
@@ -26,8 +27,6 @@ from dse.tracking import JobRun
 from dse.units import memory_phrase, share
 from search.fx_graph import capture_hf
 from search.fx_sharding import plan_sharding
-
-GiB = float(2**30)
 
 
 def _mesh(cfg: DictConfig) -> tuple[int, ...]:

@@ -53,7 +53,7 @@ from omegaconf import DictConfig, ListConfig
 from costmodels.architectures import MAX_INT
 from costmodels.errors import ConfigError
 from dse._app import CONF_DIR, format_table, print_json, progress_reporter, run_app
-from dse.checks import read_text
+from dse.checks import positive_int, read_text, shown
 from dse.schema import check_tracking
 from dse.tracking import JobRun, location_lines, run_location
 
@@ -173,11 +173,6 @@ class _Uncovered(Exception):
         self.category, self.detail = category, detail
 
 
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _get(case: dict[str, Any], dotted: str) -> Any:
     """The value at ``a.b`` of a case; a missing key or a non-mapping parent makes the case invalid."""
     node: Any = case
@@ -185,7 +180,7 @@ def _get(case: dict[str, Any], dotted: str) -> Any:
     for i, part in enumerate(parts):
         if not isinstance(node, dict):
             parent = ".".join(parts[:i])
-            raise _Uncovered(INVALID, f"'{parent}' must be a mapping, got {_show(node)}")
+            raise _Uncovered(INVALID, f"'{parent}' must be a mapping, got {shown(node)}")
         if part not in node:
             raise _Uncovered(INVALID, f"missing '{'.'.join(parts[: i + 1])}'")
         node = node[part]
@@ -197,7 +192,7 @@ def _optional(case: dict[str, Any], dotted: str) -> Any:
     parent, _, key = dotted.rpartition(".")
     node = _get(case, parent) if parent else case
     if not isinstance(node, dict):
-        raise _Uncovered(INVALID, f"'{parent}' must be a mapping, got {_show(node)}")
+        raise _Uncovered(INVALID, f"'{parent}' must be a mapping, got {shown(node)}")
     return node.get(key)
 
 
@@ -207,18 +202,17 @@ def _is_int(value: Any) -> bool:
 
 
 def _positive_int(case: dict[str, Any], dotted: str) -> int:
-    value = _get(case, dotted)
-    if not _is_int(value) or value < 1:
-        limit = f" up to {MAX_INT:,}" if isinstance(value, int) and value > MAX_INT else ""
-        raise _Uncovered(INVALID, f"'{dotted}' must be a positive integer{limit}, got {_show(value)}")
-    return value
+    try:
+        return positive_int(_get(case, dotted), f"'{dotted}'")
+    except ConfigError as exc:
+        raise _Uncovered(INVALID, str(exc)) from None
 
 
 def _optional_field(case: dict[str, Any], dotted: str, ok: Callable[[Any], bool], what: str) -> Any:
     """An optional field: missing or null (None), else a value ``ok`` accepts."""
     value = _optional(case, dotted)
     if value is not None and not ok(value):
-        raise _Uncovered(INVALID, f"'{dotted}' must be null or {what}, got {_show(value)}")
+        raise _Uncovered(INVALID, f"'{dotted}' must be null or {what}, got {shown(value)}")
     return value
 
 
@@ -284,12 +278,12 @@ def _check(case: Any, known: Known, number: int, seen: Mapping[str, int]) -> Non
         raise _Uncovered(INVALID, f"case #{number} is a {type(case).__name__}, not a mapping")
     case_id = _get(case, "id")
     if not isinstance(case_id, str) or not case_id:
-        raise _Uncovered(INVALID, f"'id' must be a non-empty string, got {_show(case_id)}")
+        raise _Uncovered(INVALID, f"'id' must be a non-empty string, got {shown(case_id)}")
     if case_id in seen:
         raise _Uncovered(INVALID, f"duplicate id '{case_id}' (first at case #{seen[case_id]})")
     kind = _get(case, "kind")
     if kind not in KINDS:
-        raise _Uncovered(INVALID, f"'kind' must be one of {', '.join(KINDS)}, got {_show(kind)}")
+        raise _Uncovered(INVALID, f"'kind' must be one of {', '.join(KINDS)}, got {shown(kind)}")
     _measured(case)
     _model(case, known)
     _hardware(case, known)
@@ -325,7 +319,7 @@ def _check(case: Any, known: Known, number: int, seen: Mapping[str, int]) -> Non
             _positive_int(case, "batch.batch_size")  # null only with batch_size_policy: max_feasible
     precision = _get(case, "precision")
     if not isinstance(precision, str):
-        raise _Uncovered(INVALID, f"'precision' must be a string such as 'bf16', got {_show(precision)}")
+        raise _Uncovered(INVALID, f"'precision' must be a string such as 'bf16', got {shown(precision)}")
     if known.precisions and precision not in known.precisions:
         raise _Uncovered(UNSUPPORTED, f"precision '{precision}' (modelled: {', '.join(known.precisions)})")
 
@@ -333,11 +327,11 @@ def _check(case: Any, known: Known, number: int, seen: Mapping[str, int]) -> Non
 def _measured(case: dict[str, Any]) -> None:
     measured = _get(case, "measured")
     if not isinstance(measured, dict) or len(measured) != 1:
-        targets = ", ".join(map(str, measured)) if isinstance(measured, dict) else _show(measured)
+        targets = ", ".join(map(str, measured)) if isinstance(measured, dict) else shown(measured)
         raise _Uncovered(INVALID, f"'measured' must hold exactly one target, got {targets or 'none'}")
     [(quantity, value)] = measured.items()
     if not _positive_number(value):
-        raise _Uncovered(INVALID, f"'measured.{quantity}' must be a positive number, got {_show(value)}")
+        raise _Uncovered(INVALID, f"'measured.{quantity}' must be a positive number, got {shown(value)}")
 
 
 def _model(case: dict[str, Any], known: Known) -> None:
@@ -346,10 +340,10 @@ def _model(case: dict[str, Any], known: Known) -> None:
 
     model = _get(case, "model")
     if not isinstance(model, dict):
-        raise _Uncovered(INVALID, f"'model' must be a mapping (config.json fields), got {_show(model)}")
+        raise _Uncovered(INVALID, f"'model' must be a mapping (config.json fields), got {shown(model)}")
     model_type = _get(case, "model.model_type")
     if not isinstance(model_type, str):
-        raise _Uncovered(INVALID, f"'model.model_type' must be a string, got {_show(model_type)}")
+        raise _Uncovered(INVALID, f"'model.model_type' must be a string, got {shown(model_type)}")
     if known.model_types and model_type not in known.model_types:
         supported = ", ".join(sorted(known.model_types))
         raise _Uncovered(UNSUPPORTED, f"model_type '{model_type}' (supported: {supported})")
@@ -362,7 +356,7 @@ def _model(case: dict[str, Any], known: Known) -> None:
 def _hardware(case: dict[str, Any], known: Known) -> None:
     key = _get(case, "hardware")
     if not isinstance(key, str) or not key:
-        raise _Uncovered(INVALID, f"'hardware' must be a hardware key, got {_show(key)}")
+        raise _Uncovered(INVALID, f"'hardware' must be a hardware key, got {shown(key)}")
     if known.hardware_table and key not in known.hardware_table:
         raise _Uncovered(INVALID, f"hardware '{key}' is not in the hardware table ({HARDWARE_TABLE})")
     if known.presets and key not in known.presets:

@@ -155,7 +155,6 @@ def gpu_cluster(cfg: DictConfig, job: TrainingJob, system: WaferSystem) -> dict[
     except ConfigError as exc:
         return {"feasible": False, "reason": str(exc)}
     m = res.metrics
-    tokens = cfg.workload.global_batch * job.seq_len
     return {
         "feasible": True,
         "devices": n,
@@ -166,7 +165,7 @@ def gpu_cluster(cfg: DictConfig, job: TrainingJob, system: WaferSystem) -> dict[
         "mfu": m["mfu"],
         "memory_gib": m["memory_gib"],
         "global_batch": float(cfg.workload.global_batch),
-        "tokens_per_joule": tokens / (m["power_w"] * m["step_time_s"]),
+        "tokens_per_joule": 1.0 / m["energy_j_per_token"],
     }
 
 

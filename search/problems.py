@@ -20,11 +20,11 @@ import numpy as np
 
 from costmodels.hardware import Hardware
 from costmodels.inference import InferenceJob, inference_step
+from costmodels.metrics import system_metrics
 from costmodels.parallel import Plan, recompute_name, valid_plans, with_defaults
 from costmodels.training import TIME_FIELDS, TrainingJob, training_step
 from search.base import CostFn
 
-GiB = float(2**30)
 OBJECTIVES = ("step_time_s", "cost_usd_per_mtoken", "neg_mfu", "neg_tokens_per_s")  # training
 SERVING_METRICS = (
     "ttft_s",
@@ -54,20 +54,6 @@ def signed_objective(metrics: Mapping[str, Any], objective: str) -> Any:
     if objective.startswith("neg_"):
         return -metrics[objective[4:]]
     return metrics[objective]
-
-
-def cost_usd_per_mtoken(devices: jax.Array, hw: Hardware, tokens_per_s: jax.Array) -> jax.Array:
-    """Dollars per million tokens: devices · price per device-hour / 3600 / (tokens/s) · 10⁶; NaN
-    when the hardware has no price (0), so an unknown cost is never reported as free."""
-    price = jnp.where(hw.price_usd_per_hour > 0, hw.price_usd_per_hour, jnp.nan)
-    return devices * price / 3600.0 / tokens_per_s * 1e6
-
-
-def energy_j_per_token(devices: jax.Array, hw: Hardware, tokens_per_s: jax.Array) -> jax.Array:
-    """Joules per token at the devices' rated power: devices · power_w / (tokens/s); NaN when the
-    hardware has no power figure (0)."""
-    power = jnp.where(hw.power_w > 0, hw.power_w, jnp.nan)
-    return devices * power / tokens_per_s
 
 
 def _plan_from(points: Mapping[str, jax.Array], num_devices: float, global_batch: float) -> Plan:
@@ -104,15 +90,11 @@ def training_mapping_problem(
 
     def metrics(plan: Plan) -> dict[str, jax.Array]:
         out = training_step(hw, job, plan, table)
-        devices = plan.num_devices
         m = {
             "step_time_s": out.step_time_s,
             "mfu": out.mfu,
             "tokens_per_s": out.tokens_per_s,
-            "memory_gib": out.memory.total_bytes / GiB,
-            "power_w": devices * hw.power_w,
-            "cost_usd_per_mtoken": cost_usd_per_mtoken(devices, hw, out.tokens_per_s),
-            "energy_j_per_token": energy_j_per_token(devices, hw, out.tokens_per_s),
+            **system_metrics(plan.num_devices, hw, out.tokens_per_s, out.memory.total_bytes),
             "feasible": out.feasible,
         }
         m |= {k: getattr(out, k) for k in TIME_FIELDS}  # where the step time goes
@@ -163,16 +145,12 @@ def inference_slo_problem(
     def metrics(tp: jax.Array, pp: jax.Array, batch: jax.Array) -> dict[str, jax.Array]:
         out = inference_step(hw, job, tp, pp, batch, tables=tables)
         feasible = out.feasible & (out.tpot_s <= tpot_limit_s) & (out.ttft_s <= ttft_limit)
-        devices = tp * pp
         m = {
             "ttft_s": out.ttft_s,
             "tpot_s": out.tpot_s,
             "latency_s": out.latency_s,
             "tokens_per_s": out.output_tokens_per_s,
-            "memory_gib": out.memory.total_bytes / GiB,
-            "power_w": devices * hw.power_w,
-            "cost_usd_per_mtoken": cost_usd_per_mtoken(devices, hw, out.output_tokens_per_s),
-            "energy_j_per_token": energy_j_per_token(devices, hw, out.output_tokens_per_s),
+            **system_metrics(tp * pp, hw, out.output_tokens_per_s, out.memory.total_bytes),
             "feasible": feasible,
         }
         m["objective"] = jnp.where(feasible, signed_objective(m, objective), jnp.inf)

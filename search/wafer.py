@@ -23,13 +23,14 @@ import numpy as np
 
 from costmodels.architectures import ModelSpec
 from costmodels.errors import ConfigError
+from costmodels.memory import GiB
+from costmodels.metrics import system_metrics
 from costmodels.parallel import Plan, valid_plans, with_defaults
 from costmodels.training import TrainingJob, training_step
 from costmodels.wafer import WaferDesign, WaferSystem, constraints, wafer_hardware
 from search.gd import Knob
 
 Array = Any
-GiB = float(2**30)
 # pp includes 3, 5, 6, 7, 10, 12, 14 so die counts with odd factors still split into power-of-two dp
 # (uneven pipeline stages are allowed, as everywhere: costmodels.parallel.RULES).
 MAPPING_GRID = {
@@ -121,16 +122,15 @@ def design_metrics(
     table = job.table()
     out = jax.vmap(lambda p: training_step(hw, job, p, table))(plan)
     ok = valid & out.feasible
-    energy_j = devices * hw.power_w * out.step_time_s
-    tokens = plan.global_batch * job.seq_len
+    system = system_metrics(devices, hw, out.tokens_per_s, out.memory.total_bytes)
     return {
         "step_time_s": out.step_time_s,
         "mfu": out.mfu,
         "tokens_per_s": out.tokens_per_s,
-        "memory_gib": out.memory.total_bytes / GiB,
-        "power_w": devices * hw.power_w,
-        "tokens_per_joule": tokens / energy_j,
-        "joules_per_token": energy_j / tokens,
+        "memory_gib": system["memory_gib"],
+        "power_w": system["power_w"],  # a design has no price: no cost per token
+        "tokens_per_joule": 1.0 / system["energy_j_per_token"],
+        "joules_per_token": system["energy_j_per_token"],
         "feasible": ok,
         "valid": valid,
         "memory_ratio": out.memory.total_bytes / out.memory.capacity_bytes,
