@@ -177,25 +177,38 @@ def traffic(value: Any, key: str) -> dict[str, float]:
 
 
 def degrees(p: Mapping[str, Any], n_devices: int, prefix: str = "placement.") -> dict[str, int]:
-    """tp, pp, cp, ep and dp (``null``: n_devices / (tp·pp·cp·ep)) as ints, checked; errors name
-    ``prefix`` + the key."""
+    """tp, pp, cp, ep and dp as ints, checked; errors name ``prefix`` + the key. dp is Megatron's
+    data-parallel degree, the expert-parallel ranks included (as in ``dse.calc``; ``null``:
+    n_devices / (tp·pp·cp)), and ep must divide it."""
     d = {k: _degree(p.get(k), prefix + k) for k in ("tp", "pp", "cp", "ep")}
-    rest = d["tp"] * d["pp"] * d["cp"] * d["ep"]
+    rest = d["tp"] * d["pp"] * d["cp"]
     if p.get("dp") is None:
         if n_devices % rest:
-            raise ConfigError(f"num_devices={n_devices} is not a multiple of tp·pp·cp·ep = {rest}")
+            raise ConfigError(f"num_devices={n_devices} is not a multiple of tp·pp·cp = {rest}")
         d["dp"] = n_devices // rest
     else:
         d["dp"] = _degree(p["dp"], prefix + "dp")
+    if d["dp"] % d["ep"]:
+        raise ConfigError(
+            f"{prefix}ep = {d['ep']} does not divide {prefix}dp = {d['dp']} (experts are sharded over "
+            "data-parallel ranks): pick a divisor"
+        )
     return d
 
 
+def placement_job(d: Mapping[str, int], bytes_per_step_: Mapping[str, float], order: tuple[str, ...]) -> Job:
+    """The placement :class:`Job` of Megatron degrees ``d``: its dp axis is the replicas outside the
+    expert groups, dp / ep."""
+    return Job(**(dict(d) | {"dp": d["dp"] // d["ep"]}), bytes_per_step=bytes_per_step_, order=order)
+
+
 def fit_dp(d: dict[str, int], topo: Topology) -> dict[str, int]:
-    """The largest dp ≤ d['dp'] whose job fits the available devices with TP groups inside domains."""
+    """The largest dp ≤ d['dp'], a multiple of ep, whose job fits the available devices with TP groups
+    inside domains."""
     avail = np.bincount(topo.domain_of, topo.available, minlength=len(topo.domains)).astype(int)
     slots = int((avail // d["tp"]).sum()) * d["tp"]
     per_replica = d["tp"] * d["pp"] * d["cp"] * d["ep"]
-    return d | {"dp": max(1, min(d["dp"], slots // per_replica))}
+    return d | {"dp": d["ep"] * max(1, min(d["dp"] // d["ep"], slots // per_replica))}
 
 
 def job_from_config(cfg: DictConfig, topo: Topology, spec: ModelSpec) -> Job:
@@ -206,7 +219,7 @@ def job_from_config(cfg: DictConfig, topo: Topology, spec: ModelSpec) -> Job:
         d = fit_dp(d, topo)
     order = group_order(p.get("order"), "placement.order")
     s = bytes_per_step(spec, _plain(cfg.workload), p | d)
-    return Job(**d, bytes_per_step=s, order=order)
+    return placement_job(d, s, order)
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,7 +348,7 @@ def job_memory(cfg: DictConfig, job: Job) -> dict[str, Any]:
     if zero not in (0, 1, 2, 3) or isinstance(zero, bool):
         raise ConfigError(f"placement.zero_stage must be one of 0, 1, 2, 3, got {zero!r}")
     plan = Plan(
-        tp=job.tp, pp=job.pp, dp=job.dp, cp=job.cp, ep=job.ep,
+        tp=job.tp, pp=job.pp, dp=job.dp * job.ep, cp=job.cp, ep=job.ep,
         vpp=_degree(p.get("vpp") or 1, "placement.vpp"),
         microbatch=_degree(p.get("microbatch") or 1, "placement.microbatch"),
         global_batch=w.global_batch, zero_stage=float(zero), recompute=float(RECOMPUTE[recompute]),

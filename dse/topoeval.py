@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from costmodels.errors import ConfigError
 from dse._app import format_table, print_json, run_app
 from dse.checks import check_results, read_json
-from dse.placement_search import build_topology, bytes_per_step, degrees, group_order, traffic
+from dse.placement_search import build_topology, bytes_per_step, degrees, group_order, placement_job, traffic
 from search.placement import Job, evaluate
 from search.topology import Topology
 
@@ -67,10 +67,10 @@ def job_of(cfg: DictConfig, n_ranks: int, from_file: dict[str, Any] | None) -> J
         if not isinstance(from_file, dict) or not isinstance(from_file.get("bytes_per_step"), dict):
             raise ConfigError("the report's job must be an object with tp, pp, dp, cp, ep and bytes_per_step")
         degree = degrees(from_file | {"dp": from_file.get("dp", 1)}, n_ranks, prefix="the report's job.")
-        return Job(
-            **degree,
-            bytes_per_step=traffic(from_file["bytes_per_step"], "the report's job.bytes_per_step"),
-            order=group_order(from_file.get("order"), "the report's job.order"),
+        return placement_job(
+            degree,
+            traffic(from_file["bytes_per_step"], "the report's job.bytes_per_step"),
+            group_order(from_file.get("order"), "the report's job.order"),
         )
     j = OmegaConf.to_container(cfg.job, resolve=True)
     d = degrees(j, n_ranks, prefix="job.")
@@ -80,9 +80,9 @@ def job_of(cfg: DictConfig, n_ranks: int, from_file: dict[str, Any] | None) -> J
         from dse.models import load_model
 
         s = bytes_per_step(load_model(str(j["model"])), j, j | d)
-    job = Job(**d, bytes_per_step=s, order=group_order(j["order"], "job.order"))
+    job = placement_job(d, s, group_order(j["order"], "job.order"))
     if job.n_ranks != n_ranks:
-        raise ConfigError(f"job tp·pp·dp·cp·ep = {job.n_ranks} but the placement has {n_ranks} ranks")
+        raise ConfigError(f"job tp·pp·dp·cp = {job.n_ranks} but the placement has {n_ranks} ranks")
     return job
 
 

@@ -52,8 +52,9 @@ COLLECTIVE: Mapping[str, str] = MappingProxyType(
 class Job:
     """Parallel degrees, nesting order (innermost first) and S_t, bytes per rank per step by type.
 
-    EP is an axis of its own here (N = tp·cp·ep·dp·pp); for Megatron's EP carved out of DP pass
-    ``dp = dp_total / ep``.
+    EP is an axis of its own here (N = tp·cp·ep·dp·pp): ``dp`` counts the replicas outside the expert
+    groups, Megatron's data-parallel degree divided by ep (``dse.placement_search.placement_job``
+    converts); :meth:`as_dict` reports Megatron's degree, dp·ep, as the rest of dse does.
     """
 
     tp: int = 1
@@ -82,9 +83,11 @@ class Job:
         return int(np.prod([self.degree(t) for t in GROUP_TYPES]))
 
     def as_dict(self) -> dict:
-        """JSON-ready: the degrees, nesting order, rank count and bytes per step."""
+        """JSON-ready: the degrees (dp as Megatron counts it), nesting order, rank count and bytes
+        per step."""
         return {
-            **{t: self.degree(t) for t in ("tp", "pp", "dp", "cp", "ep")},
+            **{t: self.degree(t) for t in ("tp", "pp", "cp", "ep")},
+            "dp": self.dp * self.ep,  # Megatron's data-parallel degree, the expert ranks included
             "order": list(self.order),
             "n_ranks": self.n_ranks,
             "bytes_per_step": dict(self.bytes_per_step),

@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from report_helpers import E_NOTATION
 
+from costmodels.errors import ConfigError
 from dse import placement_search, schema
 from dse._app import CONF_DIR
 from dse.models import load_model
@@ -20,6 +21,7 @@ from search.placement import Job
 from search.placement_draw import draw_html, draw_png
 from search.topology import gpu_cluster, mark_unavailable
 
+MIXTRAL = load_model("mixtral_8x7b")
 PRESETS = sorted(p.stem for p in (CONF_DIR / "topology").glob("*.yaml"))
 SMALL = [
     "topology=small_2x8",
@@ -79,6 +81,35 @@ def test_experiment_composes_with_derived_traffic() -> None:
     assert cfg.search.driver == "cpsat" and cfg.topology.nodes == 128
     d = placement_search.degrees(OmegaConf.to_container(cfg.placement), cfg.num_devices)
     assert d == {"tp": 8, "pp": 4, "cp": 1, "ep": 1, "dp": 32}
+
+
+def test_dp_is_megatrons_with_experts_carved_out() -> None:
+    """Mixtral on 16 devices with tp 2, pp 2, ep 2: dp is 4 as in dse.calc (16 / (tp·pp)), the
+    placement's own DP axis holds 4 / 2 = 2 replicas outside the expert groups, the job has 16 ranks
+    and reports dp 4; the micro-batch count (and so the TP traffic) is that of dp 4 whatever ep is;
+    the memory is the calculator's for the same mapping; an ep that does not divide dp is one line."""
+    from costmodels.parallel import make_plan
+    from costmodels.training import TrainingJob, training_step
+    from dse.hardware import load_hardware
+
+    cfg = placement_cfg(
+        *SMALL, "model=mixtral_8x7b", "placement.tp=2", "placement.ep=2", "placement.microbatch=2"
+    )
+    d = placement_search.degrees(OmegaConf.to_container(cfg.placement), 16)
+    assert d == {"tp": 2, "pp": 2, "cp": 1, "ep": 2, "dp": 4}
+    job = placement_search.job_from_config(cfg, placement_search.build_topology(cfg.topology), MIXTRAL)
+    assert (job.dp, job.ep, job.n_ranks, job.as_dict()["dp"]) == (2, 2, 16, 4)
+    w = {"seq_len": 4096, "global_batch": 64, "precision": "bf16"}
+    with_ep = placement_search.bytes_per_step(MIXTRAL, w, d | {"microbatch": 2})
+    without = placement_search.bytes_per_step(MIXTRAL, w, d | {"ep": 1, "microbatch": 2})
+    assert with_ep["tp"] == without["tp"] and with_ep["pp"] == without["pp"] and with_ep["ep"] > 0
+    mem = placement_search.job_memory(cfg, job)["per_device_gib"]
+    plan = make_plan(tp=2, pp=2, dp=4, ep=2, microbatch=2, global_batch=64, zero_stage=1, sequence_parallel=1)
+    train = TrainingJob(MIXTRAL, cfg.workload.seq_len, cfg.workload.precision, True, cfg.workload.optimizer)
+    calc = training_step(load_hardware("h100_sxm"), train, plan).memory.total_bytes / 2**30
+    assert mem == pytest.approx(float(calc))
+    with pytest.raises(ConfigError, match=r"placement.ep = 3 does not divide placement.dp = 4"):
+        placement_search.degrees({"tp": 2, "pp": 2, "ep": 3}, 16)
 
 
 def test_bytes_per_step_follow_the_training_model() -> None:
