@@ -51,8 +51,9 @@ def scattered(topo: Topology, fraction: float, seed: int) -> Topology:
     return mark_unavailable(topo, [topo.devices[i] for i in sorted(off)])
 
 
-def compare(name: str, job: Job, topo: Topology, best: Placement, hop_s: float,
-            objective: str = "time") -> dict[str, Any]:
+def compare(
+    name: str, job: Job, topo: Topology, best: Placement, hop_s: float, objective: str = "time"
+) -> dict[str, Any]:
     """Evaluate CP-SAT's placement and both baselines; gains vs rank order."""
     rows = {}
     for label, p in (
@@ -85,8 +86,9 @@ def compare(name: str, job: Job, topo: Topology, best: Placement, hop_s: float,
     }
 
 
-def case(name: str, topo: Topology, tp: int, pp: int, time_limit_s: float, workers: int,
-         objective: str) -> dict:
+def case(
+    name: str, topo: Topology, tp: int, pp: int, time_limit_s: float, workers: int, objective: str
+) -> dict:
     job = make_job(topo, tp, pp)
     t0 = time.perf_counter()
     hop_cost_matrix(topo)  # shortest paths, shared by every solver and the evaluator

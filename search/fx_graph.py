@@ -56,16 +56,32 @@ R: Placement = ("R",)
 P: Placement = ("P",)
 
 aten = torch.ops.aten
-VIEWS = {aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.unsqueeze.default,
-         aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default, aten.alias.default}
+VIEWS = {
+    aten.view.default,
+    aten._unsafe_view.default,
+    aten.reshape.default,
+    aten.unsqueeze.default,
+    aten.squeeze.dim,
+    aten.squeeze.dims,
+    aten.squeeze.default,
+    aten.alias.default,
+}
 COPIES = {aten.clone.default, aten._to_copy.default, aten.detach.default, aten.lift_fresh_copy.default}
 LINEAR_UNARY = {aten.neg.default, aten.mul.Tensor, aten.div.Tensor, aten.mul.Scalar, aten.div.Scalar}
 SUMS = {aten.mean.dim, aten.sum.dim_IntList, aten.mean.default, aten.sum.default}  # linear reductions
 SOFTMAXES = {aten._softmax.default, aten._safe_softmax.default, aten._log_softmax.default}
 SOFTMAX_BACKWARDS = {aten._softmax_backward_data.default, aten._log_softmax_backward_data.default}
 REDUCTIONS = SUMS | SOFTMAXES | {aten.amax.default}
-FACTORIES = {aten.ones_like.default, aten.zeros_like.default, aten.empty_like.default, aten.full_like.default,
-             aten.new_ones.default, aten.new_zeros.default, aten.new_empty.default, aten.new_full.default}
+FACTORIES = {
+    aten.ones_like.default,
+    aten.zeros_like.default,
+    aten.empty_like.default,
+    aten.full_like.default,
+    aten.new_ones.default,
+    aten.new_zeros.default,
+    aten.new_empty.default,
+    aten.new_full.default,
+}
 
 
 @dataclass(frozen=True)
@@ -150,10 +166,15 @@ def _default_loss(out: Any, pick: Callable[[Any], torch.Tensor]) -> torch.Tensor
     return loss if isinstance(loss, torch.Tensor) else pick(out).float().pow(2).mean()
 
 
-def capture(module: torch.nn.Module, inputs: Sequence[torch.Tensor], kwargs: dict | None = None,
-            output_fn: Callable[[Any], torch.Tensor] | None = None,
-            repeat_pattern: str = r"layers\.(\d+)", joint: bool = True,
-            loss_fn: Callable[[Any], torch.Tensor] | None = None) -> Captured:
+def capture(
+    module: torch.nn.Module,
+    inputs: Sequence[torch.Tensor],
+    kwargs: dict | None = None,
+    output_fn: Callable[[Any], torch.Tensor] | None = None,
+    repeat_pattern: str = r"layers\.(\d+)",
+    joint: bool = True,
+    loss_fn: Callable[[Any], torch.Tensor] | None = None,
+) -> Captured:
     """Trace ``module(*inputs, **kwargs)`` (meta tensors) to an aten graph with parameters (and the
     inputs and tensor-valued ``kwargs``) as placeholders.
 
@@ -199,7 +220,7 @@ def capture(module: torch.nn.Module, inputs: Sequence[torch.Tensor], kwargs: dic
     holders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     params = {n.name: fqn for n, fqn in zip(holders, state, strict=False)}
     layer = {n.name: n.meta["custom"]["layer"] for n in gm.graph.nodes if "layer" in n.meta.get("custom", {})}
-    for n in holders[:len(state)]:
+    for n in holders[: len(state)]:
         if match := re.search(repeat_pattern + r"\.", params[n.name]):
             layer[n.name] = int(match.group(1))
     grads, loss = {}, None
@@ -213,8 +234,9 @@ def capture(module: torch.nn.Module, inputs: Sequence[torch.Tensor], kwargs: dic
     return Captured(gm.graph, params, frozenset(dict(module.named_buffers())), layer, grads, loss)
 
 
-def capture_hf(config: dict, batch: int, seq: int, dtype: torch.dtype = torch.bfloat16,
-               joint: bool = True) -> Captured:
+def capture_hf(
+    config: dict, batch: int, seq: int, dtype: torch.dtype = torch.bfloat16, joint: bool = True
+) -> Captured:
     """A Hugging Face causal LM built from a config dict on ``meta`` (no hub access), traced on
     ``input_ids`` of shape ``(batch, seq)`` with eager SDPA math (``use_cache=False``). ``joint``: the
     loss is the model's own next-token cross-entropy with ``labels=input_ids`` (float32 log-softmax
@@ -248,12 +270,14 @@ def nbytes_of(node: Any) -> float:
 
 def spec_str(spec: Spec) -> str:
     """DTensor placement list, e.g. ``[Shard(0), Replicate()]``."""
+
     def one(p: Placement) -> str:
         if p == R:
             return "Replicate()"
         if p == P:
             return "Partial()"
         return f"Shard({p[1]})" if p[2] == 1 else f"_StridedShard({p[1]}, split_factor={p[2]})"
+
     return "[" + ", ".join(one(p) for p in spec) + "]"
 
 
@@ -276,8 +300,12 @@ def is_follower(node: Any) -> bool:
         return False
     if target == aten.expand.default and broadcast_dims(node):
         return False  # an anchor: it may cut a broadcast dim of a replicated input (_expand_options)
-    known = VIEWS | COPIES | REDUCTIONS | {aten.t.default, aten.transpose.int, aten.permute.default,
-                                           aten.expand.default, aten.slice.Tensor}
+    known = (
+        VIEWS
+        | COPIES
+        | REDUCTIONS
+        | {aten.t.default, aten.transpose.int, aten.permute.default, aten.expand.default, aten.slice.Tensor}
+    )
     return target in known or torch.Tag.pointwise in target.tags
 
 
@@ -336,8 +364,11 @@ def _reduce_axis(node: Any, src: tuple[int, ...], dim: int, sf: int) -> Placemen
     dims = [d % len(src) for d in ([dims] if isinstance(dims, int) else dims)] or list(range(len(src)))
     if dim in dims:
         return P if node.target in SUMS else ("S", dim, sf) if node.target in SOFTMAXES else None
-    keep = node.target in SOFTMAXES or (len(node.args) > 2 and bool(node.args[2])) \
+    keep = (
+        node.target in SOFTMAXES
+        or (len(node.args) > 2 and bool(node.args[2]))
         or node.kwargs.get("keepdim", False)
+    )
     return ("S", dim if keep else dim - sum(d < dim for d in dims), sf)
 
 
@@ -415,8 +446,9 @@ def _embedding_options(node: Any) -> list[tuple]:
 def _dimwise_options(node: Any, n_in: int, blocked: set[int], linear: bool) -> list[tuple]:
     """Ops whose inputs are indexed like the output (``n_in`` of them) except along ``blocked`` dims:
     shard any other dim on all inputs alike; ``Partial`` passes when the op is linear."""
-    options = [(R, (R,) * n_in)] + [(_s(d), (_s(d),) * n_in) for d in range(len(shape_of(node)))
-                                    if d not in blocked]
+    options = [(R, (R,) * n_in)] + [
+        (_s(d), (_s(d),) * n_in) for d in range(len(shape_of(node))) if d not in blocked
+    ]
     return options + ([(P, (P,) * n_in)] if linear else [])
 
 
@@ -455,8 +487,13 @@ def _embedding_backward_options(node: Any) -> list[tuple]:
     partial gradient (data parallel), hidden-sharded grads a hidden-sharded one, and each device may
     scatter only its vocabulary rows (vocab-parallel, inputs replicated)."""
     nd = len(shape_of(node.args[1]))
-    return [(R, (R, R)), *[(P, (_s(d), _s(d))) for d in range(nd)], (P, (P, R)), (_s(1), (_s(nd), R)),
-            (_s(0), (R, R))]
+    return [
+        (R, (R, R)),
+        *[(P, (_s(d), _s(d))) for d in range(nd)],
+        (P, (P, R)),
+        (_s(1), (_s(nd), R)),
+        (_s(0), (R, R)),
+    ]
 
 
 def data_args(node: Any) -> list[Any]:
@@ -468,8 +505,11 @@ def _pointwise_strategies(node: Any, place: dict[str, list[Spec]], mesh: tuple[i
     """Output specs = union of the inputs' specs (mapped to the output's dims) and all-R; inputs
     need the output's spec (R on broadcast dims); Partial only through linear combinations."""
     out_shape, args = shape_of(node), tensor_args(node)
-    cands = {tuple(_to_out(p, len(shape_of(a)), len(out_shape)) for p in spec)
-             for a in args for spec in place[a.name]} | {(R,) * len(mesh)}
+    cands = {
+        tuple(_to_out(p, len(shape_of(a)), len(out_shape)) for p in spec)
+        for a in args
+        for spec in place[a.name]
+    } | {(R,) * len(mesh)}
     result = []
     for spec in sorted(cands, key=str):
         ins = [_input_spec(spec, node, k, a) for k, a in enumerate(args)]
@@ -491,8 +531,11 @@ def _cat_ok(node: Any, spec: Spec) -> bool:
 
 def _input_spec(spec: Spec, node: Any, k: int, arg: Any) -> Spec | None:
     """Spec input ``k`` must have for output ``spec`` (None: this output is not allowed)."""
-    shape, out_nd, linear_all = shape_of(arg), len(shape_of(node)), node.target in (aten.add.Tensor,
-                                                                                     aten.sub.Tensor)
+    shape, out_nd, linear_all = (
+        shape_of(arg),
+        len(shape_of(node)),
+        node.target in (aten.add.Tensor, aten.sub.Tensor),
+    )
     res = []
     for p in spec:
         if p == P:
@@ -533,8 +576,12 @@ def op_strategies(node: Any, place: dict[str, list[Spec]], mesh: tuple[int, ...]
         return _pointwise_strategies(node, place, mesh)
     else:
         return None
-    return [(out, ins) for out, ins in _combine(options, mesh) if _valid(shape_of(node), out, mesh)
-            and all(_valid(shape_of(a), s, mesh) for a, s in zip(args, ins, strict=True))]
+    return [
+        (out, ins)
+        for out, ins in _combine(options, mesh)
+        if _valid(shape_of(node), out, mesh)
+        and all(_valid(shape_of(a), s, mesh) for a, s in zip(args, ins, strict=True))
+    ]
 
 
 def placeholder_specs(shape: tuple[int, ...], mesh: tuple[int, ...], fixed: bool) -> list[Spec]:

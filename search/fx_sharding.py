@@ -102,7 +102,6 @@ __all__ = [
     "FxSharding",
     "MeshCosts",
     "ShardingPlan",
-    "bench_llama",
     "build_problem",
     "default_links",
     "read_solution",
@@ -570,47 +569,3 @@ def plan_sharding(
     times = f"build {sol.build_time_s:.1f} s, solve {sol.solve_time_s:.1f} s"
     say(f"solved: {sol.num_variables:,} variables, {times}")
     return plan
-
-
-def bench_llama(
-    config_name: str = "llama3_8b",
-    mesh: tuple[int, ...] = (8, 8),
-    batch: int = 8,
-    seq: int = 1024,
-    hardware: str = "h100_sxm",
-    memory_per_param_bytes: float = 16.0,
-    joint: bool = True,
-) -> dict[str, float]:
-    """Capture (``joint``: forward + backward, else forward only), build and solve a shipped model on
-    ``mesh`` under its device's HBM; print and return node/variable/constraint counts, the repeat
-    groups (layers sharing variables) and the time of each phase (s). A benchmark, not a test."""
-    from dse.hardware import load_hardware
-    from dse.models import model_config
-    from search.fx_graph import capture_hf
-
-    hw = load_hardware(hardware)
-    t0 = perf_counter()
-    cap = capture_hf(model_config(config_name), batch, seq, joint=joint)
-    t1 = perf_counter()
-    costs = MeshCosts(hw, tuple(mesh))
-    fx = build_problem(cap, costs, memory_per_param_bytes, memory_limit=float(hw.hbm_capacity_bytes))
-    t2 = perf_counter()
-    sol = solve(fx.problem)
-    stats = {
-        "graph_nodes": len(cap.graph.nodes),
-        "nodes": len(fx.problem.nodes),
-        "edges": len(fx.problem.edges),
-        "repeat_groups": len(fx.problem.repeats),
-        "shared_layers": sum(len(g.blocks) for g in fx.problem.repeats),
-        "variables": sol.num_variables,
-        "constraints": sol.num_constraints,
-        "capture_s": t1 - t0,
-        "strategies_s": t2 - t1,
-        "build_s": sol.build_time_s,
-        "solve_s": sol.solve_time_s,
-        "step_time_s": sol.objective,
-        "memory_per_device_bytes": sol.peak_memory,
-        "total_s": perf_counter() - t0,
-    }
-    print(", ".join(f"{k}={v:.4g}" for k, v in stats.items()))
-    return stats

@@ -54,8 +54,18 @@ import numpy as np
 from costmodels.errors import ConfigError
 
 __all__ = [
-    "Edge", "Evaluation", "Node", "RepeatGroup", "ShardingProblem", "ShardingSolution",
-    "evaluate", "live_steps", "load_iopddl", "memory_lower_bound", "representatives", "solve",
+    "Edge",
+    "Evaluation",
+    "Node",
+    "RepeatGroup",
+    "ShardingProblem",
+    "ShardingSolution",
+    "evaluate",
+    "live_steps",
+    "load_iopddl",
+    "memory_lower_bound",
+    "representatives",
+    "solve",
 ]
 
 
@@ -141,8 +151,10 @@ def load_iopddl(path: str | Path) -> ShardingProblem:
     """Read an IOPDDL JSON instance (``nodes``: interval/costs/usages, ``edges``: nodes/costs,
     ``usage_limit``); an optional ``repeats`` key holds lists of blocks of node ids."""
     data = json.loads(Path(path).read_text())
-    nodes = tuple(Node(tuple(n["costs"]), tuple(n["usages"]), tuple(n["interval"]), str(k))
-                  for k, n in enumerate(data["nodes"]))
+    nodes = tuple(
+        Node(tuple(n["costs"]), tuple(n["usages"]), tuple(n["interval"]), str(k))
+        for k, n in enumerate(data["nodes"])
+    )
     edges = tuple(Edge(e["nodes"][0], e["nodes"][1], tuple(e["costs"])) for e in data.get("edges", []))
     repeats = tuple(RepeatGroup(tuple(tuple(b) for b in g)) for g in data.get("repeats", []))
     return ShardingProblem(nodes, edges, data.get("usage_limit"), repeats)
@@ -160,8 +172,11 @@ def representatives(problem: ShardingProblem) -> list[int]:
 
 def live_steps(problem: ShardingProblem) -> list[tuple[int, list[int]]]:
     """``(t, live nodes)`` for the steps ``T*`` that dominate all others (module docstring)."""
-    spans = [(n.interval[0], n.interval[1], k) for k, n in enumerate(problem.nodes)
-             if n.interval[0] < n.interval[1]]
+    spans = [
+        (n.interval[0], n.interval[1], k)
+        for k, n in enumerate(problem.nodes)
+        if n.interval[0] < n.interval[1]
+    ]
     starts = sorted({s for s, _, _ in spans})
     ends = np.sort([e for _, e, _ in spans])
     steps = []
@@ -172,8 +187,9 @@ def live_steps(problem: ShardingProblem) -> list[tuple[int, list[int]]]:
     return steps
 
 
-def memory_lower_bound(problem: ShardingProblem, pins: dict[int, int] | None = None
-                       ) -> tuple[float, int | None, list[int]]:
+def memory_lower_bound(
+    problem: ShardingProblem, pins: dict[int, int] | None = None
+) -> tuple[float, int | None, list[int]]:
     """Cheap relaxation: ``max_t Σ_(v live at t) min_i m_v[i]`` (pinned nodes at their pin), with its
     step and live nodes. Any limit below it is infeasible; it is also exact for feasibility, since
     each node's least-memory strategy reaches the minimum at every step at once (repeat copies have
@@ -181,8 +197,9 @@ def memory_lower_bound(problem: ShardingProblem, pins: dict[int, int] | None = N
     pins = pins or {}
     best: tuple[float, int | None, list[int]] = (0.0, None, [])
     for t, live in live_steps(problem):
-        total = sum(problem.nodes[n].usages[pins[n]] if n in pins else min(problem.nodes[n].usages)
-                    for n in live)
+        total = sum(
+            problem.nodes[n].usages[pins[n]] if n in pins else min(problem.nodes[n].usages) for n in live
+        )
         if best[1] is None or total > best[0]:
             best = (float(total), t, live)
     return best
@@ -208,8 +225,9 @@ def evaluate(problem: ShardingProblem, strategies: list[int]) -> Evaluation:
     """Score a strategy per node exactly (no solver)."""
     node_cost = sum(n.costs[s] for n, s in zip(problem.nodes, strategies, strict=True))
     edge_cost = sum(problem.edge_matrix(e)[strategies[e.u], strategies[e.v]] for e in problem.edges)
-    usage = {t: float(sum(problem.nodes[n].usages[strategies[n]] for n in live))
-             for t, live in live_steps(problem)}
+    usage = {
+        t: float(sum(problem.nodes[n].usages[strategies[n]] for n in live)) for t, live in live_steps(problem)
+    }
     peak_step = max(usage, key=usage.__getitem__) if usage else None
     return Evaluation(float(node_cost), float(edge_cost), usage.get(peak_step, 0.0), peak_step, usage)
 
@@ -257,19 +275,23 @@ def _pins_by_rep(problem: ShardingProblem, rep: list[int], pins: dict[int, int])
     return fixed
 
 
-def _check_bound(problem: ShardingProblem, pins: dict[int, int], limit: float | None
-                 ) -> tuple[float, int | None]:
+def _check_bound(
+    problem: ShardingProblem, pins: dict[int, int], limit: float | None
+) -> tuple[float, int | None]:
     """Raise the naming ConfigError when ``limit`` is below the relaxation bound."""
     bound, t, live = memory_lower_bound(problem, pins)
     if limit is not None and bound > limit:
         shown = ", ".join(map(str, live[:12])) + (", ..." if len(live) > 12 else "")
-        raise ConfigError(f"the memory limit {limit:g} is below the smallest possible peak {bound:g} "
-                          f"(time step {t}, nodes {shown}); raise memory_limit or relax pins")
+        raise ConfigError(
+            f"the memory limit {limit:g} is below the smallest possible peak {bound:g} "
+            f"(time step {t}, nodes {shown}); raise memory_limit or relax pins"
+        )
     return bound, t
 
 
-def _objective_terms(problem: ShardingProblem, rep: list[int]
-                     ) -> tuple[dict[int, np.ndarray], dict[tuple[int, int], np.ndarray]]:
+def _objective_terms(
+    problem: ShardingProblem, rep: list[int]
+) -> tuple[dict[int, np.ndarray], dict[tuple[int, int], np.ndarray]]:
     """Linear cost per representative and edge matrices per representative pair (reductions (2))."""
     linear = {r: np.zeros(len(problem.nodes[r].costs)) for r in sorted(set(rep))}
     pairs: dict[tuple[int, int], np.ndarray] = {}
@@ -303,8 +325,10 @@ def _build(problem: ShardingProblem, rep: list[int], pins: dict[int, int], limit
         if r in pins:
             row[pins[r]].lowBound = 1
     for (u, v), mat in pairs.items():
-        e = [[pulp.LpVariable(f"e_{u}_{v}_{i}_{j}", 0) for j in range(mat.shape[1])]
-             for i in range(mat.shape[0])]
+        e = [
+            [pulp.LpVariable(f"e_{u}_{v}_{i}_{j}", 0) for j in range(mat.shape[1])]
+            for i in range(mat.shape[0])
+        ]
         terms += [pulp.lpDot(mat[i].tolist(), e[i]) for i in range(mat.shape[0])]
         for i in range(mat.shape[0]):
             prob += pulp.lpSum(e[i]) == s[u][i], f"row_{u}_{v}_{i}"
@@ -342,8 +366,10 @@ def _backend(solver: str, time_limit_s: float | None, threads: int | None) -> An
         return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, threads=threads)
     if solver == "highs":
         if not pulp.HiGHS(msg=False).available():
-            raise ConfigError("solver='highs' needs highspy: pip install 'highspy<1.15' "
-                              "(1.15 cannot be loaded with ortools 9.15), or use solver='cbc'")
+            raise ConfigError(
+                "solver='highs' needs highspy: pip install 'highspy<1.15' "
+                "(1.15 cannot be loaded with ortools 9.15), or use solver='cbc'"
+            )
         return pulp.HiGHS(msg=False, timeLimit=time_limit_s, threads=threads)
     raise ConfigError(f"unknown solver {solver!r}; choose 'cbc' or 'highs'")
 
@@ -355,14 +381,22 @@ def _status(prob: Any, limit: float | None, bound: float, time_limit_s: float | 
     if prob.sol_status == 2:
         return "feasible"
     if prob.status == -1 or prob.sol_status == -1:
-        raise RuntimeError(f"solver reports infeasible, yet the least-memory choice peaks at {bound:g} "
-                           f"<= limit {limit:g}: numerical trouble; try the other solver")
+        raise RuntimeError(
+            f"solver reports infeasible, yet the least-memory choice peaks at {bound:g} "
+            f"<= limit {limit:g}: numerical trouble; try the other solver"
+        )
     raise ConfigError(f"no solution found within time_limit_s={time_limit_s}; raise it")
 
 
-def solve(problem: ShardingProblem, *, memory_limit: float | None = None, solver: str = "cbc",
-          time_limit_s: float | None = None, pins: dict[int, int] | None = None,
-          threads: int | None = None) -> ShardingSolution:
+def solve(
+    problem: ShardingProblem,
+    *,
+    memory_limit: float | None = None,
+    solver: str = "cbc",
+    time_limit_s: float | None = None,
+    pins: dict[int, int] | None = None,
+    threads: int | None = None,
+) -> ShardingSolution:
     """Least-cost strategy per node under the memory limit (``None``: the problem's own; ``math.inf``:
     none). ``pins`` maps node -> strategy. Raises :class:`ConfigError` when infeasible."""
     start = perf_counter()
@@ -381,10 +415,25 @@ def solve(problem: ShardingProblem, *, memory_limit: float | None = None, solver
     ev = evaluate(problem, strategies)
     tol = 1e-9 * max(1.0, abs(limit or 0.0))
     binding = [t for t, u in ev.step_usage.items() if limit is not None and u >= limit - tol]
-    return ShardingSolution(ev.cost, strategies, status, solver, ev.node_cost, ev.edge_cost, limit,
-                            ev.peak_memory, ev.peak_step, binding, bound, bound_step, build_s, solve_s,
-                            prob.numVariables(), prob.numConstraints(),
-                            {"solver_objective": _solver_value(prob)})
+    return ShardingSolution(
+        ev.cost,
+        strategies,
+        status,
+        solver,
+        ev.node_cost,
+        ev.edge_cost,
+        limit,
+        ev.peak_memory,
+        ev.peak_step,
+        binding,
+        bound,
+        bound_step,
+        build_s,
+        solve_s,
+        prob.numVariables(),
+        prob.numConstraints(),
+        {"solver_objective": _solver_value(prob)},
+    )
 
 
 def _solver_value(prob: Any) -> float:

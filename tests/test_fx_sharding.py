@@ -93,6 +93,7 @@ def test_broadcasting_expand_can_cut_the_new_dim() -> None:
     (not a follower) whose per-axis options on a 4-way axis are, by hand: R <- R, S(0) <- S(0),
     S(1) <- S(1) (shards pass), S(2) <- R (each device materializes its slice of the broadcast dim),
     P <- P (expand is linear). A non-broadcasting expand stays a follower, and passes P."""
+
     def f(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return x.expand(8, 16, 32) / 32 + y.expand(8, 16, 32)
 
@@ -102,7 +103,11 @@ def test_broadcasting_expand_can_cut_the_new_dim() -> None:
     assert not is_follower(cast) and is_follower(same)
     s = [("S", d, 1) for d in range(3)]
     assert op_strategies(cast, {}, (4,)) == [
-        ((R,), ((R,),)), ((s[0],), ((s[0],),)), ((s[1],), ((s[1],),)), ((s[2],), ((R,),)), ((P,), ((P,),))
+        ((R,), ((R,),)),
+        ((s[0],), ((s[0],),)),
+        ((s[1],), ((s[1],),)),
+        ((s[2],), ((R,),)),
+        ((P,), ((P,),)),
     ]
     assert follow_axis(same, P, 4) == P and follow_axis(same, s[2], 4) == s[2]
 
@@ -372,8 +377,10 @@ def test_nll_loss_class_sharded_options() -> None:
         return torch.ops.aten.nll_loss_backward(torch.ones_like(loss), logp, target, None, 1, -100, weight)
 
     gm = make_fx(f, tracing_mode="fake")(torch.empty(16, 64), torch.zeros(16, dtype=torch.long))
-    fwd, bwd = (next(iter(gm.graph.find_nodes(op="call_function", target=t)))
-                for t in (torch.ops.aten.nll_loss_forward.default, torch.ops.aten.nll_loss_backward.default))
+    fwd, bwd = (
+        next(iter(gm.graph.find_nodes(op="call_function", target=t)))
+        for t in (torch.ops.aten.nll_loss_forward.default, torch.ops.aten.nll_loss_backward.default)
+    )
     s0, s1 = ("S", 0, 1), ("S", 1, 1)
     assert ((P,), ((s1,), (R,))) in op_strategies(fwd, {}, (4,))
     assert ((P,), ((s0,), (s0,))) in op_strategies(fwd, {}, (4,))

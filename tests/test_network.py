@@ -67,11 +67,14 @@ def test_all_gather_and_reduce_scatter_hand():
     assert float(reduce_scatter_time_s(S, 8, no_alpha)) == pytest.approx(half, rel=1e-6)
 
 
-@pytest.mark.parametrize(("algorithm", "expected"), [
-    ("tree", 0.02003),                  # 2·3·5e-6 + 2·1e9/1e11 = 3e-5 + 0.02
-    ("recursive_doubling", 0.030015),   # 3·(5e-6 + 0.01)
-    ("halving_doubling", 0.01753),      # 2·3·5e-6 + 2·(7/8)·0.01 = 3e-5 + 0.0175
-])
+@pytest.mark.parametrize(
+    ("algorithm", "expected"),
+    [
+        ("tree", 0.02003),  # 2·3·5e-6 + 2·1e9/1e11 = 3e-5 + 0.02
+        ("recursive_doubling", 0.030015),  # 3·(5e-6 + 0.01)
+        ("halving_doubling", 0.01753),  # 2·3·5e-6 + 2·(7/8)·0.01 = 3e-5 + 0.0175
+    ],
+)
 def test_other_all_reduce_algorithms_hand(algorithm, expected):
     """n = 8, L(8) = 3: tree 2Lα + 2S/B; recursive doubling L(α + S/B); Rabenseifner 2Lα + 2(7/8)S/B."""
     assert float(all_reduce_time_s(S, 8, LINK, algorithm)) == pytest.approx(expected, rel=1e-6)
@@ -259,7 +262,8 @@ def test_grad_latency_and_efficiency_signs(x64):
     assert float(g_eff) < 0
     mesh_grads = jax.grad(lambda link: mesh_all_to_all_time_s(S, (4, 4, 2), link, False))(LINK)
     hier_grads = jax.grad(lambda link: hierarchical_all_reduce_time_s(S, 8, 4, INNER, link, "ring", "tree"))(
-        OUTER)
+        OUTER
+    )
     for leaf in jax.tree_util.tree_leaves((mesh_grads, hier_grads)):
         assert np.isfinite(float(leaf))
     assert float(hier_grads.bandwidth_Bps) < 0 < float(hier_grads.latency_s)
@@ -268,10 +272,15 @@ def test_grad_latency_and_efficiency_signs(x64):
 # ---- properties ---------------------------------------------------------------------------------
 
 _CASES = {f"{k}/{a}": functools.partial(collective_time_s, k, algorithm=a) for k, a in KIND_ALGORITHMS}
-_CASES |= {f"hier/{k}": (lambda s, n, link, k=k: hierarchical_collective_time_s(k, s, n, 3, INNER, link))
-           for k in ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")}
-_CASES |= {f"mesh/{f.__name__}/{w}": (lambda s, n, link, f=f, w=w: f(s, (n, 4), link, w))
-           for f in (mesh_all_reduce_time_s, mesh_all_to_all_time_s) for w in (True, False)}
+_CASES |= {
+    f"hier/{k}": (lambda s, n, link, k=k: hierarchical_collective_time_s(k, s, n, 3, INNER, link))
+    for k in ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
+}
+_CASES |= {
+    f"mesh/{f.__name__}/{w}": (lambda s, n, link, f=f, w=w: f(s, (n, 4), link, w))
+    for f in (mesh_all_reduce_time_s, mesh_all_to_all_time_s)
+    for w in (True, False)
+}
 
 
 @functools.cache
@@ -280,9 +289,13 @@ def _jitted(name):
 
 
 @settings(max_examples=150, deadline=None)
-@given(name=st.sampled_from(sorted(_CASES)), n=st.integers(1, 4096),
-       sizes=st.lists(st.floats(0, 1e12), min_size=2, max_size=2),
-       bws=st.lists(st.floats(1e8, 1e13), min_size=2, max_size=2), alpha=st.floats(0, 1e-4))
+@given(
+    name=st.sampled_from(sorted(_CASES)),
+    n=st.integers(1, 4096),
+    sizes=st.lists(st.floats(0, 1e12), min_size=2, max_size=2),
+    bws=st.lists(st.floats(1e8, 1e13), min_size=2, max_size=2),
+    alpha=st.floats(0, 1e-4),
+)
 def test_monotone_in_size_and_bandwidth(name, n, sizes, bws, alpha):
     """t is non-decreasing in size and non-increasing in bandwidth (affine α–β terms, positive slopes)."""
     (s_lo, s_hi), (b_lo, b_hi) = sorted(sizes), sorted(bws)
@@ -310,19 +323,22 @@ def test_unknown_kind_lists_valid_kinds():
         hierarchical_collective_time_s("broadcast", S, 8, 2, INNER, OUTER)
 
 
-@pytest.mark.parametrize("call", [
-    lambda: all_reduce_time_s(-1.0, 8, LINK),
-    lambda: all_gather_time_s(S, 0, LINK),
-    lambda: hierarchical_all_reduce_time_s(S, 0, 2, INNER, OUTER),
-    lambda: hierarchical_all_to_all_time_s(S, 8, 0, INNER, OUTER),
-    lambda: mesh_all_reduce_time_s(S, (4, 0), LINK, True),
-    lambda: mesh_all_to_all_time_s(-5, (4, 4), LINK, True),
-    lambda: mesh_all_reduce_time_s(S, (), LINK, True),
-    lambda: send_recv_time_s(S, LINK, hops=-1),
-    lambda: Link(0.0, ALPHA),
-    lambda: Link(B, -1e-6),
-    lambda: Link(B, ALPHA, 1.5),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: all_reduce_time_s(-1.0, 8, LINK),
+        lambda: all_gather_time_s(S, 0, LINK),
+        lambda: hierarchical_all_reduce_time_s(S, 0, 2, INNER, OUTER),
+        lambda: hierarchical_all_to_all_time_s(S, 8, 0, INNER, OUTER),
+        lambda: mesh_all_reduce_time_s(S, (4, 0), LINK, True),
+        lambda: mesh_all_to_all_time_s(-5, (4, 4), LINK, True),
+        lambda: mesh_all_reduce_time_s(S, (), LINK, True),
+        lambda: send_recv_time_s(S, LINK, hops=-1),
+        lambda: Link(0.0, ALPHA),
+        lambda: Link(B, -1e-6),
+        lambda: Link(B, ALPHA, 1.5),
+    ],
+)
 def test_bad_plain_numbers_raise_config_error(call):
     with pytest.raises(ConfigError):
         call()

@@ -36,9 +36,11 @@ from search.topology import (
 
 JOB8 = Job(tp=2, dp=2, pp=2, bytes_per_step={"tp": 8.0, "dp": 3.0, "pp": 1.0})
 # Listed as the API returns them, leaves interleaved, so device order is not topology order.
-INSTANCES = {"nodes": [
-    {"id": f"i{k}", "network_node_ids": [f"nn-leaf{k % 2}", "nn-spine0"], "gpus": 2} for k in range(4)
-]}
+INSTANCES = {
+    "nodes": [
+        {"id": f"i{k}", "network_node_ids": [f"nn-leaf{k % 2}", "nn-spine0"], "gpus": 2} for k in range(4)
+    ]
+}
 
 
 def brute_force(job, topo, objective="sum", keep_tp_in_domain=False) -> float:
@@ -77,8 +79,11 @@ def test_topology_builders() -> None:
     assert hops(torus3d(4, 4, 4), 0, 3) == 1 and hops(mesh2d(4, 4), 0, 3) == 3
 
 
-@pytest.mark.parametrize("topo", [gpu_cluster(2, 4, nodes_per_leaf=2), torus3d(2, 2, 2),
-                                  from_instance_json(INSTANCES)], ids=["2x4", "torus222", "json"])
+@pytest.mark.parametrize(
+    "topo",
+    [gpu_cluster(2, 4, nodes_per_leaf=2), torus3d(2, 2, 2), from_instance_json(INSTANCES)],
+    ids=["2x4", "torus222", "json"],
+)
 @pytest.mark.parametrize("objective", ["sum", "max"])
 def test_cp_sat_matches_brute_force(topo, objective) -> None:
     for keep in (False, True):
@@ -127,8 +132,9 @@ def test_evaluate_reports_spans_tiers_and_time() -> None:
     tp = report["by_type"]["tp"]
     assert tp["max_nodes"] == 1 and set(tp["bytes_by_tier"]) == {"scale_up"} and tp["time_s"] > 0
     assert report["by_type"]["pp"]["max_nodes"] == 2 and report["by_type"]["pp"]["max_leaves"] == 1
-    assert report["cost_sum"] == pytest.approx(placement_cost(traffic(JOB8), hop_cost_matrix(topo),
-                                                              tree_heuristic(JOB8, topo).devices))
+    assert report["cost_sum"] == pytest.approx(
+        placement_cost(traffic(JOB8), hop_cost_matrix(topo), tree_heuristic(JOB8, topo).devices)
+    )
     assert report["max_link_bytes"] > 0 and report["comm_time_s"] > 0 and report["tp_in_domain"]
 
 
@@ -160,7 +166,8 @@ def test_evaluate_charges_shared_uplinks() -> None:
     assert pp["time_s"] == pytest.approx(4 * 0.5e9 / 100e9 + 5e-6)
     assert pp["time_s_alone"] == pytest.approx(0.5e9 / 50e9 + 5e-6)
     assert dp["contention"] == 1.0 and dp["time_s"] == pytest.approx(
-        float(all_reduce_time_s(4e9, 4, Link(50e9, 3e-6))))  # NIC-bound ring, 1.5 + 1.5 µs hops
+        float(all_reduce_time_s(4e9, 4, Link(50e9, 3e-6)))
+    )  # NIC-bound ring, 1.5 + 1.5 µs hops
     # busiest link over both phases: a NIC carrying a DP ring pair (2·3/4·4 GB) and half a pipeline pair
     assert ev["max_link"][1] == "leaf0" and ev["max_link_bytes"] == wire_bytes(job, "dp") + 0.5e9
     assert ev["max_link_busy_s"] == pytest.approx(6.5e9 / 50e9)

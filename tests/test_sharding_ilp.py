@@ -33,10 +33,17 @@ def example() -> ShardingProblem:
 
 # --- brute force (independent of the module: memory summed at every integer step) -----------------
 
+
 def peak(problem: ShardingProblem, combo: tuple[int, ...]) -> float:
     horizon = max(n.interval[1] for n in problem.nodes)
-    return max(sum(n.usages[s] for n, s in zip(problem.nodes, combo, strict=True)
-                   if n.interval[0] <= t < n.interval[1]) for t in range(horizon + 1))
+    return max(
+        sum(
+            n.usages[s]
+            for n, s in zip(problem.nodes, combo, strict=True)
+            if n.interval[0] <= t < n.interval[1]
+        )
+        for t in range(horizon + 1)
+    )
 
 
 def cost(problem: ShardingProblem, combo: tuple[int, ...]) -> float:
@@ -44,8 +51,12 @@ def cost(problem: ShardingProblem, combo: tuple[int, ...]) -> float:
     return node + sum(problem.edge_matrix(e)[combo[e.u], combo[e.v]] for e in problem.edges)
 
 
-def brute_force(problem: ShardingProblem, limit: float | None, pins: dict[int, int] | None = None,
-                tied: list[tuple[int, int]] = ()) -> float | None:
+def brute_force(
+    problem: ShardingProblem,
+    limit: float | None,
+    pins: dict[int, int] | None = None,
+    tied: list[tuple[int, int]] = (),
+) -> float | None:
     """Least cost over all combinations (copies ``tied`` equal, ``pins`` fixed); None if infeasible."""
     best = None
     for combo in itertools.product(*(range(len(n.costs)) for n in problem.nodes)):
@@ -67,12 +78,15 @@ def random_problem(rng: np.random.Generator) -> ShardingProblem:
         nodes.append(Node(tuple(costs), tuple(usages), (start, start + int(rng.integers(1, 6)))))
     pairs = [(u, v) for u, v in itertools.combinations(range(len(nodes)), 2) if rng.random() < 0.5]
     sizes = [len(nodes[u].costs) * len(nodes[v].costs) for u, v in pairs]
-    edges = tuple(Edge(u, v, tuple(rng.integers(0, 40, n).astype(float)))
-                  for (u, v), n in zip(pairs, sizes, strict=True))
+    edges = tuple(
+        Edge(u, v, tuple(rng.integers(0, 40, n).astype(float)))
+        for (u, v), n in zip(pairs, sizes, strict=True)
+    )
     return ShardingProblem(tuple(nodes), edges)
 
 
 # --- the public example ------------------------------------------------------------------------
+
 
 def test_example_with_limit(example: ShardingProblem) -> None:
     sol = solve(example)
@@ -103,6 +117,7 @@ def test_live_steps_are_the_maximal_cliques(example: ShardingProblem) -> None:
 
 
 # --- random small graphs against brute force ------------------------------------------------------
+
 
 @pytest.mark.parametrize("seed", range(25))
 def test_random_matches_brute_force(seed: int) -> None:
@@ -144,13 +159,18 @@ def test_pins_on_example(example: ShardingProblem) -> None:
 
 # --- repeat groups ------------------------------------------------------------------------------
 
-def chain(block: list[Node], inner: list[Edge], k: int, shift: int, cross: tuple | None = None,
-          share: bool = True) -> ShardingProblem:
+
+def chain(
+    block: list[Node], inner: list[Edge], k: int, shift: int, cross: tuple | None = None, share: bool = True
+) -> ShardingProblem:
     """k copies of ``block`` (intervals shifted by ``shift`` per copy); ``cross`` = (last, first, costs)
     links copy b's node ``last`` to copy b+1's node ``first``."""
     b = len(block)
-    nodes = tuple(replace(n, interval=(n.interval[0] + c * shift, n.interval[1] + c * shift))
-                  for c in range(k) for n in block)
+    nodes = tuple(
+        replace(n, interval=(n.interval[0] + c * shift, n.interval[1] + c * shift))
+        for c in range(k)
+        for n in block
+    )
     edges = [Edge(e.u + c * b, e.v + c * b, e.costs) for c in range(k) for e in inner]
     if cross:
         edges += [Edge(cross[0] + c * b, cross[1] + (c + 1) * b, cross[2]) for c in range(k - 1)]
@@ -159,10 +179,19 @@ def chain(block: list[Node], inner: list[Edge], k: int, shift: int, cross: tuple
 
 
 def random_block(rng: np.random.Generator, size: int = 3) -> tuple[list[Node], list[Edge]]:
-    block = [Node(tuple(rng.integers(0, 50, 2).astype(float)), tuple(rng.integers(1, 20, 2).astype(float)),
-                  (i, i + int(rng.integers(1, 4)))) for i in range(size)]
-    inner = [Edge(u, v, tuple(rng.integers(0, 40, 4).astype(float)))
-             for u, v in itertools.combinations(range(size), 2) if rng.random() < 0.6]
+    block = [
+        Node(
+            tuple(rng.integers(0, 50, 2).astype(float)),
+            tuple(rng.integers(1, 20, 2).astype(float)),
+            (i, i + int(rng.integers(1, 4))),
+        )
+        for i in range(size)
+    ]
+    inner = [
+        Edge(u, v, tuple(rng.integers(0, 40, 4).astype(float)))
+        for u, v in itertools.combinations(range(size), 2)
+        if rng.random() < 0.6
+    ]
     return block, inner
 
 
@@ -224,6 +253,7 @@ def test_repeat_validation_and_pins() -> None:
 
 
 # --- solver selection and input checks --------------------------------------------------------------
+
 
 def test_solver_choice(example: ShardingProblem) -> None:
     with pytest.raises(ConfigError, match="unknown solver"):
