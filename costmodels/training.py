@@ -17,7 +17,7 @@ reduce-scatter + all-gather pair with sequence parallelism, Korthikanti et al. 2
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import jax
@@ -76,6 +76,11 @@ def op_table(spec: ModelSpec, seq_len: int, precision: str = "bf16", fused_atten
 # The step
 
 
+def _part(note: str) -> dict[str, str]:
+    """The metadata of a field of the step's breakdown that adds to ``step_time_s``: what it is."""
+    return {"part": note}
+
+
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
 class TrainingBreakdown:
@@ -84,17 +89,18 @@ class TrainingBreakdown:
     of the slowest stage; ``bubble_s`` the pipeline fill/drain; the ``*_comm_s`` the exposed parts."""
 
     step_time_s: Array
-    compute_s: Array
-    recompute_s: Array
-    tp_comm_s: Array
-    cp_comm_s: Array
-    ep_comm_s: Array
-    pp_comm_s: Array
-    dp_comm_s: Array
-    zero3_comm_s: Array
-    stream_s: Array
-    bubble_s: Array
-    optimizer_s: Array
+    # the parts of the step (``part`` metadata: what each one is; TIME_FIELDS lists them)
+    compute_s: Array = field(metadata=_part("forward + backward kernels, all micro-batches, slowest stage"))
+    recompute_s: Array = field(metadata=_part("forward re-run in the backward pass"))
+    tp_comm_s: Array = field(metadata=_part("exposed tensor-parallel collectives"))
+    cp_comm_s: Array = field(metadata=_part("exposed ring-attention K,V passing"))
+    ep_comm_s: Array = field(metadata=_part("MoE all-to-all dispatch / combine"))
+    pp_comm_s: Array = field(metadata=_part("stage-boundary send / recv"))
+    dp_comm_s: Array = field(metadata=_part("exposed gradient reduction"))
+    zero3_comm_s: Array = field(metadata=_part("exposed ZeRO-3 weight gathers"))
+    stream_s: Array = field(metadata=_part("exposed weight streaming (weights in, gradients out)"))
+    bubble_s: Array = field(metadata=_part("pipeline fill / drain: (pp-1)/vpp micro-batch times"))
+    optimizer_s: Array = field(metadata=_part("optimizer step (memory-bound)"))
     mfu: Array  # model FLOPs (no recompute, causal attention: metrics) / (time · devices · peak) ≤ 1
     hfu: Array  # hardware FLOPs (with the recomputed forward) / (time · devices · peak)
     tokens_per_s: Array
@@ -105,20 +111,11 @@ class TrainingBreakdown:
         return self.memory.feasible
 
 
-# The parts of TrainingBreakdown that add up to step_time_s.
-TIME_FIELDS: tuple[str, ...] = (
-    "compute_s",
-    "recompute_s",
-    "tp_comm_s",
-    "cp_comm_s",
-    "ep_comm_s",
-    "pp_comm_s",
-    "dp_comm_s",
-    "zero3_comm_s",
-    "stream_s",
-    "bubble_s",
-    "optimizer_s",
-)
+# The parts of TrainingBreakdown that add up to step_time_s, and what each one is.
+TIME_NOTES: dict[str, str] = {
+    f.name: f.metadata["part"] for f in fields(TrainingBreakdown) if "part" in f.metadata
+}
+TIME_FIELDS: tuple[str, ...] = tuple(TIME_NOTES)
 
 
 @dataclass(frozen=True)

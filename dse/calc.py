@@ -34,7 +34,7 @@ from costmodels.inference import InferenceJob, engine_preset, inference_step
 from costmodels.memory import MemoryBreakdown, overflow, overflow_message
 from costmodels.metrics import model_flops_per_sequence, recompute_flops_per_sequence, tokens_per_day
 from costmodels.parallel import FLAG, FRACTION, RECOMPUTE, Plan, check_plan, knobs, make_plan
-from costmodels.training import TIME_FIELDS, TrainingJob, training_step
+from costmodels.training import TIME_FIELDS, TIME_NOTES, TrainingJob, training_step
 from costmodels.workload import parameter_count
 from dse._app import format_table, print_json, run_app
 from dse.checks import check_results
@@ -50,19 +50,6 @@ _DEGREES = ("tp", "pp", "cp", "ep", "vpp", "microbatch")  # set by the user (dp 
 # Parallelism values that mean "off" (the plan fields' neutral values); command_line leaves them out
 # (zero3_overlap has none: it matters only at ZeRO-3).
 _NEUTRAL = {k: m["neutral"] for k, m in knobs().items() if m["neutral"] is not None}
-_TIME_NOTES = {
-    "compute_s": "forward + backward kernels, all micro-batches, slowest stage",
-    "recompute_s": "forward re-run in the backward pass",
-    "tp_comm_s": "exposed tensor-parallel collectives",
-    "cp_comm_s": "exposed ring-attention K,V passing",
-    "ep_comm_s": "MoE all-to-all dispatch / combine",
-    "pp_comm_s": "stage-boundary send / recv",
-    "dp_comm_s": "exposed gradient reduction",
-    "zero3_comm_s": "exposed ZeRO-3 weight gathers",
-    "stream_s": "exposed weight streaming (weights in, gradients out)",
-    "bubble_s": "pipeline fill / drain: (pp-1)/vpp micro-batch times",
-    "optimizer_s": "optimizer step (memory-bound)",
-}
 MFU_NOTE = "model FLOPs: fwd+bwd GEMMs + causal attention, no recompute (NeMo / Megatron-Bridge)"
 HFU_NOTE = "hardware FLOPs: model FLOPs + the recomputed forward"
 
@@ -366,7 +353,7 @@ def render_training(rep: Mapping[str, Any]) -> str:
         f"micro-batch {p['microbatch']}, {p['microbatches']} micro-batches per pipeline per step"
     )
     times = [
-        [k.removesuffix("_s").replace("_", " "), _time(rep[k]), _pct(rep["step_shares"][k]), _TIME_NOTES[k]]
+        [k.removesuffix("_s").replace("_", " "), _time(rep[k]), _pct(rep["step_shares"][k]), TIME_NOTES[k]]
         for k in TIME_FIELDS
     ]
     times.append(["step", fmt_time(step), _pct(1.0), "sum of the above"])
