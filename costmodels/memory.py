@@ -36,7 +36,7 @@ from costmodels.hardware import (
 )
 from costmodels.parallel import DEGREE, Plan, knobs
 from costmodels.sharding import RULE_REPLICATED, RULE_ROW, tp_rule
-from costmodels.workload import Batch, Op, forward_ops
+from costmodels.workload import STAGE_FIRST, STAGE_LAST, TP_REPLICATED, TP_VOCAB, Batch, Op, forward_ops
 
 Scalar = Any  # float or jax.Array
 GiB = 2.0**30
@@ -153,15 +153,11 @@ def param_counts(spec: ModelSpec) -> ParamCounts:
     sums = {f.name: 0.0 for f in fields(ParamCounts) if f.name != "tied"}
     for op in forward_ops(spec, Batch.training(1, 1)):
         params = float(op.params * op.count)
-        if op.name == "embed.tokens":
-            sums["embed_tp"] += params
-        elif op.name.startswith("embed."):
-            sums["embed_replicated"] += params
-        elif op.name == "lm_head":
-            sums["head_tp"] += params
-        elif op.name == "final_norm":
-            sums["head_replicated"] += params
-        elif op.name.startswith("moe.experts"):
+        if op.stage == STAGE_FIRST:
+            sums["embed_tp" if op.tp == TP_VOCAB else "embed_replicated"] += params
+        elif op.stage == STAGE_LAST:
+            sums["head_replicated" if op.tp == TP_REPLICATED else "head_tp"] += params
+        elif op.expert:
             sums["experts"] += params
         else:
             split, replicated = _layer_split(op)

@@ -28,7 +28,7 @@ from costmodels.architectures import ModelSpec
 from costmodels.errors import ConfigError
 from costmodels.hardware import Hardware
 from costmodels.memory import GiB
-from costmodels.workload import Batch, Op, forward_ops, training_ops
+from costmodels.workload import STAGE_LAYER, Batch, Op, forward_ops, training_ops
 
 SECONDS_PER_DAY = 86_400.0
 
@@ -67,9 +67,7 @@ def recompute_flops_per_sequence(
     fwd = forward_ops(spec, Batch.training(1, seq_len, causal=_causal(attention)))
     if recompute == "selective":
         return _matmul_flops([op for op in fwd if op.kind == "attention"])
-    return _matmul_flops(
-        [op for op in fwd if op.count == spec.num_layers or op.name.startswith(("moe.", "mlp."))]
-    )
+    return _matmul_flops([op for op in fwd if op.stage == STAGE_LAYER])
 
 
 def tokens_per_day(samples_per_s: float, seq_len: int) -> float:

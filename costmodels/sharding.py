@@ -30,41 +30,38 @@ from costmodels.compute import (
 )
 from costmodels.hardware import Hardware, peak_flops
 from costmodels.parallel import Plan
-from costmodels.workload import FLASH_BACKWARD_FLOPS, Op
+from costmodels.workload import (
+    FLASH_BACKWARD_FLOPS,
+    STAGE_FIRST,
+    STAGE_LAST,
+    STAGE_LAYER,
+    TP_COLUMN,
+    TP_REPLICATED,
+    TP_ROW,
+    TP_SPLIT,
+    TP_VOCAB,
+    Op,
+)
 
 Array = Any
 
-# How tensor parallelism shards an op (Megatron-LM): which of FLOPs / weight / input / output it divides.
+# How tensor parallelism shards an op (Megatron-LM): which of FLOPs / weight / input / output it
+# divides; the table's codes of the ops' own ``tp`` marks (costmodels.workload.TP_*).
 RULE_REPLICATED, RULE_COLUMN, RULE_ROW, RULE_SPLIT, RULE_VOCAB = 0, 1, 2, 3, 4
-_COLUMN = ("qkv_proj", "q_proj", "q_b_proj", "kv_b_proj", "gate_up_proj", "up_proj", "lm_head")
-_ROW = ("o_proj", "down_proj")
-_SPLIT = (
-    "attn.scores",
-    "attn.softmax",
-    "attn.av",
-    "attn.sdpa",
-    "attn.rotary",
-    "attn.q_norm",
-    "attn.k_norm",
-    "act_mul",
-    ".act",
-    "attn.dropout",
-    "loss.cross_entropy",
-)
+_RULES = {
+    TP_REPLICATED: RULE_REPLICATED,
+    TP_COLUMN: RULE_COLUMN,
+    TP_ROW: RULE_ROW,
+    TP_SPLIT: RULE_SPLIT,
+    TP_VOCAB: RULE_VOCAB,
+}
 GROUP_FIRST, GROUP_LAYER, GROUP_LAST = 0, 1, 2
+_GROUPS = {STAGE_FIRST: GROUP_FIRST, STAGE_LAYER: GROUP_LAYER, STAGE_LAST: GROUP_LAST}
 
 
 def tp_rule(op: Op) -> int:
-    """How tensor parallelism shards ``op`` (one of the RULE_* codes), from its name."""
-    if op.name.startswith("embed.tokens"):
-        return RULE_VOCAB
-    if op.name.endswith(_COLUMN):
-        return RULE_COLUMN
-    if op.name.endswith(_ROW):
-        return RULE_ROW
-    if op.name.startswith(_SPLIT) or op.name.endswith(_SPLIT):
-        return RULE_SPLIT
-    return RULE_REPLICATED  # norms, residual adds, router, MLA down-projections (Megatron replicates them)
+    """How tensor parallelism shards ``op`` (one of the RULE_* codes): the mark it was built with."""
+    return _RULES[op.tp]
 
 
 @dataclass(frozen=True)
@@ -103,11 +100,7 @@ def table_from_ops(ops: list[Op], spec: ModelSpec, queries: float, keys: float) 
     """Arrays over ``ops`` (the ops of one sequence or query: ``queries`` new tokens attending ``keys``)."""
     rows = []
     for op in ops:
-        group = (
-            GROUP_FIRST
-            if op.name.startswith("embed.")
-            else (GROUP_LAST if op.name in ("final_norm", "lm_head", "loss.cross_entropy") else GROUP_LAYER)
-        )
+        group = _GROUPS[op.stage]
         kind = {"matmul": KIND_MATMUL, "attention": KIND_ATTENTION, "embedding": KIND_EMBEDDING}.get(
             op.kind, KIND_ELEMENTWISE
         )
@@ -118,7 +111,6 @@ def table_from_ops(ops: list[Op], spec: ModelSpec, queries: float, keys: float) 
             geometry = (op.mnk[0], op.mnk[1], op.mnk[2], op.gemms)
         elif op.kind == "attention":
             geometry = _attention_geometry(op, spec, queries, keys)
-        core = op.kind == "attention" or op.name in ("attn.softmax", "attn.dropout")
         rows.append(
             (
                 op.flops,
@@ -130,8 +122,8 @@ def table_from_ops(ops: list[Op], spec: ModelSpec, queries: float, keys: float) 
                 kind,
                 tp_rule(op),
                 *geometry,
-                float(op.name.startswith("moe.experts")),
-                float(core),
+                float(op.expert),
+                float(op.core),
             )
         )
     cols = np.array(rows, dtype=np.float64).T

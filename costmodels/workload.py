@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from costmodels.architectures import ACTIVATION_FLOPS, ModelSpec
 from costmodels.errors import ConfigError
@@ -43,6 +44,16 @@ SOFTMAX_FLOPS = 5.0
 ROTARY_FLOPS = 3.0
 
 
+# How tensor parallelism shards an op (Megatron-LM), set where the op is built: ``column`` and
+# ``row`` linears split their weight (and FLOPs and one activation), ``split`` ops run on a slice of
+# the heads or features, ``vocab`` is the vocabulary-parallel embedding, ``replicated`` ops run whole
+# on every TP rank (norms, residual adds, routers, MLA down-projections).
+TP_REPLICATED, TP_COLUMN, TP_ROW, TP_SPLIT, TP_VOCAB = "replicated", "column", "row", "split", "vocab"
+# Which pipeline stage holds an op: the first (embedding), every stage (the layers), the last (head).
+STAGE_FIRST, STAGE_LAYER, STAGE_LAST = "first", "layer", "last"
+_CORE = {"tp": TP_SPLIT, "core": True}  # the attention core: split by heads, re-run by selective recompute
+
+
 @dataclass(frozen=True)
 class Op:
     """One kernel. FLOPs and bytes are per execution; ``count`` executions per step (layers).
@@ -52,6 +63,9 @@ class Op:
     rows, output columns, reduction) each — (tokens, output features, input features) in the forward
     pass — for shape-dependent efficiency models; its FLOPs are ``2·m·n·k·gemms`` plus the bias
     adds. ``phase`` is ``fwd``, ``bwd_input`` (input gradients) or ``bwd_weight`` (weight gradients).
+    Set where the op is built: ``tp`` (how tensor parallelism shards it, TP_*), ``stage`` (STAGE_*),
+    ``core`` (the attention core that selective recomputation re-runs) and ``expert`` (a routed
+    expert's op, sharded over ep).
     """
 
     name: str
@@ -65,6 +79,10 @@ class Op:
     phase: str = "fwd"
     mnk: tuple[float, float, float] | None = None
     gemms: float = 1.0
+    tp: str = TP_REPLICATED
+    stage: str = STAGE_LAYER
+    core: bool = False
+    expert: bool = False
 
     @property
     def gemm_flops(self) -> float:
@@ -159,8 +177,11 @@ def _linear(
     count: int,
     experts: int = 1,
     experts_read: float = 1.0,
+    tp: str = TP_REPLICATED,
+    **marks: Any,
 ) -> Op:
-    """``tokens`` rows through ``experts`` weights of ``in_f × out_f``; ``experts_read`` of them touched."""
+    """``tokens`` rows through ``experts`` weights of ``in_f × out_f``; ``experts_read`` of them touched;
+    ``tp`` and ``marks`` (stage, expert) as :class:`Op` says."""
     params = experts * (in_f * out_f + (out_f if bias else 0))
     return Op(
         name,
@@ -173,10 +194,14 @@ def _linear(
         params=params,
         mnk=(tokens / max(experts_read, 1.0), float(out_f), float(in_f)),
         gemms=max(experts_read, 1.0),
+        tp=tp,
+        **marks,
     )
 
 
-def _norm(name: str, spec: ModelSpec, rows: float, width: int, b: _Bytes, count: int, kind: str = "") -> Op:
+def _norm(
+    name: str, spec: ModelSpec, rows: float, width: int, b: _Bytes, count: int, kind: str = "", **marks: Any
+) -> Op:
     kind = kind or spec.norm
     per_row = 4 * width + 2 if kind == "rmsnorm" else 7 * width + 3
     params = width * (2 if kind == "layernorm" and spec.norm_bias else 1)
@@ -189,6 +214,7 @@ def _norm(name: str, spec: ModelSpec, rows: float, width: int, b: _Bytes, count:
         rows * width * b.act,
         count=count,
         params=params,
+        **marks,
     )
 
 
@@ -200,6 +226,7 @@ def _elementwise(
     b: _Bytes,
     count: int,
     outputs: float = 1.0,
+    **marks: Any,
 ) -> Op:
     return Op(
         name,
@@ -209,6 +236,7 @@ def _elementwise(
         inputs * elements * b.act,
         outputs * elements * b.act,
         count=count,
+        **marks,
     )
 
 
@@ -256,12 +284,22 @@ def _sdpa(
                 q_bytes + k_bytes + v_bytes,
                 o_bytes,
                 count=count,
+                **_CORE,
             )
         ]
     return [
-        Op("attn.scores", "attention", score_flops, 0.0, q_bytes + k_bytes, scores * b.act, count=count),
-        _elementwise("attn.softmax", scores, softmax_flops, 1, b, count),
-        Op("attn.av", "attention", av_flops, 0.0, scores * b.act + v_bytes, o_bytes, count=count),
+        Op(
+            "attn.scores",
+            "attention",
+            score_flops,
+            0.0,
+            q_bytes + k_bytes,
+            scores * b.act,
+            count=count,
+            **_CORE,
+        ),
+        _elementwise("attn.softmax", scores, softmax_flops, 1, b, count, **_CORE),
+        Op("attn.av", "attention", av_flops, 0.0, scores * b.act + v_bytes, o_bytes, count=count, **_CORE),
     ]
 
 
@@ -270,15 +308,16 @@ def _attention_ops(spec: ModelSpec, bt: Batch, b: _Bytes, fused: bool, mla_absor
         return _mla_ops(spec, bt, b, fused, mla_absorb)
     h, nh, nkv, d, n = spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.num_layers
     t = bt.new_tokens
-    ops = [_linear("attn.qkv_proj", t, h, (nh + 2 * nkv) * d, spec.qkv_bias, b, n)]
+    ops = [_linear("attn.qkv_proj", t, h, (nh + 2 * nkv) * d, spec.qkv_bias, b, n, tp=TP_COLUMN)]
     if spec.qk_norm:
-        q_norm = _norm("attn.q_norm", spec, t * nh, d, b, n, "rmsnorm")
-        k_norm = _norm("attn.k_norm", spec, t * nkv, d, b, n, "rmsnorm")
+        q_norm = _norm("attn.q_norm", spec, t * nh, d, b, n, "rmsnorm", tp=TP_SPLIT)
+        k_norm = _norm("attn.k_norm", spec, t * nkv, d, b, n, "rmsnorm", tp=TP_SPLIT)
         ops += [q_norm, replace(k_norm, params=d, weight_bytes=d * b.weight)]
     if spec.positions == "rotary":
-        ops.append(_elementwise("attn.rotary", t * (nh + nkv) * spec.rotary_dim, ROTARY_FLOPS, 1, b, n))
+        elements = t * (nh + nkv) * spec.rotary_dim
+        ops.append(_elementwise("attn.rotary", elements, ROTARY_FLOPS, 1, b, n, tp=TP_SPLIT))
     ops += _sdpa(spec, bt, b, n, d, d, nkv, nkv * d, nkv * d, fused)
-    ops.append(_linear("attn.o_proj", t, nh * d, h, spec.attn_out_bias, b, n))
+    ops.append(_linear("attn.o_proj", t, nh * d, h, spec.attn_out_bias, b, n, tp=TP_ROW))
     return ops
 
 
@@ -296,14 +335,14 @@ def _mla_ops(spec: ModelSpec, bt: Batch, b: _Bytes, fused: bool, absorb: bool) -
         ops = [
             _linear("attn.q_a_proj", t, h, m.q_lora_rank, spec.qkv_bias, b, n),
             _norm("attn.q_a_norm", spec, t, m.q_lora_rank, b, n),
-            _linear("attn.q_b_proj", t, m.q_lora_rank, nh * qk, False, b, n),
+            _linear("attn.q_b_proj", t, m.q_lora_rank, nh * qk, False, b, n, tp=TP_COLUMN),
         ]
     else:
-        ops = [_linear("attn.q_proj", t, h, nh * qk, False, b, n)]
+        ops = [_linear("attn.q_proj", t, h, nh * qk, False, b, n, tp=TP_COLUMN)]
     ops += [
         _linear("attn.kv_a_proj", t, h, m.kv_lora_rank + m.qk_rope_head_dim, spec.qkv_bias, b, n),
         _norm("attn.kv_a_norm", spec, t, m.kv_lora_rank, b, n),
-        _elementwise("attn.rotary", t * (nh + 1) * m.qk_rope_head_dim, ROTARY_FLOPS, 1, b, n),
+        _elementwise("attn.rotary", t * (nh + 1) * m.qk_rope_head_dim, ROTARY_FLOPS, 1, b, n, tp=TP_SPLIT),
     ]
     if absorb:
         latent = m.kv_lora_rank + m.qk_rope_head_dim
@@ -334,12 +373,13 @@ def _mla_ops(spec: ModelSpec, bt: Batch, b: _Bytes, fused: bool, absorb: bool) -
                 False,
                 b,
                 n,
+                tp=TP_COLUMN,
             )
         )
         ops += _sdpa(
             spec, bt, replace(b, kv=b.act), n, qk, m.v_head_dim, nh, nh * qk, nh * m.v_head_dim, fused
         )
-    ops.append(_linear("attn.o_proj", t, nh * m.v_head_dim, h, spec.attn_out_bias, b, n))
+    ops.append(_linear("attn.o_proj", t, nh * m.v_head_dim, h, spec.attn_out_bias, b, n, tp=TP_ROW))
     return ops
 
 
@@ -356,21 +396,25 @@ def _mlp_ops(
     count: int,
     experts: int = 1,
     experts_read: float = 1.0,
+    expert: bool = False,
 ) -> list[Op]:
-    """Gated (gate/up → act·mul → down) or plain (up → act → down) MLP of ``width``."""
+    """Gated (gate/up → act·mul → down) or plain (up → act → down) MLP of ``width``; ``expert``: the
+    routed experts' MLP (sharded over ep)."""
     h, act = spec.hidden_size, _activation_flops(spec)
+    many = {"experts": experts, "experts_read": experts_read, "expert": expert}
+    bias = spec.mlp_bias
     if spec.gated_mlp:
         return [
-            _linear(
-                f"{prefix}.gate_up_proj", tokens, h, 2 * width, spec.mlp_bias, b, count, experts, experts_read
+            _linear(f"{prefix}.gate_up_proj", tokens, h, 2 * width, bias, b, count, tp=TP_COLUMN, **many),
+            _elementwise(
+                f"{prefix}.act_mul", tokens * width, act + 1.0, 2, b, count, tp=TP_SPLIT, expert=expert
             ),
-            _elementwise(f"{prefix}.act_mul", tokens * width, act + 1.0, 2, b, count),
-            _linear(f"{prefix}.down_proj", tokens, width, h, spec.mlp_bias, b, count, experts, experts_read),
+            _linear(f"{prefix}.down_proj", tokens, width, h, bias, b, count, tp=TP_ROW, **many),
         ]
     return [
-        _linear(f"{prefix}.up_proj", tokens, h, width, spec.mlp_bias, b, count),
-        _elementwise(f"{prefix}.act", tokens * width, act, 1, b, count),
-        _linear(f"{prefix}.down_proj", tokens, width, h, spec.mlp_bias, b, count),
+        _linear(f"{prefix}.up_proj", tokens, h, width, bias, b, count, tp=TP_COLUMN, expert=expert),
+        _elementwise(f"{prefix}.act", tokens * width, act, 1, b, count, tp=TP_SPLIT, expert=expert),
+        _linear(f"{prefix}.down_proj", tokens, width, h, bias, b, count, tp=TP_ROW, expert=expert),
     ]
 
 
@@ -387,7 +431,9 @@ def _moe_ops(spec: ModelSpec, bt: Batch, b: _Bytes, count: int, all_experts: boo
     ops = [
         _linear("moe.router", t, h, moe.num_experts, False, b, count),
         _elementwise("moe.router_softmax_topk", t * moe.num_experts, SOFTMAX_FLOPS, 1, b, count),
-        *_mlp_ops(spec, "moe.experts", routed, moe.expert_intermediate, b, count, moe.num_experts, read),
+        *_mlp_ops(
+            spec, "moe.experts", routed, moe.expert_intermediate, b, count, moe.num_experts, read, True
+        ),
         _elementwise("moe.combine", routed * h, 2.0, 1, b, count, outputs=1.0 / moe.top_k),
     ]
     if moe.shared_intermediate:
@@ -410,6 +456,8 @@ def _embedding_ops(spec: ModelSpec, bt: Batch, b: _Bytes) -> list[Op]:
             t * 4.0,
             t * h * b.act,
             params=spec.vocab_size * h,
+            tp=TP_VOCAB,
+            stage=STAGE_FIRST,
         )
     ]
     if spec.positions == "learned":
@@ -422,10 +470,11 @@ def _embedding_ops(spec: ModelSpec, bt: Batch, b: _Bytes) -> list[Op]:
                 t * h * b.act,
                 t * h * b.act,
                 params=spec.max_positions * h,
+                stage=STAGE_FIRST,
             )
         )
     if spec.embedding_norm:
-        ops.append(_norm("embed.norm", spec, t, h, b, 1))
+        ops.append(_norm("embed.norm", spec, t, h, b, 1, stage=STAGE_FIRST))
     return ops
 
 
@@ -453,12 +502,15 @@ def _block_ops(
 
 def _head_ops(spec: ModelSpec, bt: Batch, b: _Bytes, with_loss: bool) -> list[Op]:
     h, v, rows = spec.hidden_size, spec.vocab_size, bt.logit_tokens
-    head = _linear("lm_head", rows, h, v, spec.lm_head_bias, b, 1)
+    head = _linear("lm_head", rows, h, v, spec.lm_head_bias, b, 1, tp=TP_COLUMN, stage=STAGE_LAST)
     if spec.tie_embeddings:
         head = replace(head, params=0)  # the weight is the token embedding, counted there
-    ops = [_norm("final_norm", spec, bt.new_tokens, h, b, 1), head]
+    ops = [_norm("final_norm", spec, bt.new_tokens, h, b, 1, stage=STAGE_LAST), head]
     if with_loss:
-        ops.append(_elementwise("loss.cross_entropy", rows * v, SOFTMAX_FLOPS, 1, b, 1, outputs=1.0 / v))
+        loss = _elementwise(
+            "loss.cross_entropy", rows * v, SOFTMAX_FLOPS, 1, b, 1, 1.0 / v, tp=TP_SPLIT, stage=STAGE_LAST
+        )
+        ops.append(loss)
     return ops
 
 
@@ -485,7 +537,8 @@ def _with_dropout(spec: ModelSpec, ops: list[Op], b: _Bytes) -> list[Op]:
         out.append(op)
         if spec.attention_dropout > 0 and op.name == "attn.softmax":
             elements = op.output_bytes / b.act
-            out.append(_elementwise("attn.dropout", elements, 2.0, 1, b, op.count, outputs=1.0 + 1.0 / b.act))
+            dropout = _elementwise("attn.dropout", elements, 2.0, 1, b, op.count, 1.0 + 1.0 / b.act, **_CORE)
+            out.append(dropout)
     return out
 
 
