@@ -44,10 +44,11 @@ import jax.numpy as jnp
 
 from costmodels.architectures import ModelSpec
 from costmodels.errors import ConfigError
+from costmodels.fabric import collective_s, p2p_s
 from costmodels.hardware import Hardware, activation_precision, bytes_per_element
 from costmodels.memory import MemoryBreakdown, inference_memory
 from costmodels.parallel import Plan
-from costmodels.sharding import OpTable, collective_s, op_times, p2p_s, shard, table_from_ops
+from costmodels.sharding import OpTable, op_times, shard, table_from_ops
 from costmodels.workload import Batch, forward_ops
 
 Array = Any

@@ -5,8 +5,8 @@ tensor parallelism shards each (Megatron-LM, Shoeybi et al. 2019: column-paralle
 LM head, row-parallel attention-out / MLP-down, heads split for attention, norms replicated or
 split along the sequence with sequence parallelism, Korthikanti et al. 2022). :func:`shard` scales
 and divides it for a plan (arrays, so ``vmap`` over plans works) and :func:`op_times` prices the
-forward and backward kernels with the compute model. :func:`collective_s` and :func:`p2p_s` place a
-parallel group on the scale-up or scale-out tier from its stride in rank order.
+forward and backward kernels with the compute model. Communication is priced by
+:mod:`costmodels.fabric`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from costmodels import network
 from costmodels.architectures import ModelSpec
 from costmodels.compute import (
     KIND_ATTENTION,
@@ -244,79 +243,3 @@ def op_times(
         fwd = fwd + jnp.where(is_mm, kernel(KIND_ELEMENTWISE, 0.0, casts * s.x, quantize=False), 0.0)
         bwd = bwd + jnp.where(is_mm, kernel(KIND_ELEMENTWISE, 0.0, casts * s.y, quantize=False), 0.0)
     return fwd, bwd
-
-
-# --------------------------------------------------------------------------------------------
-# Communication
-
-
-def _tiers(hw: Hardware, stride: Array, size: Array) -> tuple[Array, Array]:
-    """(devices of a group inside one scale-up domain, domains it spans) for a group of ``size`` ranks
-    spaced ``stride`` apart in rank order."""
-    inner = jnp.clip(hw.scale_up_domain_size / stride, 1.0, size)
-    inner = jnp.where(stride >= hw.scale_up_domain_size, 1.0, inner)
-    return inner, size / inner
-
-
-def links(hw: Hardware) -> tuple[network.Link, network.Link]:
-    up = network.Link(hw.scale_up_bandwidth_Bps, hw.scale_up_latency_s, hw.collective_efficiency)
-    out = network.Link(
-        hw.scale_out_bandwidth_Bps / hw.scale_out_oversubscription,
-        hw.scale_out_latency_s,
-        hw.collective_efficiency,
-    )
-    return up, out
-
-
-def collective_s(kind: str, hw: Hardware, size: Array, stride: Array, n: Array) -> Array:
-    """A collective over a group of ``n`` ranks spaced ``stride`` apart: hierarchical over the
-    scale-up and scale-out tiers (switched fabrics), or on a 2-D mesh of dies (``topology: mesh2d``,
-    a wafer) over a compact sub-mesh, then across wafers. Every call (n > 1) also pays the library's
-    base latency ``collective_base_latency_s`` once, besides the α of each ring step."""
-    inner, outer = _tiers(hw, stride, n)
-    up, out = links(hw)
-    base = jnp.where(n > 1, hw.collective_base_latency_s, 0.0)  # one library call, whatever its tiers
-    if hw.topology == "mesh2d":
-        return base + _mesh_hierarchical(kind, size, inner, outer, up, out)
-    return base + network.hierarchical_collective_time_s(kind, size, inner, outer, up, out)
-
-
-def _submesh(n: Array) -> tuple[Array, Array]:
-    """The near-square a × b sub-mesh of ``n`` dies a group is placed on (a a power of two ≤ √n)."""
-    a = 2.0 ** jnp.floor(jnp.log2(jnp.sqrt(jnp.maximum(n, 1.0))))
-    return a, jnp.maximum(n, 1.0) / a
-
-
-def _mesh_hierarchical(
-    kind: str, size: Array, inner: Array, outer: Array, up: network.Link, out: network.Link
-) -> Array:
-    """Dimension-ordered collectives on the group's sub-mesh (``network.mesh_*``, no wraparound),
-    composed with a ring across wafers as the switched hierarchy composes its two tiers (Mikami et al.
-    2018): all-reduce = mesh reduce-scatter + cross-wafer all-reduce of S/inner + mesh all-gather."""
-    dims = _submesh(inner)
-    if kind == "all_reduce":
-        return (
-            network.mesh_reduce_scatter_time_s(size, dims, up, False)
-            + network.all_reduce_time_s(size / inner, outer, out)
-            + network.mesh_all_gather_time_s(size, dims, up, False)
-        )
-    if kind == "all_gather":
-        return network.all_gather_time_s(size / inner, outer, out) + network.mesh_all_gather_time_s(
-            size, dims, up, False
-        )
-    if kind == "reduce_scatter":
-        return network.mesh_reduce_scatter_time_s(size, dims, up, False) + network.reduce_scatter_time_s(
-            size / inner, outer, out
-        )
-    if kind == "all_to_all":
-        return network.mesh_all_to_all_time_s(size, dims, up, False) + network.all_to_all_time_s(
-            size, outer, out
-        )
-    raise ValueError(f"unknown collective {kind!r}")
-
-
-def p2p_s(hw: Hardware, size: Array, stride: Array) -> Array:
-    """One send/recv between neighbouring ranks ``stride`` apart (inside the domain or across)."""
-    up, out = links(hw)
-    inside = stride < hw.scale_up_domain_size
-    return jnp.where(inside, network.send_recv_time_s(size, up), network.send_recv_time_s(size, out))

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from costmodels import network
 from costmodels.architectures import ModelSpec
 from costmodels.compute import KIND_ATTENTION, KIND_FLASH
+from costmodels.fabric import collective_s, links, p2p_s
 from costmodels.hardware import (
     LOW_PRECISIONS,
     Hardware,
@@ -36,18 +37,7 @@ from costmodels.hardware import (
 from costmodels.memory import MemoryBreakdown, stage_parameters, training_memory
 from costmodels.metrics import model_flops_per_sequence, recompute_flops_per_sequence
 from costmodels.parallel import Plan, stage_layers
-from costmodels.sharding import (
-    GROUP_FIRST,
-    GROUP_LAST,
-    GROUP_LAYER,
-    OpTable,
-    collective_s,
-    links,
-    op_times,
-    p2p_s,
-    shard,
-    table_from_ops,
-)
+from costmodels.sharding import GROUP_FIRST, GROUP_LAST, GROUP_LAYER, OpTable, op_times, shard, table_from_ops
 from costmodels.workload import Batch, forward_ops
 
 Array = Any

@@ -71,6 +71,7 @@ import torch
 
 from costmodels.compute import KIND_ATTENTION, KIND_ELEMENTWISE, KIND_EMBEDDING, KIND_MATMUL, kernel_time_s
 from costmodels.errors import ConfigError
+from costmodels.fabric import links
 from costmodels.hardware import Hardware, peak_flops
 from costmodels.network import (
     Link,
@@ -119,13 +120,9 @@ FREE = VIEWS | {
 
 
 def default_links(hw: Hardware, ndim: int) -> tuple[Link, ...]:
-    """Last mesh axis = scale-up (NVLink), the one before it = scale-out (NIC per device)."""
-    up = Link(float(hw.scale_up_bandwidth_Bps), float(hw.scale_up_latency_s), float(hw.collective_efficiency))
-    out = Link(
-        float(hw.scale_out_bandwidth_Bps) / float(hw.scale_out_oversubscription),
-        float(hw.scale_out_latency_s),
-        float(hw.collective_efficiency),
-    )
+    """Last mesh axis = scale-up (NVLink), the one before it = scale-out (NIC per device): the
+    preset's links (``costmodels.fabric.links``) as plain numbers."""
+    up, out = (Link(float(x.bandwidth_Bps), float(x.latency_s), float(x.efficiency)) for x in links(hw))
     return (out,) * (ndim - 1) + (up,)
 
 

@@ -272,7 +272,7 @@ def test_every_collective_call_pays_the_base_latency_once():
     over n > 1 ranks, whatever tiers it spans; a group of one rank costs nothing."""
     import dataclasses
 
-    from costmodels.sharding import collective_s
+    from costmodels.fabric import collective_s
 
     with_base = dataclasses.replace(HW, collective_base_latency_s=6.6e-6)
     for stride, n in ((1.0, 8.0), (1.0, 16.0), (8.0, 4.0)):

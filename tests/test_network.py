@@ -347,3 +347,11 @@ def test_bad_plain_numbers_raise_config_error(call):
 def test_arrays_are_not_checked():
     """Traced/array inputs skip the plain-number checks (no error, no host sync)."""
     jax.jit(lambda s: all_reduce_time_s(s, 8, LINK))(jnp.array(-1.0))
+
+
+def test_every_topology_a_preset_may_declare_has_a_fabric_formula() -> None:
+    """Hardware validation accepts exactly the topologies the fabric prices: none falls through."""
+    from costmodels.fabric import FABRICS
+    from costmodels.hardware import TOPOLOGIES
+
+    assert set(FABRICS) == set(TOPOLOGIES)
