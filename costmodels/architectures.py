@@ -54,6 +54,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
+
 from costmodels.errors import ConfigError
 
 
@@ -85,8 +87,11 @@ class ModelSpec:
     """A decoder-only transformer, normalised across Hugging Face families.
 
     ``layer_kinds`` lists ``("dense" | "moe", count)`` runs in layer order. ``norms_per_layer`` is
-    the number of norms in a block (1 for GPT-J's single ``ln_1``). ``parallel_block``: attention
-    and MLP read the same normed input and their outputs are added once (GPT-J, NeoX, Falcon).
+    the number of norms in a block (1 for GPT-J's single ``ln_1``; 4 for Gemma-2's norms before and
+    after attention and MLP). ``parallel_block``: attention and MLP read the same normed input and
+    their outputs are added once (GPT-J, NeoX, Falcon). ``local_layers`` of the layers attend only
+    the last ``sliding_window`` positions (Mistral/Gemma sliding-window attention; 0: none);
+    ``attn_softcap`` / ``final_softcap``: scores and logits go through ``cap·tanh(x/cap)`` (Gemma-2).
     """
 
     model_type: str
@@ -118,6 +123,10 @@ class ModelSpec:
     layer_kinds: tuple[tuple[str, int], ...] = ()
     moe: MoESpec | None = None
     mla: MLASpec | None = None
+    sliding_window: int = 0
+    local_layers: int = 0
+    attn_softcap: float = 0.0
+    final_softcap: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.layer_kinds:
@@ -135,6 +144,20 @@ class ModelSpec:
             raise ConfigError(
                 f"{self.model_type}: layer kinds {self.layer_kinds} do not sum to {self.num_layers}"
             )
+        if not 0 <= self.local_layers <= self.num_layers or (self.local_layers and self.sliding_window < 1):
+            raise ConfigError(
+                f"{self.model_type}: {self.local_layers} sliding-window layers of {self.num_layers} with a "
+                f"window of {self.sliding_window}: need 0..num_layers layers and a window >= 1"
+            )
+
+    def cached_layer_tokens(self, context: Any) -> Any:
+        """Tokens held in the KV cache summed over layers, for ``context`` tokens of one sequence:
+        every full-attention layer keeps them all, a sliding-window layer the last ``sliding_window``
+        (Σ_layers = (L − local)·c + local·min(c, w))."""
+        full = (self.num_layers - self.local_layers) * context
+        if not self.local_layers:
+            return full
+        return full + self.local_layers * jnp.minimum(context, self.sliding_window)
 
     @property
     def kv_cache_elements_per_token(self) -> int:
@@ -469,6 +492,12 @@ class _Fields:
             raise self._error(key, f"must be a non-empty string, got {value!r}")
         return value
 
+    def text_list(self, name: str, *, if_none: Any = _UNSET) -> list[str]:
+        key, value, check = self._value(name, False, if_none)
+        if check and (not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value)):
+            raise self._error(key, f"must be a list of strings, got {value!r}")
+        return list(value)
+
     def int_list(self, name: str, *, if_none: Any = _UNSET) -> list[int]:
         key, value, check = self._value(name, False, if_none)
         if check and (
@@ -613,6 +642,7 @@ def _llama_like(
     qkv_bias: bool | None = None,
     mlp_bias: bool | None = False,
     qk_norm: bool = False,
+    activation: str = "hidden_act",
 ) -> ModelSpec:
     """Llama, Mistral, Qwen2, Qwen3 (and the attention/MLP of Mixtral, Qwen3-MoE, DeepSeek-V3).
 
@@ -633,7 +663,7 @@ def _llama_like(
         head_dim=head_dim,
         intermediate_size=c.int("intermediate_size", minimum=1),
         gated_mlp=True,
-        activation=c.activation("hidden_act"),
+        activation=c.activation(activation),
         norm="rmsnorm",
         norm_bias=False,
         norms_per_layer=2,
@@ -654,8 +684,11 @@ def _llama(c: _Fields) -> ModelSpec:
 
 
 def _mistral(c: _Fields) -> ModelSpec:
-    """Mistral: no biases (MistralAttention, MistralMLP: ``bias=False``; the config has no such field)."""
-    return _llama_like(c, "mistral", attention_bias=False)
+    """Mistral: no biases (MistralAttention, MistralMLP: ``bias=False``; the config has no such field);
+    a ``sliding_window`` (Mistral-7B-v0.1: 4,096) applies to every layer, as its attention masks it."""
+    spec = _llama_like(c, "mistral", attention_bias=False)
+    window = c.int("sliding_window", minimum=1, if_none=0)
+    return replace(spec, sliding_window=window, local_layers=spec.num_layers if window else 0)
 
 
 def _qwen2(c: _Fields) -> ModelSpec:
@@ -700,6 +733,31 @@ def _qwen3_moe(c: _Fields) -> ModelSpec:
         expert_intermediate=c.int("moe_intermediate_size", minimum=1),
     )
     return replace(spec, moe=moe, layer_kinds=_runs(kinds))
+
+
+def _gemma2(c: _Fields) -> ModelSpec:
+    """Gemma-2 (``Gemma2DecoderLayer``): Llama's attention and gated MLP (``hidden_activation``, GeGLU),
+    RMSNorms before and after both attention and MLP (4 per layer), no biases, tied embeddings; the
+    layers of ``layer_types`` marked ``sliding_attention`` (default: every other one, starting with the
+    first, as ``Gemma2Config`` sets it) attend the last ``sliding_window`` positions; attention scores
+    and final logits are soft-capped (``attn_logit_softcapping``, ``final_logit_softcapping``)."""
+    spec = _llama_like(c, "gemma2", attention_bias=None, mlp_bias=False, activation="hidden_activation")
+    layers = spec.num_layers
+    default = ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(layers)]
+    types = c.text_list("layer_types", if_none=default)
+    if len(types) != layers or not set(types) <= {"sliding_attention", "full_attention"}:
+        raise c._error(
+            "layer_types", f"must list sliding_attention or full_attention for each of {layers} layers"
+        )
+    window = c.int("sliding_window", minimum=1, if_none=0)
+    return replace(
+        spec,
+        norms_per_layer=4,
+        sliding_window=window,
+        local_layers=types.count("sliding_attention") if window else 0,
+        attn_softcap=c.number("attn_logit_softcapping", if_none=0.0),
+        final_softcap=c.number("final_logit_softcapping", if_none=0.0),
+    )
 
 
 def _runs(kinds: list[str]) -> tuple[tuple[str, int], ...]:
@@ -891,6 +949,7 @@ PARSERS: dict[str, Callable[[_Fields], ModelSpec]] = {
     "qwen2": _qwen2,
     "qwen3": _qwen3,
     "qwen3_moe": _qwen3_moe,
+    "gemma2": _gemma2,
     "mpt": _mpt,
     "bloom": _bloom,
     "falcon": _falcon,

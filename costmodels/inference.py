@@ -123,7 +123,8 @@ class InferenceJob:
         """(prefill table of one query, decode-step table of one query at the mean context)."""
 
         def table(cached: float, new: int) -> OpTable:
-            batch = Batch(float(new), cached + new, new * cached + new * (new + 1) / 2.0, 1, 1.0)
+            pairs = new * cached + new * (new + 1) / 2.0
+            batch = Batch(float(new), cached + new, pairs, 1, 1.0, ((cached, float(new), 1.0),))
             ops = forward_ops(
                 self.spec,
                 batch,

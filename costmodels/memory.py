@@ -237,16 +237,18 @@ def _mlp_block_terms(spec: ModelSpec, kind: str, e: float, gemm_in: float) -> tu
 @cache
 def _layer_terms(spec: ModelSpec, e: float, drop: float, gemm_in: float) -> tuple[float, float, float]:
     """(replicated, sharded, per-KV-head) bytes per token, averaged over the layer kinds. Norm inputs
-    (1 in a parallel block, else 2) and outputs (one per norm) and h-wide dropout masks (attention and
-    MLP outputs, 1 B) are replicated: Korthikanti's 10sbh for GPT (4 + 4 + 2).
+    (1 in a parallel block, else 2; +2 for Gemma-2's post-norms) and the outputs of the norms that feed
+    GEMMs (a post-norm's output feeds a residual add and is not kept) and h-wide dropout masks
+    (attention and MLP outputs, 1 B) are replicated: Korthikanti's 10sbh for GPT (4 + 4 + 2).
 
     ``gemm_in``: bytes of a saved tensor whose only use is as a GEMM input — the norm outputs and the
     MLP down-projection input. FP8 training (Transformer Engine) saves these as the FP8 copies its
     GEMMs read (1 B) and adds an FP8 copy of the attention output (the out-projection's input, which
     flash attention keeps in 16 bits for its own backward); otherwise ``gemm_in`` = ``e``."""
     h, n = spec.hidden_size, spec.num_layers
-    norm_in = e * h * (1 if spec.parallel_block else 2)
-    norms = norm_in + gemm_in * h * spec.norms_per_layer + 2.0 * drop * h
+    post = 2 if spec.norms_per_layer == 4 else 0  # Gemma-2's post-norms: inputs saved, outputs feed adds
+    norm_in = e * h * ((1 if spec.parallel_block else 2) + post)
+    norms = norm_in + gemm_in * h * (spec.norms_per_layer - post) + 2.0 * drop * h
     rep, shard, kv_head = _attention_terms(spec, e)
     if gemm_in < e:
         shard += gemm_in * spec.num_heads * spec.head_dim
@@ -471,7 +473,8 @@ def inference_memory(
     workspace_bytes: Scalar | None = None,
 ) -> MemoryBreakdown:
     """Serving memory per device: weights of the larger pipeline stage (all experts resident), the KV
-    cache of batch_size·context_tokens tokens over L/pp layers, the activations of the largest step (a
+    cache of batch_size sequences of context_tokens over L/pp layers (a sliding-window layer keeps its
+    window: ``ModelSpec.cached_layer_tokens``), the activations of the largest step (a
     prefill of ``prefill_tokens``, default the whole batch·context), workspace. ``offload_*``: that
     fraction of weights / KV cache lives in host memory instead."""
     _check("positive", tp=tp, pp=pp)
@@ -481,7 +484,7 @@ def inference_memory(
     kv_b = bytes_per_element(kv_cache_precision(precision, kv_precision))
     first, last, experts = stage_parameters(spec, tp, pp)
     weights = w_b * (jnp.maximum(first, last) + experts)
-    kv = batch_size * context_tokens * spec.num_layers / pp * kv_elements_per_token(spec, tp) * kv_b
+    kv = batch_size * spec.cached_layer_tokens(context_tokens) / pp * kv_elements_per_token(spec, tp) * kv_b
     step = batch_size * context_tokens if prefill_tokens is None else prefill_tokens
     act_b = bytes_per_element(activation_precision(precision))
     act = _inference_activations(spec, tp, step, batch_size, act_b)

@@ -103,7 +103,7 @@ def table_from_ops(ops: list[Op], spec: ModelSpec, queries: float, keys: float) 
         kind = {"matmul": KIND_MATMUL, "attention": KIND_ATTENTION, "embedding": KIND_EMBEDDING}.get(
             op.kind, KIND_ELEMENTWISE
         )
-        if op.name == "attn.sdpa":
+        if op.flash:
             kind = KIND_FLASH
         geometry = (1.0, 1.0, 1.0, 1.0)
         if op.kind == "matmul":

@@ -42,6 +42,7 @@ from costmodels.hardware import (
 
 SOFTMAX_FLOPS = 5.0
 ROTARY_FLOPS = 3.0
+SOFTCAP_FLOPS = 3.0  # cap·tanh(x/cap): a division, a tanh and a multiplication per element
 
 
 # How tensor parallelism shards an op (Megatron-LM), set where the op is built: ``column`` and
@@ -64,8 +65,8 @@ class Op:
     pass — for shape-dependent efficiency models; its FLOPs are ``2·m·n·k·gemms`` plus the bias
     adds. ``phase`` is ``fwd``, ``bwd_input`` (input gradients) or ``bwd_weight`` (weight gradients).
     Set where the op is built: ``tp`` (how tensor parallelism shards it, TP_*), ``stage`` (STAGE_*),
-    ``core`` (the attention core that selective recomputation re-runs) and ``expert`` (a routed
-    expert's op, sharded over ep).
+    ``core`` (the attention core that selective recomputation re-runs), ``expert`` (a routed
+    expert's op, sharded over ep) and ``flash`` (a fused attention kernel).
     """
 
     name: str
@@ -83,6 +84,7 @@ class Op:
     stage: str = STAGE_LAYER
     core: bool = False
     expert: bool = False
+    flash: bool = False
 
     @property
     def gemm_flops(self) -> float:
@@ -113,6 +115,29 @@ class Batch:
     pairs: float
     sequences: int
     logit_tokens: float
+    # the queries: (cached tokens c, new tokens n, how many such queries), for windowed attention
+    spans: tuple[tuple[float, float, float], ...] = ()
+    causal: bool = True
+
+    def windowed(self, window: int) -> Batch:
+        """The same queries attending only the last ``window`` positions (sliding-window attention
+        run by a kernel that skips what the window masks): a new token at position j attends
+        min(j, w) keys, so a query of n new tokens after c cached ones attends S(c+n) − S(c) pairs,
+        S(x) = Σ_{j≤x} min(j, w) = x(x+1)/2 for x ≤ w, else w(w+1)/2 + (x − w)·w, and reads
+        min(c + n, w + n − 1) keys. A non-causal batch (the full s×s scores an eager kernel computes
+        before masking) is returned unchanged."""
+        if not self.causal:
+            return self
+        if not self.spans:
+            raise ConfigError("a batch without its query spans cannot be windowed")
+        w = float(window)
+
+        def s(x: float) -> float:
+            return x * (x + 1) / 2 if x <= w else w * (w + 1) / 2 + (x - w) * w
+
+        pairs = sum(k * (s(c + n) - s(c)) for c, n, k in self.spans)
+        context = sum(k * min(c + n, w + n - 1) for c, n, k in self.spans)
+        return replace(self, pairs=pairs, context_tokens=context)
 
     @classmethod
     def training(cls, batch_size: int, seq_len: int, causal: bool = True) -> Batch:
@@ -120,7 +145,8 @@ class Batch:
         _check_positive(batch_size=batch_size, seq_len=seq_len)
         pairs = seq_len * (seq_len + 1) / 2 if causal else float(seq_len * seq_len)
         tokens = float(batch_size * seq_len)
-        return cls(tokens, tokens, batch_size * pairs, batch_size, tokens)
+        spans = ((0.0, float(seq_len), float(batch_size)),)
+        return cls(tokens, tokens, batch_size * pairs, batch_size, tokens, spans, causal)
 
     @classmethod
     def inference(cls, cached_tokens: Sequence[int], input_tokens: Sequence[int]) -> Batch:
@@ -145,6 +171,7 @@ class Batch:
             pairs,
             len(input_tokens),
             float(len(input_tokens)),
+            tuple((float(c), float(n), 1.0) for c, n in zip(cached_tokens, input_tokens, strict=True)),
         )
 
 
@@ -265,6 +292,7 @@ def _sdpa(
     k_width: int,
     v_width: int,
     fused: bool,
+    name: str = "attn.sdpa",
 ) -> list[Op]:
     """Scores QKᵀ, softmax and AV for ``num_heads`` query heads of width ``qk_dim`` / ``v_dim``.
     K and V are read once per KV head group: ``context_tokens · k_width`` elements."""
@@ -274,16 +302,18 @@ def _sdpa(
     score_flops, av_flops = 2.0 * bt.pairs * nh * qk_dim, 2.0 * bt.pairs * nh * v_dim
     scores = bt.pairs * nh
     softmax_flops = SOFTMAX_FLOPS + (1.0 if spec.positions == "alibi" else 0.0)  # ALiBi adds a bias
+    softmax_flops += SOFTCAP_FLOPS if spec.attn_softcap else 0.0  # cap·tanh(x/cap) on every score
     if fused:
         return [
             Op(
-                "attn.sdpa",
+                name,
                 "attention",
                 score_flops + av_flops + softmax_flops * scores,
                 0.0,
                 q_bytes + k_bytes + v_bytes,
                 o_bytes,
                 count=count,
+                flash=True,
                 **_CORE,
             )
         ]
@@ -316,7 +346,11 @@ def _attention_ops(spec: ModelSpec, bt: Batch, b: _Bytes, fused: bool, mla_absor
     if spec.positions == "rotary":
         elements = t * (nh + nkv) * spec.rotary_dim
         ops.append(_elementwise("attn.rotary", elements, ROTARY_FLOPS, 1, b, n, tp=TP_SPLIT))
-    ops += _sdpa(spec, bt, b, n, d, d, nkv, nkv * d, nkv * d, fused)
+    local = spec.local_layers if fused else 0  # an eager kernel computes the masked scores too
+    ops += _sdpa(spec, bt, b, n - local, d, d, nkv, nkv * d, nkv * d, fused)
+    if local:
+        windowed = bt.windowed(spec.sliding_window)
+        ops += _sdpa(spec, windowed, b, local, d, d, nkv, nkv * d, nkv * d, fused, "attn.sdpa_local")
     ops.append(_linear("attn.o_proj", t, nh * d, h, spec.attn_out_bias, b, n, tp=TP_ROW))
     return ops
 
@@ -490,8 +524,12 @@ def _block_ops(
         # attention and MLP read the same residual stream; their outputs are added to it at once
         ops_residual = [_elementwise("residual_add", t * h, 2.0, 3, b, n)]
     else:
+        if spec.norms_per_layer == 4:  # Gemma-2: the attention output is normed before the residual add
+            ops.append(_norm("attn.post_norm", spec, t, h, b, n))
         ops += [_elementwise("attn.residual_add", t * h, 1.0, 2, b, n), _norm("mlp_norm", spec, t, h, b, n)]
         ops_residual = [_elementwise("mlp.residual_add", t * h, 1.0, 2, b, n)]
+        if spec.norms_per_layer == 4:  # and the MLP output
+            ops_residual.insert(0, _norm("mlp.post_norm", spec, t, h, b, n))
     for kind, count in spec.layer_kinds:
         if kind == "moe":
             ops += _moe_ops(spec, bt, b, count, all_experts)
@@ -506,6 +544,10 @@ def _head_ops(spec: ModelSpec, bt: Batch, b: _Bytes, with_loss: bool) -> list[Op
     if spec.tie_embeddings:
         head = replace(head, params=0)  # the weight is the token embedding, counted there
     ops = [_norm("final_norm", spec, bt.new_tokens, h, b, 1, stage=STAGE_LAST), head]
+    if spec.final_softcap:  # cap·tanh(logits/cap): one pass over the vocabulary-parallel logits
+        ops.append(
+            _elementwise("lm_head.softcap", rows * v, SOFTCAP_FLOPS, 1, b, 1, tp=TP_SPLIT, stage=STAGE_LAST)
+        )
     if with_loss:
         loss = _elementwise(
             "loss.cross_entropy", rows * v, SOFTMAX_FLOPS, 1, b, 1, 1.0 / v, tp=TP_SPLIT, stage=STAGE_LAST
@@ -619,7 +661,7 @@ def _backward(op: Op) -> list[Op]:
             op,
             name=f"{op.name}.bwd",
             phase="bwd_input",
-            flops=(FLASH_BACKWARD_FLOPS if op.name == "attn.sdpa" else 2.0) * op.flops,
+            flops=(FLASH_BACKWARD_FLOPS if op.flash else 2.0) * op.flops,
             params=0,
             input_bytes=op.input_bytes + op.output_bytes,
             output_bytes=op.input_bytes + op.weight_bytes,
@@ -675,7 +717,11 @@ def parameter_count(spec: ModelSpec) -> int:
     return int(sum(op.params * op.count for op in forward_ops(spec, Batch.training(1, 1))))
 
 
-def kv_cache_bytes(spec: ModelSpec, tokens: float, kv_precision: str = "fp16") -> float:
-    """KV cache held for ``tokens`` tokens: layers · tokens · elements per token · bytes per element.
-    Llama-2-7B fp16: 32 · 2·32·128 · 2 B = 0.5 MiB per token, 512 GiB for 2^20 tokens."""
-    return spec.num_layers * tokens * spec.kv_cache_elements_per_token * bytes_per_element(kv_precision)
+def kv_cache_bytes(spec: ModelSpec, tokens: float | Sequence[float], kv_precision: str = "fp16") -> float:
+    """KV cache held for one sequence of ``tokens`` tokens (or for each of several): tokens summed
+    over layers (:meth:`ModelSpec.cached_layer_tokens`: a sliding-window layer keeps its window) ·
+    elements per token · bytes per element. Llama-2-7B fp16: 32 · 2·32·128 · 2 B = 0.5 MiB per
+    token, 512 GiB for 2^20 tokens."""
+    sequences = [tokens] if isinstance(tokens, int | float) else list(tokens)
+    layer_tokens = sum(float(spec.cached_layer_tokens(t)) for t in sequences)
+    return layer_tokens * spec.kv_cache_elements_per_token * bytes_per_element(kv_precision)

@@ -80,7 +80,9 @@ def report(cfg: DictConfig) -> dict[str, Any]:
         "ridge_flops_per_byte": float(ridge_intensity(peak, bandwidth)),
         "params": params,
         "weights_bytes": params * bytes_per_element(cfg.precision),
-        "kv_cache_bytes": kv_cache_bytes(spec, sum(cached) + sum(new), kv_precision),
+        "kv_cache_bytes": kv_cache_bytes(
+            spec, [c + n for c, n in zip(cached, new, strict=True)], kv_precision
+        ),
         "hbm_capacity_bytes": float(hw.hbm_capacity_bytes),
         "matmul_efficiency": float(hw.matmul_efficiency),
         "memory_efficiency": float(hw.memory_efficiency),

@@ -136,6 +136,7 @@ PUBLISHED: dict[str, tuple[float, float, str]] = {
     "mistral_7b": (7_241_732_096, 0, "mistralai/Mistral-7B-v0.1 safetensors metadata (7.24B)"),
     "mixtral_8x7b": (46_702_792_704, 0, "mistralai/Mixtral-8x7B-v0.1 safetensors metadata (46.7B)"),
     "falcon_7b": (6_921_720_704, 0, "tiiuae/falcon-7b safetensors metadata (6.92B)"),
+    "gemma2_9b": (9_241_705_984, 0, "google/gemma-2-9b safetensors metadata (9.24B)"),
     "mpt_7b": (6_649_286_656, 0, "mosaicml/mpt-7b checkpoint (6.65B; model card: 6.7B)"),
     # Model cards and papers.
     "bloom_176b": (176_247_271_424, 0, "bigscience/bloom model card, 'Number of Parameters'"),
