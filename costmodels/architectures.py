@@ -219,13 +219,17 @@ def _transformers_dir() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+_MODULE_OF = {"gemma3_text": "gemma3"}  # model types whose configuration lives in another family's module
+
+
 def _schema_from_source(model_type: str) -> _Schema:
     """Read the class whose ``model_type`` is ``model_type`` in its ``configuration_*.py``; an empty
     schema when ``transformers`` is not installed or has no such module (a family it lacks)."""
     root = _transformers_dir()
     if root is None:
         return _Schema()
-    module = model_type.replace("-", "_")  # transformers' model_type_to_module_name, bar its special cases
+    # transformers' model_type_to_module_name: the model_type, or the family module that defines it
+    module = _MODULE_OF.get(model_type, model_type.replace("-", "_"))
     path = root / "models" / module / f"configuration_{module}.py"
     if not path.is_file():
         return _Schema()
@@ -686,9 +690,52 @@ def _llama(c: _Fields) -> ModelSpec:
 def _mistral(c: _Fields) -> ModelSpec:
     """Mistral: no biases (MistralAttention, MistralMLP: ``bias=False``; the config has no such field);
     a ``sliding_window`` (Mistral-7B-v0.1: 4,096) applies to every layer, as its attention masks it."""
-    spec = _llama_like(c, "mistral", attention_bias=False)
+    return _window_everywhere(c, _llama_like(c, "mistral", attention_bias=False))
+
+
+def _window_everywhere(c: _Fields, spec: ModelSpec) -> ModelSpec:
+    """A config's ``sliding_window`` (None: none) on every layer (Mistral, Phi-3, StarCoder2)."""
     window = c.int("sliding_window", minimum=1, if_none=0)
     return replace(spec, sliding_window=window, local_layers=spec.num_layers if window else 0)
+
+
+def _phi3(c: _Fields) -> ModelSpec:
+    """Phi-3: Llama's layer with fused ``qkv_proj`` and ``gate_up_proj`` (the same weights), no
+    biases; ``sliding_window`` (Phi-3-mini-4k: 2,047) on every layer."""
+    return _window_everywhere(c, _llama_like(c, "phi3", attention_bias=False))
+
+
+def _starcoder2(c: _Fields) -> ModelSpec:
+    """StarCoder2 (``Starcoder2DecoderLayer``): LayerNorms with bias (``norm_epsilon``), q/k/v/o and a
+    plain MLP (``c_fc`` → act → ``c_proj``) with bias when ``use_bias``, GQA, rotary, tied embeddings
+    by default; ``sliding_window`` on every layer."""
+    h, layers, heads = _shape(c, "hidden_size", "num_hidden_layers", "num_attention_heads")
+    bias = c.flag("use_bias")
+    spec = ModelSpec(
+        model_type="starcoder2",
+        hidden_size=h,
+        num_layers=layers,
+        vocab_size=c.int("vocab_size", minimum=1),
+        num_heads=heads,
+        num_kv_heads=c.int("num_key_value_heads", minimum=1, if_none=heads),
+        head_dim=h // heads,
+        intermediate_size=c.int("intermediate_size", minimum=1),
+        gated_mlp=False,
+        activation=c.activation("hidden_act"),
+        norm="layernorm",
+        norm_bias=True,
+        norms_per_layer=2,
+        qkv_bias=bias,
+        attn_out_bias=bias,
+        mlp_bias=bias,
+        positions="rotary",
+        max_positions=c.int("max_position_embeddings", minimum=1),
+        rotary_dim=h // heads,
+        tie_embeddings=c.flag("tie_word_embeddings"),
+        attention_dropout=c.probability("attention_dropout"),
+        hidden_dropout=c.probability("residual_dropout"),
+    )
+    return _window_everywhere(c, spec)
 
 
 def _qwen2(c: _Fields) -> ModelSpec:
@@ -735,6 +782,39 @@ def _qwen3_moe(c: _Fields) -> ModelSpec:
     return replace(spec, moe=moe, layer_kinds=_runs(kinds))
 
 
+def _gemma_layers(c: _Fields, layers: int, pattern: int) -> tuple[int, int]:
+    """(window, sliding-window layers) of a Gemma config: ``layer_types`` if given, else every layer
+    but each ``pattern``-th slides (Gemma-2: 2, Gemma-3: ``sliding_window_pattern``, 6), as the
+    configuration classes set it; a ``sliding_window`` of None slides nowhere."""
+    default = ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(layers)]
+    types = c.text_list("layer_types", if_none=default)
+    if len(types) != layers or not set(types) <= {"sliding_attention", "full_attention"}:
+        raise c._error(
+            "layer_types", f"must list sliding_attention or full_attention for each of {layers} layers"
+        )
+    window = c.int("sliding_window", minimum=1, if_none=0)
+    return window, types.count("sliding_attention") if window else 0
+
+
+def _gemma3_text(c: _Fields) -> ModelSpec:
+    """Gemma-3 (text): Gemma-2's layer with RMSNorm on queries and keys (``q_norm``, ``k_norm`` over
+    head_dim), five sliding-window layers to a global one (``sliding_window_pattern``), soft-capping
+    only where the config sets it (None: off)."""
+    spec = _llama_like(
+        c, "gemma3_text", attention_bias=None, mlp_bias=False, qk_norm=True, activation="hidden_activation"
+    )
+    pattern = c.int("sliding_window_pattern", minimum=1, if_none=6) if not c.given("layer_types") else 6
+    window, local = _gemma_layers(c, spec.num_layers, pattern)
+    return replace(
+        spec,
+        norms_per_layer=4,
+        sliding_window=window,
+        local_layers=local,
+        attn_softcap=c.number("attn_logit_softcapping", if_none=0.0),
+        final_softcap=c.number("final_logit_softcapping", if_none=0.0),
+    )
+
+
 def _gemma2(c: _Fields) -> ModelSpec:
     """Gemma-2 (``Gemma2DecoderLayer``): Llama's attention and gated MLP (``hidden_activation``, GeGLU),
     RMSNorms before and after both attention and MLP (4 per layer), no biases, tied embeddings; the
@@ -742,19 +822,12 @@ def _gemma2(c: _Fields) -> ModelSpec:
     first, as ``Gemma2Config`` sets it) attend the last ``sliding_window`` positions; attention scores
     and final logits are soft-capped (``attn_logit_softcapping``, ``final_logit_softcapping``)."""
     spec = _llama_like(c, "gemma2", attention_bias=None, mlp_bias=False, activation="hidden_activation")
-    layers = spec.num_layers
-    default = ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(layers)]
-    types = c.text_list("layer_types", if_none=default)
-    if len(types) != layers or not set(types) <= {"sliding_attention", "full_attention"}:
-        raise c._error(
-            "layer_types", f"must list sliding_attention or full_attention for each of {layers} layers"
-        )
-    window = c.int("sliding_window", minimum=1, if_none=0)
+    window, local = _gemma_layers(c, spec.num_layers, 2)
     return replace(
         spec,
         norms_per_layer=4,
         sliding_window=window,
-        local_layers=types.count("sliding_attention") if window else 0,
+        local_layers=local,
         attn_softcap=c.number("attn_logit_softcapping", if_none=0.0),
         final_softcap=c.number("final_logit_softcapping", if_none=0.0),
     )
@@ -950,6 +1023,9 @@ PARSERS: dict[str, Callable[[_Fields], ModelSpec]] = {
     "qwen3": _qwen3,
     "qwen3_moe": _qwen3_moe,
     "gemma2": _gemma2,
+    "gemma3_text": _gemma3_text,
+    "phi3": _phi3,
+    "starcoder2": _starcoder2,
     "mpt": _mpt,
     "bloom": _bloom,
     "falcon": _falcon,

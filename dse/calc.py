@@ -161,6 +161,7 @@ def _setup(cfg: DictConfig, hw: Hardware, spec: ModelSpec) -> dict[str, Any]:
     choices, extra = run_context(cfg)
     return {
         "model": _model_name(cfg, choices),
+        "model_type": spec.model_type,
         "hardware": choices.get("hardware", hw.name),
         "hardware_name": hw.name,
         "params": parameter_count(spec),
@@ -336,8 +337,11 @@ def _feasible_line(rep: Mapping[str, Any]) -> str:
 
 
 def _header(rep: Mapping[str, Any]) -> str:
+    """'llama3_8b (llama, 8.03 B parameters) on 8 × NVIDIA H100 SXM5 80GB, training, bf16'."""
+    n = rep["params"]
+    count = f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n:,}"
     return (
-        f"{rep['model']} ({rep['params'] / 1e9:.2f} B params) on {rep['num_devices']} × "
+        f"{rep['model']} ({rep['model_type']}, {count} parameters) on {rep['num_devices']} × "
         f"{rep['hardware_name']}, {rep['mode']}, {rep['precision']}"
     )
 

@@ -106,3 +106,40 @@ def test_gemma2_9b_runs_in_every_entry_point(tmp_path: Path) -> None:
         proc = run(*args, cwd=tmp_path)
         assert proc.returncode == 0, (args, proc.stderr[-2000:])
         assert "gemma2" in proc.stdout + proc.stderr, args
+
+
+@pytest.mark.parametrize(
+    "name", ["gemma2", "gemma2_layer_types", "gemma3_text", "phi3", "starcoder2", "starcoder2_no_bias"]
+)
+def test_sliding_layers_are_the_ones_transformers_builds(name: str) -> None:
+    """The window and the count of sliding-window layers equal what the family's configuration class
+    in ``transformers`` derives from the same config (its ``layer_types``, or the window on every
+    layer where the family has no such list)."""
+    from transformers import AutoConfig
+
+    config = json.loads((Path(__file__).parent / f"data/tiny_configs/{name}.json").read_text())
+    hf = AutoConfig.for_model(**config)
+    window = hf.sliding_window or 0
+    types = getattr(hf, "layer_types", None)
+    if not window:
+        expected = 0
+    elif types is not None:
+        expected = list(types).count("sliding_attention")
+    else:
+        expected = hf.num_hidden_layers
+    spec = parse_hf_config(config)
+    assert (spec.sliding_window, spec.local_layers) == (window, expected)
+
+
+@pytest.mark.parametrize("name", ["gemma3_text", "phi3", "starcoder2"])
+def test_new_families_run_in_the_calculator_and_the_roofline(name: str, tmp_path: Path) -> None:
+    """Each new family's tiny config (a user's config.json path) through training and inference in
+    dse.calc and through dse.roofline."""
+    path = str(Path(__file__).parent / f"data/tiny_configs/{name}.json")
+    for args in (
+        ("dse.calc", f"model={path}", "num_devices=1", "seq_len=64", "global_batch=2"),
+        ("dse.calc", f"model={path}", "mode=inference", "num_devices=1", "inference.input_len=64"),
+        ("dse.roofline", f"model={path}"),
+    ):
+        proc = run(*args, cwd=tmp_path)
+        assert proc.returncode == 0 and f"({name}" in proc.stdout + proc.stderr, (args, proc.stderr[-2000:])
