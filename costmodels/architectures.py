@@ -62,12 +62,14 @@ from costmodels.errors import ConfigError
 @dataclass(frozen=True)
 class MoESpec:
     """Mixture-of-experts MLP: ``num_experts`` routed experts of width ``expert_intermediate``,
-    ``top_k`` per token, plus an always-on shared MLP of width ``shared_intermediate`` (0: none)."""
+    ``top_k`` per token, plus an always-on shared MLP of width ``shared_intermediate`` (0: none)
+    with, where ``shared_gate``, a one-output gate."""
 
     num_experts: int
     top_k: int
     expert_intermediate: int
     shared_intermediate: int = 0
+    shared_gate: bool = False  # Qwen2-MoE: a sigmoid gate (h → 1) scales the shared MLP's output
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,7 @@ class ModelSpec:
     parallel_block: bool = False
     embedding_norm: bool = False
     qk_norm: bool = False
+    qk_norm_full: bool = False  # the QK norm spans all heads' features (OLMo-2, OLMoE), not one head
     attention_dropout: float = 0.0  # dropout probability on attention probabilities (training)
     hidden_dropout: float = 0.0  # dropout probability on block outputs and embeddings (training)
     layer_kinds: tuple[tuple[str, int], ...] = ()
@@ -768,18 +771,24 @@ def _qwen3_moe(c: _Fields) -> ModelSpec:
     Qwen3MoeConfig declares no head_dim: a given one is used, else hidden/heads (Qwen3MoeAttention)."""
     spec = _llama_like(c, "qwen3_moe", qk_norm=True)
     experts = c.int("num_experts")  # attribute_map: num_experts ↔ num_local_experts
-    step = c.int("decoder_sparse_step", minimum=1)
-    dense_only = set(c.int_list("mlp_only_layers", if_none=[]))  # Qwen3MoeConfig: None → []
-    kinds = [
-        "moe" if (i not in dense_only and experts > 0 and (i + 1) % step == 0) else "dense"
-        for i in range(spec.num_layers)
-    ]
     moe = MoESpec(
         num_experts=experts,
         top_k=c.int("num_experts_per_tok", minimum=1, maximum=max(experts, 1), bound="num_experts"),
         expert_intermediate=c.int("moe_intermediate_size", minimum=1),
     )
-    return replace(spec, moe=moe, layer_kinds=_runs(kinds))
+    return replace(spec, moe=moe, layer_kinds=_sparse_layers(c, spec.num_layers, experts))
+
+
+def _sparse_layers(c: _Fields, layers: int, experts: int) -> tuple[tuple[str, int], ...]:
+    """Qwen-MoE's choice: layer i is sparse iff i ∉ ``mlp_only_layers`` (None: none), experts > 0
+    and (i+1) % ``decoder_sparse_step`` == 0."""
+    step = c.int("decoder_sparse_step", minimum=1)
+    dense_only = set(c.int_list("mlp_only_layers", if_none=[]))
+    kinds = [
+        "moe" if (i not in dense_only and experts > 0 and (i + 1) % step == 0) else "dense"
+        for i in range(layers)
+    ]
+    return _runs(kinds)
 
 
 def _gemma_layers(c: _Fields, layers: int, pattern: int) -> tuple[int, int]:
@@ -842,6 +851,43 @@ def _runs(kinds: list[str]) -> tuple[tuple[str, int], ...]:
         else:
             out.append((kind, 1))
     return tuple(out)
+
+
+def _qwen2_moe(c: _Fields) -> ModelSpec:
+    """Qwen2-MoE: Qwen2's attention (q/k/v bias), sparse layers as Qwen3-MoE chooses them
+    (``decoder_sparse_step``, ``mlp_only_layers``), a shared MLP of ``shared_expert_intermediate_size``
+    behind a sigmoid gate (``shared_expert_gate``: h → 1) in every sparse layer."""
+    spec = _llama_like(c, "qwen2_moe", attention_bias=False, qkv_bias=c.flag("qkv_bias"))
+    experts = c.int("num_experts", minimum=1)
+    moe = MoESpec(
+        num_experts=experts,
+        top_k=c.int("num_experts_per_tok", minimum=1, maximum=experts, bound="num_experts"),
+        expert_intermediate=c.int("moe_intermediate_size", minimum=1),
+        shared_intermediate=c.int("shared_expert_intermediate_size", minimum=0),
+        shared_gate=True,
+    )
+    return replace(spec, moe=moe, layer_kinds=_sparse_layers(c, spec.num_layers, experts))
+
+
+def _olmo2(c: _Fields) -> ModelSpec:
+    """OLMo-2: Llama's attention and MLP with RMSNorm on the whole query and key projections
+    (``q_norm`` over heads·head_dim, ``k_norm`` over kv_heads·head_dim) and the two layer norms after
+    attention and MLP instead of before (same shapes and cost per op; their placement is not
+    modelled)."""
+    return replace(_llama_like(c, "olmo2", qk_norm=True), qk_norm_full=True)
+
+
+def _olmoe(c: _Fields) -> ModelSpec:
+    """OLMoE: OLMo-2's full-width QK norm in pre-norm layers, every layer routes to ``num_experts``
+    experts of ``intermediate_size`` (top ``num_experts_per_tok``), no shared expert."""
+    spec = replace(_llama_like(c, "olmoe", qk_norm=True), qk_norm_full=True)
+    experts = c.int("num_experts", minimum=1)
+    moe = MoESpec(
+        num_experts=experts,
+        top_k=c.int("num_experts_per_tok", minimum=1, maximum=experts, bound="num_experts"),
+        expert_intermediate=spec.intermediate_size,
+    )
+    return replace(spec, moe=moe, layer_kinds=(("moe", spec.num_layers),))
 
 
 def _mpt(c: _Fields) -> ModelSpec:
@@ -960,6 +1006,11 @@ def _falcon(c: _Fields) -> ModelSpec:
     )
 
 
+def _deepseek_v2(c: _Fields) -> ModelSpec:
+    """DeepSeek-V2: the layer DeepSeek-V3 kept (MLA, dense first layers, routed plus shared experts)."""
+    return replace(_deepseek_v3(c), model_type="deepseek_v2")
+
+
 def _deepseek_v3(c: _Fields) -> ModelSpec:
     """DeepSeek-V3: MLA attention; the first ``first_k_dense_replace`` layers have a dense MLP of
     ``intermediate_size``, the rest route to ``n_routed_experts`` (alias ``num_local_experts``; top
@@ -1023,6 +1074,10 @@ PARSERS: dict[str, Callable[[_Fields], ModelSpec]] = {
     "qwen3": _qwen3,
     "qwen3_moe": _qwen3_moe,
     "gemma2": _gemma2,
+    "qwen2_moe": _qwen2_moe,
+    "olmo2": _olmo2,
+    "olmoe": _olmoe,
+    "deepseek_v2": _deepseek_v2,
     "gemma3_text": _gemma3_text,
     "phi3": _phi3,
     "starcoder2": _starcoder2,

@@ -339,7 +339,12 @@ def _attention_ops(spec: ModelSpec, bt: Batch, b: _Bytes, fused: bool, mla_absor
     h, nh, nkv, d, n = spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.num_layers
     t = bt.new_tokens
     ops = [_linear("attn.qkv_proj", t, h, (nh + 2 * nkv) * d, spec.qkv_bias, b, n, tp=TP_COLUMN)]
-    if spec.qk_norm:
+    if spec.qk_norm_full:  # one norm over all heads' features: nh·d and nkv·d weights
+        ops += [
+            _norm("attn.q_norm", spec, t, nh * d, b, n, "rmsnorm", tp=TP_SPLIT),
+            _norm("attn.k_norm", spec, t, nkv * d, b, n, "rmsnorm", tp=TP_SPLIT),
+        ]
+    elif spec.qk_norm:
         q_norm = _norm("attn.q_norm", spec, t * nh, d, b, n, "rmsnorm", tp=TP_SPLIT)
         k_norm = _norm("attn.k_norm", spec, t * nkv, d, b, n, "rmsnorm", tp=TP_SPLIT)
         ops += [q_norm, replace(k_norm, params=d, weight_bytes=d * b.weight)]
@@ -472,6 +477,8 @@ def _moe_ops(spec: ModelSpec, bt: Batch, b: _Bytes, count: int, all_experts: boo
     ]
     if moe.shared_intermediate:
         ops += _mlp_ops(spec, "moe.shared", t, moe.shared_intermediate, b, count)
+    if moe.shared_gate:
+        ops.append(_linear("moe.shared_gate", t, h, 1, False, b, count))
     return ops
 
 

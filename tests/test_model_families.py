@@ -131,7 +131,9 @@ def test_sliding_layers_are_the_ones_transformers_builds(name: str) -> None:
     assert (spec.sliding_window, spec.local_layers) == (window, expected)
 
 
-@pytest.mark.parametrize("name", ["gemma3_text", "phi3", "starcoder2"])
+@pytest.mark.parametrize(
+    "name", ["gemma3_text", "phi3", "starcoder2", "olmo2", "olmoe", "qwen2_moe", "deepseek_v2"]
+)
 def test_new_families_run_in_the_calculator_and_the_roofline(name: str, tmp_path: Path) -> None:
     """Each new family's tiny config (a user's config.json path) through training and inference in
     dse.calc and through dse.roofline."""
