@@ -70,6 +70,7 @@ class MoESpec:
     expert_intermediate: int
     shared_intermediate: int = 0
     shared_gate: bool = False  # Qwen2-MoE: a sigmoid gate (h → 1) scales the shared MLP's output
+    router_bias: bool = False  # gpt-oss: the router's logits have a bias
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ class ModelSpec:
     embedding_norm: bool = False
     qk_norm: bool = False
     qk_norm_full: bool = False  # the QK norm spans all heads' features (OLMo-2, OLMoE), not one head
+    attention_sinks: bool = False  # gpt-oss: a learned logit per head joins every softmax
     attention_dropout: float = 0.0  # dropout probability on attention probabilities (training)
     hidden_dropout: float = 0.0  # dropout probability on block outputs and embeddings (training)
     layer_kinds: tuple[tuple[str, int], ...] = ()
@@ -1006,6 +1008,32 @@ def _falcon(c: _Fields) -> ModelSpec:
     )
 
 
+def _gpt_oss(c: _Fields) -> ModelSpec:
+    """gpt-oss: GQA attention with biases and a learned sink logit per head, ``layer_types``
+    alternating a ``sliding_window`` (128) with full attention, every layer routing to
+    ``num_local_experts`` experts of ``intermediate_size`` (top ``num_experts_per_tok``) whose
+    gate/up and down projections and whose router carry biases; the clamped SwiGLU is costed as
+    SiLU's. Untied embeddings."""
+    spec = _llama_like(c, "gpt_oss", attention_bias=None)
+    window, local = _gemma_layers(c, spec.num_layers, 2)
+    experts = c.int("num_local_experts", minimum=1)
+    moe = MoESpec(
+        num_experts=experts,
+        top_k=c.int("num_experts_per_tok", minimum=1, maximum=experts, bound="num_local_experts"),
+        expert_intermediate=spec.intermediate_size,
+        router_bias=True,
+    )
+    return replace(
+        spec,
+        mlp_bias=True,
+        moe=moe,
+        layer_kinds=(("moe", spec.num_layers),),
+        sliding_window=window,
+        local_layers=local,
+        attention_sinks=True,
+    )
+
+
 def _deepseek_v2(c: _Fields) -> ModelSpec:
     """DeepSeek-V2: the layer DeepSeek-V3 kept (MLA, dense first layers, routed plus shared experts)."""
     return replace(_deepseek_v3(c), model_type="deepseek_v2")
@@ -1078,6 +1106,7 @@ PARSERS: dict[str, Callable[[_Fields], ModelSpec]] = {
     "olmo2": _olmo2,
     "olmoe": _olmoe,
     "deepseek_v2": _deepseek_v2,
+    "gpt_oss": _gpt_oss,
     "gemma3_text": _gemma3_text,
     "phi3": _phi3,
     "starcoder2": _starcoder2,

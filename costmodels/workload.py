@@ -351,6 +351,9 @@ def _attention_ops(spec: ModelSpec, bt: Batch, b: _Bytes, fused: bool, mla_absor
     if spec.positions == "rotary":
         elements = t * (nh + nkv) * spec.rotary_dim
         ops.append(_elementwise("attn.rotary", elements, ROTARY_FLOPS, 1, b, n, tp=TP_SPLIT))
+    if spec.attention_sinks:  # a learned logit per head joins each query's softmax: one more term
+        sinks = Op("attn.sinks", "elementwise", 2.0 * t * nh, nh * b.weight, 0.0, 0.0, count=n, params=nh)
+        ops.append(replace(sinks, tp=TP_SPLIT, core=True))
     local = spec.local_layers if fused else 0  # an eager kernel computes the masked scores too
     ops += _sdpa(spec, bt, b, n - local, d, d, nkv, nkv * d, nkv * d, fused)
     if local:
@@ -468,7 +471,7 @@ def _moe_ops(spec: ModelSpec, bt: Batch, b: _Bytes, count: int, all_experts: boo
     read = float(moe.num_experts) if all_experts else experts_touched(moe.num_experts, moe.top_k, t)
     routed = t * moe.top_k
     ops = [
-        _linear("moe.router", t, h, moe.num_experts, False, b, count),
+        _linear("moe.router", t, h, moe.num_experts, moe.router_bias, b, count),
         _elementwise("moe.router_softmax_topk", t * moe.num_experts, SOFTMAX_FLOPS, 1, b, count),
         *_mlp_ops(
             spec, "moe.experts", routed, moe.expert_intermediate, b, count, moe.num_experts, read, True

@@ -109,7 +109,8 @@ def test_gemma2_9b_runs_in_every_entry_point(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["gemma2", "gemma2_layer_types", "gemma3_text", "phi3", "starcoder2", "starcoder2_no_bias"]
+    "name",
+    ["gemma2", "gemma2_layer_types", "gemma3_text", "phi3", "starcoder2", "starcoder2_no_bias", "gpt_oss"],
 )
 def test_sliding_layers_are_the_ones_transformers_builds(name: str) -> None:
     """The window and the count of sliding-window layers equal what the family's configuration class
@@ -132,7 +133,7 @@ def test_sliding_layers_are_the_ones_transformers_builds(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["gemma3_text", "phi3", "starcoder2", "olmo2", "olmoe", "qwen2_moe", "deepseek_v2"]
+    "name", ["gemma3_text", "phi3", "starcoder2", "olmo2", "olmoe", "qwen2_moe", "deepseek_v2", "gpt_oss"]
 )
 def test_new_families_run_in_the_calculator_and_the_roofline(name: str, tmp_path: Path) -> None:
     """Each new family's tiny config (a user's config.json path) through training and inference in
