@@ -84,6 +84,11 @@ class Plan:
     pipeline_edge_layers: Scalar = field(
         default=0.0, metadata=_meta(FLAG, "embedding and loss as pipeline layers", neutral=False)
     )
+    # 1: context parallelism by all-to-all over the heads (DeepSpeed-Ulysses, Jacobs et al. 2023)
+    # instead of passing K,V around a ring: each device attends the whole sequence for 1/cp of the heads.
+    cp_a2a: Scalar = field(
+        default=0.0, metadata=_meta(FLAG, "Ulysses (all-to-all) context parallelism", neutral=False)
+    )
 
     @property
     def num_devices(self) -> Scalar:
@@ -263,6 +268,15 @@ RULES: dict[str, Rule] = {
         lambda c, t: _divisible(t.seq_len, np.where(c["cp"] > 1, 2 * c["cp"], 1)),
         lambda v, t: _divides_message(
             "2·cp (load-balanced ring attention)", v["cp"] * (2 if v["cp"] > 1 else 1), "seq_len", t.seq_len
+        ),
+    ),
+    # Ulysses splits the heads over tp·cp
+    "ulysses_heads": Rule(
+        ("cp_a2a", "cp", "tp"),
+        lambda c, t: (c["cp_a2a"] == 0) | (c["cp"] == 1) | _divisible(t.spec.num_heads, c["tp"] * c["cp"]),
+        lambda v, t: (
+            f"cp_a2a (Ulysses) splits the attention heads over tp·cp = {v['tp'] * v['cp']:g}, which does not "
+            f"divide num_attention_heads = {t.spec.num_heads}: pick tp·cp dividing the heads, or ring CP"
         ),
     ),
     "ep_divides_dp": Rule(

@@ -83,7 +83,9 @@ class TrainingBreakdown:
     compute_s: Array = field(metadata=_part("forward + backward kernels, all micro-batches, slowest stage"))
     recompute_s: Array = field(metadata=_part("forward re-run in the backward pass"))
     tp_comm_s: Array = field(metadata=_part("exposed tensor-parallel collectives"))
-    cp_comm_s: Array = field(metadata=_part("exposed ring-attention K,V passing"))
+    cp_comm_s: Array = field(
+        metadata=_part("exposed context-parallel exchange (ring K,V or Ulysses all-to-all)")
+    )
     ep_comm_s: Array = field(metadata=_part("MoE all-to-all dispatch / combine"))
     pp_comm_s: Array = field(metadata=_part("stage-boundary send / recv"))
     dp_comm_s: Array = field(metadata=_part("exposed gradient reduction"))
@@ -228,7 +230,28 @@ def _cp_comm(hw: Hardware, job: TrainingJob, plan: Plan, act_bytes: float, atten
     exposed = jnp.maximum(per_layer_fwd - attn_layer, 0.0) + jnp.maximum(
         2.0 * per_layer_fwd - 2.0 * attn_layer, 0.0
     )
-    return jnp.where(plan.cp > 1, exposed * _stage_layers(spec, plan), 0.0)
+    ring = exposed * _stage_layers(spec, plan)
+    return jnp.where(
+        plan.cp > 1, jnp.where(plan.cp_a2a > 0, _ulysses_comm(hw, job, plan, act_bytes), ring), 0.0
+    )
+
+
+def _ulysses_comm(hw: Hardware, job: TrainingJob, plan: Plan, act_bytes: float) -> Array:
+    """DeepSpeed-Ulysses (Jacobs et al. 2023): per layer an all-to-all over the cp ranks turns the
+    sequence-split Q, K, V (widths nh·d, 2·nkv·d; K,V of fewer heads than tp·cp are replicated) into
+    head-split ones, and one turns the attention output back; each is S = micro-batch · s/cp ·
+    width/tp bytes per device. The backward pass repeats them (gradients), full recomputation once
+    more; the attention kernels cannot hide them (they wait on their inputs)."""
+    spec = job.spec
+    tokens = plan.microbatch * job.seq_len / plan.cp * act_bytes / plan.tp
+    kv_heads = jnp.maximum(spec.num_kv_heads, plan.tp * plan.cp)  # replicated up to one per device
+    qkv = tokens * (spec.num_heads + 2.0 * kv_heads) * spec.head_dim
+    out = tokens * spec.num_heads * spec.head_dim
+    per_layer = collective_s("all_to_all", hw, qkv, plan.tp, plan.cp) + collective_s(
+        "all_to_all", hw, out, plan.tp, plan.cp
+    )
+    passes = 2.0 + jnp.where(plan.recompute >= 2, 1.0, 0.0)
+    return passes * per_layer * _stage_layers(spec, plan)
 
 
 def _pp_comm(hw: Hardware, job: TrainingJob, plan: Plan, act_bytes: float) -> Array:

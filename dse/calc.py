@@ -350,7 +350,8 @@ def render_training(rep: Mapping[str, Any]) -> str:
     """The training report as text tables."""
     p, step = rep["plan"], rep["step_time_s"]
     plan = (
-        f"plan: tp={p['tp']} pp={p['pp']} dp={p['dp']} cp={p['cp']} ep={p['ep']} vpp={p['vpp']}, "
+        f"plan: tp={p['tp']} pp={p['pp']} dp={p['dp']} cp={p['cp']}{' (Ulysses)' if p.get('cp_a2a') else ''} "
+        f"ep={p['ep']} vpp={p['vpp']}, "
         f"sequence parallel {'on' if p['sequence_parallel'] else 'off'}, ZeRO-{p['zero_stage']}, "
         f"recompute {p['recompute']}{', weight streaming' if p.get('weight_streaming') else ''}"
         f"\nbatch: {rep['global_batch']} sequences × {rep['seq_len']} tokens, "

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from costmodels.errors import ConfigError
 from costmodels.hardware import Hardware
 from costmodels.inference import InferenceJob, engine_preset
-from costmodels.parallel import RECOMPUTE
+from costmodels.parallel import CHOICE, FLAG, RECOMPUTE, knobs
 from costmodels.training import TIME_FIELDS, TrainingJob
 from dse import schema
 from dse._app import format_table, json_text, print_json, progress_callback, run_app
@@ -64,16 +64,27 @@ from search.problems import (
 )
 
 schema.register()
-TRAINING_KNOBS = ("tp", "pp", "cp", "ep", "vpp", "microbatch", "recompute", "zero_stage", "sequence_parallel")
+TRAINING_KNOBS = (
+    "tp",
+    "pp",
+    "cp",
+    "ep",
+    "vpp",
+    "microbatch",
+    "recompute",
+    "zero_stage",
+    "sequence_parallel",
+    "cp_a2a",
+)
 INFERENCE_KNOBS = ("tp", "pp", "batch_size")
 # the metrics a search reports, per workload kind (training: search.base.METRICS less the objective)
 SUMMARY = {"training": tuple(m for m in METRICS if m != "objective"), "inference": SERVING_METRICS}
 
 
-KNOB_VALUES: dict[str, tuple[Any, ...] | None] = {  # None: any positive integer
-    "zero_stage": (0, 1, 2, 3),
-    "sequence_parallel": (0, 1),
-    "recompute": tuple(RECOMPUTE.values()),
+# the values a knob takes, from the plan field's kind (None: a degree, any positive integer)
+KNOB_VALUES: dict[str, tuple[Any, ...] | None] = {
+    name: (0, 1) if m["kind"] == FLAG else tuple(range(len(m["names"]))) if m["kind"] == CHOICE else None
+    for name, m in knobs().items()
 }
 
 
@@ -84,7 +95,7 @@ def _knob_value(knob: str, value: Any) -> float:
             valid = ", ".join(RECOMPUTE)
             raise ConfigError(f"parallelism.recompute: unknown value {value!r}; valid: {valid}")
         return float(RECOMPUTE[value])
-    if isinstance(value, bool) and knob == "sequence_parallel":
+    if isinstance(value, bool) and KNOB_VALUES.get(knob) == (0, 1):  # a flag: true / false
         return float(value)
     allowed = KNOB_VALUES.get(knob)
     integral = isinstance(value, int | float) and not isinstance(value, bool) and float(value).is_integer()

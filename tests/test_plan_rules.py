@@ -171,6 +171,7 @@ FIELDS = ("tp", "pp", "dp", "cp", "ep", "vpp", "microbatch", "global_batch")
             "pipeline_edge_layers": st.sampled_from([0, 1, 2]),
             "tp_overlap": st.sampled_from([0.0, 0.5, 1.5]),
             "weight_streaming": st.sampled_from([0, 1]),
+            "cp_a2a": st.sampled_from([0, 1]),
         }
     ),
     st.sampled_from([8, 16, 64]),
@@ -190,3 +191,17 @@ def test_any_plan_check_plan_raises_exactly_when_a_rule_breaks(degrees, options,
     assert str(err.value) == RULES[broken[0]].message(
         {k: float(v[0]) for k, v in cols.items()}, Target(MIXTRAL, float(devices), SEQ)
     )
+
+
+def test_search_knob_domains_come_from_the_plan_fields() -> None:
+    """dse.search accepts a flag as true/false or 0/1, a choice by index (recompute also by name), a
+    degree as any positive integer, and names the knob otherwise."""
+    from dse.search import _knob_value
+
+    assert _knob_value("cp_a2a", True) == 1.0 and _knob_value("sequence_parallel", 0) == 0.0
+    assert _knob_value("recompute", "full") == 2.0 and _knob_value("zero_stage", 3) == 3.0
+    assert _knob_value("tp", 16) == 16.0
+    for knob, value, match in (("cp_a2a", 2, "not one of 0, 1"), ("zero_stage", 4, "not one of 0, 1, 2, 3"),
+                               ("pp", 0, "not a positive integer")):  # fmt: skip
+        with pytest.raises(ConfigError, match=f"parallelism.{knob}: .*{match}"):
+            _knob_value(knob, value)

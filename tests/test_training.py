@@ -723,3 +723,29 @@ def test_time_fields_add_up_to_the_step(plan: dict) -> None:
     hw = dataclasses.replace(IDEAL, host_bandwidth_Bps=1e9, host_memory_bytes=1e12)
     b = _step(make_plan(**plan), hw=hw)
     _close(sum(_f(getattr(b, k)) for k in TIME_FIELDS), b.step_time_s, rtol=1e-5)
+
+
+def test_ulysses_context_parallelism_by_hand():
+    """Llama-3-8B (32 heads of 128, 8 KV heads), 32,768 tokens, tp 2, cp 4 on one H100 node, bf16:
+    each all-to-all over the 4 cp ranks (inside the node) carries S = 32768/4 tokens · 2 B / tp 2 ·
+    width: Q,K,V (32 + 2·8)·128 = 6,144 → 50,331,648 B, the output 32·128 = 4,096 → 33,554,432 B;
+    ring all-to-all of 4: 3α + 3/4·S/B, plus one library call each. Forward and backward: ×2, full
+    recomputation ×3; 32 layers on one stage. Ring CP prices its K,V passing instead; a head count
+    tp·cp does not divide is the rule's error."""
+    from costmodels.network import Link, all_to_all_time_s
+    from dse.hardware import load_hardware
+    from dse.models import load_model
+
+    hw, spec = load_hardware("h100_sxm"), load_model("llama3_8b")
+    job = TrainingJob(spec, 32768, "bf16", True, "adam")
+    link = Link(hw.scale_up_bandwidth_Bps, hw.scale_up_latency_s, hw.collective_efficiency)
+    a2a = [all_to_all_time_s(s, 4, link) + hw.collective_base_latency_s for s in (50_331_648, 33_554_432)]
+    per_layer = float(sum(a2a))
+    for recompute, passes in ((0, 2.0), (2, 3.0)):
+        plan = make_plan(tp=2, cp=4, global_batch=1, cp_a2a=1, recompute=recompute)
+        got = float(training_step(hw, job, plan).cp_comm_s)
+        assert got == pytest.approx(passes * per_layer * 32, rel=1e-5)
+    ring = float(training_step(hw, job, make_plan(tp=2, cp=4, global_batch=1)).cp_comm_s)
+    assert ring != pytest.approx(2 * per_layer * 32)
+    with pytest.raises(ConfigError, match=r"cp_a2a \(Ulysses\) splits the attention heads over tp·cp = 24"):
+        check_plan(make_plan(tp=8, cp=3, global_batch=1, cp_a2a=1), spec, 24, 32760)
