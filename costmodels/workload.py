@@ -355,7 +355,8 @@ def _attention_ops(spec: ModelSpec, bt: Batch, b: _Bytes, fused: bool, mla_absor
         sinks = Op("attn.sinks", "elementwise", 2.0 * t * nh, nh * b.weight, 0.0, 0.0, count=n, params=nh)
         ops.append(replace(sinks, tp=TP_SPLIT, core=True))
     local = spec.local_layers if fused else 0  # an eager kernel computes the masked scores too
-    ops += _sdpa(spec, bt, b, n - local, d, d, nkv, nkv * d, nkv * d, fused)
+    if n - local:
+        ops += _sdpa(spec, bt, b, n - local, d, d, nkv, nkv * d, nkv * d, fused)
     if local:
         windowed = bt.windowed(spec.sliding_window)
         ops += _sdpa(spec, windowed, b, local, d, d, nkv, nkv * d, nkv * d, fused, "attn.sdpa_local")
