@@ -18,6 +18,10 @@ Traffic per rank per step, S_t, the buffer of the type's collective (same terms 
     S_dp = params per device (largest stage) · 4 B          fp32 gradient all-reduce (Megatron)
     S_cp = m · 3 · ceil(L/pp) · kv · cp/2                   ring attention: 3(cp−1) K,V chunks of
                                                             kv bytes per layer (÷ all-reduce factor)
+    S_cp = m · 2 · ceil(L/pp) · tok · (2·nh + 2·kv_h)·d      Ulysses (placement.cp_a2a): all-to-all of
+                                                            Q,K,V and of the output per layer and
+                                                            pass; tok = microbatch/cp · seq_len ·
+                                                            a/tp, kv_h = max(kv heads, tp·cp)
     S_ep = m · 4 · moe layers/pp · act · top_k              dispatch + combine, forward + backward
 """
 
@@ -135,7 +139,12 @@ def bytes_per_step(spec: ModelSpec, w: Mapping[str, Any], p: Mapping[str, Any]) 
         "pp": m * 2 * vpp * act / tp,
         "dp": float(max(first, last) + experts) * grad_b,
     }
-    if cp > 1:
+    if cp > 1 and p.get("cp_a2a"):  # Ulysses: Q,K,V in and the output back, per layer and pass
+        tokens = mb * float(w["seq_len"]) / cp * a / tp
+        kv_heads = max(spec.num_kv_heads, tp * cp)  # fewer KV heads than tp·cp are replicated
+        width = (2 * spec.num_heads + 2 * kv_heads) * spec.head_dim
+        out["cp"] = m * 2 * stage_layers * tokens * width
+    elif cp > 1:
         kv = mb * float(w["seq_len"]) / cp * spec.kv_cache_elements_per_token / min(tp, spec.num_kv_heads) * a
         out["cp"] = m * 3 * stage_layers * kv * cp / 2
     if ep > 1 and spec.moe is not None:
@@ -196,10 +205,13 @@ def degrees(p: Mapping[str, Any], n_devices: int, prefix: str = "placement.") ->
     return d
 
 
-def placement_job(d: Mapping[str, int], bytes_per_step_: Mapping[str, float], order: tuple[str, ...]) -> Job:
+def placement_job(
+    d: Mapping[str, int], bytes_per_step_: Mapping[str, float], order: tuple[str, ...], cp_a2a: bool = False
+) -> Job:
     """The placement :class:`Job` of Megatron degrees ``d``: its dp axis is the replicas outside the
-    expert groups, dp / ep."""
-    return Job(**(dict(d) | {"dp": d["dp"] // d["ep"]}), bytes_per_step=bytes_per_step_, order=order)
+    expert groups, dp / ep; ``cp_a2a``: Ulysses CP (all-to-all groups)."""
+    degrees_ = dict(d) | {"dp": d["dp"] // d["ep"]}
+    return Job(**degrees_, bytes_per_step=bytes_per_step_, order=order, cp_a2a=bool(cp_a2a))
 
 
 def fit_dp(d: dict[str, int], topo: Topology) -> dict[str, int]:
@@ -219,7 +231,14 @@ def job_from_config(cfg: DictConfig, topo: Topology, spec: ModelSpec) -> Job:
         d = fit_dp(d, topo)
     order = group_order(p.get("order"), "placement.order")
     s = bytes_per_step(spec, _plain(cfg.workload), p | d)
-    return placement_job(d, s, order)
+    return placement_job(d, s, order, flag_option(p.get("cp_a2a"), "placement.cp_a2a"))
+
+
+def flag_option(value: Any, key: str) -> bool:
+    """A true/false option (null: false), else a ConfigError naming ``key``."""
+    if value is not None and not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    return bool(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -482,7 +501,8 @@ def render(rep: dict[str, Any]) -> str:
     what it does, and its gains against rank order."""
     j, t = rep["job"], rep["topology"]
     head = (
-        f"placement of tp={j['tp']} pp={j['pp']} dp={j['dp']} cp={j['cp']} ep={j['ep']} "
+        f"placement of tp={j['tp']} pp={j['pp']} dp={j['dp']} cp={j['cp']}"
+        f"{' (Ulysses)' if j.get('cp_a2a') else ''} ep={j['ep']} "
         f"({j['n_ranks']} ranks) "
         f"on {t['name']} ({t['available']}/{t['devices']} devices available), objective {rep['objective']}"
     )

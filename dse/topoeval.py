@@ -20,7 +20,15 @@ from omegaconf import DictConfig, OmegaConf
 from costmodels.errors import ConfigError
 from dse._app import format_table, print_json, run_app
 from dse.checks import check_results, read_json
-from dse.placement_search import build_topology, bytes_per_step, degrees, group_order, placement_job, traffic
+from dse.placement_search import (
+    build_topology,
+    bytes_per_step,
+    degrees,
+    flag_option,
+    group_order,
+    placement_job,
+    traffic,
+)
 from search.placement import Job, evaluate
 from search.topology import Topology
 
@@ -71,6 +79,7 @@ def job_of(cfg: DictConfig, n_ranks: int, from_file: dict[str, Any] | None) -> J
             degree,
             traffic(from_file["bytes_per_step"], "the report's job.bytes_per_step"),
             group_order(from_file.get("order"), "the report's job.order"),
+            flag_option(from_file.get("cp_a2a"), "the report's job.cp_a2a"),
         )
     j = OmegaConf.to_container(cfg.job, resolve=True)
     d = degrees(j, n_ranks, prefix="job.")
@@ -80,7 +89,9 @@ def job_of(cfg: DictConfig, n_ranks: int, from_file: dict[str, Any] | None) -> J
         from dse.models import load_model
 
         s = bytes_per_step(load_model(str(j["model"])), j, j | d)
-    job = placement_job(d, s, group_order(j["order"], "job.order"))
+    job = placement_job(
+        d, s, group_order(j["order"], "job.order"), flag_option(j.get("cp_a2a"), "job.cp_a2a")
+    )
     if job.n_ranks != n_ranks:
         raise ConfigError(f"job tp·pp·dp·cp = {job.n_ranks} but the placement has {n_ranks} ranks")
     return job

@@ -55,6 +55,7 @@ class Job:
     EP is an axis of its own here (N = tp·cp·ep·dp·pp): ``dp`` counts the replicas outside the expert
     groups, Megatron's data-parallel degree divided by ep (``dse.placement_search.placement_job``
     converts); :meth:`as_dict` reports Megatron's degree, dp·ep, as the rest of dse does.
+    ``cp_a2a``: the CP groups exchange by all-to-all (DeepSpeed-Ulysses), not in a K,V ring.
     """
 
     tp: int = 1
@@ -64,6 +65,7 @@ class Job:
     pp: int = 1
     bytes_per_step: Mapping[str, float] = field(default_factory=dict)
     order: tuple[str, ...] = GROUP_TYPES
+    cp_a2a: bool = False
 
     def __post_init__(self) -> None:
         if sorted(self.order) != sorted(GROUP_TYPES):
@@ -78,6 +80,10 @@ class Job:
     def degree(self, t: str) -> int:
         return getattr(self, t)
 
+    def collective(self, t: str) -> str:
+        """The collective a group of type ``t`` runs: :data:`COLLECTIVE`, all-to-all for Ulysses CP."""
+        return "all_to_all" if t == "cp" and self.cp_a2a else COLLECTIVE[t]
+
     @property
     def n_ranks(self) -> int:
         return int(np.prod([self.degree(t) for t in GROUP_TYPES]))
@@ -89,6 +95,7 @@ class Job:
             **{t: self.degree(t) for t in ("tp", "pp", "cp", "ep")},
             "dp": self.dp * self.ep,  # Megatron's data-parallel degree, the expert ranks included
             "order": list(self.order),
+            "cp_a2a": self.cp_a2a,
             "n_ranks": self.n_ranks,
             "bytes_per_step": dict(self.bytes_per_step),
         }
@@ -118,7 +125,7 @@ def wire_bytes(job: Job, kind: str) -> float:
     """Bytes each ring pair moves per step: NCCL bus factor × S_t (see the module docstring)."""
     n, s = job.degree(kind), float(job.bytes_per_step.get(kind, 0.0))
     factor = {"all_reduce": 2 * (n - 1) / n, "all_to_all": (n - 1) / n, "send_recv": 1.0}
-    return factor[COLLECTIVE[kind]] * s
+    return factor[job.collective(kind)] * s
 
 
 @dataclass(frozen=True)
@@ -837,9 +844,9 @@ def cp_sat(
     return Placement(best.devices, best.cost, method, status, bound, time.perf_counter() - t0)
 
 
-def _ring_time_s(kind: str, s_bytes: float, n: int, link: Link) -> float:
+def _ring_time_s(collective: str, s_bytes: float, n: int, link: Link) -> float:
     """Ring all-reduce / pairwise all-to-all of S bytes over n ranks on ``link`` [costmodels.network]."""
-    fn = all_reduce_time_s if COLLECTIVE[kind] == "all_reduce" else all_to_all_time_s
+    fn = all_reduce_time_s if collective == "all_reduce" else all_to_all_time_s
     return float(fn(s_bytes, n, link))
 
 
@@ -936,8 +943,8 @@ def evaluate(
             else:
                 w = wire_bytes(job, kind)
                 shared_bw = min(bw, w / worst) if worst > 0 else bw
-                alone = _ring_time_s(kind, s_bytes, n, Link(float(bw), lat))
-                t = _ring_time_s(kind, s_bytes, n, Link(float(shared_bw), lat))
+                alone = _ring_time_s(job.collective(kind), s_bytes, n, Link(float(bw), lat))
+                t = _ring_time_s(job.collective(kind), s_bytes, n, Link(float(shared_bw), lat))
             st.update(
                 groups=st["groups"] + 1,
                 time_s=max(st["time_s"], t),

@@ -17,7 +17,7 @@ from dse import placement_search, schema
 from dse._app import CONF_DIR
 from dse.models import load_model
 from dse.tracking import JobRun
-from search.placement import Job
+from search.placement import Job, wire_bytes
 from search.placement_draw import draw_html, draw_png
 from search.topology import gpu_cluster, mark_unavailable
 
@@ -245,3 +245,25 @@ def test_placed_job_memory_equals_the_calculator_and_warns_when_it_cannot_fit() 
     job = placement_search.job_from_config(cfg, topo, load_model(cfg.model))
     (warning,) = placement_search._memory_warnings(placement_search.job_memory(cfg, job))
     assert "cannot run as placed" in warning and "80 GiB" in warning
+
+
+def test_ulysses_cp_traffic_is_an_all_to_all_of_qkv_and_output() -> None:
+    """Llama-3-70B (64 heads of 128, 8 KV heads), tp 4, cp 2 (so 8 KV heads ≥ tp·cp), micro-batch 1,
+    seq 8,192, bf16, global batch 32 over dp 4: m = 8 micro-batches; per layer and pass the all-to-all
+    buffers are tok·(64 + 2·8)·128 and tok·64·128 with tok = 8192/2 · 2 B / 4 = 2,048 B per feature:
+    S_cp = 8 · 2 passes · 80 layers (pp 1) · 2048 · (2·64 + 2·8)·128. A CP group then runs an
+    all-to-all, whose ring pairs carry (n−1)/n of it, not a ring all-reduce's 2(n−1)/n."""
+    spec = load_model("llama3_70b")
+    w = {"seq_len": 8192, "global_batch": 32, "precision": "bf16"}
+    p = {"tp": 4, "pp": 1, "dp": 4, "cp": 2, "microbatch": 1}
+    s = placement_search.bytes_per_step(spec, w, p | {"cp_a2a": True})
+    assert s["cp"] == pytest.approx(8 * 2 * 80 * 2048 * (2 * 64 + 2 * 8) * 128)
+    ring = placement_search.bytes_per_step(spec, w, p)["cp"]
+    assert ring != s["cp"]
+    degrees = {"tp": 4, "pp": 1, "dp": 4, "cp": 2, "ep": 1}
+    job = placement_search.placement_job(degrees, s, ("tp", "cp", "ep", "dp", "pp"), cp_a2a=True)
+    assert job.collective("cp") == "all_to_all" and job.collective("dp") == "all_reduce"
+    assert wire_bytes(job, "cp") == pytest.approx(s["cp"] / 2)
+    assert job.as_dict()["cp_a2a"] is True
+    with pytest.raises(ConfigError, match=r"placement.cp_a2a must be true or false"):
+        placement_search.flag_option("yes", "placement.cp_a2a")
