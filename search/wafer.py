@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import jax
@@ -86,25 +86,11 @@ def _plans(
         dp = jnp.maximum(jnp.round(dp), 1.0)
         unit = dp * cols["microbatch"]
         global_batch = jnp.maximum(jnp.round(global_batch / unit), 1.0) * unit
-    plan = Plan(
-        tp=jnp.asarray(cols["tp"]),
-        pp=jnp.asarray(cols["pp"]),
-        dp=jnp.maximum(dp, 1.0),
-        cp=jnp.asarray(cols["cp"]),
-        ep=jnp.ones(n),
-        vpp=jnp.asarray(cols["vpp"]),
-        microbatch=jnp.asarray(cols["microbatch"]),
-        global_batch=jnp.broadcast_to(global_batch, (n,)),
-        sequence_parallel=jnp.asarray(cols["sequence_parallel"]),
-        zero_stage=jnp.asarray(cols["zero_stage"]),
-        recompute=jnp.asarray(cols["recompute"]),
-        tp_overlap=jnp.zeros(n),
-        dp_overlap=jnp.zeros(n),
-        zero3_overlap=jnp.full(n, 0.5),
-        weight_streaming=jnp.asarray(cols.get("weight_streaming", np.zeros(n, np.float32))),
-        pipeline_edge_layers=jnp.zeros(n),
-    )
-    return plan, valid
+    # every plan field a column of n: the grid's, the derived dp and batch, the rest at their defaults
+    values = {f.name: jnp.full(n, float(f.default)) for f in fields(Plan)}
+    values |= {k: jnp.asarray(v) for k, v in cols.items() if k in values}
+    values |= {"dp": jnp.maximum(dp, 1.0), "global_batch": jnp.broadcast_to(global_batch, (n,))}
+    return Plan(**values), valid
 
 
 def design_metrics(
