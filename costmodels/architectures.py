@@ -130,6 +130,7 @@ class ModelSpec:
     mla: MLASpec | None = None
     sliding_window: int = 0
     local_layers: int = 0
+    local_attention: str = "sliding"  # "sliding": the last w positions; "chunked": its own w-token chunk
     attn_softcap: float = 0.0
     final_softcap: float = 0.0
 
@@ -149,6 +150,8 @@ class ModelSpec:
             raise ConfigError(
                 f"{self.model_type}: layer kinds {self.layer_kinds} do not sum to {self.num_layers}"
             )
+        if self.local_attention not in ("sliding", "chunked"):
+            raise ConfigError(f"{self.model_type}: local attention must be sliding or chunked")
         if not 0 <= self.local_layers <= self.num_layers or (self.local_layers and self.sliding_window < 1):
             raise ConfigError(
                 f"{self.model_type}: {self.local_layers} sliding-window layers of {self.num_layers} with a "
@@ -224,7 +227,10 @@ def _transformers_dir() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-_MODULE_OF = {"gemma3_text": "gemma3"}  # model types whose configuration lives in another family's module
+_MODULE_OF = {
+    "gemma3_text": "gemma3",
+    "llama4_text": "llama4",
+}  # model types whose configuration lives in another family's module
 
 
 def _schema_from_source(model_type: str) -> _Schema:
@@ -1034,6 +1040,46 @@ def _gpt_oss(c: _Fields) -> ModelSpec:
     )
 
 
+def _llama4_text(c: _Fields) -> ModelSpec:
+    """Llama-4 (text): Llama's attention, the layers of ``layer_types`` marked ``chunked_attention``
+    (default: those with RoPE, every layer but each ``no_rope_layer_interval``-th) attend only their
+    own ``attention_chunk_size``-token chunk; ``moe_layers`` (default every
+    ``interleave_moe_layer_step``-th) route to ``num_local_experts`` experts of ``intermediate_size``
+    (top ``num_experts_per_tok``) beside an always-on shared expert of the same width, the others
+    run a dense MLP of ``intermediate_size_mlp``. The weightless QK norm, the temperature tuning of
+    the global layers and their missing RoPE are elementwise and not modelled."""
+    spec = _llama_like(c, "llama4_text", attention_bias=None)
+    layers = spec.num_layers
+    interval = c.int("no_rope_layer_interval", minimum=1, if_none=4)
+    rope = c.int_list("no_rope_layers", if_none=[int((i + 1) % interval != 0) for i in range(layers)])
+    default = ["chunked_attention" if r else "full_attention" for r in rope]
+    types = c.text_list("layer_types", if_none=default)
+    if len(types) != layers or not set(types) <= {"chunked_attention", "full_attention"}:
+        raise c._error(
+            "layer_types", f"must list chunked_attention or full_attention for each of {layers} layers"
+        )
+    chunk = c.int("attention_chunk_size", minimum=1, if_none=0)
+    step = c.int("interleave_moe_layer_step", minimum=1)
+    moe_layers = set(c.int_list("moe_layers", if_none=list(range(step - 1, layers, step))))
+    experts = c.int("num_local_experts", minimum=1)
+    width = spec.intermediate_size
+    moe = MoESpec(
+        num_experts=experts,
+        top_k=c.int("num_experts_per_tok", minimum=1, maximum=experts, bound="num_local_experts"),
+        expert_intermediate=width,
+        shared_intermediate=width,
+    )
+    return replace(
+        spec,
+        intermediate_size=c.int("intermediate_size_mlp", minimum=1),
+        moe=moe,
+        layer_kinds=_runs(["moe" if i in moe_layers else "dense" for i in range(layers)]),
+        sliding_window=chunk,
+        local_layers=types.count("chunked_attention") if chunk else 0,
+        local_attention="chunked",
+    )
+
+
 def _deepseek_v2(c: _Fields) -> ModelSpec:
     """DeepSeek-V2: the layer DeepSeek-V3 kept (MLA, dense first layers, routed plus shared experts)."""
     return replace(_deepseek_v3(c), model_type="deepseek_v2")
@@ -1107,6 +1153,7 @@ PARSERS: dict[str, Callable[[_Fields], ModelSpec]] = {
     "olmoe": _olmoe,
     "deepseek_v2": _deepseek_v2,
     "gpt_oss": _gpt_oss,
+    "llama4_text": _llama4_text,
     "gemma3_text": _gemma3_text,
     "phi3": _phi3,
     "starcoder2": _starcoder2,

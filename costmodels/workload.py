@@ -139,6 +139,27 @@ class Batch:
         context = sum(k * min(c + n, w + n - 1) for c, n, k in self.spans)
         return replace(self, pairs=pairs, context_tokens=context)
 
+    def chunked(self, chunk: int) -> Batch:
+        """The same queries attending only within their own ``chunk``-token chunk (Llama-4's chunked
+        attention): position j attends ((j − 1) mod C) + 1 keys, so a query of n new tokens after c
+        cached ones attends T(c+n) − T(c) pairs, T(x) = q·C(C+1)/2 + r(r+1)/2 for x = q·C + r, and
+        reads the c + n − C·⌊c/C⌋ keys from the start of its first chunk. A non-causal batch is
+        returned unchanged, as by :meth:`windowed`."""
+        if not self.causal:
+            return self
+        if not self.spans:
+            raise ConfigError("a batch without its query spans cannot be chunked")
+        size = float(chunk)
+
+        def t(x: float) -> float:
+            q = x // size
+            r = x - q * size
+            return q * size * (size + 1) / 2 + r * (r + 1) / 2
+
+        pairs = sum(k * (t(c + n) - t(c)) for c, n, k in self.spans)
+        context = sum(k * (c + n - size * (c // size)) for c, n, k in self.spans)
+        return replace(self, pairs=pairs, context_tokens=context)
+
     @classmethod
     def training(cls, batch_size: int, seq_len: int, causal: bool = True) -> Batch:
         """``batch_size`` sequences of ``seq_len`` tokens, logits for every token."""
@@ -358,7 +379,8 @@ def _attention_ops(spec: ModelSpec, bt: Batch, b: _Bytes, fused: bool, mla_absor
     if n - local:
         ops += _sdpa(spec, bt, b, n - local, d, d, nkv, nkv * d, nkv * d, fused)
     if local:
-        windowed = bt.windowed(spec.sliding_window)
+        w = spec.sliding_window
+        windowed = bt.windowed(w) if spec.local_attention == "sliding" else bt.chunked(w)
         ops += _sdpa(spec, windowed, b, local, d, d, nkv, nkv * d, nkv * d, fused, "attn.sdpa_local")
     ops.append(_linear("attn.o_proj", t, nh * d, h, spec.attn_out_bias, b, n, tp=TP_ROW))
     return ops

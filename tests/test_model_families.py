@@ -51,6 +51,19 @@ def test_windowed_pairs_and_keys_by_hand() -> None:
     assert eager.windowed(4) == eager
 
 
+def test_chunked_pairs_and_keys_by_hand() -> None:
+    """Llama-4's chunks of 4: training on 10 tokens attends 1+2+3+4 twice and 1+2: T(10) = 2·10 + 3 =
+    23 pairs, reading all 10 keys; decoding the 102nd token (101 cached) attends its chunk's
+    ((102 − 1) mod 4) + 1 = 2 keys; a prefill of 3 after 5 cached attends T(8) − T(5) = 20 − 11 = 9
+    pairs and reads the 8 − 4 = 4 keys from its chunk's start."""
+    train = Batch.training(1, 10).chunked(4)
+    assert (train.pairs, train.context_tokens) == (23.0, 10.0)
+    decode = Batch.inference([101], [1]).chunked(4)
+    assert (decode.pairs, decode.context_tokens) == (2.0, 2.0)
+    chunk = Batch.inference([5], [3]).chunked(4)
+    assert (chunk.pairs, chunk.context_tokens) == (9.0, 4.0)
+
+
 def test_flash_attention_of_sliding_layers_costs_their_window() -> None:
     """Fused attention, 64 tokens: full layers attend S(64) = 2080 pairs, sliding ones
     16·17/2 + 48·16 = 904; per pair and head 2·32 (QKᵀ) + 2·32 (AV) + 5 (softmax) + 3 (softcap)
@@ -110,7 +123,16 @@ def test_gemma2_9b_runs_in_every_entry_point(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["gemma2", "gemma2_layer_types", "gemma3_text", "phi3", "starcoder2", "starcoder2_no_bias", "gpt_oss"],
+    [
+        "gemma2",
+        "gemma2_layer_types",
+        "gemma3_text",
+        "phi3",
+        "starcoder2",
+        "starcoder2_no_bias",
+        "gpt_oss",
+        "llama4_text",
+    ],
 )
 def test_sliding_layers_are_the_ones_transformers_builds(name: str) -> None:
     """The window and the count of sliding-window layers equal what the family's configuration class
@@ -120,12 +142,12 @@ def test_sliding_layers_are_the_ones_transformers_builds(name: str) -> None:
 
     config = json.loads((Path(__file__).parent / f"data/tiny_configs/{name}.json").read_text())
     hf = AutoConfig.for_model(**config)
-    window = hf.sliding_window or 0
+    window = getattr(hf, "sliding_window", None) or getattr(hf, "attention_chunk_size", None) or 0
     types = getattr(hf, "layer_types", None)
     if not window:
         expected = 0
     elif types is not None:
-        expected = list(types).count("sliding_attention")
+        expected = sum(1 for t in types if t != "full_attention")  # sliding or chunked
     else:
         expected = hf.num_hidden_layers
     spec = parse_hf_config(config)
@@ -133,7 +155,18 @@ def test_sliding_layers_are_the_ones_transformers_builds(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["gemma3_text", "phi3", "starcoder2", "olmo2", "olmoe", "qwen2_moe", "deepseek_v2", "gpt_oss"]
+    "name",
+    [
+        "gemma3_text",
+        "phi3",
+        "starcoder2",
+        "olmo2",
+        "olmoe",
+        "qwen2_moe",
+        "deepseek_v2",
+        "gpt_oss",
+        "llama4_text",
+    ],
 )
 def test_new_families_run_in_the_calculator_and_the_roofline(name: str, tmp_path: Path) -> None:
     """Each new family's tiny config (a user's config.json path) through training and inference in
