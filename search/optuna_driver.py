@@ -199,6 +199,11 @@ class _TrialLock:
 
             self._engine = sqlalchemy.create_engine(storage, **(_engine_kwargs(storage) or {}))
 
+    @property
+    def across_processes(self) -> bool:
+        """Whether the lock also excludes other processes (a file-backed or PostgreSQL storage)."""
+        return self._engine is not None or self._path is not None
+
     @contextmanager
     def held(self) -> Iterator[None]:
         with self._thread_lock:
@@ -337,16 +342,20 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def fail_stale_trials(study: Any) -> int:
+def fail_stale_trials(study: Any, under_lock: bool = False) -> int:
     """Mark FAIL the RUNNING trials whose process on this host no longer exists, and, in an RDB
-    storage, those of any host whose heartbeat stopped; the count of the first kind."""
+    storage, those of any host whose heartbeat stopped; the count of the first kind. ``under_lock``:
+    the caller holds the trial lock across processes (:class:`_TrialLock`), inside which every trial
+    is created and tagged with its worker, so a RUNNING trial without the tag belongs to a process
+    killed between the two: it is marked FAIL too."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "experimental"; a no-op for storages without a heartbeat
         optuna.storages.fail_stale_trials(study)
     host, stale = socket.gethostname(), 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker_host, _, pid = str(t.user_attrs.get(WORKER_ATTR, "")).rpartition(":")
-        if worker_host == host and pid.isdigit() and not _process_alive(int(pid)):
+        dead = worker_host == host and pid.isdigit() and not _process_alive(int(pid))
+        if dead or (under_lock and WORKER_ATTR not in t.user_attrs):
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             stale += 1
     return stale
@@ -511,7 +520,7 @@ def optuna_search(
     task = _Task(study, space, evaluate, objectives, constraints, on_trial, n_trials, deadline,
                  _TrialLock(storage), threading.Event())  # fmt: skip
     with task.lock.held():
-        fail_stale_trials(study)
+        fail_stale_trials(study, under_lock=task.lock.across_processes)
     pool = ThreadPoolExecutor(max(1, n_jobs))
     try:
         futures = [pool.submit(_worker, task) for _ in range(max(1, n_jobs))]

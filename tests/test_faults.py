@@ -85,6 +85,28 @@ def test_kill_9_twice_then_resume_ends_with_exactly_n_trials(tmp_path: Path, kin
     assert after["FAIL"] == before["FAIL"] + before["RUNNING"] <= 2  # the killed trials, marked FAIL
 
 
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_trial_of_a_worker_killed_before_tagging_it_is_failed_on_resume(tmp_path: Path, kind: str) -> None:
+    """A worker killed between creating a trial and tagging it with its process (both happen under
+    the trial lock) leaves a RUNNING trial no process owns: the next run, holding the lock, marks it
+    FAIL and still ends with exactly n COMPLETE trials (under load, SIGKILL can land there)."""
+    from search.optuna_driver import optuna_search
+
+    storage = str(tmp_path / "s.journal") if kind == "journal" else f"sqlite:///{tmp_path / 's.db'}"
+
+    def evaluate(p: dict) -> dict:
+        return {"objective": (p["x"] - 3) ** 2, "feasible": True}
+
+    run = dict(storage=storage, study_name="s", pareto_axes=("objective", "objective"))
+    optuna_search({"x": list(range(10))}, evaluate, n_trials=5, **run)
+    study = optuna.load_study(study_name="s", storage=open_storage(storage))
+    orphan = study.ask()  # created, never tagged: its worker "died" right here
+    assert WORKER_ATTR not in orphan.user_attrs and _states(storage)["RUNNING"] == 1
+    optuna_search({"x": list(range(10))}, evaluate, n_trials=8, **run)
+    after = _states(storage)
+    assert (after["COMPLETE"], after["RUNNING"], after["FAIL"]) == (8, 0, 1)
+
+
 def _mlflow_status(db: Path) -> list[str]:
     with sqlite3.connect(db) as con:
         return [r[0] for r in con.execute("select status from runs where name not like 'trial-%'")]
