@@ -22,8 +22,10 @@ Faults: each trial records the ``host:pid`` of the process running it, and in an
 (workers on many hosts) a heartbeat every 30 s. A study opened again first marks FAIL the RUNNING
 trials whose process on this host is gone (``kill -9``, a crash) and, in an RDB storage, those whose
 heartbeat stopped 120 s ago on any host; failed trials do not count towards ``n_trials``, so they
-are run again: a resumed study ends with exactly ``n_trials`` finished trials. (A journal file's
-RUNNING trial of a process on another host is left alone: a slow process must not lose its trial.)
+are run again: a resumed study ends with exactly ``n_trials`` finished trials. A trial is created
+and tagged under the trial lock, so a RUNNING trial without a tag, seen under that lock, is one whose
+worker died in between: it is marked FAIL too. (A journal file's RUNNING trial of a process on
+another host is left alone: a slow process must not lose its trial.)
 An interrupt (SIGINT, or SIGTERM turned into one by the app) stops every worker after its current
 trial and re-raises.
 """
