@@ -27,7 +27,7 @@ Conventions (one op = one kernel of a straightforward implementation):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -126,18 +126,11 @@ class Batch:
         S(x) = Σ_{j≤x} min(j, w) = x(x+1)/2 for x ≤ w, else w(w+1)/2 + (x − w)·w, and reads
         min(c + n, w + n − 1) keys. A non-causal batch (the full s×s scores an eager kernel computes
         before masking) is returned unchanged."""
-        if not self.causal:
-            return self
-        if not self.spans:
-            raise ConfigError("a batch without its query spans cannot be windowed")
-        w = float(window)
 
-        def s(x: float) -> float:
+        def upto(x: float, w: float) -> float:
             return x * (x + 1) / 2 if x <= w else w * (w + 1) / 2 + (x - w) * w
 
-        pairs = sum(k * (s(c + n) - s(c)) for c, n, k in self.spans)
-        context = sum(k * min(c + n, w + n - 1) for c, n, k in self.spans)
-        return replace(self, pairs=pairs, context_tokens=context)
+        return self._local(float(window), upto, lambda c, n, w: min(c + n, w + n - 1), "windowed")
 
     def chunked(self, chunk: int) -> Batch:
         """The same queries attending only within their own ``chunk``-token chunk (Llama-4's chunked
@@ -145,19 +138,29 @@ class Batch:
         cached ones attends T(c+n) − T(c) pairs, T(x) = q·C(C+1)/2 + r(r+1)/2 for x = q·C + r, and
         reads the c + n − C·⌊c/C⌋ keys from the start of its first chunk. A non-causal batch is
         returned unchanged, as by :meth:`windowed`."""
-        if not self.causal:
-            return self
-        if not self.spans:
-            raise ConfigError("a batch without its query spans cannot be chunked")
-        size = float(chunk)
 
-        def t(x: float) -> float:
+        def upto(x: float, size: float) -> float:
             q = x // size
             r = x - q * size
             return q * size * (size + 1) / 2 + r * (r + 1) / 2
 
-        pairs = sum(k * (t(c + n) - t(c)) for c, n, k in self.spans)
-        context = sum(k * (c + n - size * (c // size)) for c, n, k in self.spans)
+        return self._local(float(chunk), upto, lambda c, n, size: c + n - size * (c // size), "chunked")
+
+    def _local(
+        self,
+        width: float,
+        upto: Callable[[float, float], float],
+        keys: Callable[[float, float, float], float],
+        what: str,
+    ) -> Batch:
+        """The batch with each span's pairs ``upto(c+n) − upto(c)`` (pairs attended by the first x
+        positions) and its ``keys(c, n)`` read: the shared body of :meth:`windowed` and :meth:`chunked`."""
+        if not self.causal:
+            return self
+        if not self.spans:
+            raise ConfigError(f"a batch without its query spans cannot be {what}")
+        pairs = sum(k * (upto(c + n, width) - upto(c, width)) for c, n, k in self.spans)
+        context = sum(k * keys(c, n, width) for c, n, k in self.spans)
         return replace(self, pairs=pairs, context_tokens=context)
 
     @classmethod

@@ -38,6 +38,7 @@ from costmodels.training import TIME_FIELDS, TIME_NOTES, TrainingJob, training_s
 from costmodels.workload import parameter_count
 from dse._app import format_table, print_json, run_app
 from dse.checks import check_results
+from dse.checks import flag as _flag
 from dse.checks import fraction as _fraction
 from dse.checks import positive_int as _positive_int
 from dse.hardware import hardware_from_config
@@ -68,9 +69,8 @@ def parallelism(cfg: DictConfig) -> dict[str, Any]:
     out: dict[str, Any] = {k: _positive_int(par[k], f"parallelism.{k}") for k in _DEGREES}
     out |= {k: _fraction(par[k], f"parallelism.{k}") for k in knobs(FRACTION)}
     out["zero_stage"] = _positive_int(par["zero_stage"], "parallelism.zero_stage", minimum=0)
-    for flag in knobs(FLAG):
-        if not isinstance(par[flag], bool):
-            raise ConfigError(f"parallelism.{flag} must be true or false, got {par[flag]!r}")
+    for name in knobs(FLAG):
+        _flag(par[name], f"parallelism.{name}")
     if par["recompute"] not in RECOMPUTE:
         valid = ", ".join(RECOMPUTE)
         raise ConfigError(f"parallelism.recompute must be one of {valid}, got {par['recompute']!r}")
@@ -242,8 +242,7 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     if cfg.mode not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
     _positive_int(cfg.num_devices, "num_devices")
-    if not isinstance(cfg.fused_attention, bool):
-        raise ConfigError(f"fused_attention must be true or false, got {cfg.fused_attention!r}")
+    _flag(cfg.fused_attention, "fused_attention")
     rep = MODES[cfg.mode](cfg, load_model(cfg.model), hardware_from_config(cfg.hardware))
     check_results(rep, f"the command: {rep['command']}")
     return rep

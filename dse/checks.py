@@ -39,6 +39,13 @@ def positive_int(value: Any, name: str, minimum: int = 1) -> int:
     return value
 
 
+def flag(value: Any, name: str) -> bool:
+    """``value`` as a bool (true / false only, not 0 / 1), else a ConfigError naming ``name``."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {shown(value)}")
+    return value
+
+
 def fraction(value: Any, name: str) -> float:
     """``value`` as a float in [0, 1], else a ConfigError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:

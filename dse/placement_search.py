@@ -42,7 +42,7 @@ from costmodels.errors import ConfigError
 from costmodels.hardware import bytes_per_element
 from costmodels.memory import stage_parameters
 from dse._app import CONF_DIR, format_table, phase_printer
-from dse.checks import positive_int, read_json
+from dse.checks import flag, positive_int, read_json
 from dse.tracking import JobRun
 from dse.units import fmt_bytes, fmt_cell, fmt_count, fmt_time
 from search.placement import Job, Placement, cp_sat, evaluate, rank_order, tree_heuristic
@@ -236,9 +236,7 @@ def job_from_config(cfg: DictConfig, topo: Topology, spec: ModelSpec) -> Job:
 
 def flag_option(value: Any, key: str) -> bool:
     """A true/false option (null: false), else a ConfigError naming ``key``."""
-    if value is not None and not isinstance(value, bool):
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    return bool(value)
+    return False if value is None else flag(value, key)
 
 
 # --------------------------------------------------------------------------------------------
