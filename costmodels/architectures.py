@@ -71,6 +71,9 @@ class MoESpec:
     shared_intermediate: int = 0
     shared_gate: bool = False  # Qwen2-MoE: a sigmoid gate (h → 1) scales the shared MLP's output
     router_bias: bool = False  # gpt-oss: the router's logits have a bias
+    expert_bias: bool = (
+        True  # the routed experts carry the MLP's biases where it has them (Nemotron-H's do not)
+    )
 
 
 @dataclass(frozen=True)
@@ -85,11 +88,72 @@ class MLASpec:
     v_head_dim: int
 
 
+# What mixes tokens in a layer: attention, a state-space (or linear-attention) scan, both side by side
+# on the same normed input (Falcon-H1), or nothing (Nemotron-H's MLP-only layers).
+MIXER_ATTENTION, MIXER_SSM, MIXER_PARALLEL, MIXER_NONE = "attention", "ssm", "attention+ssm", "none"
+MIXER_KINDS = (MIXER_ATTENTION, MIXER_SSM, MIXER_PARALLEL, MIXER_NONE)
+# What transforms each token after it: a dense MLP, a mixture of experts, or nothing (Mamba's layers).
+MLP_DENSE, MLP_MOE, MLP_NONE = "dense", "moe", "none"
+MLP_KINDS = (MLP_DENSE, MLP_MOE, MLP_NONE)
+SSM_KINDS = ("mamba", "mamba2", "gated_deltanet")
+
+
+@dataclass(frozen=True)
+class SSMSpec:
+    """A recurrent token mixer with a fixed-size state instead of a KV cache.
+
+    ``kind``: ``mamba`` (selective scan, Gu & Dao 2023), ``mamba2`` (state-space duality, Dao & Gu
+    2024) or ``gated_deltanet`` (gated delta rule, Yang et al. 2024; Qwen3-Next's linear attention).
+    ``heads`` × ``head_dim`` is the scanned width d_inner (Mamba: d_inner channels of width 1); each
+    head carries a ``head_dim`` × ``state`` state (Mamba, Mamba-2: N = d_state; DeltaNet: the key
+    head dim). ``groups`` heads of B and C (DeltaNet: keys and queries) of width ``state`` are
+    shared by the heads (Mamba: B and C come from ``x_proj``, not the convolution: 0). A depthwise
+    causal convolution of ``conv_kernel`` taps runs over ``conv_channels``. ``dt_rank``: Mamba's
+    low-rank Δ projection. ``chunk``: the chunked scan's block length (0: a sequential scan)."""
+
+    kind: str
+    heads: int
+    head_dim: int
+    state: int
+    groups: int
+    conv_kernel: int
+    dt_rank: int = 0
+    chunk: int = 0
+    conv_bias: bool = True
+    in_bias: bool = False  # in_proj (and DeltaNet's in_proj_ba)
+    out_bias: bool = False  # out_proj (Falcon-H1 sets it apart: ``projectors_bias``)
+    gated_norm: bool = True  # an RMSNorm of y·silu(z) before out_proj (Mamba-2, DeltaNet)
+    bcdt_norms: bool = False  # Jamba: RMSNorms on Δ (dt_rank wide), B and C (state wide)
+
+    @property
+    def inner(self) -> int:
+        """d_inner: the scanned width, heads · head_dim."""
+        return self.heads * self.head_dim
+
+    @property
+    def conv_channels(self) -> int:
+        """Channels of the causal convolution: x and the groups' B and C (DeltaNet: v, k and q)."""
+        return self.inner + 2 * self.groups * self.state
+
+    @property
+    def state_elements(self) -> int:
+        """Recurrent state of one layer for one sequence: the convolution's last ``conv_kernel`` inputs
+        of every channel (mamba_ssm's and transformers' conv state) and every head's head_dim × state."""
+        return self.conv_channels * self.conv_kernel + self.inner * self.state
+
+
+def _per_layer(runs: tuple[tuple[str, int], ...]) -> list[str]:
+    return [kind for kind, n in runs for _ in range(n)]
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """A decoder-only transformer, normalised across Hugging Face families.
+    """A decoder-only transformer or hybrid, normalised across Hugging Face families.
 
-    ``layer_kinds`` lists ``("dense" | "moe", count)`` runs in layer order. ``norms_per_layer`` is
+    A layer is a (mixer, MLP) pair (:attr:`blocks`). ``mixer_kinds`` lists ``(MIXER_*, count)`` runs
+    and ``layer_kinds`` ``("dense" | "moe" | "none", count)`` runs, both in layer order; ``ssm``
+    describes the state-space mixer. The attention fields describe the attention layers (0 where a
+    model has none). ``norms_per_layer`` is
     the number of norms in a block (1 for GPT-J's single ``ln_1``; 4 for Gemma-2's norms before and
     after attention and MLP). ``parallel_block``: attention and MLP read the same normed input and
     their outputs are added once (GPT-J, NeoX, Falcon). ``local_layers`` of the layers attend only
@@ -113,7 +177,7 @@ class ModelSpec:
     qkv_bias: bool
     attn_out_bias: bool
     mlp_bias: bool
-    positions: str  # "learned" | "rotary" | "alibi"
+    positions: str  # "learned" | "rotary" | "alibi" | "none"
     max_positions: int
     rotary_dim: int
     tie_embeddings: bool
@@ -123,11 +187,14 @@ class ModelSpec:
     qk_norm: bool = False
     qk_norm_full: bool = False  # the QK norm spans all heads' features (OLMo-2, OLMoE), not one head
     attention_sinks: bool = False  # gpt-oss: a learned logit per head joins every softmax
+    attn_output_gate: bool = False  # Qwen3-Next: q_proj also yields a per-head gate, sigmoid(g)·attention
     attention_dropout: float = 0.0  # dropout probability on attention probabilities (training)
     hidden_dropout: float = 0.0  # dropout probability on block outputs and embeddings (training)
     layer_kinds: tuple[tuple[str, int], ...] = ()
+    mixer_kinds: tuple[tuple[str, int], ...] = ()
     moe: MoESpec | None = None
     mla: MLASpec | None = None
+    ssm: SSMSpec | None = None
     sliding_window: int = 0
     local_layers: int = 0
     local_attention: str = "sliding"  # "sliding": the last w positions; "chunked": its own w-token chunk
@@ -136,12 +203,30 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         if not self.layer_kinds:
-            object.__setattr__(self, "layer_kinds", (("dense", self.num_layers),))
-        positive = ("hidden_size", "num_layers", "vocab_size", "num_heads", "num_kv_heads", "head_dim")
+            object.__setattr__(self, "layer_kinds", ((MLP_DENSE, self.num_layers),))
+        if not self.mixer_kinds:
+            object.__setattr__(self, "mixer_kinds", ((MIXER_ATTENTION, self.num_layers),))
+        positive = ("hidden_size", "num_layers", "vocab_size")
+        if self.attention_layers:
+            positive += ("num_heads", "num_kv_heads", "head_dim")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{self.model_type}: {name} must be positive, got {getattr(self, name)}")
-        if self.num_heads % self.num_kv_heads:
+        for runs, known in ((self.mixer_kinds, MIXER_KINDS), (self.layer_kinds, MLP_KINDS)):
+            unknown = sorted({kind for kind, _ in runs} - set(known))
+            if unknown:
+                raise ConfigError(
+                    f"{self.model_type}: unknown layer kind {unknown}; known: {', '.join(known)}"
+                )
+        if sum(n for _, n in self.mixer_kinds) != self.num_layers:
+            raise ConfigError(
+                f"{self.model_type}: mixer kinds {self.mixer_kinds} do not sum to {self.num_layers}"
+            )
+        if (self.ssm is None) != (self.ssm_layers == 0):
+            raise ConfigError(f"{self.model_type}: state-space layers need an SSMSpec, and only they")
+        if self.ssm is not None and self.ssm.kind not in SSM_KINDS:
+            raise ConfigError(f"{self.model_type}: unknown state-space kind {self.ssm.kind!r}")
+        if self.attention_layers and self.num_heads % self.num_kv_heads:
             raise ConfigError(
                 f"{self.model_type}: num_attention_heads={self.num_heads} is not a multiple of "
                 f"num_key_value_heads={self.num_kv_heads}"
@@ -152,17 +237,74 @@ class ModelSpec:
             )
         if self.local_attention not in ("sliding", "chunked"):
             raise ConfigError(f"{self.model_type}: local attention must be sliding or chunked")
-        if not 0 <= self.local_layers <= self.num_layers or (self.local_layers and self.sliding_window < 1):
+        attention = self.attention_layers
+        if not 0 <= self.local_layers <= attention or (self.local_layers and self.sliding_window < 1):
             raise ConfigError(
-                f"{self.model_type}: {self.local_layers} sliding-window layers of {self.num_layers} with a "
-                f"window of {self.sliding_window}: need 0..num_layers layers and a window >= 1"
+                f"{self.model_type}: {self.local_layers} sliding-window layers of {attention} attention "
+                f"layers with a window of {self.sliding_window}: need 0..{attention} layers and a window >= 1"
             )
+
+    @property
+    def blocks(self) -> tuple[tuple[str, str, int], ...]:
+        """The layers as ``(mixer, mlp, count)`` runs in layer order."""
+        pairs = list(zip(_per_layer(self.mixer_kinds), _per_layer(self.layer_kinds), strict=True))
+        runs: list[tuple[str, str, int]] = []
+        for mixer, mlp in pairs:
+            if runs and runs[-1][:2] == (mixer, mlp):
+                runs[-1] = (mixer, mlp, runs[-1][2] + 1)
+            else:
+                runs.append((mixer, mlp, 1))
+        return tuple(runs)
+
+    def mixer_layers(self, *kinds: str) -> int:
+        """Layers whose mixer is one of ``kinds``."""
+        return sum(n for kind, n in self.mixer_kinds if kind in kinds)
+
+    def mlp_layers(self, *kinds: str) -> int:
+        """Layers whose MLP is one of ``kinds``."""
+        return sum(n for kind, n in self.layer_kinds if kind in kinds)
+
+    @property
+    def attention_layers(self) -> int:
+        """Layers with attention (alone or beside a state-space mixer): the layers with a KV cache."""
+        return self.mixer_layers(MIXER_ATTENTION, MIXER_PARALLEL)
+
+    @property
+    def ssm_layers(self) -> int:
+        """Layers with a state-space mixer (alone or beside attention)."""
+        return self.mixer_layers(MIXER_SSM, MIXER_PARALLEL)
+
+    @property
+    def sublayers(self) -> float:
+        """Blocks with a norm and a residual add, summed over layers: a layer with a mixer and an MLP
+        has two, one in a parallel block (GPT-J, Falcon) or where it has only one of them."""
+        total = 0.0
+        for mixer, mlp, n in self.blocks:
+            blocks = (mixer != MIXER_NONE) + (mlp != MLP_NONE)
+            total += n * (min(blocks, 1) if self.parallel_block else blocks)
+        return total
+
+    @property
+    def tp_reductions(self) -> float:
+        """h-wide all-reduces of one forward pass over all layers under tensor parallelism (Megatron:
+        one after each row-parallel block output): a layer with a mixer and an MLP has two, one in a
+        parallel block (GPT-J, Falcon) or where it has only one of them (Mamba, Nemotron-H). Mamba's
+        ``x_proj`` reads the tp-split d_inner, so its Δ, B, C (dt_rank + 2·d_state wide) are reduced too."""
+        total = self.sublayers
+        if self.ssm is not None and self.ssm.kind == "mamba":
+            total += self.ssm_layers * (self.ssm.dt_rank + 2 * self.ssm.state) / self.hidden_size
+        return total
+
+    @property
+    def state_elements(self) -> int:
+        """Recurrent state of one sequence over all state-space layers (0 for a transformer)."""
+        return self.ssm_layers * self.ssm.state_elements if self.ssm is not None else 0
 
     def cached_layer_tokens(self, context: Any) -> Any:
         """Tokens held in the KV cache summed over layers, for ``context`` tokens of one sequence:
         every full-attention layer keeps them all, a sliding-window layer the last ``sliding_window``
-        (Σ_layers = (L − local)·c + local·min(c, w))."""
-        full = (self.num_layers - self.local_layers) * context
+        (Σ_layers = (L_attention − local)·c + local·min(c, w)); state-space layers keep no tokens."""
+        full = (self.attention_layers - self.local_layers) * context
         if not self.local_layers:
             return full
         return full + self.local_layers * jnp.minimum(context, self.sliding_window)
@@ -391,6 +533,7 @@ ACTIVATION_FLOPS = {
     "gelu_pytorch_tanh": 8.0,
     "gelu_fast": 8.0,
     "relu": 1.0,
+    "relu2": 2.0,  # relu(x)²: max and square (Nemotron-H)
 }
 
 
@@ -1080,6 +1223,347 @@ def _llama4_text(c: _Fields) -> ModelSpec:
     )
 
 
+def _dt_rank(c: _Fields, name: str, hidden: int) -> int:
+    """Mamba's Δ rank: ``"auto"`` = ⌈hidden/16⌉ (MambaConfig and JambaConfig ``__post_init__``)."""
+    _, value, _ = c._value(name, False, "auto")
+    return math.ceil(hidden / 16) if value == "auto" else c.int(name, minimum=1)
+
+
+def _state_space_only(c: _Fields, model_type: str, ssm: SSMSpec, h: int, layers: int) -> ModelSpec:
+    """A model of state-space layers only (Mamba, Mamba-2): embeddings, ``layers`` × (RMSNorm, mixer,
+    residual add), a final RMSNorm and the LM head; no attention, no MLP, no positions."""
+    return ModelSpec(
+        model_type=model_type,
+        hidden_size=h,
+        num_layers=layers,
+        vocab_size=c.int("vocab_size", minimum=1),
+        num_heads=0,
+        num_kv_heads=0,
+        head_dim=0,
+        intermediate_size=0,
+        gated_mlp=False,
+        activation=c.activation("hidden_act"),
+        norm="rmsnorm",
+        norm_bias=False,
+        norms_per_layer=1,
+        qkv_bias=False,
+        attn_out_bias=False,
+        mlp_bias=False,
+        positions="none",
+        max_positions=0,
+        rotary_dim=0,
+        tie_embeddings=c.flag("tie_word_embeddings"),
+        layer_kinds=((MLP_NONE, layers),),
+        mixer_kinds=((MIXER_SSM, layers),),
+        ssm=ssm,
+    )
+
+
+def _mamba(c: _Fields) -> ModelSpec:
+    """Mamba (``MambaMixer``): d_inner = expand·hidden channels, each its own selective scan over
+    ``state_size`` states (Gu & Dao 2023); ``use_bias`` on in/out_proj, ``use_conv_bias``."""
+    h = c.int("hidden_size", required=True, minimum=1)
+    layers = c.int("num_hidden_layers", required=True, minimum=1, maximum=MAX_LAYERS)
+    ssm = SSMSpec(
+        kind="mamba",
+        heads=c.int("expand", minimum=1) * h,
+        head_dim=1,
+        state=c.int("state_size", minimum=1),
+        groups=0,
+        conv_kernel=c.int("conv_kernel", minimum=1),
+        dt_rank=_dt_rank(c, "time_step_rank", h),
+        conv_bias=c.flag("use_conv_bias"),
+        in_bias=c.flag("use_bias"),
+        out_bias=c.flag("use_bias"),
+        gated_norm=False,
+    )
+    return _state_space_only(c, "mamba", ssm, h, layers)
+
+
+def _mamba2(c: _Fields) -> ModelSpec:
+    """Mamba-2 (``Mamba2Mixer``): ``num_heads`` heads of ``head_dim`` (their product must be
+    expand·hidden, as Mamba2Config checks), ``n_groups`` groups of B and C, chunked SSD scan."""
+    h = c.int("hidden_size", required=True, minimum=1)
+    layers = c.int("num_hidden_layers", required=True, minimum=1, maximum=MAX_LAYERS)
+    heads, head_dim, expand = (
+        c.int("num_heads", minimum=1),
+        c.int("head_dim", minimum=1),
+        c.int("expand", minimum=1),
+    )
+    if heads * head_dim != expand * h:
+        raise c._error(
+            "num_heads", f"× head_dim ({heads}·{head_dim}) must equal expand × hidden_size ({expand}·{h})"
+        )
+    groups = c.int("n_groups", minimum=1)
+    if heads % groups:
+        raise c._error("n_groups", f"({groups}) must divide num_heads ({heads})")
+    ssm = SSMSpec(
+        kind="mamba2",
+        heads=heads,
+        head_dim=head_dim,
+        state=c.int("state_size", minimum=1),
+        groups=groups,
+        conv_kernel=c.int("conv_kernel", minimum=1),
+        chunk=c.int("chunk_size", minimum=1),
+        conv_bias=c.flag("use_conv_bias"),
+        in_bias=c.flag("use_bias"),
+        out_bias=c.flag("use_bias"),
+    )
+    return _state_space_only(c, "mamba2", ssm, h, layers)
+
+
+def _jamba(c: _Fields) -> ModelSpec:
+    """Jamba (``JambaAttentionDecoderLayer`` / ``JambaMambaDecoderLayer``): layer i attends iff
+    i % attn_layer_period == attn_layer_offset, else runs a Mamba mixer with RMSNorms on Δ, B and C;
+    its MLP is a mixture of ``num_experts`` (top ``num_experts_per_tok``, experts of
+    ``intermediate_size``) iff i % expert_layer_period == expert_layer_offset and num_experts > 1,
+    else a dense gated MLP. Attention has no biases and no positional encoding (JambaAttention)."""
+    spec = replace(_llama_like(c, "jamba", attention_bias=False), positions="none", rotary_dim=0)
+    layers, h = spec.num_layers, spec.hidden_size
+    period = c.int("attn_layer_period", minimum=1)
+    offset = c.int("attn_layer_offset", maximum=period - 1, bound="attn_layer_period - 1")
+    e_period = c.int("expert_layer_period", minimum=1)
+    e_offset = c.int("expert_layer_offset", maximum=e_period - 1, bound="expert_layer_period - 1")
+    experts = c.int("num_experts", minimum=1)
+    ssm = SSMSpec(
+        kind="mamba",
+        heads=c.int("mamba_expand", minimum=1) * h,
+        head_dim=1,
+        state=c.int("mamba_d_state", minimum=1),
+        groups=0,
+        conv_kernel=c.int("mamba_d_conv", minimum=1),
+        dt_rank=_dt_rank(c, "mamba_dt_rank", h),
+        conv_bias=c.flag("mamba_conv_bias"),
+        in_bias=c.flag("mamba_proj_bias"),
+        out_bias=c.flag("mamba_proj_bias"),
+        gated_norm=False,
+        bcdt_norms=True,
+    )
+    mixers = [MIXER_ATTENTION if i % period == offset else MIXER_SSM for i in range(layers)]
+    sparse = [experts > 1 and i % e_period == e_offset for i in range(layers)]
+    moe = None
+    if any(sparse):
+        top_k = c.int("num_experts_per_tok", minimum=1, maximum=experts, bound="num_experts")
+        moe = MoESpec(num_experts=experts, top_k=top_k, expert_intermediate=spec.intermediate_size)
+    return replace(
+        spec,
+        mixer_kinds=_runs(mixers),
+        layer_kinds=_runs([MLP_MOE if x else MLP_DENSE for x in sparse]),
+        moe=moe,
+        ssm=ssm,
+    )
+
+
+def _falcon_h1(c: _Fields) -> ModelSpec:
+    """Falcon-H1 (``FalconH1DecoderLayer``): every layer runs attention and a Mamba-2 mixer side by
+    side on one normed input and adds both outputs, then a gated MLP. The mixer is
+    ``mamba_d_ssm`` wide (None: expand·hidden) in ``mamba_n_heads`` heads; its in_proj bias is
+    ``mamba_proj_bias``, its out_proj bias ``projectors_bias``, its gated norm ``mamba_rms_norm``.
+    The µP multipliers scale activations and own no parameters."""
+    spec = _llama_like(c, "falcon_h1", mlp_bias=None)
+    layers, h = spec.num_layers, spec.hidden_size
+    inner = c.int("mamba_d_ssm", minimum=1, if_none=None)
+    inner = inner if inner is not None else c.int("mamba_expand", minimum=1) * h
+    heads = c.int("mamba_n_heads", minimum=1)
+    _, head_dim, _ = c._value("mamba_d_head", False, "auto")
+    head_dim = inner // heads if head_dim == "auto" else c.int("mamba_d_head", minimum=1)
+    if heads * head_dim != inner:
+        raise c._error(
+            "mamba_n_heads", f"× mamba_d_head ({heads}·{head_dim}) must equal the mixer width {inner}"
+        )
+    groups = c.int("mamba_n_groups", minimum=1)
+    if heads % groups:
+        raise c._error("mamba_n_groups", f"({groups}) must divide mamba_n_heads ({heads})")
+    ssm = SSMSpec(
+        kind="mamba2",
+        heads=heads,
+        head_dim=head_dim,
+        state=c.int("mamba_d_state", minimum=1),
+        groups=groups,
+        conv_kernel=c.int("mamba_d_conv", minimum=1),
+        chunk=c.int("mamba_chunk_size", minimum=1),
+        conv_bias=c.flag("mamba_conv_bias"),
+        in_bias=c.flag("mamba_proj_bias"),
+        out_bias=c.flag("projectors_bias"),
+        gated_norm=c.flag("mamba_rms_norm"),
+    )
+    return replace(spec, mixer_kinds=((MIXER_PARALLEL, layers),), ssm=ssm)
+
+
+_NEMOTRON_BLOCKS = {  # layers_block_type → (mixer, MLP); legacy names as NemotronHConfig remaps them
+    "linear_attention": (MIXER_SSM, MLP_NONE),
+    "mamba": (MIXER_SSM, MLP_NONE),
+    "full_attention": (MIXER_ATTENTION, MLP_NONE),
+    "attention": (MIXER_ATTENTION, MLP_NONE),
+    "mlp": (MIXER_NONE, MLP_DENSE),
+    "moe": (MIXER_NONE, MLP_MOE),
+}
+_NEMOTRON_PATTERN = {"M": "linear_attention", "*": "full_attention", "-": "mlp", "E": "moe"}
+
+
+def _nemotron_layers(c: _Fields) -> list[str]:
+    """``layers_block_type`` (alias ``layer_types``), else the legacy ``hybrid_override_pattern``
+    (M mamba, * attention, - MLP, E MoE), else NemotronHConfig's default; ``num_hidden_layers`` is
+    ignored (the list's length is the layer count)."""
+    if c.given("layers_block_type"):
+        kinds = c.text_list("layers_block_type")
+    elif c.given("hybrid_override_pattern"):
+        pattern = c.text("hybrid_override_pattern")
+        unknown = sorted(set(pattern) - set(_NEMOTRON_PATTERN))
+        if unknown:
+            raise c._error(
+                "hybrid_override_pattern", f"has unknown layer letters {unknown}: use M, *, - or E"
+            )
+        kinds = [_NEMOTRON_PATTERN[x] for x in pattern]
+    else:
+        kinds = c.text_list("layers_block_type")
+    unknown = sorted(set(kinds) - set(_NEMOTRON_BLOCKS))
+    if unknown or not kinds:
+        raise c._error(
+            "layers_block_type", f"needs layers of {', '.join(_NEMOTRON_BLOCKS)}, got {unknown or kinds}"
+        )
+    return kinds
+
+
+def _nemotron_h(c: _Fields) -> ModelSpec:
+    """Nemotron-H (``NemotronHBlock``): each layer is one block behind one RMSNorm: a Mamba-2 mixer
+    (``mamba_num_heads`` × ``mamba_head_dim``; ``expand`` is unused), attention without biases or
+    positions, a non-gated MLP (``mlp_hidden_act``, relu²) or a mixture of non-gated experts with
+    one shared expert. The LM head is never tied (``_tied_weights_keys`` is empty)."""
+    kinds = _nemotron_layers(c)
+    layers = len(kinds)
+    h = c.int("hidden_size", required=True, minimum=1)
+    heads = c.int("num_attention_heads", minimum=1)
+    if c.given("moe_latent_size"):
+        raise c._error("moe_latent_size", "(latent MoE projections) is not modelled yet: remove it")
+    experts = c.int("n_routed_experts", minimum=1)
+    moe = None
+    if "moe" in kinds:
+        moe = MoESpec(
+            num_experts=experts,
+            top_k=c.int("num_experts_per_tok", minimum=1, maximum=experts, bound="n_routed_experts"),
+            expert_intermediate=c.int("moe_intermediate_size", minimum=1),
+            shared_intermediate=c.int("moe_shared_expert_intermediate_size", minimum=0),
+            expert_bias=False,  # NemotronHExperts: bare up/down tensors; mlp_bias reaches the shared expert
+        )
+    mamba_heads, groups = c.int("mamba_num_heads", minimum=1), c.int("n_groups", minimum=1)
+    if mamba_heads % groups:
+        raise c._error("n_groups", f"({groups}) must divide mamba_num_heads ({mamba_heads})")
+    ssm = SSMSpec(
+        kind="mamba2",
+        heads=mamba_heads,
+        head_dim=c.int("mamba_head_dim", minimum=1),
+        state=c.int("ssm_state_size", minimum=1),
+        groups=groups,
+        conv_kernel=c.int("conv_kernel", minimum=1),
+        chunk=c.int("chunk_size", minimum=1),
+        conv_bias=c.flag("use_conv_bias"),
+        in_bias=c.flag("use_bias"),
+        out_bias=c.flag("use_bias"),
+    )
+    blocks = [_NEMOTRON_BLOCKS[k] for k in kinds]
+    attention = any(m == MIXER_ATTENTION for m, _ in blocks)
+    head_dim = c.int("head_dim", minimum=1) if attention else 0
+    return ModelSpec(
+        model_type="nemotron_h",
+        hidden_size=h,
+        num_layers=layers,
+        vocab_size=c.int("vocab_size", minimum=1),
+        num_heads=heads if attention else 0,
+        num_kv_heads=c.int("num_key_value_heads", minimum=1, if_none=heads) if attention else 0,
+        head_dim=head_dim,
+        intermediate_size=c.int("intermediate_size", minimum=1),
+        gated_mlp=False,
+        activation=c.activation("mlp_hidden_act"),
+        norm="rmsnorm",
+        norm_bias=False,
+        norms_per_layer=1,
+        qkv_bias=False,
+        attn_out_bias=False,
+        mlp_bias=c.flag("mlp_bias"),
+        positions="none",
+        max_positions=c.int("max_position_embeddings", minimum=1),
+        rotary_dim=0,
+        tie_embeddings=False,
+        attention_dropout=c.probability("attention_dropout"),
+        mixer_kinds=_runs([m for m, _ in blocks]),
+        layer_kinds=_runs([mlp for _, mlp in blocks]),
+        moe=moe,
+        ssm=ssm if any(m == MIXER_SSM for m, _ in blocks) else None,
+    )
+
+
+def _qwen3_next_rotary_fraction(c: _Fields) -> float:
+    """Qwen3NextConfig: ``rope_parameters.partial_rotary_factor``, else a top-level
+    ``partial_rotary_factor``, else 0.25 (its ``__post_init__`` default)."""
+    rope = c.sub("rope_parameters")
+    if rope.given("partial_rotary_factor"):
+        return rope.number("partial_rotary_factor", high=1.0)
+    return c.number("partial_rotary_factor", high=1.0, if_none=0.25)
+
+
+def _qwen3_next(c: _Fields) -> ModelSpec:
+    """Qwen3-Next: ``layer_types`` (default: full attention every ``full_attention_interval`` = 4th
+    layer) choose full attention (Qwen3's QK norm, a per-head output gate from a doubled q_proj,
+    rotary on ``partial_rotary_factor`` of each head) or Gated DeltaNet linear attention
+    (``linear_num_key_heads`` × ``linear_key_head_dim`` keys, ``linear_num_value_heads`` ×
+    ``linear_value_head_dim`` values, no biases); MLPs are Qwen2-MoE's (shared expert behind a gate)."""
+    spec = _llama_like(c, "qwen3_next", qk_norm=True)
+    layers = spec.num_layers
+    if c.given("layer_types"):
+        types = c.text_list("layer_types")
+    else:
+        interval = c.int("full_attention_interval", minimum=1, if_none=4)
+        types = ["full_attention" if (i + 1) % interval == 0 else "linear_attention" for i in range(layers)]
+    known = {"full_attention": MIXER_ATTENTION, "linear_attention": MIXER_SSM}
+    if len(types) != layers or set(types) - set(known):
+        raise c._error(
+            "layer_types", f"needs {layers} entries of full_attention or linear_attention, got {types}"
+        )
+    key_heads, value_heads = (
+        c.int("linear_num_key_heads", minimum=1),
+        c.int("linear_num_value_heads", minimum=1),
+    )
+    if value_heads % key_heads:
+        raise c._error(
+            "linear_num_value_heads",
+            f"({value_heads}) must be a multiple of linear_num_key_heads ({key_heads})",
+        )
+    ssm = SSMSpec(
+        kind="gated_deltanet",
+        heads=value_heads,
+        head_dim=c.int("linear_value_head_dim", minimum=1),
+        state=c.int("linear_key_head_dim", minimum=1),
+        groups=key_heads,
+        conv_kernel=c.int("linear_conv_kernel_dim", minimum=1),
+        chunk=64,  # the chunked gated delta rule's block (fla's kernels and transformers' torch path)
+        conv_bias=False,
+    )
+    experts = c.int("num_experts", minimum=0)
+    kinds = _sparse_layers(c, layers, experts)
+    moe = None
+    if any(kind == MLP_MOE for kind, _ in kinds):
+        moe = MoESpec(
+            num_experts=experts,
+            top_k=c.int("num_experts_per_tok", minimum=1, maximum=experts, bound="num_experts"),
+            expert_intermediate=c.int("moe_intermediate_size", minimum=1),
+            shared_intermediate=c.int("shared_expert_intermediate_size", minimum=0),
+            shared_gate=True,
+        )
+    mixers = [known[x] for x in types]
+    ssm_spec = ssm if MIXER_SSM in mixers else None
+    rotary = int(spec.head_dim * _qwen3_next_rotary_fraction(c))
+    return replace(
+        spec,
+        rotary_dim=rotary,
+        attn_output_gate=True,
+        mixer_kinds=_runs(mixers),
+        layer_kinds=kinds,
+        moe=moe,
+        ssm=ssm_spec,
+    )
+
+
 def _deepseek_v2(c: _Fields) -> ModelSpec:
     """DeepSeek-V2: the layer DeepSeek-V3 kept (MLA, dense first layers, routed plus shared experts)."""
     return replace(_deepseek_v3(c), model_type="deepseek_v2")
@@ -1161,6 +1645,12 @@ PARSERS: dict[str, Callable[[_Fields], ModelSpec]] = {
     "bloom": _bloom,
     "falcon": _falcon,
     "deepseek_v3": _deepseek_v3,
+    "mamba": _mamba,
+    "mamba2": _mamba2,
+    "jamba": _jamba,
+    "falcon_h1": _falcon_h1,
+    "nemotron_h": _nemotron_h,
+    "qwen3_next": _qwen3_next,
 }
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(PARSERS)
 

@@ -181,8 +181,7 @@ def _pass_s(
     kernels = jnp.maximum(jnp.sum(fwd * table.layers), host)
     # tensor-parallel all-reduces move 16-bit activations whatever the weights' precision
     size = batch * new_tokens * spec.hidden_size * bytes_per_element(activation_precision(job.precision))
-    blocks = 1.0 if spec.parallel_block else 2.0
-    tp_comm = blocks * spec.num_layers * collective_s("all_reduce", hw, size, 1.0, tp)
+    tp_comm = spec.tp_reductions * collective_s("all_reduce", hw, size, 1.0, tp)
     return kernels, tp_comm, p2p_s(hw, size / tp, tp)
 
 

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from costmodels.architectures import ModelSpec
+from costmodels.architectures import MLP_MOE, MLP_NONE, ModelSpec
 from costmodels.errors import ConfigError
 from costmodels.hardware import (
     LOW_PRECISIONS,
@@ -219,19 +219,37 @@ def _attention_terms(spec: ModelSpec, e: float) -> tuple[float, float, float]:
         latent = 2 * m.q_lora_rank + 2 * m.kv_lora_rank + m.qk_rope_head_dim
         return e * latent, e * nh * (2 * qk + 2 * m.v_head_dim), 0.0
     qk_norm = 1.0 if spec.qk_norm else 0.0
-    return 0.0, e * nh * hd * (2.0 + qk_norm), e * hd * (2.0 + qk_norm)
+    gate = 1.0 if spec.attn_output_gate else 0.0  # Qwen3-Next's output gate input
+    return 0.0, e * nh * hd * (2.0 + qk_norm + gate), e * hd * (2.0 + qk_norm)
 
 
 def _mlp_block_terms(spec: ModelSpec, kind: str, e: float, gemm_in: float) -> tuple[float, float]:
     """(replicated, sharded) MLP bytes per token. MoE: fp32 router probabilities (4·E), the top_k
     dispatched copies of the input and of the expert outputs (the all-to-all buffers, 2·top_k·h), the
     routed copies' expert intermediates (top_k × expert width) and the shared experts."""
-    if kind != "moe":
+    if kind == MLP_NONE:
+        return 0.0, 0.0
+    if kind != MLP_MOE:
         return 0.0, _mlp_terms(spec, spec.intermediate_size, e, gemm_in)
     moe = spec.moe
     replicated = 4.0 * moe.num_experts + 2.0 * e * moe.top_k * spec.hidden_size
     sharded = moe.top_k * _mlp_terms(spec, moe.expert_intermediate, e, gemm_in)
     return replicated, sharded + _mlp_terms(spec, moe.shared_intermediate, e, gemm_in)
+
+
+def _ssm_terms(spec: ModelSpec, e: float) -> tuple[float, float]:
+    """(replicated, sharded) bytes per token a state-space mixer keeps for its backward pass: the
+    in_proj output, the convolution's output, the scan output y and the gated norm's output (the
+    out_proj input), as mamba_ssm's fused Mamba-2 / Mamba kernels save them; Mamba also keeps Δ
+    (d_inner) and x_proj's replicated Δ, B, C (dt_rank + 2N). Heads and groups split over tp."""
+    m = spec.ssm
+    if m is None:
+        return 0.0, 0.0
+    di, gn, heads = m.inner, m.groups * m.state, m.heads
+    if m.kind == "mamba":
+        return e * (m.dt_rank + 2 * m.state), e * (2 * di + di + di + di)
+    projected = 2 * di + 2 * gn + (heads if m.kind == "mamba2" else 2 * heads)
+    return 0.0, e * (projected + m.conv_channels + di + di)
 
 
 @cache
@@ -247,11 +265,15 @@ def _layer_terms(spec: ModelSpec, e: float, drop: float, gemm_in: float) -> tupl
     flash attention keeps in 16 bits for its own backward); otherwise ``gemm_in`` = ``e``."""
     h, n = spec.hidden_size, spec.num_layers
     post = 2 if spec.norms_per_layer == 4 else 0  # Gemma-2's post-norms: inputs saved, outputs feed adds
-    norm_in = e * h * ((1 if spec.parallel_block else 2) + post)
+    norm_in = e * h * (spec.sublayers / n + post)  # one norm input per block (one in a parallel block)
     norms = norm_in + gemm_in * h * (spec.norms_per_layer - post) + 2.0 * drop * h
     rep, shard, kv_head = _attention_terms(spec, e)
     if gemm_in < e:
         shard += gemm_in * spec.num_heads * spec.head_dim
+    attention, ssm = spec.attention_layers / n, spec.ssm_layers / n  # shares of the layers
+    rep, shard, kv_head = rep * attention, shard * attention, kv_head * attention
+    ssm_rep, ssm_shard = _ssm_terms(spec, e)
+    rep, shard = rep + ssm_rep * ssm, shard + ssm_shard * ssm
     for kind, count in spec.layer_kinds:
         mlp_rep, mlp_shard = _mlp_block_terms(spec, kind, e, gemm_in)
         rep, shard = rep + mlp_rep * count / n, shard + mlp_shard * count / n
@@ -261,9 +283,10 @@ def _layer_terms(spec: ModelSpec, e: float, drop: float, gemm_in: float) -> tupl
 def _score_bytes(spec: ModelSpec, seq_len: int, e: float, drop: float, fused: bool) -> float:
     """Per token (before /t): softmax output e, dropout mask 1 and dropout output e per head and key,
     Korthikanti's 5as for GPT (2as without dropout); fused (flash) attention: fp32 softmax stats only."""
+    attention = spec.attention_layers / spec.num_layers  # the share of layers that attend
     if fused:
-        return SOFTMAX_STATS_BYTES * spec.num_heads
-    return spec.num_heads * seq_len * (e + drop * (1.0 + e))
+        return SOFTMAX_STATS_BYTES * spec.num_heads * attention
+    return spec.num_heads * seq_len * (e + drop * (1.0 + e)) * attention
 
 
 def layer_activation_bytes(
@@ -450,6 +473,9 @@ def _inference_activations(spec: ModelSpec, tp: Scalar, tokens: Scalar, rows: Sc
     attention = 2.0 * nh * hd / tp + kv_elements_per_token(spec, tp)
     mult = 3.0 if spec.gated_mlp else 2.0
     mlp = mult * spec.intermediate_size / tp
+    if spec.ssm is not None:  # in_proj's output and the convolution's
+        ssm_width = (2 * spec.ssm.inner + 2 * spec.ssm.groups * spec.ssm.state + spec.ssm.conv_channels) / tp
+        attention = jnp.maximum(attention, ssm_width)
     if spec.moe is not None:
         moe = spec.moe
         routed = moe.top_k * (2.0 * h + mult * moe.expert_intermediate / tp)
@@ -474,7 +500,9 @@ def inference_memory(
 ) -> MemoryBreakdown:
     """Serving memory per device: weights of the larger pipeline stage (all experts resident), the KV
     cache of batch_size sequences of context_tokens over L/pp layers (a sliding-window layer keeps its
-    window: ``ModelSpec.cached_layer_tokens``), the activations of the largest step (a
+    window: ``ModelSpec.cached_layer_tokens``) and, for state-space layers, each sequence's recurrent
+    state in the 16-bit activation type (vLLM's ``mamba_ssm_cache_dtype`` "auto"), the activations of
+    the largest step (a
     prefill of ``prefill_tokens``, default the whole batch·context), workspace. ``offload_*``: that
     fraction of weights / KV cache lives in host memory instead."""
     _check("positive", tp=tp, pp=pp)
@@ -485,8 +513,10 @@ def inference_memory(
     first, last, experts = stage_parameters(spec, tp, pp)
     weights = w_b * (jnp.maximum(first, last) + experts)
     kv = batch_size * spec.cached_layer_tokens(context_tokens) / pp * kv_elements_per_token(spec, tp) * kv_b
-    step = batch_size * context_tokens if prefill_tokens is None else prefill_tokens
     act_b = bytes_per_element(activation_precision(precision))
+    if spec.ssm is not None:  # each sequence's recurrent state, split over tp with the heads
+        kv = kv + batch_size * spec.state_elements / (pp * tp) * act_b
+    step = batch_size * context_tokens if prefill_tokens is None else prefill_tokens
     act = _inference_activations(spec, tp, step, batch_size, act_b)
     parts = dict(weights=(1.0 - offload_weights) * weights, kv_cache=(1.0 - offload_kv) * kv, activations=act)
     offloaded = offload_weights * weights + offload_kv * kv

@@ -15,7 +15,9 @@
 * **Hardware FLOPs** (HFU numerator): model FLOPs plus the forward FLOPs recomputed in the backward
   pass (all layers' forward for full recomputation, the attention core for selective).
 
-Elementwise ops are excluded from both, as in those definitions.
+Elementwise ops are excluded from both, as in those definitions. A state-space scan counts where it
+runs on tensor cores (Mamba-2's SSD and Gated DeltaNet's chunked form: kind ``attention``), not where
+it is a vector recurrence (Mamba's selective scan, any one-token step), like the elementwise ops.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def recompute_flops_per_sequence(
         return 0.0
     fwd = forward_ops(spec, Batch.training(1, seq_len, causal=_causal(attention)))
     if recompute == "selective":
-        return _matmul_flops([op for op in fwd if op.kind == "attention"])
+        return _matmul_flops([op for op in fwd if op.core])
     return _matmul_flops([op for op in fwd if op.stage == STAGE_LAYER])
 
 

@@ -13,6 +13,7 @@ every dimension inside it fits the domain.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
@@ -255,6 +256,30 @@ RULES: dict[str, Rule] = {
         ("tp",),
         lambda c, t: (c["tp"] > _kv_heads(t.spec)) | _divisible(_kv_heads(t.spec), c["tp"]),
         lambda v, t: _divides_message("tp", v["tp"], "num_key_value_heads", t.spec.num_kv_heads),
+    ),
+    # Megatron's MambaMixer splits the heads and the B/C groups over tp
+    "tp_divides_ssm_heads": Rule(
+        ("tp",),
+        lambda c, t: (
+            np.ones_like(c["tp"], dtype=bool)
+            if t.spec.ssm is None
+            else _divisible(math.gcd(t.spec.ssm.heads, t.spec.ssm.groups), c["tp"])
+        ),
+        lambda v, t: _divides_message(
+            "tp",
+            v["tp"],
+            f"the state-space heads ({t.spec.ssm.heads}) and B/C groups ({t.spec.ssm.groups})",
+            math.gcd(t.spec.ssm.heads, t.spec.ssm.groups),
+        ),
+    ),
+    # a scan carries its state along the sequence; dse has no formula for handing it between ranks
+    "cp_without_state_space": Rule(
+        ("cp",),
+        lambda c, t: (c["cp"] == 1) | (t.spec.ssm is None),
+        lambda v, t: (
+            f"cp = {v['cp']:g} but {t.spec.model_type} has {t.spec.ssm_layers} state-space layers, whose "
+            "scan runs along the whole sequence: use cp=1"
+        ),
     ),
     # every chunk needs a layer; uneven shares are fine (stage_layers prices the fullest stage)
     "pipeline_chunks": Rule(

@@ -108,7 +108,7 @@ def table_from_ops(ops: list[Op], spec: ModelSpec, queries: float, keys: float) 
         geometry = (1.0, 1.0, 1.0, 1.0)
         if op.kind == "matmul":
             geometry = (op.mnk[0], op.mnk[1], op.mnk[2], op.gemms)
-        elif op.kind == "attention":
+        elif op.kind == "attention" and op.core:  # a state-space scan has no head geometry
             geometry = _attention_geometry(op, spec, queries, keys)
         rows.append(
             (

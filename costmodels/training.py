@@ -179,9 +179,10 @@ def _stage_layers(spec: ModelSpec, plan: Plan) -> Array:
 
 def _tp_comm(hw: Hardware, job: TrainingJob, plan: Plan, act_bytes: float) -> Array:
     """Exposed TP collectives of one micro-batch on one stage: per layer one all-reduce per block
-    (attention, MLP; one for a parallel block) in the forward pass, one in the backward pass and one
-    more in a fully recomputed forward. With sequence parallelism each becomes a reduce-scatter +
-    all-gather pair of the same volume (Korthikanti et al. 2022, Sec. 4.2.2)."""
+    (attention or state-space mixer, MLP; one for a parallel block: ``ModelSpec.tp_reductions``) in
+    the forward pass, one in the backward pass and one more in a fully recomputed forward. With
+    sequence parallelism each becomes a reduce-scatter + all-gather pair of the same volume
+    (Korthikanti et al. 2022, Sec. 4.2.2)."""
     spec = job.spec
     size = plan.microbatch / plan.cp * job.seq_len * spec.hidden_size * act_bytes
     all_reduce = collective_s("all_reduce", hw, size, 1.0, plan.tp)
@@ -189,7 +190,7 @@ def _tp_comm(hw: Hardware, job: TrainingJob, plan: Plan, act_bytes: float) -> Ar
         "all_gather", hw, size, 1.0, plan.tp
     )
     per_block = jnp.where(plan.sequence_parallel > 0, rs_ag, all_reduce)
-    blocks = 1.0 if spec.parallel_block else 2.0
+    blocks = spec.tp_reductions / spec.num_layers
     passes = 2.0 + jnp.where(plan.recompute >= 2, 1.0, 0.0)
     return per_block * blocks * passes * _stage_layers(spec, plan) * (1.0 - plan.tp_overlap)
 

@@ -31,7 +31,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from costmodels.architectures import ACTIVATION_FLOPS, ModelSpec
+from costmodels.architectures import (
+    ACTIVATION_FLOPS,
+    MIXER_PARALLEL,
+    MIXER_SSM,
+    MLP_DENSE,
+    MLP_MOE,
+    ModelSpec,
+    SSMSpec,
+)
 from costmodels.errors import ConfigError
 from costmodels.hardware import (
     activation_precision,
@@ -360,9 +368,16 @@ def _sdpa(
 def _attention_ops(spec: ModelSpec, bt: Batch, b: _Bytes, fused: bool, mla_absorb: bool) -> list[Op]:
     if spec.mla is not None:
         return _mla_ops(spec, bt, b, fused, mla_absorb)
-    h, nh, nkv, d, n = spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.num_layers
+    h, nh, nkv, d, n = (
+        spec.hidden_size,
+        spec.num_heads,
+        spec.num_kv_heads,
+        spec.head_dim,
+        spec.attention_layers,
+    )
     t = bt.new_tokens
-    ops = [_linear("attn.qkv_proj", t, h, (nh + 2 * nkv) * d, spec.qkv_bias, b, n, tp=TP_COLUMN)]
+    q_width = 2 * nh if spec.attn_output_gate else nh  # Qwen3-Next: a gate per query feature
+    ops = [_linear("attn.qkv_proj", t, h, (q_width + 2 * nkv) * d, spec.qkv_bias, b, n, tp=TP_COLUMN)]
     if spec.qk_norm_full:  # one norm over all heads' features: nh·d and nkv·d weights
         ops += [
             _norm("attn.q_norm", spec, t, nh * d, b, n, "rmsnorm", tp=TP_SPLIT),
@@ -385,6 +400,8 @@ def _attention_ops(spec: ModelSpec, bt: Batch, b: _Bytes, fused: bool, mla_absor
         w = spec.sliding_window
         windowed = bt.windowed(w) if spec.local_attention == "sliding" else bt.chunked(w)
         ops += _sdpa(spec, windowed, b, local, d, d, nkv, nkv * d, nkv * d, fused, "attn.sdpa_local")
+    if spec.attn_output_gate:  # sigmoid(gate) · attention output: sigmoid 4 + multiply 1
+        ops.append(_elementwise("attn.output_gate", t * nh * d, 5.0, 2, b, n, tp=TP_SPLIT))
     ops.append(_linear("attn.o_proj", t, nh * d, h, spec.attn_out_bias, b, n, tp=TP_ROW))
     return ops
 
@@ -397,7 +414,7 @@ def _mla_ops(spec: ModelSpec, bt: Batch, b: _Bytes, fused: bool, absorb: bool) -
     the query and W_UV after attention, so attention runs on the cached latent (r_kv + rope per token,
     shared by all heads) and the cache is never decompressed.
     """
-    m, h, nh, n, t = spec.mla, spec.hidden_size, spec.num_heads, spec.num_layers, bt.new_tokens
+    m, h, nh, n, t = spec.mla, spec.hidden_size, spec.num_heads, spec.attention_layers, bt.new_tokens
     qk = m.qk_nope_head_dim + m.qk_rope_head_dim
     if m.q_lora_rank:
         ops = [
@@ -467,10 +484,10 @@ def _mlp_ops(
     expert: bool = False,
 ) -> list[Op]:
     """Gated (gate/up → act·mul → down) or plain (up → act → down) MLP of ``width``; ``expert``: the
-    routed experts' MLP (sharded over ep)."""
+    routed experts' MLP (sharded over ep; biased where the MLP is and ``MoESpec.expert_bias``)."""
     h, act = spec.hidden_size, _activation_flops(spec)
     many = {"experts": experts, "experts_read": experts_read, "expert": expert}
-    bias = spec.mlp_bias
+    bias = spec.mlp_bias and (not expert or spec.moe.expert_bias)
     if spec.gated_mlp:
         return [
             _linear(f"{prefix}.gate_up_proj", tokens, h, 2 * width, bias, b, count, tp=TP_COLUMN, **many),
@@ -480,9 +497,9 @@ def _mlp_ops(
             _linear(f"{prefix}.down_proj", tokens, width, h, bias, b, count, tp=TP_ROW, **many),
         ]
     return [
-        _linear(f"{prefix}.up_proj", tokens, h, width, bias, b, count, tp=TP_COLUMN, expert=expert),
+        _linear(f"{prefix}.up_proj", tokens, h, width, bias, b, count, tp=TP_COLUMN, **many),
         _elementwise(f"{prefix}.act", tokens * width, act, 1, b, count, tp=TP_SPLIT, expert=expert),
-        _linear(f"{prefix}.down_proj", tokens, width, h, bias, b, count, tp=TP_ROW, expert=expert),
+        _linear(f"{prefix}.down_proj", tokens, width, h, bias, b, count, tp=TP_ROW, **many),
     ]
 
 
@@ -509,6 +526,122 @@ def _moe_ops(spec: ModelSpec, bt: Batch, b: _Bytes, count: int, all_experts: boo
     if moe.shared_gate:
         ops.append(_linear("moe.shared_gate", t, h, 1, False, b, count))
     return ops
+
+
+# --------------------------------------------------------------------------------------------
+# State-space mixers (Mamba, Mamba-2, Gated DeltaNet)
+
+# FLOPs of the scans' vector work (each multiply, add, exp counted once):
+SCAN_FLOPS_PER_STATE = 7.0  # Mamba per (token, channel, state): exp(Δ·A) 2, Δ·B·x 2, Ā·h + B̄x 2, C·h 1
+SCAN_FLOPS_PER_CHANNEL = 13.0  # softplus(Δ + bias) 5, Δ·x 1, y + D·x 2, y·silu(z) 5
+STEP_FLOPS_PER_STATE = 6.0  # one Mamba-2 step per state element: h·exp(Δ·A) 1, + Δ·x·B 2, y += C·h 2, Δ·x 1
+DELTA_STEP_FLOPS_PER_STATE = 7.0  # gated delta rule step: g·S 1, Sᵀk 2, S += k⊗β(v − Sᵀk) 2, Sᵀq 2
+
+
+def _conv_op(m: SSMSpec, bt: Batch, b: _Bytes, count: int) -> Op:
+    """Depthwise causal convolution of ``conv_kernel`` taps over the conv channels, SiLU fused
+    (causal_conv1d): 2·K (+1 bias) + 4 FLOPs per element. A step reads and writes each sequence's
+    conv state (K inputs per channel)."""
+    c, k, t = m.conv_channels, m.conv_kernel, bt.new_tokens
+    params = c * k + (c if m.conv_bias else 0)
+    state = bt.sequences * c * k * b.act if t <= bt.sequences else 0.0
+    flops = t * c * (2.0 * k + (1.0 if m.conv_bias else 0.0) + ACTIVATION_FLOPS["silu"])
+    return Op(
+        "ssm.conv1d",
+        "elementwise",
+        flops,
+        params * b.weight,
+        t * c * b.act + state,
+        t * c * b.act + state,
+        count=count,
+        params=params,
+        tp=TP_SPLIT,
+    )
+
+
+def _scan_op(m: SSMSpec, bt: Batch, b: _Bytes, count: int, inputs: float, params: int) -> Op:
+    """The scan itself, fused with its gating: FLOPs, ``inputs`` elements per token read (x, Δ, B, C,
+    z as the kind has them), d_inner written per token, and every sequence's recurrent state
+    (heads·head_dim·state) read (if it has context) and written.
+
+    Sequential form (Mamba's selective scan; any kind's step of one token): vector FLOPs per state
+    element and per channel (the constants above). Chunked form on tensor cores, blocks of
+    Q = min(chunk, tokens per sequence), per token: Mamba-2's SSD (Dao & Gu 2024, Sec. 6) C·Bᵀ per
+    group 2·Q·G·N, its product with X per head 2·Q·H·P, chunk states and their outputs 4·H·P·N;
+    Gated DeltaNet's WY form (Yang et al. 2024, Sec. 3.3; q and k repeated to the H value heads)
+    H·(5·Q·N + 3·Q·P + 6·N·P): the two Q×Q products with the keys, the triangular solves, the
+    corrections, the output and the state update."""
+    t, di, n, h = bt.new_tokens, m.inner, m.state, m.heads
+    step = t <= bt.sequences
+    if m.kind == "mamba" or step:
+        per_state = {"mamba": SCAN_FLOPS_PER_STATE, "mamba2": STEP_FLOPS_PER_STATE}.get(
+            m.kind, DELTA_STEP_FLOPS_PER_STATE
+        )
+        flops, kind = t * di * (per_state * n + SCAN_FLOPS_PER_CHANNEL), "elementwise"
+    else:
+        q, p = min(float(m.chunk), t / bt.sequences), m.head_dim
+        if m.kind == "mamba2":
+            per_token = 2.0 * q * (m.groups * n + h * p) + 4.0 * h * p * n
+        else:
+            per_token = h * (5.0 * q * n + 3.0 * q * p + 6.0 * n * p)
+        flops, kind = t * (per_token + SCAN_FLOPS_PER_CHANNEL * di), "attention"
+    cached = sum(k for c, _, k in bt.spans if c > 0) if bt.spans else (bt.sequences if step else 0.0)
+    state = di * n * b.act
+    return Op(
+        "ssm.scan",
+        kind,
+        flops,
+        params * b.weight,
+        t * inputs * b.act + cached * state,
+        t * di * b.act + bt.sequences * state,
+        count=count,
+        params=params,
+        tp=TP_SPLIT,
+    )
+
+
+def _ssm_ops(spec: ModelSpec, bt: Batch, b: _Bytes, count: int) -> list[Op]:
+    """One state-space mixer per layer: in_proj (column-parallel over heads), the convolution, the
+    scan, the gated RMSNorm (Mamba-2, DeltaNet) and out_proj (row-parallel).
+
+    Mamba (``MambaMixer``): in_proj h → 2·d_inner (x, z); x_proj d_inner → R + 2N (Δ, B, C);
+    dt_proj R → d_inner with bias; A (d_inner × N) and D (d_inner). Mamba-2 (``Mamba2Mixer``):
+    in_proj h → 2·d_inner + 2·G·N + H (z, x, B, C, Δ); Δ bias, A and D per head. Gated DeltaNet
+    (``Qwen3NextGatedDeltaNet``): in_proj_qkvz h → 2·G·N + 2·d_inner (q, k, v, z), in_proj_ba
+    h → 2·H (β, gate); Δ bias and A per head; the norm is per head (head_dim weights)."""
+    m, h, t = spec.ssm, spec.hidden_size, bt.new_tokens
+    di, gn, heads = m.inner, m.groups * m.state, m.heads
+    if m.kind == "mamba":
+        ops = [
+            _linear("ssm.in_proj", t, h, 2 * di, m.in_bias, b, count, tp=TP_COLUMN),
+            _conv_op(m, bt, b, count),
+            _linear("ssm.x_proj", t, di, m.dt_rank + 2 * m.state, False, b, count, tp=TP_ROW),
+            *(
+                [_norm("ssm.bcdt_norms", spec, t, m.dt_rank + 2 * m.state, b, count, "rmsnorm")]
+                * m.bcdt_norms
+            ),
+            _linear("ssm.dt_proj", t, m.dt_rank, di, True, b, count, tp=TP_COLUMN),
+            _scan_op(m, bt, b, count, 3 * di + 2 * m.state, di * m.state + di),
+        ]
+    elif m.kind == "mamba2":
+        ops = [
+            _linear("ssm.in_proj", t, h, 2 * di + 2 * gn + heads, m.in_bias, b, count, tp=TP_COLUMN),
+            _conv_op(m, bt, b, count),
+            _scan_op(m, bt, b, count, di + 2 * gn + heads, 3 * heads),
+        ]
+    else:
+        ops = [
+            _linear("ssm.in_proj_qkvz", t, h, 2 * gn + 2 * di, m.in_bias, b, count, tp=TP_COLUMN),
+            _linear("ssm.in_proj_ba", t, h, 2 * heads, m.in_bias, b, count, tp=TP_COLUMN),
+            _conv_op(m, bt, b, count),
+            _scan_op(m, bt, b, count, di + 2 * gn + 2 * heads, 2 * heads),
+        ]
+    if m.gated_norm:  # RMSNorm(y · silu(z)): the norm and the gate's 5 FLOPs per element
+        width = m.head_dim if m.kind == "gated_deltanet" else di
+        norm = _norm("ssm.gated_norm", spec, t * di / width, width, b, count, "rmsnorm", tp=TP_SPLIT)
+        gate = ACTIVATION_FLOPS["silu"] + 1.0
+        ops.append(replace(norm, flops=norm.flops + gate * t * di, input_bytes=2.0 * norm.input_bytes))
+    return [*ops, _linear("ssm.out_proj", t, di, h, m.out_bias, b, count, tp=TP_ROW)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -551,9 +684,21 @@ def _embedding_ops(spec: ModelSpec, bt: Batch, b: _Bytes) -> list[Op]:
 def _block_ops(
     spec: ModelSpec, bt: Batch, b: _Bytes, fused: bool, mla_absorb: bool, all_experts: bool
 ) -> list[Op]:
+    """Every layer's ops, each with the count of layers of its kind: a pre-norm and a residual add
+    per block (mixer, MLP), the mixers (attention, state-space scan, or both on one normed input,
+    Falcon-H1), then the MLPs (dense or MoE)."""
     h, t, n = spec.hidden_size, bt.new_tokens, spec.num_layers
-    ops = [_norm("attn_norm", spec, t, h, b, n)]
-    ops += _attention_ops(spec, bt, b, fused, mla_absorb)
+    attention, ssm_only = spec.attention_layers, spec.mixer_layers(MIXER_SSM)
+    mlps = spec.mlp_layers(MLP_DENSE, MLP_MOE)
+    ops = [_norm("attn_norm", spec, t, h, b, attention)] if attention else []
+    if attention:
+        ops += _attention_ops(spec, bt, b, fused, mla_absorb)
+    if ssm_only:
+        ops.append(_norm("ssm_norm", spec, t, h, b, ssm_only))
+    if spec.ssm_layers:
+        ops += _ssm_ops(spec, bt, b, spec.ssm_layers)
+    if spec.mixer_layers(MIXER_PARALLEL):  # attention and scan outputs are summed before the residual
+        ops.append(_elementwise("ssm.parallel_add", t * h, 1.0, 2, b, spec.mixer_layers(MIXER_PARALLEL)))
     if spec.parallel_block:
         if spec.norms_per_layer == 2:
             ops.append(_norm("mlp_norm", spec, t, h, b, n))
@@ -562,15 +707,18 @@ def _block_ops(
     else:
         if spec.norms_per_layer == 4:  # Gemma-2: the attention output is normed before the residual add
             ops.append(_norm("attn.post_norm", spec, t, h, b, n))
-        ops += [_elementwise("attn.residual_add", t * h, 1.0, 2, b, n), _norm("mlp_norm", spec, t, h, b, n)]
-        ops_residual = [_elementwise("mlp.residual_add", t * h, 1.0, 2, b, n)]
+        if attention:
+            ops.append(_elementwise("attn.residual_add", t * h, 1.0, 2, b, attention))
+        if ssm_only:
+            ops.append(_elementwise("ssm.residual_add", t * h, 1.0, 2, b, ssm_only))
+        ops += [_norm("mlp_norm", spec, t, h, b, mlps)] if mlps else []
+        ops_residual = [_elementwise("mlp.residual_add", t * h, 1.0, 2, b, mlps)] if mlps else []
         if spec.norms_per_layer == 4:  # and the MLP output
             ops_residual.insert(0, _norm("mlp.post_norm", spec, t, h, b, n))
-    for kind, count in spec.layer_kinds:
-        if kind == "moe":
-            ops += _moe_ops(spec, bt, b, count, all_experts)
-        else:
-            ops += _mlp_ops(spec, "mlp", t, spec.intermediate_size, b, count)
+    if spec.mlp_layers(MLP_DENSE):
+        ops += _mlp_ops(spec, "mlp", t, spec.intermediate_size, b, spec.mlp_layers(MLP_DENSE))
+    if spec.mlp_layers(MLP_MOE):
+        ops += _moe_ops(spec, bt, b, spec.mlp_layers(MLP_MOE), all_experts)
     return ops + ops_residual
 
 
@@ -756,8 +904,17 @@ def parameter_count(spec: ModelSpec) -> int:
 def kv_cache_bytes(spec: ModelSpec, tokens: float | Sequence[float], kv_precision: str = "fp16") -> float:
     """KV cache held for one sequence of ``tokens`` tokens (or for each of several): tokens summed
     over layers (:meth:`ModelSpec.cached_layer_tokens`: a sliding-window layer keeps its window) ·
-    elements per token · bytes per element. Llama-2-7B fp16: 32 · 2·32·128 · 2 B = 0.5 MiB per
-    token, 512 GiB for 2^20 tokens."""
+    elements per token · bytes per element, plus each sequence's state-space state
+    (:attr:`ModelSpec.state_elements`, whatever its length, in the 16-bit activation type).
+    Llama-2-7B fp16: 32 · 2·32·128 · 2 B = 0.5 MiB per token, 512 GiB for 2^20 tokens."""
     sequences = [tokens] if isinstance(tokens, int | float) else list(tokens)
     layer_tokens = sum(float(spec.cached_layer_tokens(t)) for t in sequences)
-    return layer_tokens * spec.kv_cache_elements_per_token * bytes_per_element(kv_precision)
+    kv = layer_tokens * spec.kv_cache_elements_per_token * bytes_per_element(kv_precision)
+    return kv + state_bytes(spec, len(sequences), kv_precision)
+
+
+def state_bytes(spec: ModelSpec, sequences: int, precision: str = "fp16") -> float:
+    """Recurrent state of ``sequences`` sequences over the state-space layers (conv and scan state,
+    :attr:`ModelSpec.state_elements`) in ``precision``'s 16-bit activation type; 0 for a transformer.
+    Mamba-2.8B: 64 layers · (5120·4 + 5120·16) · 2 B = 12.5 MiB per sequence, whatever its length."""
+    return sequences * spec.state_elements * bytes_per_element(activation_precision(precision))

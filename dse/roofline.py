@@ -15,7 +15,7 @@ from omegaconf import DictConfig, ListConfig
 from costmodels.errors import ConfigError
 from costmodels.hardware import bytes_per_element, peak_flops
 from costmodels.roofline import RooflinePoint, ridge_intensity, roofline
-from costmodels.workload import inference_ops, kv_cache_bytes, parameter_count
+from costmodels.workload import inference_ops, kv_cache_bytes, parameter_count, state_bytes
 from dse._app import format_table, print_json, run_app
 from dse.checks import check_results, positive_int
 from dse.hardware import hardware_from_config
@@ -83,6 +83,7 @@ def report(cfg: DictConfig) -> dict[str, Any]:
         "kv_cache_bytes": kv_cache_bytes(
             spec, [c + n for c, n in zip(cached, new, strict=True)], kv_precision
         ),
+        "state_bytes": state_bytes(spec, len(new), kv_precision),
         "hbm_capacity_bytes": float(hw.hbm_capacity_bytes),
         "matmul_efficiency": float(hw.matmul_efficiency),
         "memory_efficiency": float(hw.memory_efficiency),
@@ -162,7 +163,8 @@ def render(rep: dict[str, Any]) -> str:
         f"total time       {fmt_time(t['time_s'])} (roofline bound, sum over ops)",
         f"parameters       {rep['params']:,}",
         f"weight bytes     {fmt_bytes(rep['weights_bytes'])}",
-        f"KV cache bytes   {fmt_bytes(rep['kv_cache_bytes'])}",
+        f"KV cache bytes   {fmt_bytes(rep['kv_cache_bytes'])}"
+        + (f" (of which {fmt_bytes(rep['state_bytes'])} state-space state)" if rep["state_bytes"] else ""),
         f"HBM capacity     {fmt_bytes(rep['hbm_capacity_bytes'])}",
         *(f"warning: {w}" for w in rep["warnings"]),
     ]

@@ -166,6 +166,12 @@ def test_sliding_layers_are_the_ones_transformers_builds(name: str) -> None:
         "deepseek_v2",
         "gpt_oss",
         "llama4_text",
+        "mamba",
+        "mamba2",
+        "jamba",
+        "falcon_h1",
+        "nemotron_h",
+        "qwen3_next",
     ],
 )
 def test_new_families_run_in_the_calculator_and_the_roofline(name: str, tmp_path: Path) -> None:

@@ -34,7 +34,12 @@ H100 = load_hardware("h100_sxm")
 MIXTRAL = load_model("mixtral_8x7b")  # 32 layers, 32 heads, 8 KV heads, 8 experts
 # 126 layers (Llama-3.1-405B's count) and 6 KV heads: uneven pipelines and odd divisors everywhere
 ODD = dataclasses.replace(
-    load_model("llama3_8b"), num_layers=126, layer_kinds=(("dense", 126),), num_kv_heads=6, num_heads=24
+    load_model("llama3_8b"),
+    num_layers=126,
+    layer_kinds=(("dense", 126),),
+    mixer_kinds=(("attention", 126),),
+    num_kv_heads=6,
+    num_heads=24,
 )
 SEQ = 4096
 
