@@ -461,8 +461,9 @@ def _read_class(node: ast.ClassDef, classes: dict[str, ast.ClassDef]) -> _Schema
 
 
 def _literal(node: ast.expr) -> Any:
-    """A default written as a literal, arithmetic on literals (``4096 * 32``), or a call with a
-    ``default=`` keyword (``interval(min=0.0, max=1.0)(default=0.02)``, ``field(default=...)``)."""
+    """A default written as a literal, arithmetic on literals (``4096 * 32``), ``float("inf")``, or a
+    call with a ``default=`` keyword (``interval(min=0.0, max=1.0)(default=0.02)``,
+    ``field(default=...)``)."""
     if isinstance(node, ast.Constant):
         return node.value
     if isinstance(node, ast.List | ast.Tuple | ast.Set):
@@ -475,6 +476,8 @@ def _literal(node: ast.expr) -> Any:
         return -value if isinstance(node.op, ast.USub) else value
     if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
         return _OPERATORS[type(node.op)](_literal(node.left), _literal(node.right))
+    if isinstance(node, ast.Call) and ast.unparse(node.func) == "float" and len(node.args) == 1:
+        return float(_literal(node.args[0]))  # float("inf") (Mamba2Config.time_step_limit)
     if isinstance(node, ast.Call):
         for keyword in node.keywords:
             if keyword.arg == "default":
@@ -1415,8 +1418,8 @@ def _nemotron_layers(c: _Fields) -> list[str]:
                 "hybrid_override_pattern", f"has unknown layer letters {unknown}: use M, *, - or E"
             )
         kinds = [_NEMOTRON_PATTERN[x] for x in pattern]
-    else:
-        kinds = c.text_list("layers_block_type")
+    else:  # NemotronHConfig.__post_init__'s list where neither is given
+        kinds = ["linear_attention", "moe", "full_attention", "mlp"]
     unknown = sorted(set(kinds) - set(_NEMOTRON_BLOCKS))
     if unknown or not kinds:
         raise c._error(

@@ -27,6 +27,7 @@ from costmodels.memory import OPTIMIZER_MOMENT_BYTES
 from search.base import METRICS
 from search.optuna_driver import SAMPLERS
 from search.problems import OBJECTIVES, SERVING_METRICS, SERVING_OBJECTIVES
+from search.wafer import WAFER_OBJECTIVES
 
 
 def ranged(default: Any, **rule: Any) -> Any:
@@ -37,7 +38,8 @@ def ranged(default: Any, **rule: Any) -> Any:
 
 POSITIVE_INT = {"at_least": 1, "integer": True}
 PRECISION = {"one_of": PRECISIONS}
-ALL_OBJECTIVES = tuple(dict.fromkeys(OBJECTIVES + SERVING_OBJECTIVES))  # per workload kind: dse/search.py
+# per problem and workload kind: dse/search.py, search/wafer.py
+ALL_OBJECTIVES = tuple(dict.fromkeys(OBJECTIVES + SERVING_OBJECTIVES + WAFER_OBJECTIVES))
 METRIC_NAMES = {"one_of": tuple(dict.fromkeys(METRICS + SERVING_METRICS))}
 
 
@@ -73,6 +75,23 @@ class GridSearch:
     pareto: list[str] = field(
         default_factory=lambda: ["step_time_s", "memory_gib"], metadata={**METRIC_NAMES, "length": 2}
     )
+
+
+@dataclass
+class RandomSearch:
+    driver: str = "random"
+    objective: str = ranged("step_time_s", one_of=ALL_OBJECTIVES)
+    n_samples: int = ranged(200, **POSITIVE_INT)
+    top_k: int = ranged(10, **POSITIVE_INT)
+    chunk_size: int = ranged(262_144, **POSITIVE_INT)
+    pareto: list[str] = field(
+        default_factory=lambda: ["step_time_s", "memory_gib"], metadata={**METRIC_NAMES, "length": 2}
+    )
+
+
+@dataclass
+class ProblemChoice:
+    name: str = "mapping"  # checked against dse.search.PROBLEMS
 
 
 @dataclass
@@ -139,6 +158,7 @@ class SearchConfig:
     hardware: Any = None
     workload: Any = None
     parallelism: Any = None
+    problem: Any = None
     search: Any = None
     tracking: Any = None
     wafer: Any = None  # the wafer_arch experiment's system and knob bounds
@@ -159,6 +179,8 @@ def register() -> None:
     cs.store(group="workload", name="training_schema", node=TrainingWorkload)
     cs.store(group="workload", name="inference_schema", node=InferenceWorkload)
     cs.store(group="search", name="grid_schema", node=GridSearch)
+    cs.store(group="search", name="random_schema", node=RandomSearch)
+    cs.store(group="problem", name="problem_schema", node=ProblemChoice)
     cs.store(group="search", name="optuna_schema", node=OptunaSearch)
     cs.store(group="search", name="gd_schema", node=GradientSearch)
     cs.store(group="search", name="ilp_schema", node=IlpSearch)
@@ -169,6 +191,7 @@ GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     "workload": {"training": TrainingWorkload, "inference": InferenceWorkload},
     "search": {
         "grid": GridSearch,
+        "random": RandomSearch,
         "optuna": OptunaSearch,
         "gd": GradientSearch,
         "ilp": IlpSearch,

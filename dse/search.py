@@ -50,16 +50,13 @@ from dse.units import (
     metric_label,
     step_shares,
 )
-from search.base import METRICS, Result
-from search.grid import grid_search
-from search.optuna_driver import optuna_search
+from search import drivers
+from search.base import METRICS, Problem, Result
 from search.problems import (
     OBJECTIVES,
     SERVING_METRICS,
     SERVING_OBJECTIVES,
-    Problem,
     inference_slo_problem,
-    signed_objective,
     training_mapping_problem,
 )
 
@@ -192,75 +189,49 @@ def _memory_reason(metrics: dict[str, np.ndarray]) -> str:
     return f"none fits in memory; the smallest footprint is {float(np.min(metrics['memory_gib'])):.1f} GiB"
 
 
+PROGRESS_UNITS = {"grid": "design", "random": "design", "optuna": "trial", "gd": "step"}
+
+
+def driver_options(
+    cfg: DictConfig, run: JobRun, problem: Problem, reported: tuple[str, ...]
+) -> dict[str, Any]:
+    """The ``search`` group's options for ``search.drivers``; Optuna also gets its study (named and
+    stored so the same command resumes it) and a child run per trial (its point and ``reported``)."""
+    options: dict[str, Any] = OmegaConf.to_container(cfg.search, resolve=True)  # type: ignore[assignment]
+    if cfg.search.driver == "optuna":
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study_name, storage = study_location(cfg)
+        print(
+            f"optuna: study {study_name} in {storage}; the same command resumes it, "
+            "search.study_name=<new name> starts afresh",
+            file=sys.stderr,
+        )
+
+        def on_trial(number: int, values: dict) -> None:
+            run.child(
+                f"trial-{number}",
+                params={k: v for k, v in values.items() if k in problem.space},
+                metrics={k: v for k, v in values.items() if k in reported and np.isfinite(v)},
+            )
+
+        options |= {"study_name": study_name, "storage": storage, "on_trial": on_trial}
+    return options
+
+
 def run_driver(cfg: DictConfig, problem: Problem, run: JobRun) -> Result:
-    """Run the configured driver on ``problem``; Optuna trials become child runs."""
-    s = cfg.search
-    if s.driver == "grid":
-        return grid_search(
-            problem.space,
-            problem.cost_fn,
-            constraint=problem.constraint,
-            chunk_size=s.chunk_size,
-            top_k=s.top_k,
-            pareto_axes=tuple(s.pareto),
-            progress=progress_callback(cfg.progress, "grid", "design"),
-            infeasible_reason=_memory_reason,
-        )
-    if s.driver == "optuna":
-        return _optuna(cfg, problem, run)
-    raise ConfigError(f"search.driver '{s.driver}' is not one of grid, optuna, gd, ilp, cpsat")
-
-
-def _optuna(cfg: DictConfig, problem: Problem, run: JobRun) -> Result:
-    s = cfg.search
-    objectives = list(s.objectives or [s.objective])
-
-    reported = SUMMARY[cfg.workload.kind]
-
-    def evaluate(point: dict[str, Any]) -> dict[str, float]:
-        cols = {k: np.array([float(v)]) for k, v in point.items()}
-        if not bool(problem.constraint(cols)[0]):  # not a valid mapping: nothing to evaluate
-            return {m: float("nan") for m in reported} | {o: 1e30 for o in objectives} | {"feasible": False}
-        out = {k: float(np.asarray(v)[0]) for k, v in problem.cost_fn(cols).items()}
-        return out | {o: signed_objective(out, o) for o in objectives}
-
-    progress = progress_callback(cfg.progress, "optuna", "trial")
-
-    def on_trial(number: int, values: dict) -> None:
-        if progress is not None:
-            progress(number + 1, s.n_trials)
-        run.child(
-            f"trial-{number}",
-            params={k: values[k] for k in problem.space if k in values},
-            metrics={k: v for k, v in values.items() if k in reported and np.isfinite(v)},
-        )
-
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study_name, storage = study_location(cfg)
-    print(
-        f"optuna: study {study_name} in {storage}; the same command resumes it, "
-        "search.study_name=<new name> starts afresh",
-        file=sys.stderr,
-    )
-    return optuna_search(
-        {k: tuple(v) for k, v in problem.space.items()},
-        evaluate,
-        objectives=objectives,
-        n_trials=s.n_trials,
-        timeout=s.timeout_s,
-        seed=cfg.seed,
-        sampler=s.sampler,
-        storage=storage,
-        study_name=study_name,
-        on_trial=on_trial,
-        pareto_axes=tuple(s.pareto),
-    )
+    """Run the configured driver (``search.drivers``) on the mapping problem."""
+    name = cfg.search.driver
+    options = driver_options(cfg, run, problem, SUMMARY[cfg.workload.kind])
+    options["infeasible_reason"] = _memory_reason
+    progress = progress_callback(cfg.progress, name, PROGRESS_UNITS.get(name, "step"))
+    return drivers.run(name, problem, options, seed=cfg.seed, progress=progress)
 
 
 # the options that define a study's question; the others (trials, time, output) may change on resume
 _STUDY_KEYS = ("model", "hardware", "workload", "parallelism", "num_devices")
+_STUDY_OPTIONAL_KEYS = ("wafer",)  # part of the question where the config has it (problem=wafer)
 _STUDY_SEARCH_KEYS = ("objective", "objectives", "sampler")
 
 
@@ -274,6 +245,7 @@ def study_location(cfg: DictConfig) -> tuple[str, str]:
         choices = HydraConfig.get().runtime.choices
         plain = OmegaConf.to_container(cfg, resolve=True)
         question = {k: plain.get(k) for k in _STUDY_KEYS}
+        question |= {k: plain[k] for k in _STUDY_OPTIONAL_KEYS if plain.get(k) is not None}
         question["search"] = {k: plain["search"].get(k) for k in _STUDY_SEARCH_KEYS}
         digest = hashlib.sha256(json.dumps(question, sort_keys=True, default=str).encode()).hexdigest()[:8]
         parts = [choices.get("experiment") or "search", choices.get("model"), choices.get("hardware"), digest]
@@ -364,6 +336,7 @@ def question(cfg: DictConfig, problem: Problem, hw: Hardware) -> dict[str, Any]:
         "knobs": [k for k, v in problem.space.items() if len(v) > 1],
         "fixed": _fixed(problem),
         "driver": str(s.driver),
+        "budget": s.get("n_samples") or s.get("n_trials"),  # random and Optuna: points it will score
         "objective": {"metric": metric, "goal": "maximize" if objective.startswith("neg_") else "minimize"},
         "constraints": constraints,
         "limits": limits,  # metric → the largest value a feasible design may have
@@ -382,8 +355,10 @@ def search_line(q: dict[str, Any]) -> str:
     """'grid over 5,598 designs of tp, pp, ...; objective: minimize step time; subject to ...'."""
     fixed = ", ".join(f"{k}={fmt_cell(v)}" for k, v in q["fixed"].items())
     goal = f"{q['objective']['goal']} {metric_label(q['objective']['metric'])}"
+    budget = f" ({q['budget']:,} of them)" if q.get("budget") else ""
+    knobs = ", ".join(q["knobs"]) or "nothing"
     return (
-        f"{q['driver']} over {q['space_size']:,} candidate designs of {', '.join(q['knobs']) or 'nothing'}"
+        f"{q['driver']} over {q['space_size']:,} candidate designs{budget} of {knobs}"
         + (f" (fixed: {fixed})" if fixed else "")
         + f"; objective: {goal}; subject to: {', '.join(q['constraints'])}"
     )
@@ -694,14 +669,36 @@ def _emit(cfg: DictConfig, rep: dict[str, Any]) -> None:
         sys.stdout.flush()
 
 
+# What is explored (``problem=``, conf/problem/): the parallel mapping of a training or serving job
+# (workload.kind) is run here; the others by their module (its ``run`` and its reporter ``render``).
+PROBLEMS: dict[str, str | None] = {
+    "mapping": None,
+    "wafer": "wafer_search",
+    "auto_shard": "shard_search",
+    "placement": "placement_search",
+}
+# problems solved by the solver of the model they build (an ILP over an FX graph, a CP-SAT placement)
+SOLVERS = {"auto_shard": "ilp", "placement": "cpsat"}
+
+
+def problem_of(cfg: DictConfig) -> str:
+    """The configured problem, checked against the driver: one line naming the fix when they do not
+    go together (a generic driver the problem cannot feed is caught by ``search.drivers.run``)."""
+    name, driver = str(cfg.problem.name), str(cfg.search.driver)
+    if name not in PROBLEMS:
+        raise ConfigError(f"problem={name} is not a problem: use one of {', '.join(PROBLEMS)}")
+    if name in SOLVERS and driver != SOLVERS[name]:
+        raise ConfigError(f"problem={name} is solved by its own model's solver: use search={SOLVERS[name]}")
+    return name  # the other problems take the drivers of search.drivers that they can feed
+
+
 def task(cfg: DictConfig) -> None:
     schema.check_config(cfg)
-    # hardware co-design, automatic sharding, topology-aware placement
-    special = {"gd": "wafer_search", "ilp": "shard_search", "cpsat": "placement_search"}
-    if cfg.search.driver in special:
+    module_name = PROBLEMS[problem_of(cfg)]
+    if module_name is not None:  # hardware co-design, automatic sharding, topology-aware placement
         import importlib
 
-        module = importlib.import_module(f"dse.{special[cfg.search.driver]}")
+        module = importlib.import_module(f"dse.{module_name}")
         choices = HydraConfig.get().runtime.choices
         what = f"{_experiment_name()}: {choices.get('model')}, driver {cfg.search.driver}"
         print(f"dse.search: {what}", file=sys.stderr, flush=True)
@@ -718,6 +715,7 @@ def task(cfg: DictConfig) -> None:
         )
         return
     problem, hw = build_problem(cfg)  # bad input stops here, before a run is opened
+    drivers.check(cfg.search.driver, problem, "problem=mapping")
     q = question(cfg, problem, hw)
     label = sweep_label()
     if cfg.job_report or label is None:

@@ -1,10 +1,11 @@
-"""The ``wafer_arch`` experiment: gradient descent over a wafer design, compared with reference designs.
+"""The ``wafer_arch`` experiment: a search over a wafer design, compared with reference designs.
 
-Called by ``dse.search`` when ``search.driver=gd``: builds the wafer system and knobs from
-``cfg.wafer``, runs ``search.gd.gradient_descent`` on ``search.wafer.wafer_problem``'s loss, scores
-the rounded answer exactly, evaluates the reference designs (an SRAM-only wafer in the style of
-Cerebras WSE-2/3, the DeepFlow-style 20-die wafer with 4 HBM stacks per die) with the same model,
-and a GPU cluster of the same power with its best mapping (grid search), then logs all of it.
+Called by ``dse.search`` for ``problem=wafer``: builds the wafer system and knobs from
+``cfg.wafer``, runs the configured driver (``search.drivers``: gradient descent on
+``search.wafer.wafer_problem``'s loss by default, or random search or Optuna on its exact
+evaluation), scores the answer exactly, evaluates the reference designs (an SRAM-only wafer in the
+style of Cerebras WSE-2/3, the DeepFlow-style 20-die wafer with 4 HBM stacks per die) with the same
+model, and a GPU cluster of the same power with its best mapping (grid search), then logs all of it.
 """
 
 from __future__ import annotations
@@ -33,12 +34,17 @@ from dse.units import (
     metric_header,
     step_shares,
 )
-from search.gd import Knob, gradient_descent
+from search import drivers
 from search.grid import grid_search
 from search.problems import training_mapping_problem
-from search.wafer import wafer_problem
+from search.space import Knob
+from search.wafer import DESIGN_METRICS, wafer_problem
 
 # Reference designs, in the same knobs (the node, wafer count and power cap are the experiment's).
+# per driver: the comparison row of the design it found, its name in words, what it counted
+FOUND_BY = {"gd": "gradient_descent", "random": "random_search", "optuna": "optuna"}
+SEARCHED_BY = {"gd": "gradient descent", "random": "random search", "optuna": "Optuna"}
+EVALUATIONS_OF = {"gd": "loss evaluations", "random": "designs", "optuna": "trials"}
 REFERENCES = {
     # Cerebras WSE-2 (Hot Chips 2021): 84 reticle fields (12 x 7) of cores with 40 GB SRAM, no HBM; we
     # cut the same square into 12 x 8 so the die count splits into power-of-two data parallelism. Its
@@ -172,7 +178,7 @@ def gpu_cluster(cfg: DictConfig, job: TrainingJob, system: WaferSystem) -> dict[
 def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
     """Gradient descent, the exact score of its answer, and the comparison table (JSON-ready)."""
     if cfg.get("wafer") is None:
-        raise ConfigError("search.driver=gd needs a wafer system: use +experiment=wafer_arch")
+        raise ConfigError("problem=wafer needs a wafer system: use +experiment=wafer_arch")
     s, system, knobs, fixed = cfg.search, system_of(cfg), knobs_of(cfg), fixed_of(cfg)
     _check_power(system, knobs, fixed)
     job = TrainingJob(
@@ -189,29 +195,29 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
         knobs,
         fixed=fixed,
         objective=s.objective,
-        temperature=s.temperature,
+        **({"temperature": s.temperature} if "temperature" in s else {}),  # gradient descent's soft-min
     )
-    result = gradient_descent(
-        problem.loss,
-        knobs,
-        steps=s.steps,
-        learning_rate=s.learning_rate,
-        restarts=s.restarts,
-        seed=cfg.seed,
-        rescore=lambda v: problem.evaluate(v)["objective"],
-        progress=progress_callback(bool(cfg.get("progress")), "gd", "step"),
-    )
+    from dse.search import PROGRESS_UNITS, driver_options
+
+    generic = problem.problem()
+    drivers.check(s.driver, generic, "problem=wafer")
+    options = driver_options(cfg, run_, generic, DESIGN_METRICS)
+    unit = PROGRESS_UNITS.get(s.driver, "step")
+    progress = progress_callback(bool(cfg.get("progress")), s.driver, unit)
+    result = drivers.run(s.driver, generic, options, seed=cfg.seed, progress=progress)
     best = problem.evaluate(result.best)
     design = {**fixed, **result.best}
     if not best["feasible"]:
         raise ConfigError(f"no feasible wafer design found: {_why_infeasible(best)}")
-    rows = {"gradient_descent": best} | {k: problem.evaluate(v) for k, v in REFERENCES.items()}
+    found = FOUND_BY[s.driver]
+    rows = {found: best} | {k: problem.evaluate(v) for k, v in REFERENCES.items()}
     rows[f"{cfg.wafer.compare_gpu}_cluster_equal_power"] = gpu_cluster(cfg, job, system)
     breakdown = step_breakdown(system, job, design, best)
     _log(run_, result, design, best, rows, breakdown)
     hardware = _hardware_summary(system, design)
     return {
-        "driver": "gd",
+        "driver": s.driver,
+        "found_by": found,
         "evaluations": result.evaluations,
         "warnings": _warnings(result.best, knobs, best, int(cfg.workload.global_batch)),
         "design": design,
@@ -219,7 +225,7 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
         "comparison": rows,
         "hardware": hardware,
         "breakdown": breakdown,
-        "why": _why(best, breakdown, rows, design, hardware, system.power_cap_w),
+        "why": _why(best, breakdown, rows, design, hardware, system.power_cap_w, found),
     }
 
 
@@ -230,10 +236,11 @@ def _why(
     design: dict[str, float],
     hardware: dict[str, float],
     power_cap_w: float,
+    found: str,
 ) -> str:
-    """What binds the design found: where its step goes, its memory per die, whether the power cap
-    throttles the clock (capped below the chosen clock), and its throughput against the best feasible
-    reference of the comparison."""
+    """What binds the design found (row ``found`` of ``rows``): where its step goes, its memory per
+    die, whether the power cap throttles the clock (capped below the chosen clock), and its
+    throughput against the best feasible reference of the comparison."""
     parts = step_shares(breakdown["step_time_s"], breakdown)
     parts.append(memory_phrase(best["memory_gib"], best["capacity_gib"], "die"))
     capped, chosen = hardware["clock_hz"], design.get("clock_hz", hardware["clock_hz"])
@@ -244,7 +251,7 @@ def _why(
         )
     else:
         parts.append(f"the clock runs at {fmt_count(chosen, 'Hz')}, under the {fmt_power(power_cap_w)} cap")
-    refs = {k: r for k, r in rows.items() if k != "gradient_descent" and r.get("feasible")}
+    refs = {k: r for k, r in rows.items() if k != found and r.get("feasible")}
     if refs:
         name = max(refs, key=lambda k: refs[k]["tokens_per_s"])
         ratio = best["tokens_per_s"] / refs[name]["tokens_per_s"]
@@ -318,7 +325,7 @@ def _log(
     metrics = ("step_time_s", "tokens_per_s", "power_w", "tokens_per_joule", "mfu", "memory_gib", "objective")
     run_.log_metrics({k: best[k] for k in metrics if k in best})
     by_restart: dict[int, list[dict[str, float]]] = {}
-    for r in result.trajectory:
+    for r in result.trajectory if result.driver == "gd" else ():  # Optuna logs a child run per trial
         by_restart.setdefault(int(r["restart"]), []).append(r)
     for restart, steps in by_restart.items():
         run_.child(
@@ -336,7 +343,10 @@ def _log(
 
         for fig, name in (
             (_area_figure(design), "area_split.png"),
-            (breakdown_figure(breakdown, "wafer design found by gradient descent"), "breakdown.png"),
+            (
+                breakdown_figure(breakdown, f"wafer design found by {SEARCHED_BY[result.driver]}"),
+                "breakdown.png",
+            ),
         ):
             run_.log_figure(fig, name)
             plt.close(fig)
@@ -405,7 +415,8 @@ def render(rep: dict[str, Any]) -> str:
     parts = {k: v for k, v in rep["breakdown"].items() if k != "step_time_s"}
     return "\n".join(
         [
-            f"gradient descent over the wafer design ({rep['evaluations']} loss evaluations)",
+            f"{SEARCHED_BY[rep['driver']]} over the wafer design ({rep['evaluations']} "
+            f"{EVALUATIONS_OF[rep['driver']]})",
             f"design: {_design_text(rep['design'])}",
             f"per die, at the power-capped clock: {_hardware_text(rep['hardware'])}",
             f"mapping: {_mapping_text(rep['best']['mapping'])}",

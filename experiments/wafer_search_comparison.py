@@ -4,7 +4,8 @@
 
 One evaluation = one design scored over the whole mapping grid (the unit of ``search.wafer``'s
 loss). Gradient descent gets ``restarts · (steps + 1)`` loss evaluations plus its rounded-neighbourhood
-re-score; random search and TPE get the same number of exact evaluations. Prints, per method, the
+re-score; random search and TPE get the same number of exact evaluations. All three run through the
+driver registry (``search.drivers``) on the same problem, with no adapter. Prints, per method, the
 best step time found for each seed and the mean, on the ``wafer_arch`` experiment's defaults
 (Llama-3-70B, 5 nm, 4 wafers, 25 kW per wafer).
 """
@@ -22,31 +23,10 @@ from dse import schema
 from dse._app import CONF_DIR
 from dse.models import load_model
 from dse.wafer_search import knobs_of, system_of
-from search.gd import gradient_descent
-from search.optuna_driver import Param, optuna_search
+from search import drivers
 from search.wafer import wafer_problem
 
-
-def random_design(knobs: dict, rng: np.random.Generator) -> dict[str, float]:
-    """Uniform within bounds; a simplex group drawn from a flat Dirichlet, rejected until within bounds."""
-    out = {}
-    groups: dict[str, list[str]] = {}
-    for name, k in knobs.items():
-        if k.group:
-            groups.setdefault(k.group, []).append(name)
-        elif k.integer:
-            out[name] = float(rng.integers(int(k.low), int(k.high) + 1))
-        else:
-            lo, hi = (np.log(k.low), np.log(k.high)) if k.log else (k.low, k.high)
-            x = rng.uniform(lo, hi)
-            out[name] = float(np.exp(x) if k.log else x)
-    for names in groups.values():
-        while True:
-            x = rng.dirichlet(np.ones(len(names)))
-            if all(knobs[n].low <= v <= knobs[n].high for n, v in zip(names, x, strict=True)):
-                break
-        out |= {n: float(v) for n, v in zip(names, x, strict=True)}
-    return out
+METHODS = {"gradient descent": "gd", "random search": "random", "optuna TPE": "optuna"}
 
 
 def main() -> None:
@@ -60,42 +40,22 @@ def main() -> None:
         cfg = compose("config", overrides=["+experiment=wafer_arch", "tracking=none"])
     system, knobs = system_of(cfg), knobs_of(cfg)
     job = TrainingJob(load_model(cfg.model), cfg.workload.seq_len, cfg.workload.precision)
-    problem = wafer_problem(system, job, cfg.workload.global_batch, knobs, temperature=cfg.search.temperature)
+    wafer = wafer_problem(system, job, cfg.workload.global_batch, knobs, temperature=cfg.search.temperature)
+    problem = wafer.problem()  # the one problem every driver of search.drivers runs on
     budget = args.restarts * (args.steps + 1)
-    results: dict[str, list[float]] = {"gradient descent": [], "random search": [], "optuna TPE": []}
-    times: dict[str, float] = dict.fromkeys(results, 0.0)
+    options = {
+        "gd": {"steps": args.steps, "learning_rate": cfg.search.learning_rate, "restarts": args.restarts},
+        "random": {"n_samples": budget},
+        "optuna": {"n_trials": budget, "sampler": "tpe", "objective": "objective"},
+    }
+    results: dict[str, list[float]] = {name: [] for name in METHODS}
+    times: dict[str, float] = dict.fromkeys(METHODS, 0.0)
     for seed in range(args.seeds):
-        t0 = time.perf_counter()
-        gd = gradient_descent(
-            problem.loss,
-            knobs,
-            steps=args.steps,
-            learning_rate=cfg.search.learning_rate,
-            restarts=args.restarts,
-            seed=seed,
-            rescore=lambda v: problem.evaluate(v)["objective"],
-        )
-        results["gradient descent"].append(problem.evaluate(gd.best)["objective"])
-        times["gradient descent"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        rng = np.random.default_rng(seed)
-        results["random search"].append(
-            min(problem.evaluate(random_design(knobs, rng))["objective"] for _ in range(budget))
-        )
-        times["random search"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        space = {n: Param(low=k.low, high=k.high, integer=k.integer, log=k.log) for n, k in knobs.items()}
-
-        def evaluate(v: dict) -> dict:
-            total = sum(v[n] for n, k in knobs.items() if k.group)
-            v = {n: (x / total if knobs[n].group else x) for n, x in v.items()}  # onto the simplex
-            inside = all(knobs[n].low <= x <= knobs[n].high for n, x in v.items())  # after normalising
-            m = problem.evaluate(v)
-            return {"objective": min(m["objective"], 1e6), "feasible": m["feasible"] and inside}
-
-        tpe = optuna_search(space, evaluate, n_trials=budget, seed=seed, sampler="tpe")
-        results["optuna TPE"].append(float(tpe.metrics["objective"]))  # best feasible, in bounds
-        times["optuna TPE"] += time.perf_counter() - t0
+        for name, driver in METHODS.items():
+            t0 = time.perf_counter()
+            found = drivers.run(driver, problem, options[driver], seed=seed)
+            results[name].append(wafer.evaluate(found.best)["objective"])  # exact, whatever the driver
+            times[name] += time.perf_counter() - t0
     print(f"wafer_arch defaults, {budget} evaluations per method and seed, {args.seeds} seeds")
     print(f"{'method':18s} {'mean step s':>12s} {'best':>9s} {'worst':>9s} {'wall s':>8s}  per seed")
     for name, vals in results.items():

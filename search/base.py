@@ -6,9 +6,11 @@ knob — and returns a dict of equal-length metric arrays that includes ``object
 ``mfu``, ``tokens_per_s``, ``memory_gib``, ``power_w``, ``cost_usd_per_mtoken``, ``objective``), so
 MLflow runs compare side by side. Drivers know nothing of Hydra or MLflow.
 
-Every driver returns a :class:`Result`: the best design and its metrics, the table of evaluated
-points (design columns then metric columns), the Pareto front of two metrics as row indices of that
-table, and the trajectory (gradient-descent steps, Optuna trials) where there is one.
+A :class:`Problem` is what is explored: its space (``search.space``), the batched cost function, and
+what some drivers need besides (a validity mask, a differentiable loss). Every driver
+(``search.drivers``) returns a :class:`Result`: the best design and its metrics, the table of
+evaluated points (design columns then metric columns), the Pareto front of two metrics as row
+indices of that table, and the trajectory (gradient-descent steps, Optuna trials) where there is one.
 """
 
 from __future__ import annotations
@@ -32,6 +34,25 @@ METRICS = (
     "cost_usd_per_mtoken",
     "energy_j_per_token",
 )
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What is explored, for any driver that it supplies enough for.
+
+    ``space``: name → choices or a :class:`search.space.Knob` box. ``cost_fn``: design columns →
+    metric columns with ``objective`` (minimised) and ``feasible``. ``constraint``: columns → bool
+    mask of the points worth evaluating (the mapping rules), applied before ``cost_fn``.
+    ``describe``: a design point in the user's words. ``loss``: a differentiable loss of the box
+    values (scalars) for gradient descent, whose answer ``rescore`` scores exactly (one point →
+    objective); a problem without one is not for gradient descent."""
+
+    space: Mapping[str, Any]
+    cost_fn: CostFn
+    constraint: Callable[[Points], np.ndarray] | None = None
+    describe: Callable[[dict[str, float]], dict[str, Any]] | None = None
+    loss: Callable[[dict[str, Any]], Any] | None = None
+    rescore: Callable[[dict[str, float]], float] | None = None
 
 
 @dataclass
@@ -73,6 +94,13 @@ class Result:
     @property
     def rows(self) -> int:
         return len(next(iter(self.table.values()))) if self.table else 0
+
+
+def signed_objective(metrics: Mapping[str, Any], objective: str) -> Any:
+    """The value minimised for ``objective``: the metric, or minus it for ``neg_<metric>``."""
+    if objective.startswith("neg_"):
+        return -metrics[objective[4:]]
+    return metrics[objective]
 
 
 def row(table: Mapping[str, np.ndarray], i: int) -> dict[str, float]:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -37,98 +36,18 @@ import optax
 
 from costmodels.errors import ConfigError
 from search.base import Result
+from search.space import Knob, knob_values, project_coordinates, simplex_groups
 
 LossFn = Callable[[dict[str, jax.Array]], jax.Array]
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adabelief", "lion", "nadam", "amsgrad")
 MAX_NEIGHBOURHOOD_KNOBS = 8
 
 
-@dataclass(frozen=True)
-class Knob:
-    """A continuous knob in ``[low, high]``; ``integer`` rounds it, ``log`` searches ``log x``, and
-    knobs sharing a ``group`` name are fractions that sum to 1."""
-
-    low: float
-    high: float
-    integer: bool = False
-    group: str | None = None
-    log: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.low < self.high:
-            raise ConfigError(f"knob range must have low < high, got [{self.low}, {self.high}]")
-        if self.log and self.low <= 0:
-            raise ConfigError(f"a log knob needs low > 0, got {self.low}")
-        if self.integer and np.ceil(self.low) > np.floor(self.high):
-            raise ConfigError(f"integer knob range [{self.low}, {self.high}] holds no integer")
-        if self.group is not None and (self.log or self.integer):
-            raise ConfigError(f"knob in simplex group '{self.group}' cannot be integer or log")
-
-
-def _groups(knobs: Mapping[str, Knob]) -> dict[str, list[str]]:
-    """Simplex groups (name → member knob names), checked: ≥ 2 members, Σ low ≤ 1 ≤ Σ high."""
-    groups: dict[str, list[str]] = {}
-    for name, k in knobs.items():
-        if k.group is not None:
-            groups.setdefault(k.group, []).append(name)
-    for g, members in groups.items():
-        lows, highs = (sum(getattr(knobs[m], a) for m in members) for a in ("low", "high"))
-        if len(members) < 2 or lows > 1.0 or highs < 1.0:
-            raise ConfigError(
-                f"simplex group '{g}' needs ≥ 2 knobs with Σ low ≤ 1 ≤ Σ high; has {members}, "
-                f"Σ low = {lows:g}, Σ high = {highs:g}"
-            )
-    return groups
-
-
-def _project_simplex(y: jax.Array, low: jax.Array, high: jax.Array, iters: int = 60) -> jax.Array:
-    """Euclidean projection of ``y`` onto ``{Σ x = 1, low ≤ x ≤ high}``: ``clip(y − τ, low, high)``
-    with τ bracketed in [min(y − high), max(y − low)] and bisected (Σ is non-increasing in τ)."""
-
-    def body(_: int, bracket: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        lo, hi = bracket
-        mid = 0.5 * (lo + hi)
-        above = jnp.sum(jnp.clip(y - mid, low, high)) > 1.0  # τ too small
-        return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
-
-    lo, hi = jax.lax.fori_loop(0, iters, body, (jnp.min(y - high), jnp.max(y - low)))
-    return jnp.clip(y - 0.5 * (lo + hi), low, high)
-
-
-def _project(raw: Mapping[str, jax.Array], knobs: Mapping[str, Knob]) -> dict[str, jax.Array]:
-    """The feasible point nearest to ``raw`` (one restart: scalars): boxes clipped to [0, 1], simplex
-    groups projected onto their bounded simplex."""
-    out = {n: jnp.clip(raw[n], 0.0, 1.0) for n, k in knobs.items() if k.group is None}
-    for members in _groups(knobs).values():
-        low, high = (jnp.array([getattr(knobs[m], a) for m in members]) for a in ("low", "high"))
-        x = _project_simplex(jnp.stack([raw[m] for m in members]), low, high)
-        out |= {m: x[i] for i, m in enumerate(members)}
-    return out
-
-
-def _values(raw: Mapping[str, jax.Array], knobs: Mapping[str, Knob], st_round: bool) -> dict[str, jax.Array]:
-    """Knob values from (projected) coordinates (one restart: scalars)."""
-    out = {}
-    for name, k in knobs.items():
-        z = raw[name]
-        if k.group is not None:
-            x = z
-        elif k.log:
-            x = jnp.exp(np.log(k.low) + np.log(k.high / k.low) * z)
-        else:
-            x = k.low + (k.high - k.low) * z
-        if k.integer and st_round:  # straight-through: forward round(x), backward identity
-            rounded = jnp.clip(jnp.round(x), np.ceil(k.low), np.floor(k.high))
-            x = x + jax.lax.stop_gradient(rounded - x)
-        out[name] = x
-    return out
-
-
 def _objective(loss_fn: LossFn, knobs: Mapping[str, Knob]) -> Callable:
     """Per-restart loss of the coordinates, with the continuous knob values as aux."""
 
     def objective(raw: dict[str, jax.Array]) -> tuple[jax.Array, dict]:
-        return loss_fn(_values(raw, knobs, st_round=True)), _values(raw, knobs, st_round=False)
+        return loss_fn(knob_values(raw, knobs, st_round=True)), knob_values(raw, knobs, st_round=False)
 
     return objective
 
@@ -161,7 +80,7 @@ def _starts(knobs: Mapping[str, Knob], restarts: int, seed: int) -> dict[str, ja
     simplex groups uniform weights projected onto their bounded simplex."""
     rng = np.random.default_rng(seed)
     raw = {name: jnp.asarray(rng.uniform(0.05, 0.95, restarts)) for name in knobs}  # f32 unless x64
-    return jax.vmap(lambda r: _project(r, knobs))(raw)
+    return jax.vmap(lambda r: project_coordinates(r, knobs))(raw)
 
 
 def _descend(
@@ -175,8 +94,8 @@ def _descend(
     """Run ``steps`` updates on all restarts; returns losses [steps+1, R] and values {knob: [steps+1, R]}
     (row t = the iterate after t updates)."""
     batched = jax.vmap(_objective(loss_fn, knobs))
-    groups = list(_groups(knobs).values())
-    project = jax.vmap(lambda r: _project(r, knobs))
+    groups = list(simplex_groups(knobs).values())
+    project = jax.vmap(lambda r: project_coordinates(r, knobs))
 
     def total(r: dict) -> tuple[jax.Array, tuple]:
         loss, x = batched(r)
@@ -260,7 +179,7 @@ def gradient_descent(
     """
     if not knobs:
         raise ConfigError("gradient_descent needs at least one knob")
-    _groups(knobs)  # validates the simplex groups before anything is traced
+    simplex_groups(knobs)  # validates the simplex groups before anything is traced
     raw = _starts(knobs, restarts, seed)
     losses, values = _descend(
         loss_fn, knobs, raw, _optimizer(optimizer, learning_rate, steps), steps, progress

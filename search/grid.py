@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -94,6 +95,46 @@ def _mask_infeasible(metrics: Metrics) -> Metrics:
     return {**metrics, "objective": np.where(feasible, objective, np.inf), "feasible": feasible}
 
 
+def score_points(
+    points: Mapping[str, np.ndarray],
+    cost_fn: CostFn,
+    *,
+    driver: str,
+    chunk_size: int = 262_144,
+    top_k: int = 10,
+    pareto_axes: tuple[str, str] = ("step_time_s", "memory_gib"),
+    progress: Progress | None = None,
+    infeasible_reason: Callable[[Metrics], str] | None = None,
+    extras: Mapping[str, Any] | None = None,
+) -> Result:
+    """Score ``points`` (columns) with ``cost_fn`` in chunks and return the best: the whole table, the
+    Pareto front of ``pareto_axes`` over feasible points (when the cost function returns both), and
+    ``extras["top"]`` = the ``top_k`` best rows. Raises :class:`ConfigError` when none is feasible
+    (``infeasible_reason(metrics)`` says why, e.g. the smallest memory footprint)."""
+    n = len(next(iter(points.values())))
+    metrics = _mask_infeasible(evaluate_chunked(points, cost_fn, chunk_size, progress))
+    if not metrics["feasible"].any():
+        reason = f": {infeasible_reason(metrics)}" if infeasible_reason is not None else ""
+        raise ConfigError(f"all {n} evaluated points are infeasible{reason}")
+    table = {**points, **{k: v for k, v in metrics.items() if k not in points}}
+    best_i = int(np.argmin(table["objective"]))
+    front = []
+    if all(axis in table for axis in pareto_axes):
+        front = pareto_front(table[pareto_axes[0]], table[pareto_axes[1]], table["feasible"])
+    result = Result(
+        driver=driver,
+        best={k: row(points, best_i)[k] for k in points},
+        metrics={k: v for k, v in row(table, best_i).items() if k not in points},
+        table=table,
+        pareto=front,
+        pareto_axes=tuple(pareto_axes),
+        evaluations=n,
+        extras={**(extras or {}), "n_feasible": int(table["feasible"].sum())},
+    )
+    result.extras["top"] = result.top(top_k)
+    return result
+
+
 def grid_search(
     space: Mapping[str, Sequence[float]],
     cost_fn: CostFn,
@@ -108,11 +149,9 @@ def grid_search(
     """Score every point of ``space`` that ``constraint`` accepts and return the best.
 
     ``constraint(columns) -> bool mask`` is applied before evaluation; ``cost_fn(columns) -> metrics``
-    follows the :mod:`search.base` protocol (``objective`` minimised, ``feasible`` bool). The result
-    holds the whole table, the Pareto front of ``pareto_axes`` over feasible points (when the cost
-    function returns both), and ``extras["top"]`` = the ``top_k`` best rows. ``progress(done, total)``
-    is called after each chunk. Raises :class:`ConfigError` when no point passes the constraints, or
-    when none is feasible (``infeasible_reason(metrics)`` says why, e.g. the smallest memory footprint).
+    follows the :mod:`search.base` protocol (``objective`` minimised, ``feasible`` bool); the rest is
+    :func:`score_points`. Raises :class:`ConfigError` when no point passes the constraints, or when
+    none is feasible.
     """
     points = enumerate_points(space, constraint)
     n = len(next(iter(points.values())))
@@ -120,24 +159,14 @@ def grid_search(
         raise ConfigError(
             f"no point satisfies the constraints (the space has {space_size(space)} points before them)"
         )
-    metrics = _mask_infeasible(evaluate_chunked(points, cost_fn, chunk_size, progress))
-    if not metrics["feasible"].any():
-        reason = f": {infeasible_reason(metrics)}" if infeasible_reason is not None else ""
-        raise ConfigError(f"all {n} evaluated points are infeasible{reason}")
-    table = {**points, **{k: v for k, v in metrics.items() if k not in points}}
-    best_i = int(np.argmin(table["objective"]))
-    front = []
-    if all(axis in table for axis in pareto_axes):
-        front = pareto_front(table[pareto_axes[0]], table[pareto_axes[1]], table["feasible"])
-    result = Result(
+    return score_points(
+        points,
+        cost_fn,
         driver="grid",
-        best={k: row(points, best_i)[k] for k in points},
-        metrics={k: v for k, v in row(table, best_i).items() if k not in points},
-        table=table,
-        pareto=front,
-        pareto_axes=tuple(pareto_axes),
-        evaluations=n,
-        extras={"space_size": space_size(space), "n_valid": n, "n_feasible": int(table["feasible"].sum())},
+        chunk_size=chunk_size,
+        top_k=top_k,
+        pareto_axes=pareto_axes,
+        progress=progress,
+        infeasible_reason=infeasible_reason,
+        extras={"space_size": space_size(space), "n_valid": n},
     )
-    result.extras["top"] = result.top(top_k)
-    return result

@@ -39,7 +39,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from contextlib import contextmanager
@@ -53,6 +53,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from costmodels.errors import ConfigError
 from search.base import Result, pareto_front
+from search.space import Knob, Space, boxes, onto_simplex
 
 try:  # POSIX advisory locks; elsewhere the trial-count lock is per process only
     import fcntl
@@ -73,42 +74,20 @@ HEARTBEAT_INTERVAL_S, HEARTBEAT_GRACE_S = 30, 120
 SAMPLERS = ("auto", "tpe", "motpe", "nsga2", "random")
 
 
-@dataclass(frozen=True)
-class Param:
-    """One search dimension: categorical ``choices``, or a ``[low, high]`` range (``integer``, ``log``,
-    optional ``step``). A plain sequence in a space means ``Param(choices=tuple(seq))``."""
-
-    choices: tuple[Any, ...] | None = None
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    integer: bool = False
-    step: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.choices is not None:
-            if not self.choices:
-                raise ConfigError("a categorical parameter needs at least one choice")
-        elif self.low is None or self.high is None or not self.low <= self.high:
-            raise ConfigError(f"a range parameter needs low ≤ high, got [{self.low}, {self.high}]")
-
-    def suggest(self, trial: Trial, name: str) -> Any:
-        """The trial's value for this dimension."""
-        if self.choices is not None:
-            return trial.suggest_categorical(name, [_plain(c) for c in self.choices])
-        if self.integer:
-            step = int(self.step or 1)
-            return trial.suggest_int(name, int(self.low), int(self.high), step=step, log=self.log)
-        return trial.suggest_float(name, float(self.low), float(self.high), step=self.step, log=self.log)
+def _suggest(trial: Trial, name: str, dim: Knob | Sequence[Any]) -> Any:
+    """The trial's value of one dimension (``search.space``): a choice, or a value in the box
+    (integer, log). A simplex group's members are drawn in their own bounds and projected onto the
+    simplex before evaluation (:func:`search.space.onto_simplex`)."""
+    if not isinstance(dim, Knob):
+        return trial.suggest_categorical(name, [_plain(c) for c in dim])
+    if dim.integer:
+        return trial.suggest_int(name, int(np.ceil(dim.low)), int(np.floor(dim.high)), log=dim.log)
+    return trial.suggest_float(name, float(dim.low), float(dim.high), log=dim.log)
 
 
 def _plain(value: Any) -> Any:
     """Optuna stores only None/bool/int/float/str choices: unwrap NumPy scalars."""
     return value.item() if isinstance(value, np.generic) else value
-
-
-def _as_param(value: Param | Sequence[Any]) -> Param:
-    return value if isinstance(value, Param) else Param(choices=tuple(value))
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,7 +290,7 @@ class _Task:
     """What each worker thread needs."""
 
     study: Any
-    space: dict[str, Param]
+    space: Space
     evaluate: Evaluate
     objectives: tuple[str, ...]
     constraints: Callable[[dict[str, Any]], Sequence[float]] | None
@@ -395,7 +374,11 @@ def _run_trial(task: _Task, trial: Trial) -> None:
 
 def _run_trial_body(task: _Task, trial: Trial) -> None:
     try:
-        params = {name: p.suggest(trial, name) for name, p in task.space.items()}
+        params = {name: _suggest(trial, name, dim) for name, dim in task.space.items()}
+        knobs = boxes(task.space)
+        if any(k.group for k in knobs.values()):  # the point evaluated: groups on their simplex
+            params = onto_simplex(params, knobs)
+            trial.set_user_attr("point", params)
         out = task.evaluate(params)
         metrics = {k: bool(v) if k == "feasible" else float(v) for k, v in out.items()}
         missing = [o for o in task.objectives if o not in metrics]
@@ -448,7 +431,8 @@ def _table(trials: list[FrozenTrial], names: list[str], first: str, sign: float)
     metrics = [t.user_attrs.get("metrics", {}) for t in trials]
     metric_names = list(dict.fromkeys(k for m in metrics for k in m if k != "feasible"))
     table = {"trial": np.array([t.number for t in trials], dtype=float)}
-    table |= {n: np.asarray([t.params.get(n, np.nan) for t in trials]) for n in names}
+    points = [t.user_attrs.get("point", t.params) for t in trials]  # simplex groups: as evaluated
+    table |= {n: np.asarray([p.get(n, np.nan) for p in points]) for n in names}
     table |= {k: np.array([m.get(k, np.nan) for m in metrics], dtype=float) for k in metric_names}
     constraints = [_trial_constraints(t) for t in trials]
     table["feasible"] = np.array([all(c <= 0 for c in cons) for cons in constraints], dtype=bool)
@@ -479,7 +463,7 @@ def _trajectory(table: dict[str, np.ndarray]) -> list[dict[str, float]]:
 
 
 def optuna_search(
-    space: Mapping[str, Param | Sequence[Any]],
+    space: Space,
     evaluate: Evaluate,
     *,
     objectives: Sequence[str] = ("objective",),
@@ -518,7 +502,7 @@ def optuna_search(
         storage, study_name, dirs, make_sampler(sampler, len(objectives), seed, n_trials), load_if_exists
     )
     deadline = time.monotonic() + (math.inf if timeout is None else timeout)
-    space = {n: _as_param(p) for n, p in space.items()}
+    space = {n: dim if isinstance(dim, Knob) else tuple(dim) for n, dim in space.items()}
     task = _Task(study, space, evaluate, objectives, constraints, on_trial, n_trials, deadline,
                  _TrialLock(storage), threading.Event())  # fmt: skip
     with task.lock.held():

@@ -10,8 +10,8 @@ for serving) plus ``objective`` and ``feasible``. Pure: no Hydra, no MLflow, no 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from typing import Any
 
 import jax
@@ -23,7 +23,7 @@ from costmodels.inference import InferenceJob, inference_step
 from costmodels.metrics import system_metrics
 from costmodels.parallel import Plan, recompute_name, valid_plans, with_defaults
 from costmodels.training import TIME_FIELDS, TrainingJob, training_step
-from search.base import CostFn
+from search.base import Problem, signed_objective
 
 OBJECTIVES = ("step_time_s", "cost_usd_per_mtoken", "neg_mfu", "neg_tokens_per_s")  # training
 SERVING_METRICS = (
@@ -37,23 +37,6 @@ SERVING_METRICS = (
     "energy_j_per_token",
 )
 SERVING_OBJECTIVES = ("neg_tokens_per_s", "tpot_s", "ttft_s", "latency_s", "cost_usd_per_mtoken")
-
-
-@dataclass(frozen=True)
-class Problem:
-    """A discrete space (knob → candidate values), a validity mask and a batched cost function."""
-
-    space: dict[str, tuple[float, ...]]
-    constraint: Callable[[dict[str, np.ndarray]], np.ndarray]
-    cost_fn: CostFn
-    describe: Callable[[dict[str, float]], dict[str, Any]]  # a design point in the user's words
-
-
-def signed_objective(metrics: Mapping[str, Any], objective: str) -> Any:
-    """The value minimised for ``objective``: the metric, or minus it for ``neg_<metric>``."""
-    if objective.startswith("neg_"):
-        return -metrics[objective[4:]]
-    return metrics[objective]
 
 
 def _plan_from(points: Mapping[str, jax.Array], num_devices: float, global_batch: float) -> Plan:
@@ -115,7 +98,10 @@ def training_mapping_problem(
         return d
 
     return Problem(
-        {k: tuple(float(v) for v in vals) for k, vals in space.items()}, constraint, cost_fn, describe
+        {k: tuple(float(v) for v in vals) for k, vals in space.items()},
+        cost_fn,
+        constraint=constraint,
+        describe=describe,
     )
 
 
@@ -168,5 +154,8 @@ def inference_slo_problem(
         return {k: int(v) for k, v in point.items()}
 
     return Problem(
-        {k: tuple(float(v) for v in vals) for k, vals in space.items()}, constraint, cost_fn, describe
+        {k: tuple(float(v) for v in vals) for k, vals in space.items()},
+        cost_fn,
+        constraint=constraint,
+        describe=describe,
     )

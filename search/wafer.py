@@ -28,7 +28,8 @@ from costmodels.metrics import system_metrics
 from costmodels.parallel import Plan, valid_plans, with_defaults
 from costmodels.training import TrainingJob, training_step
 from costmodels.wafer import WaferDesign, WaferSystem, constraints, wafer_hardware
-from search.gd import Knob
+from search.base import Problem
+from search.space import Knob
 
 Array = Any
 # pp includes 3, 5, 6, 7, 10, 12, 14 so die counts with odd factors still split into power-of-two dp
@@ -44,7 +45,12 @@ MAPPING_GRID = {
     "sequence_parallel": (1,),
     "weight_streaming": (0, 1),  # streamed layer by layer: only with pp = vpp = 1
 }
+WAFER_OBJECTIVES = ("step_time_s", "joules_per_token")
 _NORMALISERS = {"area_fractions": 0.01, "hbm_shoreline_mm": 10.0, "clock_hz": 1e8, "power_cap_w": 1e3}
+
+
+# the metrics of a design that a driver's table holds (the best mapping's; NaN where infeasible)
+DESIGN_METRICS = ("step_time_s", "mfu", "tokens_per_s", "memory_gib", "power_w", "joules_per_token")
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,28 @@ class WaferProblem:
     knobs: dict[str, Knob]
     loss: Any  # dict[str, jax.Array] -> jax.Array
     evaluate: Any  # dict[str, float] -> dict[str, float]: exact metrics of the best mapping
+
+    def problem(self) -> Problem:
+        """The same problem for any driver (``search.drivers``): the knobs as boxes, the loss for
+        gradient descent and its exact re-score, and a cost function that scores design columns one
+        design at a time (each design is a batch over the mapping grid already)."""
+
+        def cost_fn(points: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            rows = [
+                self.evaluate({k: float(v[i]) for k, v in points.items()}) for i in range(_length(points))
+            ]
+            out = {m: np.array([r.get(m, np.nan) for r in rows], float) for m in DESIGN_METRICS}
+            out["feasible"] = np.array([r["feasible"] for r in rows], bool)
+            out["objective"] = np.array([r["objective"] for r in rows], float)
+            return out
+
+        return Problem(
+            dict(self.knobs), cost_fn, loss=self.loss, rescore=lambda v: self.evaluate(v)["objective"]
+        )
+
+
+def _length(columns: Mapping[str, np.ndarray]) -> int:
+    return len(next(iter(columns.values())))
 
 
 def mapping_columns(
@@ -142,7 +170,7 @@ def wafer_problem(
     grid: Mapping[str, Sequence[float]] = MAPPING_GRID,
 ) -> WaferProblem:
     """The gradient-descent problem of ``system`` for ``job``: knobs are WaferDesign fields."""
-    if objective not in ("step_time_s", "joules_per_token"):
+    if objective not in WAFER_OBJECTIVES:
         raise ConfigError(f"wafer objective must be step_time_s or joules_per_token, got '{objective}'")
     cols = mapping_columns(job.spec, job.seq_len, grid)
     fixed = dict(fixed or {})

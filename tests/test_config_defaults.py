@@ -241,9 +241,10 @@ def test_count_with_a_field_left_out_matches_transformers(name: str, key: str) -
     try:
         spec = parse_hf_config(config)
     except ConfigError as err:  # a default that does not fit the rest (kv heads 32 for 4 heads,
-        # top-8 routing for 4 experts): a cross-field rule, never a malformed value; or a field the
-        # class leaves None that the model needs (DeepSeek-V2's num_experts_per_tok)
-        rules = ("not a multiple", "must be a multiple", "must be <=")
+        # top-8 routing for 4 experts, Mamba-2's 128 heads of 64 for a 128-wide mixer): a cross-field
+        # rule, never a malformed value; or a field the class leaves None that the model needs
+        # (DeepSeek-V2's num_experts_per_tok)
+        rules = ("not a multiple", "must be a multiple", "must be <=", "must equal", "must divide")
         unset = (
             "missing field" in str(err) and getattr(AutoConfig.for_model(config["model_type"]), key) is None
         )

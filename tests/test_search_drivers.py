@@ -25,7 +25,7 @@ from costmodels.parallel import Plan
 from costmodels.training import TrainingJob, training_step
 from dse.hardware import load_hardware
 from dse.models import load_model
-from search import Knob, Param, gradient_descent, grid_search, open_storage, optuna_search, space_size
+from search import Knob, gradient_descent, grid_search, open_storage, optuna_search, space_size
 
 DEVICES, GLOBAL_BATCH, SEQ_LEN = 64, 256, 4096
 SPACE = {
@@ -291,7 +291,7 @@ def _constrained(x):
 
 
 def test_optuna_never_returns_an_infeasible_best():
-    space = {"x": Param(low=0.0, high=1.0), "y": Param(low=0.0, high=1.0)}
+    space = {"x": Knob(0.0, 1.0), "y": Knob(0.0, 1.0)}
     result = optuna_search(
         space, _constrained, n_trials=120, seed=1, constraints=lambda d: [1 - d["x"] - d["y"]]
     )
@@ -305,7 +305,7 @@ def test_optuna_never_returns_an_infeasible_best():
 
 
 def test_optuna_multi_objective_front_is_non_dominated():
-    space = {"x": Param(low=0.0, high=1.0)}
+    space = {"x": Knob(0.0, 1.0)}
     evaluate = lambda p: {"a": p["x"], "b": (1 - p["x"]) ** 2 + 0.1}  # noqa: E731
     result = optuna_search(space, evaluate, objectives=("a", "b"), n_trials=60, seed=0)
     a, b = result.table["a"], result.table["b"]
@@ -321,7 +321,7 @@ def _quadratic(p):
 
 def _worker(storage: str, seed: int, barrier) -> None:
     barrier.wait()
-    space = {"x": Param(low=-1.0, high=1.0), "y": Param(low=-1.0, high=1.0)}
+    space = {"x": Knob(-1.0, 1.0), "y": Knob(-1.0, 1.0)}
     optuna_search(space, _quadratic, n_trials=40, seed=seed, storage=storage, study_name="shared")
 
 
@@ -351,7 +351,7 @@ def test_optuna_two_processes_share_one_study(tmp_path, kind):
 
 
 def test_optuna_resumed_study_runs_only_missing_trials(tmp_path):
-    storage, space = str(tmp_path / "study.journal"), {"x": Param(low=-1.0, high=1.0), "y": (-0.2, 0.0, 0.2)}
+    storage, space = str(tmp_path / "study.journal"), {"x": Knob(-1.0, 1.0), "y": (-0.2, 0.0, 0.2)}
     first = optuna_search(space, _quadratic, n_trials=5, storage=storage)
     second = optuna_search(space, _quadratic, n_trials=8, storage=storage, seed=1)
     assert (first.extras["trials_run"], second.extras["trials_run"], second.evaluations) == (5, 3, 8)

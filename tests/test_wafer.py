@@ -26,7 +26,8 @@ from costmodels.wafer import (
 from dse.hardware import load_hardware
 from dse.models import load_model
 from dse.wafer_search import REFERENCES, step_breakdown
-from search.gd import Knob, gradient_descent
+from search.gd import gradient_descent
+from search.space import Knob
 from search.wafer import MAPPING_GRID, wafer_problem
 
 A100 = load_hardware("a100_80gb_sxm")
@@ -238,7 +239,7 @@ def test_warnings_name_knobs_on_a_bound_and_a_rounded_batch() -> None:
     lower 6 of [6, 20]) may lie beyond it: one warning names both; 0.5 is inside and not named. A
     mapping that rounds 512 sequences to 513 says so; 512 kept says nothing."""
     from dse.wafer_search import _warnings
-    from search.gd import Knob
+    from search.space import Knob
 
     knobs = {"compute_frac": Knob(0.2, 0.8), "dies_x": Knob(6, 20, integer=True), "io_frac": Knob(0.0, 1.0)}
     values = {"compute_frac": 0.798, "dies_x": 6.0, "io_frac": 0.5}

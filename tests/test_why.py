@@ -94,13 +94,17 @@ def test_wafer_why_power_cap_and_reference() -> None:
         "b": {"feasible": True, "tokens_per_s": 1e5},
         "c": {"feasible": False},
     }
-    text = wafer_search._why(best, breakdown, rows, {"clock_hz": 1.5e9}, {"clock_hz": 1.0e9}, 25e3)
+    text = wafer_search._why(
+        best, breakdown, rows, {"clock_hz": 1.5e9}, {"clock_hz": 1.0e9}, 25e3, "gradient_descent"
+    )
     assert text == (
         "compute is 90% of the step; communication 10% (tp 10%); memory 50.0 of 64.0 GiB per die; the "
         "25.0 kW per-wafer power cap holds the clock at 1.00 GHz of 1.50 GHz (binds); 2.00x the tokens/s "
         "of the best reference (a)"
     )
-    uncapped = wafer_search._why(best, breakdown, rows, {"clock_hz": 1e9}, {"clock_hz": 1e9}, 25e3)
+    uncapped = wafer_search._why(
+        best, breakdown, rows, {"clock_hz": 1e9}, {"clock_hz": 1e9}, 25e3, "gradient_descent"
+    )
     assert "the clock runs at 1.00 GHz, under the 25.0 kW cap" in uncapped
 
 

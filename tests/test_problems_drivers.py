@@ -1,0 +1,187 @@
+"""What is explored vs how: one :class:`Problem` type, one driver registry (``search.drivers``), the
+``problem=`` and ``search=`` groups chosen apart. Every driver is checked on a problem whose answer
+is known (a quadratic bowl; brute force on a discrete space), and a driver a problem cannot feed is
+one line naming those that can."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from costmodels.errors import ConfigError
+from costmodels.training import TrainingJob
+from dse.hardware import load_hardware
+from dse.models import load_model
+from search import drivers
+from search.base import Problem
+from search.problems import training_mapping_problem
+from search.space import Knob, sample
+
+OPTIONS = {
+    "grid": {"top_k": 3},
+    "random": {"n_samples": 400},
+    "optuna": {"n_trials": 80, "sampler": "tpe", "objective": "objective"},
+    "gd": {"steps": 80, "learning_rate": 0.1, "restarts": 2},
+}
+
+
+def _bowl_metrics(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    value = (x - 0.3) ** 2 + (y - 0.6) ** 2
+    return {"objective": value, "feasible": np.ones_like(value, bool), "value": value}
+
+
+def bowl(discrete: bool = False) -> Problem:
+    """(x − 0.3)² + (y − 0.6)² on [0, 1]²: the minimum is 0 at (0.3, 0.6); on the grid of tenths too."""
+    if discrete:
+        tenths = tuple(np.round(np.linspace(0, 1, 11), 1))
+        return Problem({"x": tenths, "y": tenths}, lambda p: _bowl_metrics(p["x"], p["y"]))
+    return Problem(
+        {"x": Knob(0.0, 1.0), "y": Knob(0.0, 1.0)},
+        lambda p: _bowl_metrics(np.asarray(p["x"]), np.asarray(p["y"])),
+        loss=lambda v: (v["x"] - 0.3) ** 2 + (v["y"] - 0.6) ** 2,
+    )
+
+
+@pytest.mark.parametrize("name", ["random", "optuna", "gd"])
+def test_every_continuous_driver_finds_the_bottom_of_the_bowl(name: str) -> None:
+    result = drivers.run(name, bowl(), OPTIONS[name], seed=0)
+    assert abs(result.best["x"] - 0.3) < 0.08 and abs(result.best["y"] - 0.6) < 0.08, (name, result.best)
+
+
+@pytest.mark.parametrize("name", ["grid", "random", "optuna"])
+def test_every_discrete_driver_finds_the_grid_point_of_the_minimum(name: str) -> None:
+    """121 points: grid scores all, random search draws all 121 (n_samples ≥ the valid points, without
+    replacement), Optuna finds (0.3, 0.6) within 80 trials of TPE on this bowl."""
+    options = OPTIONS[name] | ({"n_trials": 120} if name == "optuna" else {})
+    result = drivers.run(name, bowl(discrete=True), options, seed=0)
+    assert (result.best["x"], result.best["y"]) == (0.3, 0.6)
+    if name == "random":
+        assert result.evaluations == 121
+
+
+def test_random_search_on_the_mapping_space_equals_grid_search_when_it_draws_every_valid_point() -> None:
+    """Llama-3-8B on 8 H100s over a small space: random search with more samples than valid mappings
+    scores each valid mapping once, so it finds grid search's best exactly."""
+    job = TrainingJob(load_model("llama3_8b"), 2048)
+    space = {
+        "tp": (1.0, 2.0, 4.0, 8.0),
+        "pp": (1.0, 2.0),
+        "cp": (1.0,),
+        "microbatch": (1.0, 2.0),
+        "recompute": (0.0, 2.0),
+    }
+    problem = training_mapping_problem(load_hardware("h100_sxm"), job, 8, 64, space)
+    grid = drivers.run("grid", problem, {})
+    rand = drivers.run("random", problem, {"n_samples": 10_000}, seed=3)
+    assert rand.evaluations == grid.evaluations and rand.best == grid.best
+
+
+@pytest.mark.parametrize(
+    ("name", "problem", "message"),
+    [
+        ("grid", bowl(), "enumerates lists of values, and this problem has continuous knobs (x, y)"),
+        ("gd", bowl(discrete=True), "follows the gradient of a differentiable loss"),
+        ("ilp", bowl(), "does not run on"),
+    ],
+)
+def test_a_driver_the_problem_cannot_feed_is_one_line_naming_those_that_can(
+    name: str, problem: Problem, message: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        drivers.run(name, problem, OPTIONS.get(name, {}), problem_name="problem=bowl")
+    assert message in str(err.value) and "use search=" in str(err.value) and "\n" not in str(err.value)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    lows=st.lists(st.floats(0.0, 0.3), min_size=2, max_size=4),
+    width=st.floats(0.2, 0.7),
+    integer_high=st.integers(1, 50),
+    seed=st.integers(0, 2**16),
+)
+def test_samples_stay_in_their_boxes_and_on_their_simplex(
+    lows: list[float], width: float, integer_high: int, seed: int
+) -> None:
+    """Whatever the bounds: every sampled box value lies in its range, integers are integers, log
+    knobs positive, and a simplex group's members lie in their bounds and sum to 1."""
+    group = {f"f{i}": Knob(low, low + width + 0.05, group="g") for i, low in enumerate(lows)}
+    if sum(k.low for k in group.values()) > 1.0 or sum(k.high for k in group.values()) < 1.0:
+        return  # an empty simplex: Knob's own check refuses it (tested in test_search_drivers)
+    space = {**group, "n": Knob(0, integer_high + 0.5, integer=True), "rate": Knob(1e-3, 1e3, log=True)}
+    space |= {"choice": (1.0, 2.0, 4.0)}
+    points = sample(space, 64, np.random.default_rng(seed))
+    total = sum(points[name] for name in group)
+    np.testing.assert_allclose(total, 1.0, atol=1e-5)
+    for name, knob in group.items():
+        assert np.all((points[name] >= knob.low - 1e-6) & (points[name] <= knob.high + 1e-6))
+    assert np.all(points["n"] == np.round(points["n"])) and np.all(
+        (points["n"] >= 0) & (points["n"] <= integer_high)
+    )
+    assert np.all((points["rate"] >= 1e-3 * (1 - 1e-6)) & (points["rate"] <= 1e3 * (1 + 1e-6)))
+    assert set(np.unique(points["choice"])) <= {1.0, 2.0, 4.0}
+
+
+def test_optuna_evaluates_a_simplex_group_on_its_simplex() -> None:
+    """Optuna draws the members of a group independently; each point it evaluates (and its table) is
+    the projection onto the group's simplex, never a point off it."""
+    seen = []
+
+    def cost(points: dict) -> dict:
+        seen.append(float(points["a"][0] + points["b"][0]))
+        return {"objective": np.asarray(points["a"]), "feasible": np.ones(1, bool)}
+
+    problem = Problem({"a": Knob(0.1, 0.8, group="g"), "b": Knob(0.1, 0.8, group="g")}, cost)
+    result = drivers.run("optuna", problem, {"n_trials": 15, "objective": "objective"}, seed=0)
+    np.testing.assert_allclose(seen, 1.0, atol=1e-5)
+    np.testing.assert_allclose(result.table["a"] + result.table["b"], 1.0, atol=1e-5)
+    assert result.best["a"] == pytest.approx(0.2, abs=0.1)  # the smallest a allowed: b ≤ 0.8
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dse.search", *args, "tracking=none", "progress=false"],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+def test_any_driver_on_the_wafer_problem_is_an_override(tmp_path: Path) -> None:
+    """``+experiment=wafer_arch search=random``: the same report, its design found by random search
+    and compared with the same references."""
+    proc = run("+experiment=wafer_arch", "search=random", "search.n_samples=12", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("random search over the wafer design (12 designs)")
+    assert "random_search " in proc.stdout and "deepflow_20_die_4_hbm" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("search=gd",),
+            "search=gd follows the gradient of a differentiable loss, and this problem has none",
+        ),
+        (("+experiment=wafer_arch", "search=grid"), "for problem=wafer use search=random or optuna or gd"),
+        (("search=ilp",), "search=ilp does not run on problem=mapping: use search=grid or random or optuna"),
+        (
+            ("+experiment=auto_shard", "search=optuna"),
+            "problem=auto_shard is solved by its own model's solver",
+        ),
+    ],
+)
+def test_a_problem_and_a_driver_that_do_not_go_together(
+    args: tuple[str, ...], message: str, tmp_path: Path
+) -> None:
+    proc = run(*args, cwd=tmp_path)
+    assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[
+        -2000:
+    ]
+    assert not (tmp_path / "mlruns").exists() and not list(tmp_path.glob("outputs/*/*/result.json"))
