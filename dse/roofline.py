@@ -1,7 +1,9 @@
-"""``python -m dse.roofline``: per-op FLOPs, bytes and roofline time of one inference step.
+"""``python -m dse.roofline``: per-op FLOPs, bytes and roofline time of one inference step, or of
+any PyTorch module's forward pass or training step (its FX graph, ``search/fx_ops.py``).
 
     python -m dse.roofline model=llama2_7b hardware=h100_sxm batch_size=2 \\
         'cached_tokens=[1048576,1024]' 'input_tokens=[1,1]' [format=json] [plot=roofline.png]
+    python -m dse.roofline module=experiments/fx_models.py:small_cnn 'inputs=[[64,3,32,32]]'
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ def model_name(cfg: DictConfig) -> str:
 
 def report(cfg: DictConfig) -> dict[str, Any]:
     """The roofline report as a JSON-ready dict (SI units)."""
+    if cfg.get("module"):
+        return module_report(cfg)
     spec = load_model(cfg.model)
     hw = hardware_from_config(cfg.hardware)
     cached, new = queries(cfg)
@@ -96,6 +100,126 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     }
     rep["warnings"] = _warnings(rep)
     check_results(rep, f"dse.roofline with {rep['model']} on {hw.name}")
+    return rep
+
+
+TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _load_factory(spec: str) -> Any:
+    """``path/to/file.py:factory`` or ``package.module:factory`` → the callable; a ConfigError naming
+    ``module`` otherwise."""
+    import importlib
+    import importlib.util
+
+    where, sep, name = spec.rpartition(":")
+    if not sep or not where or not name:
+        raise ConfigError(f"module must be path/to/file.py:factory or package.module:factory, got {spec!r}")
+    try:
+        if where.endswith(".py"):
+            path = Path(where)
+            if not path.is_file():
+                raise ConfigError(f"module={spec}: no file {path}")
+            loaded = importlib.util.spec_from_file_location(path.stem, path)
+            mod = importlib.util.module_from_spec(loaded)
+            loaded.loader.exec_module(mod)
+        else:
+            mod = importlib.import_module(where)
+    except ConfigError:
+        raise
+    except Exception as exc:  # the user's code: any import error is theirs to fix, in one line
+        raise ConfigError(f"module={spec}: cannot import {where}: {type(exc).__name__}: {exc}") from None
+    factory = getattr(mod, name, None)
+    if not callable(factory):
+        raise ConfigError(f"module={spec}: {where} has no callable {name!r}")
+    return factory
+
+
+def _module_inputs(cfg: DictConfig, dtype: Any) -> list[Any]:
+    import torch
+
+    shapes = cfg.inputs
+    if not isinstance(shapes, ListConfig | list) or not all(isinstance(x, ListConfig | list) for x in shapes):
+        raise ConfigError(f"inputs must be a list of shapes, e.g. 'inputs=[[8,3,32,32]]', got {shapes!r}")
+    for shape in shapes:
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
+            raise ConfigError(f"inputs: every dimension must be a positive integer, got {list(shape)}")
+    if cfg.input_dtype not in ("float", "int64"):
+        raise ConfigError(f"input_dtype must be float or int64, got {cfg.input_dtype!r}")
+    kind = torch.long if cfg.input_dtype == "int64" else dtype
+    return [torch.zeros(*shape, dtype=kind, device="meta") for shape in shapes]
+
+
+def module_report(cfg: DictConfig) -> dict[str, Any]:
+    """The roofline of any ``torch.nn.Module``'s FX graph (``search.fx_ops``), built on the meta
+    device in the precision's type, with each op's time by the kernel model too and their sum: a
+    forward pass, or (``training``) a training step on one device."""
+    import torch
+
+    from costmodels.compute import KINDS, kernel_time_s
+    from search.fx_graph import capture
+    from search.fx_ops import graph_ops
+
+    hw = hardware_from_config(cfg.hardware)
+    if cfg.precision not in TORCH_DTYPES:
+        raise ConfigError(
+            f"precision for a module must be one of {', '.join(TORCH_DTYPES)}, got {cfg.precision!r}"
+        )
+    dtype = getattr(torch, TORCH_DTYPES[cfg.precision])
+    factory = _load_factory(str(cfg.module))
+    inputs = _module_inputs(cfg, dtype)
+    try:
+        with torch.device("meta"):
+            module = factory()
+        if not isinstance(module, torch.nn.Module):
+            raise ConfigError(
+                f"module={cfg.module} returned a {type(module).__name__}, not a torch.nn.Module"
+            )
+        module = module.to(dtype)
+        captured = capture(module, inputs, joint=bool(cfg.training))
+    except ConfigError:
+        raise
+    except Exception as exc:  # the shapes or the module do not trace: say which, in one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ConfigError(f"module={cfg.module} does not trace on inputs {list(map(list, cfg.inputs))}: "
+                          f"{type(exc).__name__}: {first}") from None  # fmt: skip
+    ops = graph_ops(captured)
+    peak, bandwidth = peak_flops(hw, cfg.precision), hw.hbm_bandwidth_Bps
+    points = roofline(ops, peak, bandwidth)
+    rows = [_op_row(p) for p in points]
+    for row, op in zip(rows, ops, strict=True):  # the kernel model: efficiencies, waves, launch overhead
+        rows_, cols, reduce = op.mnk or (1.0, 1.0, 1.0)
+        kind = KINDS["flash" if op.flash else op.kind]
+        row["kernel_time_s"] = float(
+            kernel_time_s(
+                hw, peak, kind, op.flops, op.bytes, rows_, cols, op.gemms, reduce, precision=cfg.precision
+            )
+        )
+    params = sum(p.numel() for p in module.parameters())
+    rep = {
+        "model": str(cfg.module),
+        "model_type": "torch module, " + ("training step" if cfg.training else "forward pass"),
+        "hardware": hw.name,
+        "precision": cfg.precision,
+        "inputs": [list(x) for x in cfg.inputs],
+        "peak_flops": float(peak),
+        "bandwidth_Bps": float(bandwidth),
+        "ridge_flops_per_byte": float(ridge_intensity(peak, bandwidth)),
+        "params": params,
+        "weights_bytes": params * bytes_per_element(cfg.precision),
+        "hbm_capacity_bytes": float(hw.hbm_capacity_bytes),
+        "matmul_efficiency": float(hw.matmul_efficiency),
+        "memory_efficiency": float(hw.memory_efficiency),
+        "ops": rows,
+        "totals": {
+            "flops": sum(p.op.flops * p.op.count for p in points),
+            "bytes": sum(p.op.bytes * p.op.count for p in points),
+            "time_s": sum(p.total_time_s for p in points),
+            "kernel_time_s": sum(r["kernel_time_s"] * r["count"] for r in rows),
+        },
+        "warnings": [],
+    }
+    check_results(rep, f"dse.roofline with module {cfg.module} on {hw.name}")
     return rep
 
 
@@ -151,9 +275,10 @@ def render(rep: dict[str, Any]) -> str:
         align="lrrrrrrlrr",
     )
     t = rep["totals"]
+    what = f"inputs {rep['inputs']}" if "inputs" in rep else f"{len(rep['queries'])} queries"
     summary = [
         f"model {rep['model']} ({rep['model_type']}) on {rep['hardware']}, {rep['precision']}: "
-        f"{len(rep['queries'])} queries, peak {fmt_count(rep['peak_flops'], 'FLOP/s')}, "
+        f"{what}, peak {fmt_count(rep['peak_flops'], 'FLOP/s')}, "
         f"HBM {fmt_count(rep['bandwidth_Bps'], 'B/s')}, ridge {rep['ridge_flops_per_byte']:.1f} FLOP/B",
         "",
         table,
@@ -161,10 +286,21 @@ def render(rep: dict[str, Any]) -> str:
         f"total FLOPs      {fmt_count(t['flops'])}",
         f"total bytes      {fmt_bytes(t['bytes'])}",
         f"total time       {fmt_time(t['time_s'])} (roofline bound, sum over ops)",
-        f"parameters       {rep['params']:,}",
-        f"weight bytes     {fmt_bytes(rep['weights_bytes'])}",
-        f"KV cache bytes   {fmt_bytes(rep['kv_cache_bytes'])}"
-        + (f" (of which {fmt_bytes(rep['state_bytes'])} state-space state)" if rep["state_bytes"] else ""),
+    ]
+    if "kernel_time_s" in t:
+        what = "training step" if "training" in rep["model_type"] else "forward pass"
+        summary.append(
+            f"estimated time   {fmt_time(t['kernel_time_s'])} (one {what} on one device: the kernel model's "
+            "efficiencies, waves and launch overheads, sum over ops)"
+        )
+    summary += [f"parameters       {rep['params']:,}", f"weight bytes     {fmt_bytes(rep['weights_bytes'])}"]
+    if "kv_cache_bytes" in rep:
+        state = rep["state_bytes"]
+        summary.append(
+            f"KV cache bytes   {fmt_bytes(rep['kv_cache_bytes'])}"
+            + (f" (of which {fmt_bytes(state)} state-space state)" if state else "")
+        )
+    summary += [
         f"HBM capacity     {fmt_bytes(rep['hbm_capacity_bytes'])}",
         *(f"warning: {w}" for w in rep["warnings"]),
     ]
@@ -222,10 +358,8 @@ def roofline_figure(rep: dict[str, Any], labels: int = 6) -> Any:
             fontsize=8, bbox={"boxstyle": "round", "fc": "white", "alpha": 0.8})  # fmt: skip
     ax.set_xlabel("operational intensity (FLOP/byte)")
     ax.set_ylabel("attained FLOP/s")
-    q = rep["queries"]
-    ax.set_title(
-        f"{rep['model']} on one {rep['hardware']} ({rep['precision']}): one step of {len(q)} queries"
-    )
+    step = f"one step of {len(rep['queries'])} queries" if "queries" in rep else rep["model_type"]
+    ax.set_title(f"{rep['model']} on one {rep['hardware']} ({rep['precision']}): {step}")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig

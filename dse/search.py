@@ -189,9 +189,6 @@ def _memory_reason(metrics: dict[str, np.ndarray]) -> str:
     return f"none fits in memory; the smallest footprint is {float(np.min(metrics['memory_gib'])):.1f} GiB"
 
 
-PROGRESS_UNITS = {"grid": "design", "random": "design", "optuna": "trial", "gd": "step"}
-
-
 def driver_options(
     cfg: DictConfig, run: JobRun, problem: Problem, reported: tuple[str, ...]
 ) -> dict[str, Any]:
@@ -225,7 +222,9 @@ def run_driver(cfg: DictConfig, problem: Problem, run: JobRun) -> Result:
     name = cfg.search.driver
     options = driver_options(cfg, run, problem, SUMMARY[cfg.workload.kind])
     options["infeasible_reason"] = _memory_reason
-    progress = progress_callback(cfg.progress, name, PROGRESS_UNITS.get(name, "step"))
+    progress = progress_callback(
+        cfg.progress, name, drivers.DRIVERS[name].unit if name in drivers.DRIVERS else "step"
+    )
     return drivers.run(name, problem, options, seed=cfg.seed, progress=progress)
 
 

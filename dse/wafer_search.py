@@ -41,10 +41,6 @@ from search.space import Knob
 from search.wafer import DESIGN_METRICS, wafer_problem
 
 # Reference designs, in the same knobs (the node, wafer count and power cap are the experiment's).
-# per driver: the comparison row of the design it found, its name in words, what it counted
-FOUND_BY = {"gd": "gradient_descent", "random": "random_search", "optuna": "optuna"}
-SEARCHED_BY = {"gd": "gradient descent", "random": "random search", "optuna": "Optuna"}
-EVALUATIONS_OF = {"gd": "loss evaluations", "random": "designs", "optuna": "trials"}
 REFERENCES = {
     # Cerebras WSE-2 (Hot Chips 2021): 84 reticle fields (12 x 7) of cores with 40 GB SRAM, no HBM; we
     # cut the same square into 12 x 8 so the die count splits into power-of-two data parallelism. Its
@@ -197,19 +193,19 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
         objective=s.objective,
         **({"temperature": s.temperature} if "temperature" in s else {}),  # gradient descent's soft-min
     )
-    from dse.search import PROGRESS_UNITS, driver_options
+    from dse.search import driver_options
 
     generic = problem.problem()
     drivers.check(s.driver, generic, "problem=wafer")
     options = driver_options(cfg, run_, generic, DESIGN_METRICS)
-    unit = PROGRESS_UNITS.get(s.driver, "step")
-    progress = progress_callback(bool(cfg.get("progress")), s.driver, unit)
+    driver = drivers.DRIVERS[s.driver]
+    progress = progress_callback(bool(cfg.get("progress")), s.driver, driver.unit)
     result = drivers.run(s.driver, generic, options, seed=cfg.seed, progress=progress)
     best = problem.evaluate(result.best)
     design = {**fixed, **result.best}
     if not best["feasible"]:
         raise ConfigError(f"no feasible wafer design found: {_why_infeasible(best)}")
-    found = FOUND_BY[s.driver]
+    found = driver.title.lower().replace(" ", "_")  # its row in the comparison: gradient_descent, ...
     rows = {found: best} | {k: problem.evaluate(v) for k, v in REFERENCES.items()}
     rows[f"{cfg.wafer.compare_gpu}_cluster_equal_power"] = gpu_cluster(cfg, job, system)
     breakdown = step_breakdown(system, job, design, best)
@@ -217,7 +213,7 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
     hardware = _hardware_summary(system, design)
     return {
         "driver": s.driver,
-        "found_by": found,
+        "found_by": driver.title,
         "evaluations": result.evaluations,
         "warnings": _warnings(result.best, knobs, best, int(cfg.workload.global_batch)),
         "design": design,
@@ -325,7 +321,7 @@ def _log(
     metrics = ("step_time_s", "tokens_per_s", "power_w", "tokens_per_joule", "mfu", "memory_gib", "objective")
     run_.log_metrics({k: best[k] for k in metrics if k in best})
     by_restart: dict[int, list[dict[str, float]]] = {}
-    for r in result.trajectory if result.driver == "gd" else ():  # Optuna logs a child run per trial
+    for r in result.trajectory if "restart" in result.table else ():  # gradient descent's restarts
         by_restart.setdefault(int(r["restart"]), []).append(r)
     for restart, steps in by_restart.items():
         run_.child(
@@ -344,7 +340,7 @@ def _log(
         for fig, name in (
             (_area_figure(design), "area_split.png"),
             (
-                breakdown_figure(breakdown, f"wafer design found by {SEARCHED_BY[result.driver]}"),
+                breakdown_figure(breakdown, f"wafer design found by {drivers.DRIVERS[result.driver].title}"),
                 "breakdown.png",
             ),
         ):
@@ -415,8 +411,7 @@ def render(rep: dict[str, Any]) -> str:
     parts = {k: v for k, v in rep["breakdown"].items() if k != "step_time_s"}
     return "\n".join(
         [
-            f"{SEARCHED_BY[rep['driver']]} over the wafer design ({rep['evaluations']} "
-            f"{EVALUATIONS_OF[rep['driver']]})",
+            f"{rep['found_by']} over the wafer design ({rep['evaluations']} evaluations)",
             f"design: {_design_text(rep['design'])}",
             f"per die, at the power-capped clock: {_hardware_text(rep['hardware'])}",
             f"mapping: {_mapping_text(rep['best']['mapping'])}",

@@ -35,11 +35,14 @@ INFEASIBLE = 1e30  # the objective Optuna is told for a point with none (it acce
 
 @dataclass(frozen=True)
 class Driver:
-    """A search driver: how it runs, what a problem must supply for it, and what it does (one line)."""
+    """A search driver: how it runs, what a problem must supply for it, what it does (one line), its
+    name in a report (``title``) and what it counts (``unit``: one design, trial or step)."""
 
     run: Callable[..., Result]
     needs: str
     about: str
+    title: str
+    unit: str
 
 
 def _pareto(options: Mapping[str, Any]) -> tuple[str, str]:
@@ -147,10 +150,18 @@ def _gd(problem: Problem, options: Mapping[str, Any], *, seed: int, progress: Pr
 
 
 DRIVERS: dict[str, Driver] = {
-    "grid": Driver(_grid, "choices", "every valid point of a discrete space, vectorised in chunks"),
-    "random": Driver(_random, "space", "n_samples points drawn uniformly, scored in one batch"),
-    "optuna": Driver(_optuna, "space", "Optuna's TPE, NSGA-II, ... samplers, one point per trial"),
-    "gd": Driver(_gd, "loss", "projected gradient descent on a differentiable loss of box knobs"),
+    "grid": Driver(
+        _grid, "choices", "every valid point of a discrete space, in chunks", "grid search", "design"
+    ),
+    "random": Driver(
+        _random, "space", "points drawn uniformly, scored in one batch", "random search", "design"
+    ),
+    "optuna": Driver(
+        _optuna, "space", "Optuna's TPE, NSGA-II, ... samplers, a point per trial", "Optuna", "trial"
+    ),
+    "gd": Driver(
+        _gd, "loss", "projected gradient descent on a loss of box knobs", "gradient descent", "step"
+    ),
 }
 
 

@@ -66,6 +66,15 @@ VIEWS = {
     aten.squeeze.default,
     aten.alias.default,
 }
+# views and layout changes that launch no kernel: a consumer reads their input's values
+FREE = VIEWS | {
+    aten.t.default,
+    aten.transpose.int,
+    aten.permute.default,
+    aten.expand.default,
+    aten.slice.Tensor,
+    aten.detach.default,
+}
 COPIES = {aten.clone.default, aten._to_copy.default, aten.detach.default, aten.lift_fresh_copy.default}
 LINEAR_UNARY = {aten.neg.default, aten.mul.Tensor, aten.div.Tensor, aten.mul.Scalar, aten.div.Scalar}
 SUMS = {aten.mean.dim, aten.sum.dim_IntList, aten.mean.default, aten.sum.default}  # linear reductions

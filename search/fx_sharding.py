@@ -81,7 +81,7 @@ from costmodels.network import (
     reduce_scatter_time_s,
 )
 from search.fx_graph import (
-    VIEWS,
+    FREE,
     Captured,
     P,
     R,
@@ -109,14 +109,6 @@ __all__ = [
 ]
 
 aten = torch.ops.aten
-FREE = VIEWS | {
-    aten.t.default,
-    aten.transpose.int,
-    aten.permute.default,
-    aten.expand.default,
-    aten.slice.Tensor,
-    aten.detach.default,
-}
 
 
 def default_links(hw: Hardware, ndim: int) -> tuple[Link, ...]:

@@ -158,7 +158,7 @@ def test_any_driver_on_the_wafer_problem_is_an_override(tmp_path: Path) -> None:
     and compared with the same references."""
     proc = run("+experiment=wafer_arch", "search=random", "search.n_samples=12", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.startswith("random search over the wafer design (12 designs)")
+    assert proc.stdout.startswith("random search over the wafer design (12 evaluations)")
     assert "random_search " in proc.stdout and "deepflow_20_die_4_hbm" in proc.stdout
 
 

@@ -114,14 +114,11 @@ def test_model_config_parses_to_a_sane_spec_or_one_line_error(
     spec = _result_or_refusal(parse_hf_config, config)
     if spec is REFUSED:
         return
-    dims = (
-        spec.hidden_size,
-        spec.num_layers,
-        spec.vocab_size,
-        spec.num_heads,
-        spec.num_kv_heads,
-        spec.head_dim,
-    )
+    dims = (spec.hidden_size, spec.num_layers, spec.vocab_size)
+    if spec.attention_layers:  # a model without attention (Mamba) has no heads
+        dims += (spec.num_heads, spec.num_kv_heads, spec.head_dim)
+    if spec.ssm is not None:
+        dims += (spec.ssm.heads, spec.ssm.head_dim, spec.ssm.state, spec.ssm.conv_kernel)
     assert all(isinstance(d, int) and d > 0 for d in dims)
     assert _positive_finite(float(parameter_count(spec)))
     if spec.moe is not None and spec.moe.num_experts > 0:

@@ -560,9 +560,12 @@ PRESETS = [load_hardware(n) for n in ("a100_80gb_sxm", "h100_sxm", "mi300x", "tp
 
 
 def _smallest_tp(spec) -> int:
-    """The smallest tp > 1 that divides the heads (and the KV heads where they are >= tp)."""
-    for tp in range(2, spec.num_heads + 1):
-        if spec.num_heads % tp == 0 and (spec.num_kv_heads < tp or spec.num_kv_heads % tp == 0):
+    """The smallest tp > 1 that divides the attention heads (and the KV heads where they are >= tp)
+    and the state-space heads and B/C groups, where the model has them."""
+    ssm = math.gcd(spec.ssm.heads, spec.ssm.groups) if spec.ssm is not None else 0
+    for tp in range(2, max(spec.num_heads, ssm) + 1):
+        heads = spec.num_heads % tp == 0 and (spec.num_kv_heads < tp or spec.num_kv_heads % tp == 0)
+        if heads and ssm % tp == 0:
             return tp
     raise AssertionError(spec)
 
