@@ -71,9 +71,8 @@ class MoESpec:
     shared_intermediate: int = 0
     shared_gate: bool = False  # Qwen2-MoE: a sigmoid gate (h → 1) scales the shared MLP's output
     router_bias: bool = False  # gpt-oss: the router's logits have a bias
-    expert_bias: bool = (
-        True  # the routed experts carry the MLP's biases where it has them (Nemotron-H's do not)
-    )
+    # the routed experts carry the MLP's biases where it has them (Nemotron-H's do not)
+    expert_bias: bool = True
 
 
 @dataclass(frozen=True)

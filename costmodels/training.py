@@ -177,47 +177,59 @@ def _stage_layers(spec: ModelSpec, plan: Plan) -> Array:
     return stage_layers(spec.num_layers, plan)
 
 
-def _tp_comm(hw: Hardware, job: TrainingJob, plan: Plan, act_bytes: float) -> Array:
-    """Exposed TP collectives of one micro-batch on one stage: per layer one all-reduce per block
-    (attention or state-space mixer, MLP; one for a parallel block: ``ModelSpec.tp_reductions``) in
-    the forward pass, one in the backward pass and one more in a fully recomputed forward. With
-    sequence parallelism each becomes a reduce-scatter + all-gather pair of the same volume
-    (Korthikanti et al. 2022, Sec. 4.2.2)."""
+def _tp_messages(job: TrainingJob, plan: Plan, act_bytes: float) -> tuple[Array, Array]:
+    """(bytes, messages per micro-batch on the fullest stage) of the TP collectives: one h-wide
+    activation buffer per block per layer (attention or state-space mixer, MLP; one for a parallel
+    block: ``ModelSpec.tp_reductions``) in the forward pass, one in the backward pass and one more
+    in a fully recomputed forward."""
     spec = job.spec
     size = plan.microbatch / plan.cp * job.seq_len * spec.hidden_size * act_bytes
+    passes = 2.0 + jnp.where(plan.recompute >= 2, 1.0, 0.0)
+    return size, spec.tp_reductions / spec.num_layers * passes * _stage_layers(spec, plan)
+
+
+def _tp_comm(hw: Hardware, job: TrainingJob, plan: Plan, act_bytes: float) -> Array:
+    """Exposed TP collectives of one micro-batch on one stage (:func:`_tp_messages`): all-reduces,
+    or with sequence parallelism a reduce-scatter + all-gather pair of the same volume each
+    (Korthikanti et al. 2022, Sec. 4.2.2)."""
+    size, messages = _tp_messages(job, plan, act_bytes)
     all_reduce = collective_s("all_reduce", hw, size, 1.0, plan.tp)
     rs_ag = collective_s("reduce_scatter", hw, size, 1.0, plan.tp) + collective_s(
         "all_gather", hw, size, 1.0, plan.tp
     )
     per_block = jnp.where(plan.sequence_parallel > 0, rs_ag, all_reduce)
-    blocks = spec.tp_reductions / spec.num_layers
-    passes = 2.0 + jnp.where(plan.recompute >= 2, 1.0, 0.0)
-    return per_block * blocks * passes * _stage_layers(spec, plan) * (1.0 - plan.tp_overlap)
+    return per_block * messages * (1.0 - plan.tp_overlap)
+
+
+def _ep_messages(job: TrainingJob, plan: Plan, act_bytes: float) -> tuple[Array, Array]:
+    """(bytes, all-to-alls per micro-batch on the fullest stage) of MoE token dispatch and combine:
+    two per MoE layer forward, two backward (and two more when recomputed), each of the routed
+    tokens' hidden states (top_k copies per token; 1/tp of them with sequence parallelism)."""
+    spec = job.spec
+    moe_layers = spec.mlp_layers("moe")
+    top_k = spec.moe.top_k if spec.moe is not None else 0
+    size = plan.microbatch / plan.cp * job.seq_len * top_k * spec.hidden_size * act_bytes
+    size = size / jnp.where(plan.sequence_parallel > 0, plan.tp, 1.0)
+    passes = 4.0 + jnp.where(plan.recompute >= 2, 2.0, 0.0)
+    return size, passes * moe_layers * _stage_layers(spec, plan) / spec.num_layers
 
 
 def _ep_comm(hw: Hardware, job: TrainingJob, plan: Plan, act_bytes: float) -> Array:
-    """MoE token dispatch and combine: two all-to-alls per MoE layer forward, two backward (and two
-    more when recomputed), each of the routed tokens' hidden states (top_k copies per token)."""
-    spec = job.spec
-    if spec.moe is None:
+    """MoE all-to-alls of one micro-batch on one stage (:func:`_ep_messages`)."""
+    if job.spec.moe is None:
         return jnp.zeros_like(plan.ep)
-    moe_layers = sum(n for kind, n in spec.layer_kinds if kind == "moe")
-    size = plan.microbatch / plan.cp * job.seq_len * spec.moe.top_k * spec.hidden_size * act_bytes
-    size = size / jnp.where(plan.sequence_parallel > 0, plan.tp, 1.0)
-    a2a = collective_s("all_to_all", hw, size, plan.tp * plan.cp, plan.ep)
-    passes = 4.0 + jnp.where(plan.recompute >= 2, 2.0, 0.0)
-    return a2a * passes * moe_layers * _stage_layers(spec, plan) / spec.num_layers
+    size, messages = _ep_messages(job, plan, act_bytes)
+    return collective_s("all_to_all", hw, size, plan.tp * plan.cp, plan.ep) * messages
 
 
-def _cp_comm(hw: Hardware, job: TrainingJob, plan: Plan, act_bytes: float, attention_fwd: Array) -> Array:
-    """Ring attention (Liu et al. 2023; Megatron context parallelism): each device passes its K,V
-    chunk around the ring, cp−1 steps per layer forward and twice that (K,V and their gradients) in
-    the backward pass, overlapped with the attention kernels; only the excess is exposed."""
+def _ring_chunk(job: TrainingJob, plan: Plan, act_bytes: float) -> Array:
+    """Bytes of the K,V chunk a ring-attention rank passes on: its s/cp tokens' keys and values
+    (the MLA latent for DeepSeek) of the KV heads on its TP rank."""
     spec = job.spec
     kv_width = (
         spec.kv_cache_elements_per_token if spec.mla is not None else 2 * spec.num_kv_heads * spec.head_dim
     )
-    chunk = (
+    return (
         plan.microbatch
         * job.seq_len
         / plan.cp
@@ -225,8 +237,15 @@ def _cp_comm(hw: Hardware, job: TrainingJob, plan: Plan, act_bytes: float, atten
         / jnp.minimum(plan.tp, spec.num_kv_heads)
         * act_bytes
     )
+
+
+def _cp_comm(hw: Hardware, job: TrainingJob, plan: Plan, act_bytes: float, attention_fwd: Array) -> Array:
+    """Ring attention (Liu et al. 2023; Megatron context parallelism): each device passes its K,V
+    chunk around the ring, cp−1 steps per layer forward and twice that (K,V and their gradients) in
+    the backward pass, overlapped with the attention kernels; only the excess is exposed."""
+    spec = job.spec
     steps = plan.cp - 1.0
-    per_layer_fwd = steps * p2p_s(hw, chunk, plan.tp)
+    per_layer_fwd = steps * p2p_s(hw, _ring_chunk(job, plan, act_bytes), plan.tp)
     attn_layer = attention_fwd / jnp.maximum(_stage_layers(spec, plan), 1.0)
     exposed = jnp.maximum(per_layer_fwd - attn_layer, 0.0) + jnp.maximum(
         2.0 * per_layer_fwd - 2.0 * attn_layer, 0.0
@@ -237,32 +256,44 @@ def _cp_comm(hw: Hardware, job: TrainingJob, plan: Plan, act_bytes: float, atten
     )
 
 
-def _ulysses_comm(hw: Hardware, job: TrainingJob, plan: Plan, act_bytes: float) -> Array:
-    """DeepSpeed-Ulysses (Jacobs et al. 2023): per layer an all-to-all over the cp ranks turns the
-    sequence-split Q, K, V (widths nh·d, 2·nkv·d; K,V of fewer heads than tp·cp are replicated) into
-    head-split ones, and one turns the attention output back; each is S = micro-batch · s/cp ·
-    width/tp bytes per device. The backward pass repeats them (gradients), full recomputation once
-    more; the attention kernels cannot hide them (they wait on their inputs)."""
+def _ulysses_messages(job: TrainingJob, plan: Plan, act_bytes: float) -> tuple[Array, Array, Array]:
+    """(Q,K,V bytes, output bytes, all-to-all pairs per micro-batch) of DeepSpeed-Ulysses (Jacobs et
+    al. 2023): per layer an all-to-all over the cp ranks turns the sequence-split Q, K, V (widths
+    nh·d, 2·nkv·d; K,V of fewer heads than tp·cp are replicated) into head-split ones, and one turns
+    the attention output back; each is micro-batch · s/cp · width/tp bytes per device. The backward
+    pass repeats them (gradients), full recomputation once more."""
     spec = job.spec
     tokens = plan.microbatch * job.seq_len / plan.cp * act_bytes / plan.tp
     kv_heads = jnp.maximum(spec.num_kv_heads, plan.tp * plan.cp)  # replicated up to one per device
     qkv = tokens * (spec.num_heads + 2.0 * kv_heads) * spec.head_dim
     out = tokens * spec.num_heads * spec.head_dim
+    passes = 2.0 + jnp.where(plan.recompute >= 2, 1.0, 0.0)
+    return qkv, out, passes * _stage_layers(spec, plan)
+
+
+def _ulysses_comm(hw: Hardware, job: TrainingJob, plan: Plan, act_bytes: float) -> Array:
+    """Ulysses' all-to-alls of one micro-batch on one stage (:func:`_ulysses_messages`); the
+    attention kernels cannot hide them (they wait on their inputs)."""
+    qkv, out, pairs = _ulysses_messages(job, plan, act_bytes)
     per_layer = collective_s("all_to_all", hw, qkv, plan.tp, plan.cp) + collective_s(
         "all_to_all", hw, out, plan.tp, plan.cp
     )
-    passes = 2.0 + jnp.where(plan.recompute >= 2, 1.0, 0.0)
-    return passes * per_layer * _stage_layers(spec, plan)
+    return pairs * per_layer
+
+
+def _pp_message(job: TrainingJob, plan: Plan, act_bytes: float) -> Array:
+    """Bytes of one stage-boundary send: a micro-batch's activations, already split t ways with
+    sequence parallelism (the scatter/gather optimisation of Narayanan et al. 2021, Sec. 4.1, sends
+    1/t over the slow tier likewise)."""
+    return plan.microbatch / plan.cp * job.seq_len * job.spec.hidden_size * act_bytes / plan.tp
 
 
 def _pp_comm(hw: Hardware, job: TrainingJob, plan: Plan, act_bytes: float) -> Array:
     """Stage-boundary send/recv per micro-batch: the activation forward, its gradient backward, at
     every one of the ``vpp`` chunk boundaries (Narayanan et al. 2021, Sec. 2.2.2: interleaving
-    multiplies the communication by v). With sequence parallelism the message is already split t ways
-    (the scatter/gather optimisation of Sec. 4.1 likewise sends 1/t over the slow tier)."""
-    size = plan.microbatch / plan.cp * job.seq_len * job.spec.hidden_size * act_bytes / plan.tp
+    multiplies the communication by v)."""
     stride = plan.tp * plan.cp * plan.dp
-    return jnp.where(plan.pp > 1, 2.0 * plan.vpp * p2p_s(hw, size, stride), 0.0)
+    return jnp.where(plan.pp > 1, 2.0 * plan.vpp * p2p_s(hw, _pp_message(job, plan, act_bytes), stride), 0.0)
 
 
 def _params_per_device(job: TrainingJob, plan: Plan) -> tuple[Array, Array]:
@@ -333,6 +364,51 @@ def _stream_s(hw: Hardware, job: TrainingJob, plan: Plan) -> Array:
     volume = params * (2.0 * bytes_per_element(job.precision) + _grad_reduce_bytes(job.precision))
     replicas = jnp.clip(hw.host_broadcast_devices / (plan.tp * plan.pp), 1.0, plan.dp * plan.cp)
     return volume / (replicas * jnp.maximum(hw.host_bandwidth_Bps, 1.0))
+
+
+def _ring(n: Array) -> Array:
+    """Share of a buffer each rank sends in one ring all-gather, reduce-scatter or all-to-all over
+    n ranks: (n − 1)/n (an all-reduce sends twice that)."""
+    return (n - 1.0) / n
+
+
+def comm_bytes(job: TrainingJob, plan: Plan) -> dict[str, Array]:
+    """Bytes each rank sends per step, by parallel group type, for the messages the step time prices
+    (the same helpers, so the two cannot drift); ``m`` micro-batches per step.
+
+    tp: m · messages · 2(tp−1)/tp · S (:func:`_tp_messages`; reduce-scatter + all-gather the same);
+    pp: m · 2·vpp · S (:func:`_pp_message`, pp > 1); cp: ring m · layers · 3(cp−1) · chunk
+    (:func:`_ring_chunk`), Ulysses m · pairs · (cp−1)/cp · (S_qkv + S_out); ep: m · messages ·
+    (ep−1)/ep · S (:func:`_ep_messages`); dp: the stage's dense gradients over dp and its expert
+    gradients over dp/ep, all-reduced (2(n−1)/n · count · 4 B) or, with ZeRO ≥ 1, reduce-scattered
+    and the weights all-gathered ((n−1)/n · count · (4 + 2) B); with ZeRO-3 the gathers and the
+    scatter of every micro-batch, m · (n−1)/n · params · (2·2 + 4) B; nothing with weight streaming
+    (the external memory reduces the gradients)."""
+    act_bytes = bytes_per_element(activation_precision(job.precision))
+    m = plan.microbatches
+    size, messages = _tp_messages(job, plan, act_bytes)
+    tp = m * messages * 2.0 * _ring(plan.tp) * size
+    pp = jnp.where(plan.pp > 1, m * 2.0 * plan.vpp * _pp_message(job, plan, act_bytes), 0.0)
+    qkv, out, pairs = _ulysses_messages(job, plan, act_bytes)
+    ulysses = m * pairs * _ring(plan.cp) * (qkv + out)
+    ring = m * _stage_layers(job.spec, plan) * 3.0 * (plan.cp - 1.0) * _ring_chunk(job, plan, act_bytes)
+    cp = jnp.where(plan.cp > 1, jnp.where(plan.cp_a2a > 0, ulysses, ring), 0.0)
+    ep = jnp.zeros_like(plan.ep)
+    if job.spec.moe is not None:
+        size, messages = _ep_messages(job, plan, act_bytes)
+        ep = m * messages * _ring(plan.ep) * size
+    params, experts = _params_per_device(job, plan)
+    grad_b, w_b = _grad_reduce_bytes(job.precision), bytes_per_element(job.precision)
+
+    def reduction(count: Array, n: Array) -> Array:
+        return jnp.where(
+            plan.zero_stage >= 1, _ring(n) * count * (grad_b + w_b), 2.0 * _ring(n) * count * grad_b
+        )
+
+    dp = reduction(params - experts, plan.dp) + reduction(experts, plan.dp / plan.ep)
+    dp = jnp.where(plan.zero_stage >= 3, m * _ring(plan.dp) * params * (2.0 * w_b + grad_b), dp)
+    dp = jnp.where(plan.weight_streaming > 0, 0.0, dp)
+    return {"tp": tp, "cp": cp, "ep": ep, "dp": dp, "pp": pp}
 
 
 def training_step(

@@ -9,20 +9,13 @@ Wiring only: ``topology:`` (a preset of ``conf/topology/``) → :class:`search.t
 each group moves per step (:func:`bytes_per_step`); then rank order, the tree heuristic and CP-SAT,
 each scored by :func:`search.placement.evaluate`, logged to MLflow with pictures of the winner.
 
-Traffic per rank per step, S_t, the buffer of the type's collective (same terms as
-``costmodels/training.py``; m = global_batch / (dp · microbatch) micro-batches, L layers, h hidden,
-``a`` bytes per activation element, ``act = microbatch/cp · seq_len · h · a``):
-
-    S_tp = m · blocks · 2 passes · ceil(L/pp) · act        blocks = 2 (1 for a parallel block)
-    S_pp = m · 2 · vpp · act / tp                           activation forward + gradient backward
-    S_dp = params per device (largest stage) · 4 B          fp32 gradient all-reduce (Megatron)
-    S_cp = m · 3 · ceil(L/pp) · kv · cp/2                   ring attention: 3(cp−1) K,V chunks of
-                                                            kv bytes per layer (÷ all-reduce factor)
-    S_cp = m · 2 · ceil(L/pp) · tok · (2·nh + 2·kv_h)·d      Ulysses (placement.cp_a2a): all-to-all of
-                                                            Q,K,V and of the output per layer and
-                                                            pass; tok = microbatch/cp · seq_len ·
-                                                            a/tp, kv_h = max(kv heads, tp·cp)
-    S_ep = m · 4 · moe layers/pp · act · top_k              dispatch + combine, forward + backward
+Traffic per rank per step, S_t, the buffer of the type's collective: what the training model's
+step time prices (``costmodels.training.comm_bytes``: the same message sizes and counts, for the
+plan the placement options make, :func:`placement_plan`, whose memory the report gives too) divided
+by the bus factor placement applies to the type (``search.placement.bus_factor``), so the bytes on
+the wires are the training model's: TP all-reduces per block and pass, pipeline sends per chunk
+boundary, ring-attention K,V chunks or Ulysses all-to-alls, MoE dispatch and combine, gradient
+reduction (all-reduce, or reduce-scatter + all-gather with ZeRO ≥ 1, ZeRO-3's gathers).
 """
 
 from __future__ import annotations
@@ -39,13 +32,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from costmodels.architectures import ModelSpec
 from costmodels.errors import ConfigError
-from costmodels.hardware import bytes_per_element
-from costmodels.memory import stage_parameters
+from costmodels.parallel import RECOMPUTE, Plan
+from costmodels.training import TrainingJob, comm_bytes
 from dse._app import CONF_DIR, format_table, phase_printer
 from dse.checks import flag, positive_int, read_json
 from dse.tracking import JobRun
 from dse.units import fmt_bytes, fmt_cell, fmt_count, fmt_time
-from search.placement import Job, Placement, cp_sat, evaluate, rank_order, tree_heuristic
+from search.placement import Job, Placement, bus_factor, cp_sat, evaluate, rank_order, tree_heuristic
 from search.topology import (
     Topology,
     from_instance_json,
@@ -124,32 +117,45 @@ def drop_random(topo: Topology, fraction: float, seed: int) -> Topology:
 # Job and its traffic
 
 
-def bytes_per_step(spec: ModelSpec, w: Mapping[str, Any], p: Mapping[str, Any]) -> dict[str, float]:
-    """S_t per group type (module docstring) for the model ``spec``, workload ``w`` and mapping ``p``."""
-    tp, pp, dp, cp, ep = (int(p.get(k, 1)) for k in ("tp", "pp", "dp", "cp", "ep"))
-    mb, vpp = int(p.get("microbatch", 1)), int(p.get("vpp", 1))
-    a = bytes_per_element(w.get("precision", "bf16"))
-    m = max(float(w["global_batch"]) / (dp * mb), 1.0)
-    act = mb / cp * float(w["seq_len"]) * spec.hidden_size * a
-    stage_layers = math.ceil(spec.num_layers / pp)
-    first, last, experts = stage_parameters(spec, tp, pp, ep)
-    grad_b = 2.0 if w.get("precision") == "fp16" else 4.0
-    out = {
-        "tp": m * (1 if spec.parallel_block else 2) * 2 * stage_layers * act,
-        "pp": m * 2 * vpp * act / tp,
-        "dp": float(max(first, last) + experts) * grad_b,
+def placement_plan(p: Mapping[str, Any], w: Mapping[str, Any]) -> Plan:
+    """The training plan of placement options ``p`` (Megatron degrees, micro-batch, vpp, ZeRO stage,
+    recompute, sequence parallelism, Ulysses CP) and workload ``w``: the one plan the job's traffic
+    and its memory come from. Errors name ``placement.<key>``."""
+    recompute, zero = str(p.get("recompute") or "none"), p.get("zero_stage") or 0
+    if recompute not in RECOMPUTE:
+        raise ConfigError(f"placement.recompute: unknown value {recompute!r}; valid: {', '.join(RECOMPUTE)}")
+    if zero not in (0, 1, 2, 3) or isinstance(zero, bool):
+        raise ConfigError(f"placement.zero_stage must be one of 0, 1, 2, 3, got {zero!r}")
+    degree = {
+        k: _degree(p.get(k), f"placement.{k}") for k in ("tp", "pp", "dp", "cp", "ep", "vpp", "microbatch")
     }
-    if cp > 1 and p.get("cp_a2a"):  # Ulysses: Q,K,V in and the output back, per layer and pass
-        tokens = mb * float(w["seq_len"]) / cp * a / tp
-        kv_heads = max(spec.num_kv_heads, tp * cp)  # fewer KV heads than tp·cp are replicated
-        width = (2 * spec.num_heads + 2 * kv_heads) * spec.head_dim
-        out["cp"] = m * 2 * stage_layers * tokens * width
-    elif cp > 1:
-        kv = mb * float(w["seq_len"]) / cp * spec.kv_cache_elements_per_token / min(tp, spec.num_kv_heads) * a
-        out["cp"] = m * 3 * stage_layers * kv * cp / 2
-    if ep > 1 and spec.moe is not None:
-        moe_layers = sum(n for kind, n in spec.layer_kinds if kind == "moe")
-        out["ep"] = m * 4 * moe_layers / pp * act * spec.moe.top_k
+    return Plan(
+        **{k: float(v) for k, v in degree.items()},
+        global_batch=float(w["global_batch"]),
+        zero_stage=float(zero),
+        recompute=float(RECOMPUTE[recompute]),
+        sequence_parallel=float(bool(p.get("sequence_parallel"))),
+        cp_a2a=float(flag_option(p.get("cp_a2a"), "placement.cp_a2a")),
+    )
+
+
+def bytes_per_step(spec: ModelSpec, w: Mapping[str, Any], p: Mapping[str, Any]) -> dict[str, float]:
+    """S_t per group type: the bytes the training model's collectives send per rank per step
+    (``costmodels.training.comm_bytes`` for :func:`placement_plan`'s plan), each divided by the bus
+    factor placement applies to its type over its group (``search.placement.bus_factor``), so that
+    the wire bytes placement prices are the training model's. The dense gradients reduce over
+    Megatron's dp, which spans placement's ep and dp axes; they are priced on its dp axis."""
+    plan = placement_plan(p, w)
+    job = TrainingJob(spec, int(w["seq_len"]), str(w.get("precision") or "bf16"))
+    sent = comm_bytes(job, plan)
+    n = {"tp": plan.tp, "pp": plan.pp, "cp": plan.cp, "ep": plan.ep, "dp": plan.dp / plan.ep}
+    kinds = {"tp": "all_reduce", "dp": "all_reduce", "pp": "send_recv", "ep": "all_to_all"}
+    kinds["cp"] = "all_to_all" if plan.cp_a2a > 0 else "all_reduce"
+    out = {}
+    for t, volume in sent.items():
+        factor = bus_factor(kinds[t], int(n[t]))
+        if factor > 0 and float(volume) > 0:
+            out[t] = float(volume) / factor
     return out
 
 
@@ -352,25 +358,14 @@ def job_memory(cfg: DictConfig, job: Job) -> dict[str, Any]:
     """Per-device memory of the placed job's mapping (the training memory model of ``dse.calc``:
     weights, gradients, optimizer states, activations of the in-flight micro-batches, workspace),
     against the capacity of ``cfg.hardware``."""
-    from costmodels.parallel import RECOMPUTE, Plan
-    from costmodels.training import TrainingJob, training_step
+    from costmodels.training import training_step
     from dse.hardware import hardware_from_config
     from dse.models import load_model
 
     hw, w, p = hardware_from_config(cfg.hardware), cfg.workload, _plain(cfg.placement)
     train = TrainingJob(load_model(cfg.model), w.seq_len, w.precision, w.fused_attention, w.optimizer)
-    recompute, zero = str(p.get("recompute") or "none"), p.get("zero_stage") or 0
-    if recompute not in RECOMPUTE:
-        raise ConfigError(f"placement.recompute: unknown value {recompute!r}; valid: {', '.join(RECOMPUTE)}")
-    if zero not in (0, 1, 2, 3) or isinstance(zero, bool):
-        raise ConfigError(f"placement.zero_stage must be one of 0, 1, 2, 3, got {zero!r}")
-    plan = Plan(
-        tp=job.tp, pp=job.pp, dp=job.dp * job.ep, cp=job.cp, ep=job.ep,
-        vpp=_degree(p.get("vpp") or 1, "placement.vpp"),
-        microbatch=_degree(p.get("microbatch") or 1, "placement.microbatch"),
-        global_batch=w.global_batch, zero_stage=float(zero), recompute=float(RECOMPUTE[recompute]),
-        sequence_parallel=float(bool(p.get("sequence_parallel"))),
-    )  # fmt: skip
+    degrees_ = {t: job.degree(t) for t in ("tp", "pp", "cp", "ep")} | {"dp": job.dp * job.ep}
+    plan = placement_plan(p | degrees_, _plain(w))
     out = training_step(hw, train, plan)
     return {
         "hardware": str(HydraConfig.get().runtime.choices.get("hardware"))

@@ -121,11 +121,15 @@ def ring_pairs(kind: str, group: Sequence[int]) -> list[tuple[int, int]]:
     return [*pairs, (group[-1], group[0])] if kind != "pp" and len(group) > 2 else pairs
 
 
+def bus_factor(collective: str, n: int) -> float:
+    """NCCL's bus bandwidth factor of ``collective`` over ``n`` ranks: the bytes each ring pair moves
+    per byte of buffer."""
+    return {"all_reduce": 2 * (n - 1) / n, "all_to_all": (n - 1) / n, "send_recv": 1.0}[collective]
+
+
 def wire_bytes(job: Job, kind: str) -> float:
     """Bytes each ring pair moves per step: NCCL bus factor × S_t (see the module docstring)."""
-    n, s = job.degree(kind), float(job.bytes_per_step.get(kind, 0.0))
-    factor = {"all_reduce": 2 * (n - 1) / n, "all_to_all": (n - 1) / n, "send_recv": 1.0}
-    return factor[job.collective(kind)] * s
+    return bus_factor(job.collective(kind), job.degree(kind)) * float(job.bytes_per_step.get(kind, 0.0))
 
 
 @dataclass(frozen=True)

@@ -267,3 +267,29 @@ def test_ulysses_cp_traffic_is_an_all_to_all_of_qkv_and_output() -> None:
     assert job.as_dict()["cp_a2a"] is True
     with pytest.raises(ConfigError, match=r"placement.cp_a2a must be true or false"):
         placement_search.flag_option("yes", "placement.cp_a2a")
+
+
+def test_placement_wires_carry_the_training_models_bytes() -> None:
+    """Mixtral on 64 ranks (tp 2, pp 2, vpp 2, ep 4, dp 16, sequence parallelism, ZeRO-1, full
+    recomputation): for every group type, the bytes placement puts on each ring pair (bus factor ×
+    S_t over its group) equal what the training model's step sends per rank
+    (``costmodels.training.comm_bytes``), and the hand count of the TP part: m = 128 / (16 · 1) = 8
+    micro-batches, 2 blocks × 3 passes (full recomputation) × 16 layers per stage (32 / 2), each
+    all-reduce sending 2·(2−1)/2 of one micro-batch's 4096 × 4096 × 2 B activations."""
+    from costmodels.parallel import make_plan
+    from costmodels.training import TrainingJob, comm_bytes
+
+    w = {"seq_len": 4096, "global_batch": 128, "precision": "bf16"}
+    p = {"tp": 2, "pp": 2, "dp": 16, "cp": 1, "ep": 4, "vpp": 2, "microbatch": 1, "zero_stage": 1}
+    p |= {"recompute": "full", "sequence_parallel": True}
+    s = placement_search.bytes_per_step(MIXTRAL, w, p)
+    job = placement_search.placement_job(
+        {k: p[k] for k in ("tp", "pp", "dp", "cp", "ep")}, s, ("tp", "cp", "ep", "dp", "pp")
+    )
+    plan = make_plan(tp=2, pp=2, dp=16, ep=4, vpp=2, microbatch=1, global_batch=128, zero_stage=1,
+                     recompute=2, sequence_parallel=1)  # fmt: skip
+    sent = comm_bytes(TrainingJob(MIXTRAL, 4096, "bf16"), plan)
+    for t in ("tp", "pp", "ep", "dp"):
+        assert wire_bytes(job, t) == pytest.approx(float(sent[t]), rel=1e-6), t
+    assert float(sent["tp"]) == pytest.approx(8 * 2 * 3 * 16 * (2 * 1 / 2) * 4096 * 4096 * 2, rel=1e-9)
+    assert "cp" not in s  # cp = 1: no context-parallel traffic
