@@ -187,6 +187,10 @@ class ModelSpec:
     qk_norm_full: bool = False  # the QK norm spans all heads' features (OLMo-2, OLMoE), not one head
     attention_sinks: bool = False  # gpt-oss: a learned logit per head joins every softmax
     attn_output_gate: bool = False  # Qwen3-Next: q_proj also yields a per-head gate, sigmoid(g)·attention
+    causal: bool = True  # False: an encoder, every token attends the whole sequence (BERT)
+    token_types: int = 0  # rows of a segment embedding added to the tokens' (BERT's type_vocab_size)
+    final_norm: bool = True  # a norm after the last layer (pre-norm models; BERT's post-norm has none)
+    head_transform: bool = False  # BERT: a dense h → h, its activation and a LayerNorm before the LM head
     attention_dropout: float = 0.0  # dropout probability on attention probabilities (training)
     hidden_dropout: float = 0.0  # dropout probability on block outputs and embeddings (training)
     layer_kinds: tuple[tuple[str, int], ...] = ()
@@ -303,6 +307,8 @@ class ModelSpec:
         """Tokens held in the KV cache summed over layers, for ``context`` tokens of one sequence:
         every full-attention layer keeps them all, a sliding-window layer the last ``sliding_window``
         (Σ_layers = (L_attention − local)·c + local·min(c, w)); state-space layers keep no tokens."""
+        if not self.causal:  # an encoder recomputes its keys and values every pass: no cache
+            return 0 * context
         full = (self.attention_layers - self.local_layers) * context
         if not self.local_layers:
             return full
@@ -1566,6 +1572,45 @@ def _qwen3_next(c: _Fields) -> ModelSpec:
     )
 
 
+def _bert(c: _Fields) -> ModelSpec:
+    """BERT (``BertLMHeadModel``, what ``AutoModelForCausalLM`` builds): an encoder, bidirectional
+    attention; word, learned position and token-type embeddings and their LayerNorm; post-norm layers
+    (a LayerNorm after attention and after the MLP, no final norm) with biases everywhere and a GELU
+    MLP; the prediction head's dense h → h, activation and LayerNorm, then the (tied) decoder with a
+    bias. BertModel's pooler is not part of the language model."""
+    h, layers, heads = _shape(c, "hidden_size", "num_hidden_layers", "num_attention_heads")
+    return ModelSpec(
+        model_type="bert",
+        hidden_size=h,
+        num_layers=layers,
+        vocab_size=c.int("vocab_size", minimum=1),
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=h // heads,
+        intermediate_size=c.int("intermediate_size", minimum=1),
+        gated_mlp=False,
+        activation=c.activation("hidden_act"),
+        norm="layernorm",
+        norm_bias=True,
+        norms_per_layer=2,
+        qkv_bias=True,
+        attn_out_bias=True,
+        mlp_bias=True,
+        positions="learned",
+        max_positions=c.int("max_position_embeddings", minimum=1),
+        rotary_dim=0,
+        tie_embeddings=c.flag("tie_word_embeddings"),
+        lm_head_bias=True,
+        embedding_norm=True,
+        attention_dropout=c.probability("attention_probs_dropout_prob"),
+        hidden_dropout=c.probability("hidden_dropout_prob"),
+        causal=False,
+        token_types=c.int("type_vocab_size", minimum=0),
+        final_norm=False,
+        head_transform=True,
+    )
+
+
 def _deepseek_v2(c: _Fields) -> ModelSpec:
     """DeepSeek-V2: the layer DeepSeek-V3 kept (MLA, dense first layers, routed plus shared experts)."""
     return replace(_deepseek_v3(c), model_type="deepseek_v2")
@@ -1653,6 +1698,7 @@ PARSERS: dict[str, Callable[[_Fields], ModelSpec]] = {
     "falcon_h1": _falcon_h1,
     "nemotron_h": _nemotron_h,
     "qwen3_next": _qwen3_next,
+    "bert": _bert,
 }
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(PARSERS)
 

@@ -114,6 +114,13 @@ class InferenceJob:
     # attention kernels' type; None: the run's 16-bit type (``hardware.activation_precision``)
     attention_precision: str | None = None
 
+    def __post_init__(self) -> None:
+        if not self.spec.causal:
+            raise ConfigError(
+                f"{self.spec.model_type} is an encoder: it generates no tokens, so TTFT and TPOT do not "
+                "apply; price its forward pass with python -m dse.roofline model=... 'input_tokens=[n]'"
+            )
+
     @property
     def mean_context(self) -> float:
         """Tokens in the cache at the mean decode step: input_len + (output_len − 1)/2."""

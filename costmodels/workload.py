@@ -171,6 +171,14 @@ class Batch:
         context = sum(k * keys(c, n, width) for c, n, k in self.spans)
         return replace(self, pairs=pairs, context_tokens=context)
 
+    def bidirectional(self) -> Batch:
+        """The batch with every new token attending all of its query's c + n tokens (an encoder's
+        attention, BERT): Σ k·n·(c + n) pairs."""
+        if not self.spans:
+            raise ConfigError("a batch without its query spans cannot be made bidirectional")
+        pairs = sum(k * n * (c + n) for c, n, k in self.spans)
+        return replace(self, pairs=pairs, causal=False)
+
     @classmethod
     def training(cls, batch_size: int, seq_len: int, causal: bool = True) -> Batch:
         """``batch_size`` sequences of ``seq_len`` tokens, logits for every token."""
@@ -676,6 +684,9 @@ def _embedding_ops(spec: ModelSpec, bt: Batch, b: _Bytes) -> list[Op]:
                 stage=STAGE_FIRST,
             )
         )
+    if spec.token_types:  # BERT's segment embedding, added to every token
+        embed = Op("embed.token_types", "embedding", t * h, t * h * b.weight, t * h * b.act, t * h * b.act)
+        ops.append(replace(embed, params=spec.token_types * h, stage=STAGE_FIRST))
     if spec.embedding_norm:
         ops.append(_norm("embed.norm", spec, t, h, b, 1, stage=STAGE_FIRST))
     return ops
@@ -725,9 +736,19 @@ def _block_ops(
 def _head_ops(spec: ModelSpec, bt: Batch, b: _Bytes, with_loss: bool) -> list[Op]:
     h, v, rows = spec.hidden_size, spec.vocab_size, bt.logit_tokens
     head = _linear("lm_head", rows, h, v, spec.lm_head_bias, b, 1, tp=TP_COLUMN, stage=STAGE_LAST)
-    if spec.tie_embeddings:
-        head = replace(head, params=0)  # the weight is the token embedding, counted there
-    ops = [_norm("final_norm", spec, bt.new_tokens, h, b, 1, stage=STAGE_LAST), head]
+    if spec.tie_embeddings:  # the weight is the token embedding, counted there; a bias is its own
+        head = replace(head, params=v if spec.lm_head_bias else 0)
+    elif spec.head_transform:  # BertLMPredictionHead's own bias, tied to the decoder's only with the
+        head = replace(head, params=head.params + v)  # embeddings: untied, a second (unused) one
+    last = {"stage": STAGE_LAST}
+    ops = [_norm("final_norm", spec, bt.new_tokens, h, b, 1, **last)] if spec.final_norm else []
+    if spec.head_transform:  # BERT's prediction head: dense h → h, the activation, a LayerNorm
+        ops += [
+            _linear("lm_head.transform", rows, h, h, True, b, 1, **last),
+            _elementwise("lm_head.transform_act", rows * h, _activation_flops(spec), 1, b, 1, **last),
+            _norm("lm_head.transform_norm", spec, rows, h, b, 1, **last),
+        ]
+    ops.append(head)
     if spec.final_softcap:  # cap·tanh(logits/cap): one pass over the vocabulary-parallel logits
         ops.append(
             _elementwise("lm_head.softcap", rows * v, SOFTCAP_FLOPS, 1, b, 1, tp=TP_SPLIT, stage=STAGE_LAST)
@@ -783,6 +804,7 @@ def forward_ops(
     """Ops of one forward pass, in execution order (per-layer ops carry ``count`` = layers).
     ``dropout`` adds the training-time dropout kernels the config asks for."""
     b = _bytes(precision, kv_precision)
+    batch = batch if spec.causal else batch.bidirectional()
     ops = [
         *_embedding_ops(spec, batch, b),
         *_block_ops(spec, batch, b, fused_attention, mla_absorb, all_experts),

@@ -314,9 +314,9 @@ def test_nested_and_list_fields_are_checked() -> None:
         parse_hf_config({**qwen, "decoder_sparse_step": 0})
 
 
-@pytest.mark.parametrize("model_type", ["t5", "bert", "not_a_model", 3, ["llama"]])
+@pytest.mark.parametrize("model_type", ["t5", "roberta", "not_a_model", 3, ["llama"]])
 def test_unparsed_model_type_lists_the_supported_ones(model_type: Any) -> None:
-    """Known to transformers (t5, bert) or not: without a parser it is an error."""
+    """Known to transformers (t5, roberta) or not: without a parser it is an error."""
     with pytest.raises(ConfigError, match=r"unsupported model_type .*; supported: gpt2, gptj, "):
         parse_hf_config({"model_type": model_type, "d_model": 512})
 

@@ -185,3 +185,28 @@ def test_new_families_run_in_the_calculator_and_the_roofline(name: str, tmp_path
     ):
         proc = run(*args, cwd=tmp_path)
         assert proc.returncode == 0 and f"({name}" in proc.stdout + proc.stderr, (args, proc.stderr[-2000:])
+
+
+def test_bert_is_an_encoder_by_hand(tmp_path: Path) -> None:
+    """Tiny BERT (hidden 64, 4 heads, 2 layers): every token attends the whole sequence, 64² = 4096
+    pairs on 64 tokens (not the causal 64·65/2 = 2080), in training and in a forward pass of one
+    64-token query alike; it keeps no KV cache; token-type embeddings (2 × 64) and the prediction
+    head's dense 64 × 64 + bias and LayerNorm own parameters; no final norm (post-norm layers). The
+    calculator trains it, and says in one line that an encoder serves no tokens; the roofline prices
+    its forward pass."""
+    path = Path(__file__).parent / "data/tiny_configs/bert.json"
+    spec = parse_hf_config(json.loads(path.read_text()))
+    train = {op.name: op for op in forward_ops(spec, Batch.training(1, 64), fused_attention=True)}
+    infer = {op.name: op for op in forward_ops(spec, Batch.inference([0], [64]), fused_attention=True)}
+    per_pair = 4 * (2 * 16 + 2 * 16 + 5)  # heads · (QKᵀ + AV + softmax)
+    assert train["attn.sdpa"].flops == infer["attn.sdpa"].flops == 64 * 64 * per_pair
+    assert spec.cached_layer_tokens(1000) == 0 and kv_cache_bytes(spec, 1000) == 0
+    assert train["embed.token_types"].params == 2 * 64 and "final_norm" not in train
+    assert train["lm_head.transform"].params == 64 * 64 + 64 and train["lm_head.transform_norm"].params == 128
+    trained = run("dse.calc", f"model={path}", "num_devices=1", "seq_len=64", "global_batch=2", cwd=tmp_path)
+    assert trained.returncode == 0 and "feasible: yes" in trained.stdout, trained.stderr[-2000:]
+    served = run("dse.calc", f"model={path}", "mode=inference", "num_devices=1", cwd=tmp_path)
+    assert served.returncode != 0 and "bert is an encoder: it generates no tokens" in served.stderr
+    assert "Traceback" not in served.stderr
+    roof = run("dse.roofline", f"model={path}", "input_tokens=[64]", cwd=tmp_path)
+    assert roof.returncode == 0 and "(bert)" in roof.stdout

@@ -83,7 +83,7 @@ EXPECTED_SHIPPED = {
     "mistral_7b", "mixtral_8x7b", "qwen2_72b", "qwen3_8b", "qwen3_30b_a3b", "deepseek_v3",
     "gpt3_175b", "megatron_gpt_22b", "megatron_gpt_175b", "megatron_gpt_530b", "megatron_gpt_1t",
     "mpt_7b", "mpt_30b", "bloom_176b", "gptj_6b", "gpt_neox_20b", "falcon_7b", "falcon_40b",
-    "gemma2_9b", "mamba_2_8b", "jamba_v0_1",
+    "gemma2_9b", "mamba_2_8b", "jamba_v0_1", "bert_base_uncased",
 }  # fmt: skip
 
 
@@ -148,6 +148,8 @@ PUBLISHED: dict[str, tuple[float, float, str]] = {
     "mpt_30b": (30e9, 1e9, "mosaicml/mpt-30b model card: 30B"),
     "jamba_v0_1": (52e9, 1e9, "ai21labs/Jamba-v0.1 model card: 52B total parameters (12B active)"),
     "mamba_2_8b": (2.8e9, 0.1e9, "Gu & Dao 2023, Table 3: Mamba-2.8B"),
+    # BertLMHeadModel: BertModel's 110M less its pooler, plus the prediction head's transform and bias
+    "bert_base_uncased": (110e6, 10e6, "Devlin et al. 2019, Sec. 3: BERT-BASE, 110M total parameters"),
     # Main model without the multi-token-prediction module (which adds 11.5B unique parameters).
     "deepseek_v3": (671e9, 1e9, "deepseek-ai/DeepSeek-V3 README_WEIGHTS.md, main model: 671B"),
     # Brown et al.'s "175.0B" is nominal: their Table 2.1 dimensions give 174.6B (as Narayanan's Table 2 has).
