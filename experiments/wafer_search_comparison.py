@@ -16,6 +16,7 @@ import argparse
 import time
 
 import numpy as np
+import optuna
 from hydra import compose, initialize_config_dir
 
 from costmodels.training import TrainingJob
@@ -36,6 +37,7 @@ def main() -> None:
     ap.add_argument("--restarts", type=int, default=4)
     args = ap.parse_args()
     schema.register()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per study otherwise
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["+experiment=wafer_arch", "tracking=none"])
     system, knobs = system_of(cfg), knobs_of(cfg)
