@@ -35,12 +35,11 @@ INFEASIBLE = 1e30  # the objective Optuna is told for a point with none (it acce
 
 @dataclass(frozen=True)
 class Driver:
-    """A search driver: how it runs, what a problem must supply for it, what it does (one line), its
-    name in a report (``title``) and what it counts (``unit``: one design, trial or step)."""
+    """A search driver: how it runs, what a problem must supply for it, its name in a report
+    (``title``) and what it counts (``unit``: one design, trial or step)."""
 
     run: Callable[..., Result]
     needs: str
-    about: str
     title: str
     unit: str
 
@@ -150,18 +149,10 @@ def _gd(problem: Problem, options: Mapping[str, Any], *, seed: int, progress: Pr
 
 
 DRIVERS: dict[str, Driver] = {
-    "grid": Driver(
-        _grid, "choices", "every valid point of a discrete space, in chunks", "grid search", "design"
-    ),
-    "random": Driver(
-        _random, "space", "points drawn uniformly, scored in one batch", "random search", "design"
-    ),
-    "optuna": Driver(
-        _optuna, "space", "Optuna's TPE, NSGA-II, ... samplers, a point per trial", "Optuna", "trial"
-    ),
-    "gd": Driver(
-        _gd, "loss", "projected gradient descent on a loss of box knobs", "gradient descent", "step"
-    ),
+    "grid": Driver(_grid, "choices", "grid search", "design"),  # every valid point, in chunks
+    "random": Driver(_random, "space", "random search", "design"),  # uniform draws, one batch
+    "optuna": Driver(_optuna, "space", "Optuna", "trial"),  # TPE, NSGA-II, ...: a point per trial
+    "gd": Driver(_gd, "loss", "gradient descent", "step"),  # projected, on a loss of box knobs
 }
 
 
