@@ -128,7 +128,8 @@ def _load_factory(spec: str) -> Any:
     except ConfigError:
         raise
     except Exception as exc:  # the user's code: any import error is theirs to fix, in one line
-        raise ConfigError(f"module={spec}: cannot import {where}: {type(exc).__name__}: {exc}") from None
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ConfigError(f"module={spec}: cannot import {where}: {type(exc).__name__}: {first}") from None
     factory = getattr(mod, name, None)
     if not callable(factory):
         raise ConfigError(f"module={spec}: {where} has no callable {name!r}")
@@ -180,7 +181,7 @@ def module_report(cfg: DictConfig) -> dict[str, Any]:
     except ConfigError:
         raise
     except Exception as exc:  # the shapes or the module do not trace: say which, in one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        first = (str(exc).strip().splitlines() or [""])[0]
         raise ConfigError(f"module={cfg.module} does not trace on inputs {list(map(list, cfg.inputs))}: "
                           f"{type(exc).__name__}: {first}") from None  # fmt: skip
     ops = graph_ops(captured)
