@@ -146,14 +146,12 @@ def bytes_per_step(spec: ModelSpec, w: Mapping[str, Any], p: Mapping[str, Any]) 
     the wire bytes placement prices are the training model's. The dense gradients reduce over
     Megatron's dp, which spans placement's ep and dp axes; they are priced on its dp axis."""
     plan = placement_plan(p, w)
-    job = TrainingJob(spec, int(w["seq_len"]), str(w.get("precision") or "bf16"))
-    sent = comm_bytes(job, plan)
-    n = {"tp": plan.tp, "pp": plan.pp, "cp": plan.cp, "ep": plan.ep, "dp": plan.dp / plan.ep}
-    kinds = {"tp": "all_reduce", "dp": "all_reduce", "pp": "send_recv", "ep": "all_to_all"}
-    kinds["cp"] = "all_to_all" if plan.cp_a2a > 0 else "all_reduce"
+    sent = comm_bytes(TrainingJob(spec, int(w["seq_len"]), str(w.get("precision") or "bf16")), plan)
+    degrees_ = {t: int(getattr(plan, t)) for t in ("tp", "pp", "dp", "cp", "ep")}
+    shape = placement_job(degrees_, {}, ("tp", "cp", "ep", "dp", "pp"), plan.cp_a2a > 0)  # its groups
     out = {}
     for t, volume in sent.items():
-        factor = bus_factor(kinds[t], int(n[t]))
+        factor = bus_factor(shape.collective(t), shape.degree(t))
         if factor > 0 and float(volume) > 0:
             out[t] = float(volume) / factor
     return out
