@@ -160,6 +160,7 @@ def module_report(cfg: DictConfig) -> dict[str, Any]:
     from costmodels.compute import KINDS, kernel_time_s
     from search.fx_graph import capture
     from search.fx_ops import graph_ops
+    from search.fx_ops import parameter_count as module_parameters
 
     hw = hardware_from_config(cfg.hardware)
     if cfg.precision not in TORCH_DTYPES:
@@ -196,7 +197,7 @@ def module_report(cfg: DictConfig) -> dict[str, Any]:
                 hw, peak, kind, op.flops, op.bytes, rows_, cols, op.gemms, reduce, precision=cfg.precision
             )
         )
-    params = sum(p.numel() for p in module.parameters())
+    params = module_parameters(module)
     rep = {
         "model": str(cfg.module),
         "model_type": "torch module, " + ("training step" if cfg.training else "forward pass"),
