@@ -1288,6 +1288,28 @@ def _mamba(c: _Fields) -> ModelSpec:
     return _state_space_only(c, "mamba", ssm, h, layers)
 
 
+def _mamba2_mixer(c: _Fields, heads: int, head_dim: int, names: Mapping[str, str]) -> SSMSpec:
+    """A Mamba-2 mixer of ``heads`` × ``head_dim`` read from a family's own field names (``names``:
+    heads, groups, state, conv, chunk, conv_bias, in_bias, out_bias and, where the family has the
+    switch, gated_norm); its B/C groups must divide its heads."""
+    groups = c.int(names["groups"], minimum=1)
+    if heads % groups:
+        raise c._error(names["groups"], f"({groups}) must divide {names['heads']} ({heads})")
+    return SSMSpec(
+        kind="mamba2",
+        heads=heads,
+        head_dim=head_dim,
+        state=c.int(names["state"], minimum=1),
+        groups=groups,
+        conv_kernel=c.int(names["conv"], minimum=1),
+        chunk=c.int(names["chunk"], minimum=1),
+        conv_bias=c.flag(names["conv_bias"]),
+        in_bias=c.flag(names["in_bias"]),
+        out_bias=c.flag(names["out_bias"]),
+        gated_norm=c.flag(names["gated_norm"]) if "gated_norm" in names else True,
+    )
+
+
 def _mamba2(c: _Fields) -> ModelSpec:
     """Mamba-2 (``Mamba2Mixer``): ``num_heads`` heads of ``head_dim`` (their product must be
     expand·hidden, as Mamba2Config checks), ``n_groups`` groups of B and C, chunked SSD scan."""
@@ -1302,22 +1324,14 @@ def _mamba2(c: _Fields) -> ModelSpec:
         raise c._error(
             "num_heads", f"× head_dim ({heads}·{head_dim}) must equal expand × hidden_size ({expand}·{h})"
         )
-    groups = c.int("n_groups", minimum=1)
-    if heads % groups:
-        raise c._error("n_groups", f"({groups}) must divide num_heads ({heads})")
-    ssm = SSMSpec(
-        kind="mamba2",
-        heads=heads,
-        head_dim=head_dim,
-        state=c.int("state_size", minimum=1),
-        groups=groups,
-        conv_kernel=c.int("conv_kernel", minimum=1),
-        chunk=c.int("chunk_size", minimum=1),
-        conv_bias=c.flag("use_conv_bias"),
-        in_bias=c.flag("use_bias"),
-        out_bias=c.flag("use_bias"),
-    )
-    return _state_space_only(c, "mamba2", ssm, h, layers)
+    names = {"heads": "num_heads", "groups": "n_groups", "state": "state_size", "conv": "conv_kernel"}
+    names |= {
+        "chunk": "chunk_size",
+        "conv_bias": "use_conv_bias",
+        "in_bias": "use_bias",
+        "out_bias": "use_bias",
+    }
+    return _state_space_only(c, "mamba2", _mamba2_mixer(c, heads, head_dim, names), h, layers)
 
 
 def _jamba(c: _Fields) -> ModelSpec:
@@ -1379,22 +1393,10 @@ def _falcon_h1(c: _Fields) -> ModelSpec:
         raise c._error(
             "mamba_n_heads", f"× mamba_d_head ({heads}·{head_dim}) must equal the mixer width {inner}"
         )
-    groups = c.int("mamba_n_groups", minimum=1)
-    if heads % groups:
-        raise c._error("mamba_n_groups", f"({groups}) must divide mamba_n_heads ({heads})")
-    ssm = SSMSpec(
-        kind="mamba2",
-        heads=heads,
-        head_dim=head_dim,
-        state=c.int("mamba_d_state", minimum=1),
-        groups=groups,
-        conv_kernel=c.int("mamba_d_conv", minimum=1),
-        chunk=c.int("mamba_chunk_size", minimum=1),
-        conv_bias=c.flag("mamba_conv_bias"),
-        in_bias=c.flag("mamba_proj_bias"),
-        out_bias=c.flag("projectors_bias"),
-        gated_norm=c.flag("mamba_rms_norm"),
-    )
+    names = {"heads": "mamba_n_heads", "groups": "mamba_n_groups", "state": "mamba_d_state"}
+    names |= {"conv": "mamba_d_conv", "chunk": "mamba_chunk_size", "conv_bias": "mamba_conv_bias"}
+    names |= {"in_bias": "mamba_proj_bias", "out_bias": "projectors_bias", "gated_norm": "mamba_rms_norm"}
+    ssm = _mamba2_mixer(c, heads, head_dim, names)
     return replace(spec, mixer_kinds=((MIXER_PARALLEL, layers),), ssm=ssm)
 
 
@@ -1454,21 +1456,20 @@ def _nemotron_h(c: _Fields) -> ModelSpec:
             shared_intermediate=c.int("moe_shared_expert_intermediate_size", minimum=0),
             expert_bias=False,  # NemotronHExperts: bare up/down tensors; mlp_bias reaches the shared expert
         )
-    mamba_heads, groups = c.int("mamba_num_heads", minimum=1), c.int("n_groups", minimum=1)
-    if mamba_heads % groups:
-        raise c._error("n_groups", f"({groups}) must divide mamba_num_heads ({mamba_heads})")
-    ssm = SSMSpec(
-        kind="mamba2",
-        heads=mamba_heads,
-        head_dim=c.int("mamba_head_dim", minimum=1),
-        state=c.int("ssm_state_size", minimum=1),
-        groups=groups,
-        conv_kernel=c.int("conv_kernel", minimum=1),
-        chunk=c.int("chunk_size", minimum=1),
-        conv_bias=c.flag("use_conv_bias"),
-        in_bias=c.flag("use_bias"),
-        out_bias=c.flag("use_bias"),
-    )
+    names = {
+        "heads": "mamba_num_heads",
+        "groups": "n_groups",
+        "state": "ssm_state_size",
+        "conv": "conv_kernel",
+    }
+    names |= {
+        "chunk": "chunk_size",
+        "conv_bias": "use_conv_bias",
+        "in_bias": "use_bias",
+        "out_bias": "use_bias",
+    }
+    mamba_heads = c.int("mamba_num_heads", minimum=1)
+    ssm = _mamba2_mixer(c, mamba_heads, c.int("mamba_head_dim", minimum=1), names)
     blocks = [_NEMOTRON_BLOCKS[k] for k in kinds]
     attention = any(m == MIXER_ATTENTION for m, _ in blocks)
     head_dim = c.int("head_dim", minimum=1) if attention else 0

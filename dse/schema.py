@@ -78,15 +78,9 @@ class GridSearch:
 
 
 @dataclass
-class RandomSearch:
+class RandomSearch(GridSearch):  # grid's options (scored the same way) and how many points to draw
     driver: str = "random"
-    objective: str = ranged("step_time_s", one_of=ALL_OBJECTIVES)
     n_samples: int = ranged(200, **POSITIVE_INT)
-    top_k: int = ranged(10, **POSITIVE_INT)
-    chunk_size: int = ranged(262_144, **POSITIVE_INT)
-    pareto: list[str] = field(
-        default_factory=lambda: ["step_time_s", "memory_gib"], metadata={**METRIC_NAMES, "length": 2}
-    )
 
 
 @dataclass

@@ -222,9 +222,7 @@ def run_driver(cfg: DictConfig, problem: Problem, run: JobRun) -> Result:
     name = cfg.search.driver
     options = driver_options(cfg, run, problem, SUMMARY[cfg.workload.kind])
     options["infeasible_reason"] = _memory_reason
-    progress = progress_callback(
-        cfg.progress, name, drivers.DRIVERS[name].unit if name in drivers.DRIVERS else "step"
-    )
+    progress = progress_callback(cfg.progress, name, drivers.DRIVERS[name].unit)  # checked in task
     return drivers.run(name, problem, options, seed=cfg.seed, progress=progress)
 
 
