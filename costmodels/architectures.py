@@ -47,6 +47,7 @@ import dataclasses
 import functools
 import importlib.util
 import inspect
+import itertools
 import math
 import operator
 from collections.abc import Callable, Mapping
@@ -88,9 +89,13 @@ class MLASpec:
 
 
 # What mixes tokens in a layer: attention, a state-space (or linear-attention) scan, both side by side
-# on the same normed input (Falcon-H1), or nothing (Nemotron-H's MLP-only layers).
+# on the same normed input (Falcon-H1), or nothing (Nemotron-H's MLP-only layers). An encoder-decoder
+# (T5) lists its encoder's layers first ("encoder": bidirectional self-attention over the source
+# tokens), then its decoder's ("attention+cross": causal self-attention, then attention over the
+# encoder's output).
 MIXER_ATTENTION, MIXER_SSM, MIXER_PARALLEL, MIXER_NONE = "attention", "ssm", "attention+ssm", "none"
-MIXER_KINDS = (MIXER_ATTENTION, MIXER_SSM, MIXER_PARALLEL, MIXER_NONE)
+MIXER_ENCODER, MIXER_CROSS = "encoder", "attention+cross"
+MIXER_KINDS = (MIXER_ATTENTION, MIXER_SSM, MIXER_PARALLEL, MIXER_NONE, MIXER_ENCODER, MIXER_CROSS)
 # What transforms each token after it: a dense MLP, a mixture of experts, or nothing (Mamba's layers).
 MLP_DENSE, MLP_MOE, MLP_NONE = "dense", "moe", "none"
 MLP_KINDS = (MLP_DENSE, MLP_MOE, MLP_NONE)
@@ -143,6 +148,11 @@ class SSMSpec:
 
 def _per_layer(runs: tuple[tuple[str, int], ...]) -> list[str]:
     return [kind for kind, n in runs for _ in range(n)]
+
+
+def _runs(kinds: list[str]) -> tuple[tuple[str, int], ...]:
+    """``(kind, count)`` runs of a per-layer list: the inverse of :func:`_per_layer`."""
+    return tuple((kind, len(list(group))) for kind, group in itertools.groupby(kinds))
 
 
 @dataclass(frozen=True)
@@ -203,6 +213,7 @@ class ModelSpec:
     local_attention: str = "sliding"  # "sliding": the last w positions; "chunked": its own w-token chunk
     attn_softcap: float = 0.0
     final_softcap: float = 0.0
+    relative_buckets: int = 0  # T5: a learned bias per (bucketed query-key distance, head) per stack
 
     def __post_init__(self) -> None:
         if not self.layer_kinds:
@@ -238,6 +249,13 @@ class ModelSpec:
             raise ConfigError(
                 f"{self.model_type}: layer kinds {self.layer_kinds} do not sum to {self.num_layers}"
             )
+        encoder, cross = self.mixer_layers(MIXER_ENCODER), self.mixer_layers(MIXER_CROSS)
+        expected = tuple((kind, n) for kind, n in ((MIXER_ENCODER, encoder), (MIXER_CROSS, cross)) if n)
+        if expected and self.mixer_kinds != expected:  # the encoder's layers, then the decoder's
+            raise ConfigError(
+                f"{self.model_type}: an encoder-decoder lists its {MIXER_ENCODER} layers, then its "
+                f"{MIXER_CROSS} layers, and only those; got {self.mixer_kinds}"
+            )
         if self.local_attention not in ("sliding", "chunked"):
             raise ConfigError(f"{self.model_type}: local attention must be sliding or chunked")
         attention = self.attention_layers
@@ -269,8 +287,35 @@ class ModelSpec:
 
     @property
     def attention_layers(self) -> int:
-        """Layers with attention (alone or beside a state-space mixer): the layers with a KV cache."""
-        return self.mixer_layers(MIXER_ATTENTION, MIXER_PARALLEL)
+        """Layers with self-attention (alone, beside a state-space mixer, in an encoder or a decoder)."""
+        return self.mixer_layers(MIXER_ATTENTION, MIXER_PARALLEL, MIXER_ENCODER, MIXER_CROSS)
+
+    @property
+    def encoder_layers(self) -> int:
+        """Layers of an encoder-decoder's encoder (0 for a decoder-only or encoder-only model)."""
+        return self.mixer_layers(MIXER_ENCODER)
+
+    @property
+    def cross_layers(self) -> int:
+        """Decoder layers that attend to the encoder's output (each caches its keys and values)."""
+        return self.mixer_layers(MIXER_CROSS)
+
+    def stack(self, kind: str) -> ModelSpec:
+        """An encoder-decoder's encoder (``kind`` = :data:`MIXER_ENCODER`: bidirectional attention over
+        the source) or decoder (:data:`MIXER_CROSS`) as a model of its own, its layers only."""
+        layers = [
+            mlp
+            for mixer, mlp in zip(_per_layer(self.mixer_kinds), _per_layer(self.layer_kinds), strict=True)
+            if mixer == kind
+        ]
+        encoder = kind == MIXER_ENCODER
+        return replace(
+            self,
+            num_layers=len(layers),
+            mixer_kinds=((MIXER_ATTENTION if encoder else MIXER_CROSS, len(layers)),),
+            layer_kinds=_runs(layers),
+            causal=self.causal and not encoder,
+        )
 
     @property
     def ssm_layers(self) -> int:
@@ -282,8 +327,8 @@ class ModelSpec:
         """Blocks with a norm and a residual add, summed over layers: a layer with a mixer and an MLP
         has two, one in a parallel block (GPT-J, Falcon) or where it has only one of them."""
         total = 0.0
-        for mixer, mlp, n in self.blocks:
-            blocks = (mixer != MIXER_NONE) + (mlp != MLP_NONE)
+        for mixer, mlp, n in self.blocks:  # a decoder layer's cross-attention is a block of its own
+            blocks = (mixer != MIXER_NONE) + (mixer == MIXER_CROSS) + (mlp != MLP_NONE)
             total += n * (min(blocks, 1) if self.parallel_block else blocks)
         return total
 
@@ -303,13 +348,16 @@ class ModelSpec:
         """Recurrent state of one sequence over all state-space layers (0 for a transformer)."""
         return self.ssm_layers * self.ssm.state_elements if self.ssm is not None else 0
 
-    def cached_layer_tokens(self, context: Any) -> Any:
+    def cached_layer_tokens(self, context: Any, source: Any = 0) -> Any:
         """Tokens held in the KV cache summed over layers, for ``context`` tokens of one sequence:
         every full-attention layer keeps them all, a sliding-window layer the last ``sliding_window``
-        (Σ_layers = (L_attention − local)·c + local·min(c, w)); state-space layers keep no tokens."""
+        (Σ_layers = (L_attention − local)·c + local·min(c, w)); state-space layers keep no tokens. An
+        encoder-decoder's decoder layers also keep the keys and values of the ``source`` tokens their
+        cross-attention reads; its encoder keeps nothing."""
         if not self.causal:  # an encoder recomputes its keys and values every pass: no cache
             return 0 * context
-        full = (self.attention_layers - self.local_layers) * context
+        full = (self.attention_layers - self.encoder_layers - self.local_layers) * context
+        full = full + self.cross_layers * source
         if not self.local_layers:
             return full
         return full + self.local_layers * jnp.minimum(context, self.sliding_window)
@@ -1612,6 +1660,57 @@ def _bert(c: _Fields) -> ModelSpec:
     )
 
 
+def _t5(c: _Fields) -> ModelSpec:
+    """T5 (``T5ForConditionalGeneration``): an encoder of ``num_layers`` layers (bidirectional
+    self-attention, MLP), then a decoder of ``num_decoder_layers`` (default: as many) whose layers add
+    attention over the encoder's output between the two. Heads of width ``d_kv`` (heads·d_kv need not
+    be ``d_model``); no biases; RMS norms (T5LayerNorm) before each block and after each stack; one
+    embedding shared by both stacks; a learned bias per (bucketed distance, head) added to the
+    self-attention scores of each stack (``relative_attention_num_buckets`` × heads, in its first
+    layer); ``feed_forward_proj`` "relu" or "gated-<act>" (v1.1, Flan: two input projections);
+    dropout ``dropout_rate``. The LM head is the shared embedding unless ``tie_word_embeddings`` is
+    false (T5 v1.1 and Flan-T5 checkpoints carry their own ``lm_head.weight``; transformers 5 builds the
+    head tied whatever the config says, so its count is one vocabulary·d_model lower for them)."""
+    h = c.int("d_model", required=True, minimum=1)
+    encoder, heads = c.int("num_layers", minimum=1, maximum=MAX_LAYERS), c.int("num_heads", minimum=1)
+    decoder = c.int("num_decoder_layers", minimum=1, maximum=MAX_LAYERS, if_none=encoder)
+    proj = c.text("feed_forward_proj")
+    parts = proj.split("-")
+    act = "gelu_new" if proj == "gated-gelu" else parts[-1]  # T5Config maps gated-gelu to gelu_new
+    if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated") or act not in ACTIVATION_FLOPS:
+        raise c._error(
+            "feed_forward_proj",
+            f"must be '<act>' or 'gated-<act>' with <act> one of {', '.join(ACTIVATION_FLOPS)}, got {proj!r}",
+        )
+    dropout = c.probability("dropout_rate")
+    return ModelSpec(
+        model_type="t5",
+        hidden_size=h,
+        num_layers=encoder + decoder,
+        vocab_size=c.int("vocab_size", minimum=1),
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=c.int("d_kv", minimum=1),
+        intermediate_size=c.int("d_ff", minimum=1),
+        gated_mlp=len(parts) == 2,
+        activation=act,
+        norm="rmsnorm",
+        norm_bias=False,
+        norms_per_layer=2,
+        qkv_bias=False,
+        attn_out_bias=False,
+        mlp_bias=False,
+        positions="relative",
+        max_positions=0,
+        rotary_dim=0,
+        tie_embeddings=c.flag("tie_word_embeddings", if_none=True),
+        attention_dropout=dropout,
+        hidden_dropout=dropout,
+        mixer_kinds=((MIXER_ENCODER, encoder), (MIXER_CROSS, decoder)),
+        relative_buckets=c.int("relative_attention_num_buckets", minimum=1),
+    )
+
+
 def _deepseek_v2(c: _Fields) -> ModelSpec:
     """DeepSeek-V2: the layer DeepSeek-V3 kept (MLA, dense first layers, routed plus shared experts)."""
     return replace(_deepseek_v3(c), model_type="deepseek_v2")
@@ -1700,6 +1799,7 @@ PARSERS: dict[str, Callable[[_Fields], ModelSpec]] = {
     "nemotron_h": _nemotron_h,
     "qwen3_next": _qwen3_next,
     "bert": _bert,
+    "t5": _t5,
 }
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(PARSERS)
 

@@ -30,6 +30,11 @@ issues the work: each pass takes ``max(kernels, layers · host_layer_s + host_st
 that replay CUDA graphs or hide the host's work behind the GPU's (TensorRT-LLM; FasterTransformer's
 C++ runtime, whose few-µs launches stay below its kernels' times) have no such floor.
 
+An encoder-decoder (T5) runs the prompt through its encoder and the decoder's first step at the
+prefill; its decode steps attend to the decoder's own tokens and to the cached keys and values of
+the encoded prompt. An encoder (BERT) generates nothing: ``output_len`` = 0, one forward pass of the
+batch (TTFT is that pass, the end-to-end latency too), no decode step and no KV cache.
+
 Weights or KV cache offloaded to host memory are streamed over the host link every step. A decode
 step reads only the experts its tokens touch (``workload.experts_touched``).
 """
@@ -42,7 +47,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from costmodels.architectures import ModelSpec
+from costmodels.architectures import MIXER_CROSS, MIXER_ENCODER, ModelSpec
 from costmodels.errors import ConfigError
 from costmodels.fabric import collective_s, p2p_s
 from costmodels.hardware import Hardware, activation_precision, bytes_per_element
@@ -115,16 +120,49 @@ class InferenceJob:
     attention_precision: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.spec.causal:
+        if not self.spec.causal and self.output_len != 0:
             raise ConfigError(
-                f"{self.spec.model_type} is an encoder: it generates no tokens, so TTFT and TPOT do not "
-                "apply; price its forward pass with python -m dse.roofline model=... 'input_tokens=[n]'"
+                f"{self.spec.model_type} is an encoder: it generates no tokens; set output_len=0 "
+                "(inference.output_len=0) to price one forward pass of the input"
+            )
+        if self.spec.causal and self.output_len < 1:
+            raise ConfigError(
+                f"output_len (inference.output_len) must be >= 1 for {self.spec.model_type}, a decoder; "
+                f"got {self.output_len}"
             )
 
     @property
+    def generates(self) -> bool:
+        """Whether the model decodes tokens after its prefill (False: an encoder's forward pass)."""
+        return self.output_len > 0
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Tokens the decoder prefills: the prompt, or an encoder-decoder's one start token (its
+        prompt goes through the encoder)."""
+        return 1 if self.spec.encoder_layers else self.input_len
+
+    @property
+    def source_tokens(self) -> int:
+        """Encoder tokens each decoder query attends to: the prompt of an encoder-decoder, else 0."""
+        return self.input_len if self.spec.encoder_layers else 0
+
+    @property
     def mean_context(self) -> float:
-        """Tokens in the cache at the mean decode step: input_len + (output_len − 1)/2."""
-        return self.input_len + (self.output_len - 1) / 2.0
+        """Decoder tokens in the cache at the mean decode step: prompt + (output_len − 1)/2."""
+        return self.prompt_tokens + (self.output_len - 1) / 2.0
+
+    def reductions(self, prefill: bool) -> tuple[tuple[float, float], ...]:
+        """The h-wide tensor-parallel all-reduces of one query's prefill or decode step as (how
+        many, tokens each): ``tp_reductions`` of its new tokens; an encoder-decoder's prefill adds
+        its encoder's, of ``input_len`` tokens each."""
+        spec, new = self.spec, float(self.prompt_tokens) if prefill else 1.0
+        if not spec.encoder_layers:
+            return ((spec.tp_reductions, new),)
+        decoder = (spec.stack(MIXER_CROSS).tp_reductions, new)
+        if not prefill:
+            return (decoder,)
+        return (spec.stack(MIXER_ENCODER).tp_reductions, float(self.input_len)), decoder
 
     def tables(self) -> tuple[OpTable, OpTable]:
         """(prefill table of one query, decode-step table of one query at the mean context)."""
@@ -132,6 +170,8 @@ class InferenceJob:
         def table(cached: float, new: int) -> OpTable:
             pairs = new * cached + new * (new + 1) / 2.0
             batch = Batch(float(new), cached + new, pairs, 1, 1.0, ((cached, float(new), 1.0),))
+            if self.source_tokens:  # the encoder runs at the prefill; decode steps read its cache
+                batch = batch.with_source([self.source_tokens], [cached == 0])
             ops = forward_ops(
                 self.spec,
                 batch,
@@ -142,7 +182,8 @@ class InferenceJob:
             )
             return table_from_ops(ops, self.spec, float(new), cached + new)
 
-        return table(0.0, self.input_len), table(self.mean_context, 1)
+        prefill = table(0.0, self.prompt_tokens)
+        return prefill, table(self.mean_context, 1) if self.generates else prefill
 
 
 @jax.tree_util.register_dataclass
@@ -166,10 +207,11 @@ class InferenceBreakdown:
 
 
 def _pass_s(
-    hw: Hardware, job: InferenceJob, table: OpTable, tp: Array, pp: Array, batch: Array, new_tokens: float
+    hw: Hardware, job: InferenceJob, table: OpTable, tp: Array, pp: Array, batch: Array, prefill: bool
 ) -> tuple[Array, Array, Array]:
-    """(kernel time, TP all-reduce time, one PP transfer) of ``batch`` queries with ``new_tokens``
-    each through all layers; the kernels are at least the host's launches of them."""
+    """(kernel time, TP all-reduce time, one PP transfer) of ``batch`` queries' prefill or decode
+    step through all layers; the kernels are at least the host's launches of them."""
+    new_tokens = float(job.prompt_tokens) if prefill else 1.0  # through the decoder (or the only stack)
     spec = job.spec
     plan = Plan(tp=tp, pp=pp, microbatch=batch)
     s = shard(table, plan, batch)
@@ -187,19 +229,23 @@ def _pass_s(
     host = spec.num_layers * job.engine.host_layer_s + job.engine.host_step_s
     kernels = jnp.maximum(jnp.sum(fwd * table.layers), host)
     # tensor-parallel all-reduces move 16-bit activations whatever the weights' precision
-    size = batch * new_tokens * spec.hidden_size * bytes_per_element(activation_precision(job.precision))
-    tp_comm = spec.tp_reductions * collective_s("all_reduce", hw, size, 1.0, tp)
+    act_b = bytes_per_element(activation_precision(job.precision))
+    tp_comm = sum(
+        count * collective_s("all_reduce", hw, batch * tokens * spec.hidden_size * act_b, 1.0, tp)
+        for count, tokens in job.reductions(prefill)
+    )
+    size = batch * new_tokens * spec.hidden_size * act_b
     return kernels, tp_comm, p2p_s(hw, size / tp, tp)
 
 
 def _pipelined_s(
-    hw: Hardware, job: InferenceJob, table: OpTable, tp: Array, pp: Array, batch: Array, new_tokens: float
+    hw: Hardware, job: InferenceJob, table: OpTable, tp: Array, pp: Array, batch: Array, prefill: bool
 ) -> tuple[Array, Array, Array, Array]:
     """(first-token time, per-token time, kernels, communication) of ``batch`` queries split into
     m = min(pp, batch) micro-batches on ``pp`` stages (module docstring); kernels and communication
     are one micro-batch's pass."""
     m = jnp.maximum(jnp.floor(jnp.minimum(pp, batch)), 1.0)
-    kernels, tp_comm, p2p = _pass_s(hw, job, table, tp, pp, batch / m, new_tokens)
+    kernels, tp_comm, p2p = _pass_s(hw, job, table, tp, pp, batch / m, prefill)
     comm = tp_comm + (pp - 1.0) * p2p
     one_pass = kernels + comm
     stage = (kernels + tp_comm) / pp + jnp.where(pp > 1.0, p2p, 0.0)  # one stage and its send
@@ -218,8 +264,11 @@ def inference_step(
 ) -> InferenceBreakdown:
     """TTFT, time per output token, end-to-end latency and throughput of ``batch`` requests."""
     prefill_table, decode_table = job.tables() if tables is None else tables
-    prefill_s, _, prefill_k, _ = _pipelined_s(hw, job, prefill_table, tp, pp, batch, float(job.input_len))
-    _, decode_s, decode_k, decode_c = _pipelined_s(hw, job, decode_table, tp, pp, batch, 1.0)
+    prefill_s, _, prefill_k, _ = _pipelined_s(hw, job, prefill_table, tp, pp, batch, True)
+    if job.generates:
+        _, decode_s, decode_k, decode_c = _pipelined_s(hw, job, decode_table, tp, pp, batch, False)
+    else:  # an encoder: the forward pass is the whole request
+        decode_s = decode_k = decode_c = jnp.zeros_like(prefill_s)
     prompts = batch * job.input_len
     budget = job.engine.max_num_tokens
     memory = inference_memory(
@@ -227,21 +276,24 @@ def inference_step(
         tp,
         pp,
         batch,
-        job.input_len + job.output_len,
+        job.prompt_tokens + job.output_len,
         hw,
         job.precision,
         job.kv_precision,
         offload_weights=offload_weights,
         offload_kv=offload_kv,
         prefill_tokens=prompts if budget is None else jnp.minimum(prompts, budget),
+        source_tokens=job.source_tokens,
     )
     host_bw = jnp.maximum(hw.host_bandwidth_Bps, 1.0)
     offload = memory.offloaded_bytes / host_bw  # every step streams the offloaded share in
     ttft = prefill_s + offload
     tpot = decode_s + offload
-    if job.engine.inflight_batching:  # each step carries the prefill of the requests arriving in it
+    if not job.generates:
+        tpot, latency, throughput = jnp.zeros_like(ttft), ttft, jnp.zeros_like(ttft)
+    elif job.engine.inflight_batching:  # each step carries the prefill of the requests arriving in it
         one = jnp.ones_like(batch)
-        one_prompt, _, _, _ = _pipelined_s(hw, job, prefill_table, tp, pp, one, float(job.input_len))
+        one_prompt, _, _, _ = _pipelined_s(hw, job, prefill_table, tp, pp, one, True)
         tpot = tpot + prefill_s / job.output_len
         ttft = tpot + one_prompt
         latency = ttft + job.output_len * tpot

@@ -36,7 +36,15 @@ from costmodels.hardware import (
 )
 from costmodels.parallel import DEGREE, Plan, knobs
 from costmodels.sharding import RULE_REPLICATED, RULE_ROW, tp_rule
-from costmodels.workload import STAGE_FIRST, STAGE_LAST, TP_REPLICATED, TP_VOCAB, Batch, Op, forward_ops
+from costmodels.workload import (
+    STAGE_FIRST,
+    STAGE_LAST,
+    TP_REPLICATED,
+    TP_VOCAB,
+    Op,
+    forward_ops,
+    training_batch,
+)
 
 Scalar = Any  # float or jax.Array
 GiB = 2.0**30
@@ -151,7 +159,7 @@ def _layer_split(op: Op) -> tuple[float, float]:
 def param_counts(spec: ModelSpec) -> ParamCounts:
     """Sum of ``params·count`` of ``forward_ops`` per sharding group (works for every model_type)."""
     sums = {f.name: 0.0 for f in fields(ParamCounts) if f.name != "tied"}
-    for op in forward_ops(spec, Batch.training(1, 1)):
+    for op in forward_ops(spec, training_batch(spec, 1, 1)):
         params = float(op.params * op.count)
         if op.stage == STAGE_FIRST:
             sums["embed_tp" if op.tp == TP_VOCAB else "embed_replicated"] += params
@@ -262,15 +270,20 @@ def _layer_terms(spec: ModelSpec, e: float, drop: float, gemm_in: float) -> tupl
     ``gemm_in``: bytes of a saved tensor whose only use is as a GEMM input — the norm outputs and the
     MLP down-projection input. FP8 training (Transformer Engine) saves these as the FP8 copies its
     GEMMs read (1 B) and adds an FP8 copy of the attention output (the out-projection's input, which
-    flash attention keeps in 16 bits for its own backward); otherwise ``gemm_in`` = ``e``."""
+    flash attention keeps in 16 bits for its own backward); otherwise ``gemm_in`` = ``e``.
+
+    An encoder-decoder's cross-attention block stores what a self-attention block does (its keys
+    and values come from as many source tokens as there are target tokens in training), plus its
+    norm's output and its dropout mask."""
     h, n = spec.hidden_size, spec.num_layers
+    cross = spec.cross_layers / n
     post = 2 if spec.norms_per_layer == 4 else 0  # Gemma-2's post-norms: inputs saved, outputs feed adds
     norm_in = e * h * (spec.sublayers / n + post)  # one norm input per block (one in a parallel block)
-    norms = norm_in + gemm_in * h * (spec.norms_per_layer - post) + 2.0 * drop * h
+    norms = norm_in + gemm_in * h * (spec.norms_per_layer - post + cross) + (2.0 + cross) * drop * h
     rep, shard, kv_head = _attention_terms(spec, e)
     if gemm_in < e:
         shard += gemm_in * spec.num_heads * spec.head_dim
-    attention, ssm = spec.attention_layers / n, spec.ssm_layers / n  # shares of the layers
+    attention, ssm = (spec.attention_layers + spec.cross_layers) / n, spec.ssm_layers / n  # shares
     rep, shard, kv_head = rep * attention, shard * attention, kv_head * attention
     ssm_rep, ssm_shard = _ssm_terms(spec, e)
     rep, shard = rep + ssm_rep * ssm, shard + ssm_shard * ssm
@@ -283,7 +296,7 @@ def _layer_terms(spec: ModelSpec, e: float, drop: float, gemm_in: float) -> tupl
 def _score_bytes(spec: ModelSpec, seq_len: int, e: float, drop: float, fused: bool) -> float:
     """Per token (before /t): softmax output e, dropout mask 1 and dropout output e per head and key,
     Korthikanti's 5as for GPT (2as without dropout); fused (flash) attention: fp32 softmax stats only."""
-    attention = spec.attention_layers / spec.num_layers  # the share of layers that attend
+    attention = (spec.attention_layers + spec.cross_layers) / spec.num_layers  # attention blocks per layer
     if fused:
         return SOFTMAX_STATS_BYTES * spec.num_heads * attention
     return spec.num_heads * seq_len * (e + drop * (1.0 + e)) * attention
@@ -497,6 +510,7 @@ def inference_memory(
     *,
     prefill_tokens: Scalar | None = None,
     workspace_bytes: Scalar | None = None,
+    source_tokens: Scalar = 0.0,
 ) -> MemoryBreakdown:
     """Serving memory per device: weights of the larger pipeline stage (all experts resident), the KV
     cache of batch_size sequences of context_tokens over L/pp layers (a sliding-window layer keeps its
@@ -504,7 +518,8 @@ def inference_memory(
     state in the 16-bit activation type (vLLM's ``mamba_ssm_cache_dtype`` "auto"), the activations of
     the largest step (a
     prefill of ``prefill_tokens``, default the whole batch·context), workspace. ``offload_*``: that
-    fraction of weights / KV cache lives in host memory instead."""
+    fraction of weights / KV cache lives in host memory instead. ``source_tokens``: an
+    encoder-decoder's encoder input per sequence, whose keys and values each decoder layer caches."""
     _check("positive", tp=tp, pp=pp)
     _check(">= 0", batch_size=batch_size, context_tokens=context_tokens, prefill_tokens=prefill_tokens)
     _check("in [0, 1]", offload_weights=offload_weights, offload_kv=offload_kv)
@@ -512,7 +527,8 @@ def inference_memory(
     kv_b = bytes_per_element(kv_cache_precision(precision, kv_precision))
     first, last, experts = stage_parameters(spec, tp, pp)
     weights = w_b * (jnp.maximum(first, last) + experts)
-    kv = batch_size * spec.cached_layer_tokens(context_tokens) / pp * kv_elements_per_token(spec, tp) * kv_b
+    layer_tokens = spec.cached_layer_tokens(context_tokens, source_tokens)
+    kv = batch_size * layer_tokens / pp * kv_elements_per_token(spec, tp) * kv_b
     act_b = bytes_per_element(activation_precision(precision))
     if spec.ssm is not None:  # each sequence's recurrent state, split over tp with the heads
         kv = kv + batch_size * spec.state_elements / (pp * tp) * act_b

@@ -30,7 +30,7 @@ from costmodels.architectures import ModelSpec
 from costmodels.errors import ConfigError
 from costmodels.hardware import Hardware
 from costmodels.memory import GiB
-from costmodels.workload import STAGE_LAYER, Batch, Op, forward_ops, training_ops
+from costmodels.workload import STAGE_LAYER, Op, forward_ops, training_batch, training_ops
 
 SECONDS_PER_DAY = 86_400.0
 
@@ -66,7 +66,7 @@ def recompute_flops_per_sequence(
     core (selective: QKᵀ and AV, Korthikanti et al. 2022 Sec. 5); the same attention convention."""
     if recompute == "none":
         return 0.0
-    fwd = forward_ops(spec, Batch.training(1, seq_len, causal=_causal(attention)))
+    fwd = forward_ops(spec, training_batch(spec, 1, seq_len, causal=_causal(attention)))
     if recompute == "selective":
         return _matmul_flops([op for op in fwd if op.core])
     return _matmul_flops([op for op in fwd if op.stage == STAGE_LAYER])

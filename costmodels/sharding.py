@@ -87,10 +87,12 @@ class OpTable:
 def _attention_geometry(op: Op, spec: ModelSpec, queries: float, keys: float) -> tuple[float, ...]:
     """Batched-GEMM geometry (rows, cols, reduce, gemms) of an attention op: per head, ``queries``
     query rows against ``keys`` keys; the head width is what its FLOPs imply."""
-    if op.name != "attn.av" and op.name != "attn.scores":
+    if op.queries_keys is not None:  # an encoder-decoder's encoder or cross-attention
+        queries, keys = op.queries_keys
+    if not op.name.endswith((".av", ".scores")):
         return queries, keys, float(spec.head_dim), float(spec.num_heads)
     d = op.flops / (2.0 * spec.num_heads * queries * keys) if op.flops else float(spec.head_dim)
-    if op.name == "attn.av":
+    if op.name.endswith(".av"):
         return queries, d, keys, float(spec.num_heads)
     return queries, keys, d, float(spec.num_heads)
 

@@ -38,7 +38,7 @@ from costmodels.memory import MemoryBreakdown, stage_parameters, training_memory
 from costmodels.metrics import model_flops_per_sequence, recompute_flops_per_sequence
 from costmodels.parallel import Plan, stage_layers
 from costmodels.sharding import GROUP_FIRST, GROUP_LAST, GROUP_LAYER, OpTable, op_times, shard, table_from_ops
-from costmodels.workload import Batch, forward_ops
+from costmodels.workload import forward_ops, training_batch
 
 Array = Any
 
@@ -53,7 +53,7 @@ def op_table(spec: ModelSpec, seq_len: int, precision: str = "bf16", fused_atten
     # the causal mask only zeroes half of it; a fused flash kernel skips the masked blocks.
     ops = forward_ops(
         spec,
-        Batch.training(1, seq_len, causal=fused_attention),
+        training_batch(spec, 1, seq_len, causal=fused_attention),
         precision,
         fused_attention=fused_attention,
         with_loss=True,

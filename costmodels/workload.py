@@ -33,6 +33,8 @@ from typing import Any
 
 from costmodels.architectures import (
     ACTIVATION_FLOPS,
+    MIXER_CROSS,
+    MIXER_ENCODER,
     MIXER_PARALLEL,
     MIXER_SSM,
     MLP_DENSE,
@@ -93,6 +95,9 @@ class Op:
     core: bool = False
     expert: bool = False
     flash: bool = False
+    # an attention core's (queries, keys) per sequence where they are not its table's (an
+    # encoder-decoder's encoder and cross-attention see the source tokens)
+    queries_keys: tuple[float, float] | None = None
 
     @property
     def gemm_flops(self) -> float:
@@ -115,7 +120,10 @@ class Batch:
 
     ``new_tokens`` = Σ n_i go through the linear layers; ``context_tokens`` = Σ (c_i + n_i) keys
     and values are read by attention; ``pairs`` = Σ attended (query, key) pairs; ``logit_tokens``
-    rows go through the LM head.
+    rows go through the LM head. An encoder-decoder's decoder queries also read ``source_tokens`` =
+    Σ s_i encoder outputs (``cross_pairs`` = Σ n_i·s_i (query, source) pairs); ``source`` is the
+    encoder's batch where the encoder runs in this pass (training, a prefill), None where its keys
+    and values are already cached (a decode step).
     """
 
     new_tokens: float
@@ -126,6 +134,9 @@ class Batch:
     # the queries: (cached tokens c, new tokens n, how many such queries), for windowed attention
     spans: tuple[tuple[float, float, float], ...] = ()
     causal: bool = True
+    source: Batch | None = None
+    source_tokens: float = 0.0
+    cross_pairs: float = 0.0
 
     def windowed(self, window: int) -> Batch:
         """The same queries attending only the last ``window`` positions (sliding-window attention
@@ -179,6 +190,26 @@ class Batch:
         pairs = sum(k * n * (c + n) for c, n, k in self.spans)
         return replace(self, pairs=pairs, causal=False)
 
+    def with_source(self, source_tokens: Sequence[float], encode: Sequence[bool]) -> Batch:
+        """The batch with query i reading ``source_tokens[i]`` encoder outputs, encoded in this pass
+        where ``encode[i]`` (the encoder's own batch: bidirectional, no logits)."""
+        queries = [n for _, n, k in self.spans for _ in range(int(k))]
+        if len(queries) != len(source_tokens):
+            raise ConfigError(f"source_tokens has {len(source_tokens)} entries for {len(queries)} queries")
+        if any(s < 1 for s in source_tokens):
+            raise ConfigError(f"source_tokens must be >= 1 per query, got {list(source_tokens)}")
+        encoded = [float(s) for s, e in zip(source_tokens, encode, strict=True) if e]
+        source = None
+        if encoded:
+            spans = tuple((0.0, s, 1.0) for s in encoded)
+            source = Batch(sum(encoded), sum(encoded), 0.0, len(encoded), 0.0, spans).bidirectional()
+        return replace(
+            self,
+            source=source,
+            source_tokens=float(sum(source_tokens)),
+            cross_pairs=float(sum(n * s for n, s in zip(queries, source_tokens, strict=True))),
+        )
+
     @classmethod
     def training(cls, batch_size: int, seq_len: int, causal: bool = True) -> Batch:
         """``batch_size`` sequences of ``seq_len`` tokens, logits for every token."""
@@ -189,9 +220,16 @@ class Batch:
         return cls(tokens, tokens, batch_size * pairs, batch_size, tokens, spans, causal)
 
     @classmethod
-    def inference(cls, cached_tokens: Sequence[int], input_tokens: Sequence[int]) -> Batch:
+    def inference(
+        cls,
+        cached_tokens: Sequence[int],
+        input_tokens: Sequence[int],
+        source_tokens: Sequence[int] = (),
+    ) -> Batch:
         """One query per entry: ``c_i`` tokens already in the KV cache, ``n_i`` new tokens.
-        Only each query's last token needs logits (next-token prediction)."""
+        Only each query's last token needs logits (next-token prediction). ``source_tokens``: an
+        encoder-decoder's encoder input per query, encoded in this pass where the query has nothing
+        cached yet (its prefill)."""
         if len(cached_tokens) != len(input_tokens):
             raise ConfigError(
                 f"cached_tokens has {len(cached_tokens)} entries but input_tokens has {len(input_tokens)}:"
@@ -205,7 +243,7 @@ class Batch:
                     f"query with cached_tokens={c}, input_tokens={n}: need cached >= 0, input >= 1"
                 )
         pairs = sum(n * c + n * (n + 1) / 2 for c, n in zip(cached_tokens, input_tokens, strict=True))
-        return cls(
+        batch = cls(
             float(sum(input_tokens)),
             float(sum(cached_tokens) + sum(input_tokens)),
             pairs,
@@ -213,6 +251,19 @@ class Batch:
             float(len(input_tokens)),
             tuple((float(c), float(n), 1.0) for c, n in zip(cached_tokens, input_tokens, strict=True)),
         )
+        if not source_tokens:
+            return batch
+        return batch.with_source(source_tokens, [c == 0 for c in cached_tokens])
+
+
+def training_batch(spec: ModelSpec, batch_size: int, seq_len: int, causal: bool = True) -> Batch:
+    """``batch_size`` training sequences of ``seq_len`` tokens; an encoder-decoder (T5) encodes
+    ``seq_len`` source tokens and predicts ``seq_len`` target tokens per sequence (dse's one length
+    for both: T5's span-corruption pre-training used 512 source and 114 target tokens)."""
+    batch = Batch.training(batch_size, seq_len, causal)
+    if not spec.encoder_layers:
+        return batch
+    return batch.with_source([seq_len] * batch_size, [True] * batch_size)
 
 
 def _check_positive(**values: float) -> None:
@@ -333,16 +384,20 @@ def _sdpa(
     v_width: int,
     fused: bool,
     name: str = "attn.sdpa",
+    position_bias: bool = True,
 ) -> list[Op]:
     """Scores QKᵀ, softmax and AV for ``num_heads`` query heads of width ``qk_dim`` / ``v_dim``.
-    K and V are read once per KV head group: ``context_tokens · k_width`` elements."""
+    K and V are read once per KV head group: ``context_tokens · k_width`` elements. A positional
+    bias on the scores (ALiBi, T5's relative buckets; ``position_bias``) adds one FLOP per score."""
     nh, t = spec.num_heads, bt.new_tokens
     q_bytes, o_bytes = t * nh * qk_dim * b.act, t * nh * v_dim * b.act
     k_bytes, v_bytes = bt.context_tokens * k_width * b.kv, bt.context_tokens * v_width * b.kv
     score_flops, av_flops = 2.0 * bt.pairs * nh * qk_dim, 2.0 * bt.pairs * nh * v_dim
     scores = bt.pairs * nh
-    softmax_flops = SOFTMAX_FLOPS + (1.0 if spec.positions == "alibi" else 0.0)  # ALiBi adds a bias
+    biased = position_bias and spec.positions in ("alibi", "relative")
+    softmax_flops = SOFTMAX_FLOPS + (1.0 if biased else 0.0)
     softmax_flops += SOFTCAP_FLOPS if spec.attn_softcap else 0.0  # cap·tanh(x/cap) on every score
+    prefix = name.rsplit(".", 1)[0]  # the unfused kernels: <prefix>.scores, .softmax, .av
     if fused:
         return [
             Op(
@@ -359,7 +414,7 @@ def _sdpa(
         ]
     return [
         Op(
-            "attn.scores",
+            f"{prefix}.scores",
             "attention",
             score_flops,
             0.0,
@@ -368,8 +423,17 @@ def _sdpa(
             count=count,
             **_CORE,
         ),
-        _elementwise("attn.softmax", scores, softmax_flops, 1, b, count, **_CORE),
-        Op("attn.av", "attention", av_flops, 0.0, scores * b.act + v_bytes, o_bytes, count=count, **_CORE),
+        _elementwise(f"{prefix}.softmax", scores, softmax_flops, 1, b, count, **_CORE),
+        Op(
+            f"{prefix}.av",
+            "attention",
+            av_flops,
+            0.0,
+            scores * b.act + v_bytes,
+            o_bytes,
+            count=count,
+            **_CORE,
+        ),
     ]
 
 
@@ -412,6 +476,28 @@ def _attention_ops(spec: ModelSpec, bt: Batch, b: _Bytes, fused: bool, mla_absor
         ops.append(_elementwise("attn.output_gate", t * nh * d, 5.0, 2, b, n, tp=TP_SPLIT))
     ops.append(_linear("attn.o_proj", t, nh * d, h, spec.attn_out_bias, b, n, tp=TP_ROW))
     return ops
+
+
+def _cross_ops(spec: ModelSpec, bt: Batch, b: _Bytes, fused: bool, n: int) -> list[Op]:
+    """An encoder-decoder's cross-attention block in each of ``n`` decoder layers (T5's
+    EncDecAttention): a pre-norm, queries from the decoder tokens, keys and values projected from the
+    encoder's output (only where the encoder ran in this pass: a decode step reads them from the
+    cache), attention over the ``source_tokens`` without a mask or position bias, the output
+    projection and the residual add."""
+    h, nh, nkv, d, t = spec.hidden_size, spec.num_heads, spec.num_kv_heads, spec.head_dim, bt.new_tokens
+    # keys and values of the encoder's output, cached when it ran: a decode step only reads them
+    kv = [_linear("cross.kv_proj", bt.source_tokens, h, 2 * nkv * d, spec.qkv_bias, b, n, tp=TP_COLUMN)]
+    cross = Batch(t, bt.source_tokens, bt.cross_pairs, bt.sequences, 0.0, causal=False)
+    keys = bt.source_tokens / bt.sequences
+    sdpa = _sdpa(spec, cross, b, n, d, d, nkv, nkv * d, nkv * d, fused, "cross.sdpa", position_bias=False)
+    return [
+        _norm("cross.norm", spec, t, h, b, n),
+        _linear("cross.q_proj", t, h, nh * d, spec.qkv_bias, b, n, tp=TP_COLUMN),
+        *(kv if bt.source is not None else []),
+        *(replace(op, queries_keys=(t / bt.sequences, keys)) for op in sdpa),
+        _linear("cross.o_proj", t, nh * d, h, spec.attn_out_bias, b, n, tp=TP_ROW),
+        _elementwise("cross.residual_add", t * h, 1.0, 2, b, n),
+    ]
 
 
 def _mla_ops(spec: ModelSpec, bt: Batch, b: _Bytes, fused: bool, absorb: bool) -> list[Op]:
@@ -708,6 +794,8 @@ def _block_ops(
         ops.append(_norm("ssm_norm", spec, t, h, b, ssm_only))
     if spec.ssm_layers:
         ops += _ssm_ops(spec, bt, b, spec.ssm_layers)
+    if spec.cross_layers:
+        ops += _cross_ops(spec, bt, b, fused, spec.cross_layers)
     if spec.mixer_layers(MIXER_PARALLEL):  # attention and scan outputs are summed before the residual
         ops.append(_elementwise("ssm.parallel_add", t * h, 1.0, 2, b, spec.mixer_layers(MIXER_PARALLEL)))
     if spec.parallel_block:
@@ -782,9 +870,10 @@ def _with_dropout(spec: ModelSpec, ops: list[Op], b: _Bytes) -> list[Op]:
             elements = op.output_bytes / b.act
             op = replace(op, flops=op.flops + 2.0 * elements, output_bytes=op.output_bytes + elements)
         out.append(op)
-        if spec.attention_dropout > 0 and op.name == "attn.softmax":
+        if spec.attention_dropout > 0 and op.core and op.name.endswith(".softmax"):
             elements = op.output_bytes / b.act
-            dropout = _elementwise("attn.dropout", elements, 2.0, 1, b, op.count, 1.0 + 1.0 / b.act, **_CORE)
+            name = op.name.replace(".softmax", ".dropout")
+            dropout = _elementwise(name, elements, 2.0, 1, b, op.count, 1.0 + 1.0 / b.act, **_CORE)
             out.append(dropout)
     return out
 
@@ -805,12 +894,55 @@ def forward_ops(
     ``dropout`` adds the training-time dropout kernels the config asks for."""
     b = _bytes(precision, kv_precision)
     batch = batch if spec.causal else batch.bidirectional()
+    if spec.encoder_layers and not batch.source_tokens:
+        raise ConfigError(
+            f"{spec.model_type} is an encoder-decoder: give each query's source (encoder input) length"
+        )
     ops = [
         *_embedding_ops(spec, batch, b),
-        *_block_ops(spec, batch, b, fused_attention, mla_absorb, all_experts),
+        *_encoder_ops(spec, batch, b, fused_attention),
+        *_block_ops(
+            spec.stack(MIXER_CROSS) if spec.encoder_layers else spec,
+            batch,
+            b,
+            fused_attention,
+            mla_absorb,
+            all_experts,
+        ),
         *_head_ops(spec, batch, b, with_loss),
     ]
     return _with_dropout(spec, ops, b) if dropout else ops
+
+
+def _relative_bias_op(spec: ModelSpec, bt: Batch, b: _Bytes, name: str) -> Op:
+    """T5's position bias of one stack: the bucket of each (query, key) distance looked up in a
+    buckets × heads table, computed once per pass and added to every layer's scores (the add is
+    in :func:`_sdpa`). Its parameters are the table."""
+    heads, pairs = spec.num_heads, bt.pairs
+    table = spec.relative_buckets * heads
+    bias = Op(name, "embedding", 0.0, table * b.weight, pairs * 4.0, pairs * heads * b.act, params=table)
+    return replace(bias, tp=TP_SPLIT, stage=STAGE_FIRST)
+
+
+def _encoder_ops(spec: ModelSpec, bt: Batch, b: _Bytes, fused: bool) -> list[Op]:
+    """An encoder-decoder's encoder over the source tokens where it runs in this pass (the same
+    embedding, read for the source; the encoder's layers and final norm; its position bias), and the
+    decoder's position bias. Encoder op names start with ``encoder.``; its attention cores carry
+    their own (queries, keys)."""
+    if not spec.encoder_layers:
+        return []
+    ops = [_relative_bias_op(spec, bt, b, "decoder.position_bias")] if spec.relative_buckets else []
+    src = bt.source
+    if src is None:  # a decode step: the encoder's output is in the cross-attention cache
+        return ops
+    side = src.new_tokens / src.sequences
+    encoder = [replace(op, params=0) for op in _embedding_ops(spec, src, b)]  # the shared table
+    if spec.relative_buckets:
+        encoder.append(_relative_bias_op(spec, src, b, "position_bias"))
+    encoder += _block_ops(spec.stack(MIXER_ENCODER), src, b, fused, False, True)
+    encoder.append(_norm("final_norm", spec, src.new_tokens, spec.hidden_size, b, 1))
+    encoder = [replace(op, queries_keys=(side, side)) if op.core else op for op in encoder]
+    return [replace(op, name=f"encoder.{op.name}") for op in encoder] + ops
 
 
 FLASH_BACKWARD_FLOPS = 2.5  # flash attention backward FLOPs / forward FLOPs (Dao 2023, Sec. 3.1)
@@ -887,7 +1019,7 @@ def training_ops(
     """Forward (with the loss) then backward ops of one training micro-step of ``batch_size`` sequences."""
     fwd = forward_ops(
         spec,
-        Batch.training(batch_size, seq_len, causal),
+        training_batch(spec, batch_size, seq_len, causal),
         precision,
         fused_attention=fused_attention,
         with_loss=True,
@@ -905,11 +1037,13 @@ def inference_ops(
     kv_precision: str | None = None,
     fused_attention: bool = False,
     mla_absorb: bool = True,
+    source_tokens: Sequence[int] = (),
 ) -> list[Op]:
-    """Ops of one inference step: prefill (cached 0, input = prompt) or decode (input 1) or a mix."""
+    """Ops of one inference step: prefill (cached 0, input = prompt) or decode (input 1) or a mix.
+    ``source_tokens``: an encoder-decoder's encoder input per query (:meth:`Batch.inference`)."""
     return forward_ops(
         spec,
-        Batch.inference(cached_tokens, input_tokens),
+        Batch.inference(cached_tokens, input_tokens, source_tokens),
         precision,
         kv_precision=kv_precision,
         fused_attention=fused_attention,
@@ -920,17 +1054,24 @@ def inference_ops(
 
 def parameter_count(spec: ModelSpec) -> int:
     """Parameters of the model: the sum of the parameters every op owns (tied weights once)."""
-    return int(sum(op.params * op.count for op in forward_ops(spec, Batch.training(1, 1))))
+    return int(sum(op.params * op.count for op in forward_ops(spec, training_batch(spec, 1, 1))))
 
 
-def kv_cache_bytes(spec: ModelSpec, tokens: float | Sequence[float], kv_precision: str = "fp16") -> float:
-    """KV cache held for one sequence of ``tokens`` tokens (or for each of several): tokens summed
+def kv_cache_bytes(
+    spec: ModelSpec,
+    tokens: float | Sequence[float],
+    kv_precision: str = "fp16",
+    sources: Sequence[float] = (),
+) -> float:
+    """KV cache held for one sequence of ``tokens`` tokens (or for each of several; an
+    encoder-decoder's decoder also caches each sequence's ``sources`` encoder outputs): tokens summed
     over layers (:meth:`ModelSpec.cached_layer_tokens`: a sliding-window layer keeps its window) ·
     elements per token · bytes per element, plus each sequence's state-space state
     (:attr:`ModelSpec.state_elements`, whatever its length, in the 16-bit activation type).
     Llama-2-7B fp16: 32 · 2·32·128 · 2 B = 0.5 MiB per token, 512 GiB for 2^20 tokens."""
     sequences = [tokens] if isinstance(tokens, int | float) else list(tokens)
-    layer_tokens = sum(float(spec.cached_layer_tokens(t)) for t in sequences)
+    source = list(sources) or [0.0] * len(sequences)
+    layer_tokens = sum(float(spec.cached_layer_tokens(t, s)) for t, s in zip(sequences, source, strict=True))
     kv = layer_tokens * spec.kv_cache_elements_per_token * bytes_per_element(kv_precision)
     return kv + state_bytes(spec, len(sequences), kv_precision)
 

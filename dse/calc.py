@@ -42,7 +42,7 @@ from dse.checks import flag as _flag
 from dse.checks import fraction as _fraction
 from dse.checks import positive_int as _positive_int
 from dse.hardware import hardware_from_config
-from dse.models import SOURCE_OPTION, load_model
+from dse.models import SOURCE_OPTION, load_model, model_assumptions
 from dse.units import fmt_bytes, fmt_count, fmt_time
 
 CONFIG_NAME = "calc"
@@ -132,6 +132,7 @@ def training_report(cfg: DictConfig, spec: ModelSpec, hw: Hardware) -> dict[str,
         **result,
         "step_shares": {k: result[k] / result["step_time_s"] for k in TIME_FIELDS},
         **_throughput(result, spec, par, seq_len, global_batch, peak),
+        "assumptions": list(model_assumptions(spec, "training")),
         **_feasibility(result["memory"]),
     }
 
@@ -176,7 +177,8 @@ def inference_report(cfg: DictConfig, spec: ModelSpec, hw: Hardware) -> dict[str
     inf, (tp, pp) = cfg.inference, _inference_degrees(cfg)
     batch = _positive_int(inf.batch_size, "inference.batch_size")
     input_len = _positive_int(inf.input_len, "inference.input_len")
-    output_len = _positive_int(inf.output_len, "inference.output_len")
+    # an encoder generates nothing (0); InferenceJob says which a model needs
+    output_len = _positive_int(inf.output_len, "inference.output_len", minimum=0)
     offload = [_fraction(inf[k], f"inference.{k}") for k in ("offload_weights", "offload_kv")]
     for key in ("kv_precision", "attention_precision"):
         if inf[key] is not None and inf[key] not in PRECISIONS:
@@ -210,6 +212,8 @@ def inference_report(cfg: DictConfig, spec: ModelSpec, hw: Hardware) -> dict[str
         "attention_precision": inf.attention_precision or activation_precision(cfg.precision),
         **result,
         "output_tokens_per_s_per_device": result["output_tokens_per_s"] / (tp * pp),
+        "input_tokens_per_s": batch * input_len / result["latency_s"],
+        "assumptions": list(model_assumptions(spec, "inference")),
         **_feasibility(result["memory"]),
     }
 
@@ -278,7 +282,9 @@ def reproduce_settings(cfg: DictConfig, choices: Mapping[str, Any]) -> dict[str,
     if cfg.mode == "inference":
         out |= {k: cfg[k] for k in ("mode", "num_devices", "precision", "fused_attention")}
         out |= {"parallelism.tp": cfg.parallelism.tp, "parallelism.pp": cfg.parallelism.pp}
-        return out | {f"inference.{k}": v for k, v in cfg.inference.items() if v not in (None, 0.0)}
+        neutral = {"offload_weights": 0.0, "offload_kv": 0.0}  # output_len=0 (an encoder) is kept
+        kept = {k: v for k, v in cfg.inference.items() if v is not None and neutral.get(k, -1) != v}
+        return out | {f"inference.{k}": v for k, v in kept.items()}
     out |= {
         k: cfg[k]
         for k in ("num_devices", "seq_len", "global_batch", "precision", "fused_attention", "optimizer")
@@ -364,7 +370,7 @@ def render_training(rep: Mapping[str, Any]) -> str:
     time_table = format_table(["step time", "seconds", "share", "what"], times, align="lrrl")
     return "\n\n".join(
         [
-            f"{_header(rep)}\n{plan}",
+            f"{_header(rep)}\n{plan}{_assumption_lines(rep)}",
             _memory_table(rep["memory"], ("weights", "gradients", "optimizer", "activations", "workspace")),
             time_table,
             _training_summary(rep),
@@ -385,6 +391,10 @@ def _training_summary(rep: Mapping[str, Any]) -> str:
         ["hardware TFLOP/s/device", f"{rep['hardware_flops_per_s_per_device'] / 1e12:.1f}", "with recompute"],
     ]
     return format_table(["throughput", "value", "definition"], rows, align="lrl")
+
+
+def _assumption_lines(rep: Mapping[str, Any]) -> str:
+    return "".join(f"\nassumes: {line}" for line in rep.get("assumptions", ()))
 
 
 def render_inference(rep: Mapping[str, Any]) -> str:
@@ -417,10 +427,17 @@ def render_inference(rep: Mapping[str, Any]) -> str:
         ["decode comm", fmt_time(rep["decode_comm_s"]), "TP all-reduces + PP sends of one decode pass"],
         ["offload streaming", _time(rep["offload_s"]), "host-link time per step"],
     ]
+    if rep["output_len"] == 0:  # an encoder: one forward pass per request
+        rows = [
+            ["forward latency", fmt_time(rep["latency_s"]), "one pass of the batch through the encoder"],
+            ["sequences/s", f"{rep['batch_size'] / rep['latency_s']:.1f}", "batch / latency"],
+            ["input tokens/s", fmt_count(rep["input_tokens_per_s"]), "batch · input_len / latency"],
+            ["offload streaming", _time(rep["offload_s"]), "host-link time per step"],
+        ]
     cats = ("weights", "kv_cache", "activations", "workspace")
     return "\n\n".join(
         [
-            head,
+            head + _assumption_lines(rep),
             format_table(["latency / throughput", "value", "definition"], rows, align="lrl"),
             _memory_table(rep["memory"], cats),
             f"{_feasible_line(rep)}\nreproduce: {rep['command']}",

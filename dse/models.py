@@ -83,3 +83,21 @@ def model_config(model: Mapping[str, Any] | DictConfig | str) -> dict[str, Any]:
 def load_model(model: Mapping[str, Any] | DictConfig | str) -> ModelSpec:
     """The :class:`ModelSpec` of a model given as in :func:`model_config`."""
     return parse_hf_config(model_config(model))
+
+
+def model_assumptions(spec: ModelSpec, mode: str) -> tuple[str, ...]:
+    """What a ``mode`` ("training" | "inference") report assumes about ``spec`` beyond its config:
+    printed with its figures by dse.calc and dse.search."""
+    if spec.encoder_layers and mode == "training":
+        return (
+            "encoder-decoder: each sequence is seq_len source tokens through the encoder and seq_len "
+            "target tokens through the decoder; tokens/s counts target tokens",
+        )
+    if spec.encoder_layers:
+        return (
+            "encoder-decoder: the prompt goes through the encoder at the prefill (TTFT: encoder + the "
+            "decoder's first step); each decoder layer caches the keys and values of the encoded prompt",
+        )
+    if not spec.causal and mode == "inference":
+        return ("encoder: one forward pass of input_len tokens per request, the LM head on one token each",)
+    return ()

@@ -14,6 +14,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig
 
+from costmodels.architectures import ModelSpec
 from costmodels.errors import ConfigError
 from costmodels.hardware import bytes_per_element, peak_flops
 from costmodels.roofline import RooflinePoint, ridge_intensity, roofline
@@ -29,7 +30,8 @@ MAX_TOKENS = 2**31 - 1
 
 
 def queries(cfg: DictConfig) -> tuple[list[int], list[int]]:
-    """Per-query (cached, input) token lists; a single entry is repeated for all ``batch_size`` queries."""
+    """Per-query (cached, input) token lists; a single entry is repeated for all ``batch_size`` queries.
+    (``source_tokens``, an encoder-decoder's, is read by :func:`sources`.)"""
     n = positive_int(cfg.batch_size, "batch_size")
     if n > MAX_QUERIES:  # the report lists every query
         raise ConfigError(f"batch_size must be <= {MAX_QUERIES:,} (one row per query), got {n:,}")
@@ -48,6 +50,29 @@ def queries(cfg: DictConfig) -> tuple[list[int], list[int]]:
     return cached, new
 
 
+def sources(cfg: DictConfig, spec: ModelSpec, n: int) -> list[int]:
+    """Per-query encoder input lengths of an encoder-decoder (``source_tokens``); [] for other models."""
+    value = cfg.get("source_tokens")
+    if not spec.encoder_layers:
+        if value is not None:
+            raise ConfigError(f"source_tokens is for encoder-decoder models; {spec.model_type} is not one")
+        return []
+    if value is None:
+        raise ConfigError(
+            f"{spec.model_type} is an encoder-decoder: give source_tokens=[n] (the encoder's input tokens "
+            "per query; the encoder runs in this step where cached_tokens is 0)"
+        )
+    values = list(value) if isinstance(value, ListConfig | list) else [value]
+    values = values * n if len(values) == 1 else values
+    if len(values) != n or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_TOKENS for v in values
+    ):
+        raise ConfigError(
+            f"source_tokens must be 1 or {n} integers in [1, {MAX_TOKENS:,}], got {list(value)}"
+        )
+    return values
+
+
 def model_name(cfg: DictConfig) -> str:
     choice = HydraConfig.get().runtime.choices.get("model", "?")
     return str(cfg.model.source) if choice == "path" else choice
@@ -60,12 +85,14 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     spec = load_model(cfg.model)
     hw = hardware_from_config(cfg.hardware)
     cached, new = queries(cfg)
+    source = sources(cfg, spec, len(new))
     peak, bandwidth = peak_flops(hw, cfg.precision), hw.hbm_bandwidth_Bps
     ops = inference_ops(
         spec,
         cached,
         new,
         cfg.precision,
+        source_tokens=source,
         kv_precision=cfg.kv_precision,
         fused_attention=cfg.fused_attention,
         mla_absorb=cfg.mla_absorb,
@@ -78,14 +105,17 @@ def report(cfg: DictConfig) -> dict[str, Any]:
         "model_type": spec.model_type,
         "hardware": hw.name,
         "precision": cfg.precision,
-        "queries": [{"cached_tokens": c, "input_tokens": n} for c, n in zip(cached, new, strict=True)],
+        "queries": [
+            {"cached_tokens": c, "input_tokens": n} | ({"source_tokens": source[i]} if source else {})
+            for i, (c, n) in enumerate(zip(cached, new, strict=True))
+        ],
         "peak_flops": float(peak),
         "bandwidth_Bps": float(bandwidth),
         "ridge_flops_per_byte": float(ridge_intensity(peak, bandwidth)),
         "params": params,
         "weights_bytes": params * bytes_per_element(cfg.precision),
         "kv_cache_bytes": kv_cache_bytes(
-            spec, [c + n for c, n in zip(cached, new, strict=True)], kv_precision
+            spec, [c + n for c, n in zip(cached, new, strict=True)], kv_precision, sources=source
         ),
         "state_bytes": state_bytes(spec, len(new), kv_precision),
         "hbm_capacity_bytes": float(hw.hbm_capacity_bytes),

@@ -37,7 +37,7 @@ from dse._app import format_table, json_text, print_json, progress_callback, run
 from dse.calc import command_line
 from dse.checks import check_results
 from dse.hardware import hardware_from_config, hbm_gib
-from dse.models import load_model
+from dse.models import load_model, model_assumptions
 from dse.tracking import JobRun, location_lines, run_location, sweep_dir, sweep_label, swept_keys, write_csv
 from dse.units import (
     binds,
@@ -447,6 +447,7 @@ def summary(
         "chosen": [k for k in design if k not in q["fixed"]],
         "metrics": metrics,
         "why": _why(cfg, hw, metrics, top, design, q["objective"]),
+        "assumptions": list(model_assumptions(load_model(cfg.model), cfg.workload.kind)),
         "top": top,
         "pareto_axes": list(result.pareto_axes),
         "pareto": front,
@@ -487,6 +488,7 @@ def render(rep: dict[str, Any]) -> str:
         format_table(["metric", "value"], rows, align="lr"),
         *breakdown,
         f"why: {rep['why']}",
+        *(f"assumes: {line}" for line in rep.get("assumptions", ())),
         "",
         f"top {len(rep['top'])} distinct designs:",
         top,

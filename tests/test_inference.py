@@ -39,7 +39,7 @@ LLAMA_PARAMS = 6_738_415_616
 INPUT, OUTPUT, CACHED = 2048, 129, 2112
 WEIGHT_READ = (LLAMA_PARAMS - 32000 * 4096 + 4096) * 2
 KV_READ = 32 * 2 * 4096 * 2 * (CACHED + 1)
-PAD_TO = 32  # ops; every shipped model has fewer
+PAD_TO = 40  # ops; every shipped model has fewer (T5-Small's prefill: 33)
 
 
 def _padded(table: OpTable, n: int = PAD_TO) -> OpTable:
@@ -334,7 +334,7 @@ def test_vmap_over_batch_and_tp_under_jit_equals_single_calls():
 PRESETS = [load_hardware(n) for n in ("a100_80gb_sxm", "h100_sxm", "mi300x", "tpu_v5p")]
 
 
-DECODERS = [name for name in available_models() if load_model(name).causal]  # an encoder serves no tokens
+DECODERS = [name for name in available_models() if load_model(name).causal]  # encoders: test_encoders.py
 
 
 @pytest.mark.parametrize("name", DECODERS)

@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 from omegaconf import OmegaConf
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from transformers.utils import logging as hf_logging
 
 from costmodels.architectures import SUPPORTED_MODEL_TYPES, parse_hf_config
@@ -44,14 +44,16 @@ def load(path: Path) -> dict[str, Any]:
 
 @cache
 def _hf_count(config_json: str) -> int:
-    """Parameters of ``transformers``' causal LM for this config (JSON text, so it can be cached)."""
+    """Parameters of ``transformers``' causal LM (or, for an encoder-decoder, its conditional
+    generation model) for this config (JSON text, so it can be cached)."""
     hf_config = AutoConfig.for_model(**json.loads(config_json))
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # unused legacy keys (auto_map-era fields) only log notices
     try:
         with warnings.catch_warnings(), torch.device("meta"):
             warnings.simplefilter("ignore")
-            model = AutoModelForCausalLM.from_config(hf_config)
+            auto = AutoModelForSeq2SeqLM if hf_config.is_encoder_decoder else AutoModelForCausalLM
+            model = auto.from_config(hf_config)
     finally:
         hf_logging.set_verbosity(verbosity)
     return sum(p.numel() for p in model.parameters())
@@ -83,7 +85,7 @@ EXPECTED_SHIPPED = {
     "mistral_7b", "mixtral_8x7b", "qwen2_72b", "qwen3_8b", "qwen3_30b_a3b", "deepseek_v3",
     "gpt3_175b", "megatron_gpt_22b", "megatron_gpt_175b", "megatron_gpt_530b", "megatron_gpt_1t",
     "mpt_7b", "mpt_30b", "bloom_176b", "gptj_6b", "gpt_neox_20b", "falcon_7b", "falcon_40b",
-    "gemma2_9b", "mamba_2_8b", "jamba_v0_1", "bert_base_uncased",
+    "gemma2_9b", "mamba_2_8b", "jamba_v0_1", "bert_base_uncased", "t5_small",
 }  # fmt: skip
 
 
@@ -150,6 +152,7 @@ PUBLISHED: dict[str, tuple[float, float, str]] = {
     "mamba_2_8b": (2.8e9, 0.1e9, "Gu & Dao 2023, Table 3: Mamba-2.8B"),
     # BertLMHeadModel: BertModel's 110M less its pooler, plus the prediction head's transform and bias
     "bert_base_uncased": (110e6, 10e6, "Devlin et al. 2019, Sec. 3: BERT-BASE, 110M total parameters"),
+    "t5_small": (60e6, 10e6, "Raffel et al. 2020, Sec. 3.7: T5-Small, about 60 million parameters"),
     # Main model without the multi-token-prediction module (which adds 11.5B unique parameters).
     "deepseek_v3": (671e9, 1e9, "deepseek-ai/DeepSeek-V3 README_WEIGHTS.md, main model: 671B"),
     # Brown et al.'s "175.0B" is nominal: their Table 2.1 dimensions give 174.6B (as Narayanan's Table 2 has).

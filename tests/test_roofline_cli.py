@@ -98,7 +98,7 @@ def test_config_path_equals_shipped_name(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "args", "message"),
     [
-        ('{"model_type": "t5", "d_model": 512}', (), "unsupported model_type 't5'; supported: gpt2"),
+        ('{"model_type": "bart", "d_model": 512}', (), "unsupported model_type 'bart'; supported: gpt2"),
         ('{"model_type": "llama", "hidden_size": 64}', (), "missing field 'num_attention_heads'"),
         ('{"model_type": "llama", ', (), "malformed JSON at line 1"),
         (None, (), "does not exist"),

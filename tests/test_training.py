@@ -53,7 +53,7 @@ GPT2 = parse_hf_config(
 H, L, V, SEQ = 1024, 8, 51200, 1024
 GPT2_PARAMS = 154_249_216
 JOB = TrainingJob(GPT2, SEQ)
-PAD_TO = 32  # ops; every shipped model has fewer (DeepSeek-V3: 29)
+PAD_TO = 48  # ops; every shipped model has fewer (T5-Small, unfused attention: 43)
 
 
 def _padded(table: OpTable, n: int = PAD_TO) -> OpTable:
