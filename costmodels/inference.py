@@ -206,19 +206,16 @@ class InferenceBreakdown:
         return self.memory.feasible
 
 
-def _pass_s(
-    hw: Hardware, job: InferenceJob, table: OpTable, tp: Array, pp: Array, batch: Array, prefill: bool
-) -> tuple[Array, Array, Array]:
-    """(kernel time, TP all-reduce time, one PP transfer) of ``batch`` queries' prefill or decode
-    step through all layers; the kernels are at least the host's launches of them."""
-    new_tokens = float(job.prompt_tokens) if prefill else 1.0  # through the decoder (or the only stack)
+def op_seconds(
+    hw: Hardware, job: InferenceJob, table: OpTable, plan: Plan, seqs: Array, tokens: Array
+) -> Array:
+    """Forward time of each op of ``table`` for ``seqs`` sequence-equivalents (a scalar, or one per op)
+    sharded by ``plan``; a MoE reads only the experts ``tokens`` tokens touch (uniform top-k routing:
+    E·(1 − (1 − k/E)^tokens), ``workload.experts_touched``)."""
     spec = job.spec
-    plan = Plan(tp=tp, pp=pp, microbatch=batch)
-    s = shard(table, plan, batch)
+    s = shard(table, plan, seqs)
     if spec.moe is not None:  # only the experts these tokens touch are read
-        touched = spec.moe.num_experts * (
-            1.0 - (1.0 - spec.moe.top_k / spec.moe.num_experts) ** (batch * new_tokens)
-        )
+        touched = spec.moe.num_experts * (1.0 - (1.0 - spec.moe.top_k / spec.moe.num_experts) ** tokens)
         s = s.__class__(
             **{
                 **s.__dict__,
@@ -226,6 +223,17 @@ def _pass_s(
             }
         )
     fwd, _ = op_times(hw, job.precision, table, s, attention_precision=job.attention_precision)
+    return fwd
+
+
+def _pass_s(
+    hw: Hardware, job: InferenceJob, table: OpTable, tp: Array, pp: Array, batch: Array, prefill: bool
+) -> tuple[Array, Array, Array]:
+    """(kernel time, TP all-reduce time, one PP transfer) of ``batch`` queries' prefill or decode
+    step through all layers; the kernels are at least the host's launches of them."""
+    new_tokens = float(job.prompt_tokens) if prefill else 1.0  # through the decoder (or the only stack)
+    spec = job.spec
+    fwd = op_seconds(hw, job, table, Plan(tp=tp, pp=pp, microbatch=batch), batch, batch * new_tokens)
     host = spec.num_layers * job.engine.host_layer_s + job.engine.host_step_s
     kernels = jnp.maximum(jnp.sum(fwd * table.layers), host)
     # tensor-parallel all-reduces move 16-bit activations whatever the weights' precision

@@ -1,0 +1,561 @@
+"""A discrete-event simulator of an LLM serving engine at request level, over the step times of
+``costmodels/serving.py``. Deterministic: the same workload and settings give the same result.
+
+**Workload.** Requests with arrival times and input / output lengths (:class:`Workload`):
+Poisson or gamma (bursty: coefficient of variation > 1) arrivals at a rate, a closed loop of a fixed
+number of concurrent users (each sends its next request when its last one finishes), or a trace.
+
+**Engine** (:class:`Scheduler`). ``continuous`` batching (Orca, vLLM, TensorRT-LLM in-flight
+batching): every step the running sequences decode one token each and waiting requests join while
+the step's token budget (``max_num_batched_tokens``), its sequence budget (``max_num_seqs``) and the
+KV cache allow. With ``chunked_prefill`` a prompt is split over steps to fill the budget (Sarathi-
+Serve; vLLM V1); without, a prompt enters whole. ``priority="decode"`` schedules the running decodes
+first and fills the rest of the budget with prompt tokens; ``"prefill"`` admits prompts first (vLLM's
+V0 scheduler: a step with prompts runs no decodes). ``static`` batching (FasterTransformer) takes up
+to ``max_num_seqs`` waiting requests, prefills them together and decodes until the longest is done;
+its finished sequences stay in the batch as padding.
+
+**KV cache.** Paged: ``block_size``-token blocks from a pool of ``kv_blocks`` (``serving.
+kv_capacity_tokens``); a sequence holds ⌈tokens/block_size⌉ blocks. When a step's decodes need more
+blocks than are free, the most recently admitted running sequences are preempted (vLLM's recompute
+policy): their blocks are freed and they wait at the head of the queue to prefill their prompt and
+the tokens generated so far again.
+
+**Time.** A step's duration is ``StepTable.seconds`` of its mix. Stretches of steps with no prompt
+tokens and no event (an arrival that could join, a completion, a block boundary) are advanced
+together, with the same arithmetic as one step at a time.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from costmodels.errors import ConfigError
+from costmodels.serving import StepTable
+
+ARRIVALS = ("poisson", "gamma", "closed")
+SCHEDULERS = ("continuous", "static")
+PRIORITIES = ("decode", "prefill")
+# the engine's timeline, one row per step or stretch of decode-only steps: its start, duration and
+# steps, the state as it starts (running sequences, waiting requests, KV blocks in use) and its new
+# tokens per step
+TIMELINE = ("start_s", "duration_s", "steps", "running", "waiting", "kv_blocks", "tokens")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Requests in arrival order: arrival time (s), prompt and output tokens. ``concurrency`` > 0: a
+    closed loop, the arrival times are ignored and each of ``concurrency`` users sends its next
+    request when its previous one finishes (the first ``concurrency`` at time 0)."""
+
+    arrival_s: np.ndarray
+    input_len: np.ndarray
+    output_len: np.ndarray
+    concurrency: int = 0
+
+    def __post_init__(self) -> None:
+        n = len(self.arrival_s)
+        if not n or len(self.input_len) != n or len(self.output_len) != n:
+            raise ConfigError("a workload needs at least one request and one length of each kind per request")
+        if np.any(self.input_len < 1) or np.any(self.output_len < 1):
+            raise ConfigError("every request needs input_len >= 1 and output_len >= 1")
+        if np.any(np.diff(self.arrival_s) < 0) or np.any(self.arrival_s < 0):
+            raise ConfigError("arrival times must be >= 0 and in order")
+        if self.concurrency < 0:
+            raise ConfigError(f"concurrency must be >= 0, got {self.concurrency}")
+
+    @property
+    def size(self) -> int:
+        return len(self.arrival_s)
+
+
+def lengths(rng: np.random.Generator, n: int, mean: float, spread: float) -> np.ndarray:
+    """``n`` token counts ≥ 1: the ``mean`` itself (``spread`` 0), else uniform on mean·(1 ± spread)."""
+    if mean < 1 or not 0 <= spread < 1:
+        raise ConfigError(f"lengths need mean >= 1 and spread in [0, 1), got {mean} and {spread}")
+    if spread == 0:
+        return np.full(n, round(mean))
+    return np.maximum(np.rint(rng.uniform(mean * (1 - spread), mean * (1 + spread), n)), 1).astype(int)
+
+
+def synthetic(
+    arrival: str,
+    n: int,
+    rate_per_s: float,
+    input_len: np.ndarray,
+    output_len: np.ndarray,
+    *,
+    seed: int = 0,
+    cv: float = 1.0,
+    concurrency: int = 0,
+) -> Workload:
+    """``n`` requests arriving by ``arrival``: ``poisson`` (exponential gaps of mean 1/rate), ``gamma``
+    (gamma gaps of mean 1/rate and coefficient of variation ``cv``: shape 1/cv², > 1 bursty) or
+    ``closed`` (``concurrency`` users, no rate)."""
+    if arrival not in ARRIVALS:
+        raise ConfigError(f"arrival must be one of {', '.join(ARRIVALS)}, got {arrival!r}")
+    rng = np.random.default_rng(seed)
+    if arrival == "closed":
+        if concurrency < 1:
+            raise ConfigError(f"a closed loop needs concurrency >= 1, got {concurrency}")
+        return Workload(np.zeros(n), input_len, output_len, concurrency)
+    if not rate_per_s > 0:
+        raise ConfigError(f"rate_per_s must be positive, got {rate_per_s}")
+    if arrival == "poisson":
+        gaps = rng.exponential(1.0 / rate_per_s, n)
+    else:
+        if not cv > 0:
+            raise ConfigError(f"cv must be positive, got {cv}")
+        shape = 1.0 / cv**2
+        gaps = rng.gamma(shape, 1.0 / (rate_per_s * shape), n)
+    return Workload(np.cumsum(gaps), input_len, output_len)
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    """The engine's scheduling and KV-cache settings (module docstring)."""
+
+    kind: str = "continuous"
+    max_num_seqs: int = 256  # vLLM's default
+    max_num_batched_tokens: int = 8192
+    chunked_prefill: bool = True
+    priority: str = "decode"
+    block_size: int = 16  # vLLM's default
+    kv_blocks: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCHEDULERS:
+            raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.kind!r}")
+        if self.priority not in PRIORITIES:
+            raise ConfigError(f"priority must be one of {', '.join(PRIORITIES)}, got {self.priority!r}")
+        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "kv_blocks"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class Simulation:
+    """Per-request times and the engine's timeline (one row per step or stretch of steps)."""
+
+    first_token_s: np.ndarray
+    finish_s: np.ndarray
+    arrival_s: np.ndarray
+    preemptions: np.ndarray  # per request
+    itl_s: np.ndarray  # every inter-token gap of every request
+    steps: int = 0
+    timeline: dict[str, np.ndarray] = field(default_factory=dict)  # TIMELINE columns, one row per step
+
+
+class _Engine:
+    """The mutable state of one simulation (requests indexed 0..n-1). A request's KV cache holds
+    ``done_prefill`` tokens while it prefills and ``input_len + generated`` once it decodes (the
+    token a decode step feeds is the last one generated; its keys and values are written then)."""
+
+    def __init__(self, w: Workload, table: StepTable, s: Scheduler):
+        self.w, self.table, self.s = w, table, s
+        n = w.size
+        self.input = w.input_len.astype(np.int64)
+        self.output = w.output_len.astype(np.int64)
+        self.prompt = self.input.copy()  # tokens to prefill (after a preemption: input + generated)
+        self.done_prefill = np.zeros(n, np.int64)
+        self.generated = np.zeros(n, np.int64)
+        self.blocks = np.zeros(n, np.int64)
+        self.first = np.full(n, np.nan)
+        self.finish = np.full(n, np.nan)
+        self.last_token = np.zeros(n)
+        self.preempted = np.zeros(n, np.int64)
+        self.arrival = w.arrival_s.astype(float).copy()
+        self.waiting: deque[int] = deque()
+        self.running: list[int] = []
+        self.free_blocks = s.kv_blocks
+        self.now = 0.0
+        self.next_arrival = 0
+        self.released = n
+        self.left = n  # requests not finished
+        self.itl: list[np.ndarray] = []
+        self.steps = 0
+        self.timeline: dict[str, list[float]] = {k: [] for k in TIMELINE}
+        if w.concurrency:  # a closed loop: the first users' requests are there at time 0
+            self.arrival[:] = np.inf
+            self.released = min(w.concurrency, n)
+            self.arrival[: self.released] = 0.0
+        self._check_fits()
+
+    def _check_fits(self) -> None:
+        s, longest, t = self.s, int(np.max(self.input + self.output)), self.table
+        if (
+            t.tokens[-1] < s.max_num_batched_tokens
+            or len(t.decode_s) - 1 < s.max_num_seqs
+            or t.contexts[-1] < longest
+        ):
+            raise ConfigError(
+                f"the step table covers {int(t.tokens[-1])} tokens, {len(t.decode_s) - 1} sequences and "
+                f"{int(t.contexts[-1])}-token contexts; the engine needs {s.max_num_batched_tokens}, "
+                f"{s.max_num_seqs} and {longest}: build it for them"
+            )
+        if self._blocks_for(longest) > s.kv_blocks:
+            raise ConfigError(
+                f"a request of {longest} tokens needs {self._blocks_for(longest)} KV blocks of "
+                f"{s.block_size} tokens; the cache has {s.kv_blocks}: shorten the requests or give the "
+                "replica more memory"
+            )
+        prompt = int(np.max(self.input))
+        if (not s.chunked_prefill or s.kind == "static") and prompt > s.max_num_batched_tokens:
+            raise ConfigError(
+                f"a prompt of {prompt} tokens exceeds max_num_batched_tokens={s.max_num_batched_tokens} "
+                "and is not chunked: raise the token budget or turn chunked prefill on"
+            )
+
+    def _blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.s.block_size)
+
+    def _split(self) -> tuple[list[int], list[int]]:
+        """The running sequences in admission order: (decoding, still prefilling)."""
+        if not self.running:
+            return [], []
+        run = np.array(self.running)
+        decoding = self.done_prefill[run] >= self.prompt[run]
+        return run[decoding].tolist(), run[~decoding].tolist()
+
+    # ---- arrivals, completions, preemption
+
+    def _admit_arrivals(self) -> None:
+        while self.next_arrival < self.released and self.arrival[self.next_arrival] <= self.now:
+            self.waiting.append(self.next_arrival)
+            self.next_arrival += 1
+
+    def _finish(self, r: int, t: float) -> None:
+        self.finish[r] = t
+        self.left -= 1
+        self.free_blocks += int(self.blocks[r])
+        self.blocks[r] = 0
+        if self.w.concurrency and self.released < self.w.size:  # this user's next request
+            self.arrival[self.released] = t
+            self.released += 1
+
+    def _preempt_one(self) -> None:
+        """Preempt the latest-admitted running sequence: its blocks are freed, and it waits at the
+        head of the queue to prefill its prompt and its generated tokens again (vLLM's recompute)."""
+        r = self.running.pop()
+        self.free_blocks += int(self.blocks[r])
+        self.blocks[r] = 0
+        self.prompt[r] = self.input[r] + self.generated[r]
+        self.done_prefill[r] = 0
+        self.preempted[r] += 1
+        self.waiting.appendleft(r)
+
+    def _reserve_decodes(self) -> list[int]:
+        """The running decodes, with a block for each one's next token (preempting the latest
+        admitted until the blocks are there)."""
+        while True:
+            decodes = self._split()[0]
+            idx = np.array(decodes, dtype=np.int64)
+            short = idx[self.input[idx] + self.generated[idx] > self.blocks[idx] * self.s.block_size]
+            if len(short) <= self.free_blocks:
+                self.blocks[short] += 1
+                self.free_blocks -= len(short)
+                return decodes
+            self._preempt_one()
+
+    def _chunk(self, r: int, budget: int) -> int:
+        """Prompt tokens of ``r`` to run this step within ``budget`` and the free blocks (0: none);
+        their blocks are taken."""
+        s = self.s
+        left = int(self.prompt[r] - self.done_prefill[r])
+        new = min(left, budget) if s.chunked_prefill else (left if left <= budget else 0)
+        room = int(self.blocks[r] * s.block_size - self.done_prefill[r])
+        if new > room + self.free_blocks * s.block_size:
+            new = room + self.free_blocks * s.block_size if s.chunked_prefill else 0
+        if new <= 0:
+            return 0
+        extra = self._blocks_for(max(new - room, 0))
+        self.blocks[r] += extra
+        self.free_blocks -= extra
+        return new
+
+    # ---- scheduling
+
+    def _plan(self) -> tuple[list[int], list[tuple[int, int, int]]]:
+        """(decoding sequences, prompt chunks (request, cached, new)) of the next continuous step."""
+        s = self.s
+        budget = s.max_num_batched_tokens
+        chunks: list[tuple[int, int, int]] = []
+        prefill_first = s.priority == "prefill"
+        decodes: list[int] = []
+        if not prefill_first:
+            decodes = self._reserve_decodes()
+            budget -= len(decodes)
+        for r in self._split()[1]:  # prompts already admitted
+            new = self._chunk(r, budget) if budget > 0 else 0
+            if new:
+                chunks.append((r, int(self.done_prefill[r]), new))
+                budget -= new
+        while self.waiting and budget > 0 and len(self.running) < s.max_num_seqs:
+            r = self.waiting[0]
+            new = self._chunk(r, budget)
+            if not new:
+                break
+            self.running.append(self.waiting.popleft())
+            chunks.append((r, 0, new))
+            budget -= new
+        if prefill_first and not chunks:  # no prompt to run: this step decodes
+            decodes = self._reserve_decodes()
+        return decodes, chunks
+
+    def step(self) -> None:
+        """Run the next step (or stretch of decode-only steps) and advance the clock."""
+        if self.s.kind == "static":
+            self._static_batch()
+            return
+        decodes, chunks = self._plan()
+        if not chunks:
+            if decodes:
+                self._decode_stretch(decodes)
+            return
+        context = float(np.sum(self.input[decodes] + self.generated[decodes]))
+        tokens = len(decodes) + sum(new for _, _, new in chunks)
+        ends = [r for r, cached, new in chunks if cached + new >= self.prompt[r]]
+        spans = [(float(c), float(n)) for _, c, n in chunks]
+        duration = self.table.seconds(tokens, len(decodes) + len(ends), len(decodes), context, spans)
+        self._record(duration, tokens)
+        for r, _, new in chunks:
+            self.done_prefill[r] += new
+        self.now += duration
+        self.steps += 1
+        self._emit(decodes + ends)
+
+    def _emit(self, rows: list[int]) -> None:
+        """Each of ``rows`` produces a token now (a prompt's end: its first token, or its next one
+        after a preemption); a request is done at its output length."""
+        t, idx = self.now, np.array(rows, dtype=np.int64)
+        first = self.generated[idx] == 0
+        self.first[idx[first]] = t
+        self.itl.append(t - self.last_token[idx[~first]])
+        self.generated[idx] += 1
+        self.last_token[idx] = t
+        self._finish_done(idx, t)
+
+    def _finish_done(self, idx: np.ndarray, t: float) -> None:
+        """Finish those of ``idx`` that have produced their output, at ``t``."""
+        done = idx[self.generated[idx] >= self.output[idx]]
+        for r in done.tolist():
+            self._finish(r, t)
+        if len(done):
+            gone = set(done.tolist())
+            self.running = [r for r in self.running if r not in gone]
+
+    def _decode_stretch(self, decodes: list[int]) -> None:
+        """k decode-only steps at once (each decode already has a block for its first token): k stops
+        at the first completion, at the step during which a request arrives that could join, and
+        where the free blocks could not hold the stretch's tokens (their blocks are taken now)."""
+        s, d = self.s, len(decodes)
+        idx = np.array(decodes)
+        kv = self.input[idx] + self.generated[idx]  # tokens held after this step's is written
+        k = int((self.output[idx] - self.generated[idx]).min())
+        durations = self.table.decode_seconds(d, float(kv.sum()) + d * np.arange(k))
+        if self.next_arrival < self.released and len(self.running) < s.max_num_seqs:
+            ends = np.cumsum(durations)
+            k = min(
+                k, int(np.searchsorted(ends, self.arrival[self.next_arrival] - self.now, side="left")) + 1
+            )
+        k = self._steps_in_blocks(idx, kv, k)
+        durations = durations[:k]
+        end = self.now + float(np.sum(durations))
+        self._record(end - self.now, d, steps=k)
+        self.steps += k
+        # a sequence's first gap runs from its last token (before the steps that held it back)
+        self.itl.append(self.now + durations[0] - self.last_token[idx])
+        self.itl.append(np.repeat(durations[1:], d))
+        self.generated[idx] += k
+        self.last_token[idx] = end
+        self.now = end
+        self._finish_done(idx, end)
+
+    def _steps_in_blocks(self, idx: np.ndarray, kv: np.ndarray, k: int) -> int:
+        """The largest k' ≤ k decode steps whose tokens fit the held and the free blocks (1 at
+        least: the first step's blocks are reserved); their blocks are taken."""
+        bs = self.s.block_size
+
+        def need(steps: int) -> np.ndarray:  # blocks to hold positions up to kv + steps − 1
+            return np.maximum(-(-(kv + steps - 1) // bs) - self.blocks[idx], 0)
+
+        if int(need(k).sum()) > self.free_blocks:
+            low, high = 1, k  # need(low) fits, need(high) does not
+            while high - low > 1:
+                mid = (low + high) // 2
+                low, high = (mid, high) if int(need(mid).sum()) <= self.free_blocks else (low, mid)
+            k = low
+        grow = need(k)
+        self.blocks[idx] += grow
+        self.free_blocks -= int(grow.sum())
+        return k
+
+    def _static_batch(self) -> None:
+        """A static batch: up to ``max_num_seqs`` waiting requests whose prompts fit the token budget
+        and whose whole sequences fit the free blocks, prefilled together and decoded until the
+        longest is done (the finished ones stay in the batch as padding)."""
+        s = self.s
+        batch: list[int] = []
+        tokens = 0
+        while self.waiting and len(batch) < s.max_num_seqs:
+            r = self.waiting[0]
+            need = self._blocks_for(int(self.input[r] + self.output[r]))
+            if tokens + self.input[r] > s.max_num_batched_tokens or need > self.free_blocks:
+                break
+            batch.append(self.waiting.popleft())
+            self.blocks[r] = need
+            self.free_blocks -= need
+            tokens += int(self.input[r])
+        if not batch:
+            return
+        self.running = batch
+        spans = [(0.0, float(self.input[r])) for r in batch]
+        d = len(batch)
+        duration = self.table.seconds(tokens, d, 0, 0.0, spans)
+        self._record(duration, tokens)
+        self.done_prefill[batch] = self.input[batch]
+        self.now += duration
+        self.steps += 1
+        self._emit(list(batch))
+        idx = np.array(batch)
+        steps = int((self.output[idx] - 1).max())
+        if steps:
+            # every step decodes the whole batch; a finished sequence's context stops growing
+            grown = np.minimum(np.arange(steps)[:, None], (self.output[idx] - 1)[None, :])
+            contexts = (self.input[idx] + 1 + grown).sum(axis=1).astype(float)
+            durations = self.table.decode_seconds(d, contexts)
+            ends = self.now + np.cumsum(durations)
+            self._record(float(ends[-1] - self.now), d, steps=steps)
+            self.steps += steps
+            for r in batch:
+                n = int(self.output[r] - 1)
+                if n:
+                    self.itl.append(durations[:n])
+                    self.generated[r] += n
+                    self._finish(r, float(ends[n - 1]))
+            self.now = float(ends[-1])
+        self.running = []
+
+    def _record(self, duration: float, tokens: int, steps: int = 1) -> None:
+        tl = self.timeline
+        tl["start_s"].append(self.now)
+        tl["duration_s"].append(duration)
+        tl["steps"].append(steps)
+        tl["running"].append(len(self.running))
+        tl["waiting"].append(len(self.waiting))
+        tl["kv_blocks"].append(self.s.kv_blocks - self.free_blocks)
+        tl["tokens"].append(tokens)
+
+    def run(self) -> Simulation:
+        while self.left:
+            self._admit_arrivals()
+            if not self.running and not self.waiting:
+                self.now = max(self.now, float(self.arrival[self.next_arrival]))
+                continue
+            before = (self.now, self.steps)
+            self.step()
+            if (self.now, self.steps) == before:  # nothing could run: only an arrival changes that
+                if self.next_arrival >= self.released:
+                    raise ConfigError("the engine cannot schedule the waiting requests (token or KV budget)")
+                self.now = max(self.now, float(self.arrival[self.next_arrival]))
+        itl = np.concatenate(self.itl) if self.itl else np.zeros(0)
+        tl = {k: np.array(v) for k, v in self.timeline.items()}
+        return Simulation(self.first, self.finish, self.arrival, self.preempted, itl, self.steps, tl)
+
+
+def simulate(workload: Workload, table: StepTable, scheduler: Scheduler) -> Simulation:
+    """Serve ``workload`` on one replica whose steps take ``table``'s times (module docstring)."""
+    return _Engine(workload, table, scheduler).run()
+
+
+def simulate_replicas(
+    workload: Workload, table: StepTable, scheduler: Scheduler, replicas: int
+) -> Simulation:
+    """Serve ``workload`` on ``replicas`` identical replicas, request i on replica i mod replicas
+    (round robin; a closed loop's users likewise). The per-request arrays are in the workload's
+    order; the timeline is replica 0's."""
+    if replicas < 1:
+        raise ConfigError(f"replicas must be >= 1, got {replicas}")
+    w, n = workload, workload.size
+    parts = []
+    for i in range(min(replicas, n)):
+        idx = np.arange(i, n, replicas)
+        users = len(range(i, w.concurrency, replicas)) if w.concurrency else 0
+        part = Workload(w.arrival_s[idx], w.input_len[idx], w.output_len[idx], users)
+        parts.append((idx, simulate(part, table, scheduler)))
+    out = {k: np.full(n, np.nan) for k in ("first", "finish", "arrival")}
+    preempted = np.zeros(n, np.int64)
+    for idx, sim in parts:
+        out["first"][idx], out["finish"][idx], out["arrival"][idx] = (
+            sim.first_token_s,
+            sim.finish_s,
+            sim.arrival_s,
+        )
+        preempted[idx] = sim.preemptions
+    itl = np.concatenate([sim.itl_s for _, sim in parts])
+    steps = sum(sim.steps for _, sim in parts)
+    return Simulation(
+        out["first"], out["finish"], out["arrival"], preempted, itl, steps, parts[0][1].timeline
+    )
+
+
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass(frozen=True)
+class SLO:
+    """Service-level objectives of a request: time to first token and time per output token."""
+
+    ttft_ms: float = float("inf")
+    tpot_ms: float = float("inf")
+
+    def __post_init__(self) -> None:
+        for name in ("ttft_ms", "tpot_ms"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"slo.{name} must be positive, got {getattr(self, name)}")
+
+
+def serving_metrics(sim: Simulation, workload: Workload, slo: SLO, kv_blocks: int) -> dict[str, float]:
+    """Latency percentiles and throughput of a simulation, as serving benchmarks report them
+    (vLLM's ``benchmark_serving``): per request TTFT = first token − arrival, end-to-end latency
+    (e2e) = last token − arrival, TPOT = (e2e − TTFT)/(output − 1) (requests of one output token
+    have none), and every inter-token latency (ITL); throughput over the span from the first
+    arrival to the last token. Goodput (DistServe, Zhong et al. 2024): requests per second that meet
+    every SLO. KV-cache utilisation is time-weighted over replica 0's steps."""
+    ttft = sim.first_token_s - sim.arrival_s
+    e2e = sim.finish_s - sim.arrival_s
+    out = workload.output_len
+    many = out > 1
+    tpot = (e2e[many] - ttft[many]) / (out[many] - 1)
+    span = float(np.max(sim.finish_s) - np.min(sim.arrival_s))
+    ok = (ttft * 1e3 <= slo.ttft_ms) & np.where(
+        many, (e2e - ttft) / np.maximum(out - 1, 1) * 1e3 <= slo.tpot_ms, True
+    )
+    m: dict[str, float] = {}
+    for name, values in (("ttft", ttft), ("tpot", tpot), ("itl", sim.itl_s), ("e2e", e2e)):
+        values = values if len(values) else np.zeros(1)
+        m[f"{name}_mean_ms"] = float(np.mean(values) * 1e3)
+        for p in PERCENTILES:
+            m[f"{name}_p{p}_ms"] = float(np.percentile(values, p) * 1e3)
+    m["itl_max_ms"] = float(np.max(sim.itl_s) * 1e3) if len(sim.itl_s) else 0.0
+    tl = sim.timeline
+    busy = float(np.sum(tl["duration_s"]))
+    m |= {
+        "requests": float(workload.size),
+        "duration_s": span,
+        "throughput_requests_per_s": workload.size / span,
+        "throughput_tokens_per_s": float(np.sum(out)) / span,
+        "input_tokens_per_s": float(np.sum(workload.input_len)) / span,
+        "goodput_requests_per_s": float(np.sum(ok)) / span,
+        "slo_attainment": float(np.mean(ok)),
+        "preemptions": float(np.sum(sim.preemptions)),
+        "kv_utilisation_mean": float(np.sum(tl["kv_blocks"] * tl["duration_s"]) / busy / kv_blocks)
+        if busy
+        else 0.0,
+        "kv_utilisation_peak": float(np.max(tl["kv_blocks"]) / kv_blocks) if len(tl["kv_blocks"]) else 0.0,
+        "steps": float(sim.steps),
+    }
+    return m

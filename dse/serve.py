@@ -1,0 +1,321 @@
+"""``python -m dse.serve``: one deployment serving a stream of requests, simulated request by request.
+
+    python -m dse.serve model=llama3_8b hardware=h100_sxm tp=1 workload.rate_per_s=8
+    python -m dse.serve workload.arrival=closed workload.concurrency=64 engine.chunked_prefill=false
+    python -m dse.serve workload.arrival=trace workload.trace=experiments/serving/bursty_trace.jsonl
+
+The step times come from the cost model (``costmodels/serving.py``: one table per deployment), the
+scheduling from ``costmodels/requests.py``. It prints TTFT, TPOT, ITL and end-to-end latency
+percentiles, throughput, goodput under the SLOs (per GPU too), KV-cache use, preemptions, cost and
+energy per token, and what the figures assume; ``plots=<dir>`` also writes the engine's timeline,
+the latency CDFs and one CSV row per request.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+
+from costmodels.errors import ConfigError
+from costmodels.hardware import PRECISIONS
+from costmodels.inference import InferenceJob, engine_preset
+from costmodels.metrics import system_metrics
+from costmodels.requests import (
+    PERCENTILES,
+    SLO,
+    Scheduler,
+    Simulation,
+    Workload,
+    lengths,
+    serving_metrics,
+    simulate_replicas,
+    synthetic,
+)
+from costmodels.serving import kv_capacity_tokens, step_table
+from dse._app import format_table, print_json, run_app
+from dse.checks import check_results, positive_int
+from dse.hardware import hardware_from_config
+from dse.models import load_model
+from dse.roofline import model_name
+from dse.units import fmt_count
+
+CONFIG_NAME = "serve"
+TRACE_FIELDS = ("arrival_s", "input_len", "output_len")
+
+
+def load_trace(path: str | Path) -> Workload:
+    """A request trace: CSV with a header, or JSON Lines (``.jsonl``), each request with
+    ``arrival_s``, ``input_len`` and ``output_len``, in arrival order. An error names the line."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"workload.trace: no file {p}")
+    rows: list[dict[str, Any]] = []
+    text = p.read_text(encoding="utf-8")
+    if p.suffix == ".jsonl":
+        for i, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(f"{p}:{i}: not JSON ({exc.msg})") from None
+        start = 1
+    else:
+        rows = list(csv.DictReader(text.splitlines()))
+        start = 2
+    if not rows:
+        raise ConfigError(f"{p}: no requests")
+    values = {k: [] for k in TRACE_FIELDS}
+    for i, row in enumerate(rows, start):
+        if not isinstance(row, dict) or any(k not in row for k in TRACE_FIELDS):
+            raise ConfigError(f"{p}:{i}: a request needs {', '.join(TRACE_FIELDS)}")
+        try:
+            arrival, inp, out = float(row["arrival_s"]), float(row["input_len"]), float(row["output_len"])
+        except (TypeError, ValueError):
+            raise ConfigError(f"{p}:{i}: arrival_s, input_len and output_len must be numbers") from None
+        if not (np.isfinite(arrival) and arrival >= 0) or inp < 1 or out < 1 or inp % 1 or out % 1:
+            raise ConfigError(f"{p}:{i}: need arrival_s >= 0 and whole input_len, output_len >= 1")
+        if values["arrival_s"] and arrival < values["arrival_s"][-1]:
+            raise ConfigError(f"{p}:{i}: arrival_s goes back in time; sort the trace by arrival")
+        values["arrival_s"].append(arrival)
+        values["input_len"].append(int(inp))
+        values["output_len"].append(int(out))
+    return Workload(*(np.array(values[k]) for k in TRACE_FIELDS))
+
+
+def build_workload(w: DictConfig) -> Workload:
+    """The workload the config describes (``workload.*``)."""
+    if w.arrival == "trace":
+        if not w.trace:
+            raise ConfigError("workload.arrival=trace needs workload.trace=<file.csv or file.jsonl>")
+        return load_trace(w.trace)
+    n = positive_int(w.requests, "workload.requests")
+    rng = np.random.default_rng(int(w.seed) + 1)  # lengths: a stream apart from the arrivals'
+    spread = float(w.length_spread)
+    inputs = lengths(rng, n, float(w.input_len), spread)
+    outputs = lengths(rng, n, float(w.output_len), spread)
+    return synthetic(
+        str(w.arrival),
+        n,
+        float(w.rate_per_s),
+        inputs,
+        outputs,
+        seed=int(w.seed),
+        cv=float(w.cv),
+        concurrency=int(w.concurrency) if w.arrival == "closed" else 0,
+    )
+
+
+def _scheduler(e: DictConfig, kv_tokens: int) -> Scheduler:
+    block = positive_int(e.block_size, "engine.block_size")
+    return Scheduler(
+        kind=str(e.scheduler),
+        max_num_seqs=positive_int(e.max_num_seqs, "engine.max_num_seqs"),
+        max_num_batched_tokens=positive_int(e.max_num_batched_tokens, "engine.max_num_batched_tokens"),
+        chunked_prefill=bool(e.chunked_prefill),
+        priority=str(e.priority),
+        block_size=block,
+        kv_blocks=max(kv_tokens // block, 1),
+    )
+
+
+def assumptions(cfg: DictConfig) -> list[str]:
+    """What the figures assume, printed under them."""
+    out = [
+        "step times: the cost model's static-batch op times for each step's mix, read from tables "
+        "(interpolated between grid points; tests/test_serving.py states the error)",
+        "KV cache: every attention layer holds every token (a sliding window is not reclaimed); "
+        "preempted sequences are recomputed",
+    ]
+    if cfg.replicas > 1:
+        out.append("requests go to the replicas round robin")
+    return out
+
+
+def report(cfg: DictConfig) -> dict[str, Any]:
+    """The JSON-ready report of one simulated deployment."""
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+    spec, hw = load_model(cfg.model), hardware_from_config(cfg.hardware)
+    tp, replicas = positive_int(cfg.tp, "tp"), positive_int(cfg.replicas, "replicas")
+    workload = build_workload(cfg.workload)
+    e = cfg.engine
+    job = InferenceJob(
+        spec,
+        int(np.max(workload.input_len)),
+        int(np.max(workload.output_len)),
+        cfg.precision,
+        cfg.kv_precision,
+        engine=engine_preset(str(e.launch), "engine.launch"),
+    )
+    budget = positive_int(e.max_num_batched_tokens, "engine.max_num_batched_tokens")
+    if spec.num_heads % tp:
+        raise ConfigError(f"tp={tp} must divide num_attention_heads={spec.num_heads}")
+    model_kv = kv_capacity_tokens(hw, job, tp, budget)
+    kv_tokens = (
+        model_kv if e.kv_cache_tokens is None else positive_int(e.kv_cache_tokens, "engine.kv_cache_tokens")
+    )
+    if kv_tokens < 1:
+        raise ConfigError(
+            f"{spec.model_type} on tp={tp} leaves no memory for a KV cache on {hw.name}: raise tp or lower "
+            "engine.max_num_batched_tokens"
+        )
+    scheduler = _scheduler(e, kv_tokens)
+    longest = int(np.max(workload.input_len + workload.output_len))
+    context = longest if cfg.max_context is None else positive_int(cfg.max_context, "max_context")
+    if context < longest:
+        raise ConfigError(f"max_context={context} is shorter than the longest request ({longest} tokens)")
+    table = step_table(hw, job, tp, budget, scheduler.max_num_seqs, context)
+    sim = simulate_replicas(workload, table, scheduler, replicas)
+    slo = SLO(float(cfg.slo.ttft_ms), float(cfg.slo.tpot_ms))
+    metrics = serving_metrics(sim, workload, slo, scheduler.kv_blocks)
+    devices = tp * replicas
+    metrics["goodput_per_gpu"] = metrics["goodput_requests_per_s"] / devices
+    system = system_metrics(devices, hw, metrics["throughput_tokens_per_s"], 0.0)
+    metrics |= {k: float(v) for k, v in system.items() if k != "memory_gib"}
+    rep = {
+        "model": model_name(cfg),
+        "model_type": spec.model_type,
+        "hardware": hw.name,
+        "tp": tp,
+        "replicas": replicas,
+        "devices": devices,
+        "precision": cfg.precision,
+        "scheduler": scheduler.__dict__,
+        "kv_cache_tokens": kv_tokens,
+        "workload": {
+            "arrival": str(cfg.workload.arrival),
+            "requests": workload.size,
+            "mean_input_len": float(np.mean(workload.input_len)),
+            "mean_output_len": float(np.mean(workload.output_len)),
+        },
+        "slo": {"ttft_ms": slo.ttft_ms, "tpot_ms": slo.tpot_ms},
+        "metrics": metrics,
+        "assumptions": assumptions(cfg),
+    }
+    check_results(rep["metrics"], f"dse.serve with {spec.model_type} on {hw.name}")
+    if cfg.plots:
+        rep["files"] = write_plots(Path(str(cfg.plots)), sim, workload, slo)
+    return rep
+
+
+def render(rep: dict[str, Any]) -> str:
+    """The report as text."""
+    m, s, w = rep["metrics"], rep["scheduler"], rep["workload"]
+    head = "\n".join(
+        [
+            f"{rep['model']} on {rep['replicas']} × {rep['tp']} {rep['hardware']} "
+            f"(tp={rep['tp']} per replica), {rep['precision']}",
+            f"engine: {s['kind']} batching, {s['max_num_seqs']} sequences and {s['max_num_batched_tokens']} "
+            f"tokens per step, chunked prefill {'on' if s['chunked_prefill'] else 'off'}, "
+            f"{s['priority']} first; "
+            f"KV cache {rep['kv_cache_tokens']:,} tokens per replica ({s['kv_blocks']:,} blocks of "
+            f"{s['block_size']})",
+            f"workload: {w['requests']:,} requests, {w['arrival']} arrivals, mean {w['mean_input_len']:.0f} "
+            f"input + {w['mean_output_len']:.0f} output tokens; SLO: TTFT ≤ {rep['slo']['ttft_ms']:g} ms, "
+            f"TPOT ≤ {rep['slo']['tpot_ms']:g} ms",
+        ]
+    )
+    lat = [
+        [name.upper(), *(f"{m[f'{name}_p{p}_ms']:.1f}" for p in PERCENTILES), f"{m[f'{name}_mean_ms']:.1f}"]
+        for name in ("ttft", "tpot", "itl", "e2e")
+    ]
+    latency = format_table(["latency (ms)", *(f"p{p}" for p in PERCENTILES), "mean"], lat, align="lrrrr")
+    rows = [
+        ["throughput", f"{m['throughput_requests_per_s']:.2f} req/s", "requests per second of the run"],
+        ["output tokens/s", fmt_count(m["throughput_tokens_per_s"]), "all replicas"],
+        ["goodput", f"{m['goodput_requests_per_s']:.2f} req/s", "requests meeting both SLOs per second"],
+        ["goodput per GPU", f"{m['goodput_per_gpu']:.3f} req/s", f"goodput / {rep['devices']} device(s)"],
+        ["SLO attainment", f"{m['slo_attainment'] * 100:.1f} %", "share of requests meeting both SLOs"],
+        ["KV cache use", f"{m['kv_utilisation_mean']:.1%} mean, {m['kv_utilisation_peak']:.1%} peak",
+         "replica 0, time-weighted"],
+        ["preemptions", f"{m['preemptions']:.0f}", "sequences evicted and recomputed"],
+        ["cost", f"${m['cost_usd_per_mtoken']:.3f} per M tokens", "device-hours at the preset's price"],
+        ["energy", f"{m['energy_j_per_token']:.3f} J per token", "devices at rated power"],
+    ]  # fmt: skip
+    summary = format_table(["serving", "value", "definition"], rows, align="lrl")
+    notes = "\n".join(f"assumes: {a}" for a in rep["assumptions"])
+    files = [f"files: {', '.join(rep['files'])}"] if rep.get("files") else []
+    return "\n\n".join([head, latency, summary, notes, *files])
+
+
+def write_plots(out: Path, sim: Simulation, workload: Workload, slo: SLO) -> list[str]:
+    """timeline.png (running and waiting sequences, KV blocks in use over time), latency_cdf.png
+    (TTFT, TPOT and end-to-end CDFs with the SLOs) and requests.csv (one row per request)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    tl = sim.timeline
+    fig, axes = plt.subplots(3, 1, figsize=(9, 7), sharex=True)
+    for ax, key, label in zip(
+        axes,
+        ("running", "waiting", "kv_blocks"),
+        ("running sequences", "waiting requests", "KV blocks in use"),
+        strict=True,
+    ):
+        ax.step(tl["start_s"], tl[key], where="post", lw=0.8)
+        ax.set_ylabel(label)
+    axes[-1].set_xlabel("time (s), replica 0")
+    fig.tight_layout()
+    fig.savefig(out / "timeline.png", dpi=120)
+    plt.close(fig)
+    ttft = (sim.first_token_s - sim.arrival_s) * 1e3
+    e2e = (sim.finish_s - sim.arrival_s) * 1e3
+    many = workload.output_len > 1
+    tpot = (e2e[many] - ttft[many]) / (workload.output_len[many] - 1)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for ax, values, name, limit in (
+        (axes[0], ttft, "TTFT (ms)", slo.ttft_ms),
+        (axes[1], tpot, "TPOT (ms)", slo.tpot_ms),
+        (axes[2], e2e, "end-to-end (ms)", None),
+    ):
+        xs = np.sort(values)
+        ax.plot(xs, np.arange(1, len(xs) + 1) / max(len(xs), 1))
+        if limit is not None and np.isfinite(limit):
+            ax.axvline(limit, color="tab:red", ls="--", lw=1, label="SLO")
+            ax.legend(loc="lower right")
+        ax.set_xlabel(name)
+        ax.set_ylabel("fraction of requests")
+    fig.tight_layout()
+    fig.savefig(out / "latency_cdf.png", dpi=120)
+    plt.close(fig)
+    with (out / "requests.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["arrival_s", "input_len", "output_len", "ttft_s", "e2e_s", "preemptions"])
+        for i in range(workload.size):
+            writer.writerow(
+                [
+                    f"{sim.arrival_s[i]:.6f}",
+                    int(workload.input_len[i]),
+                    int(workload.output_len[i]),
+                    f"{ttft[i] / 1e3:.6f}",
+                    f"{e2e[i] / 1e3:.6f}",
+                    int(sim.preemptions[i]),
+                ]
+            )
+    return [str(out / n) for n in ("timeline.png", "latency_cdf.png", "requests.csv")]
+
+
+def task(cfg: DictConfig) -> None:
+    if cfg.format not in ("table", "json"):
+        raise ConfigError(f"format must be 'table' or 'json', got {cfg.format!r}")
+    rep = report(cfg)
+    if cfg.format == "json":
+        print_json(rep)
+    else:
+        print(render(rep))
+
+
+def main() -> None:
+    run_app(task, CONFIG_NAME)
+
+
+if __name__ == "__main__":
+    main()
