@@ -28,7 +28,7 @@ together, with the same arithmetic as one step at a time.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,6 +55,13 @@ class Workload:
     input_len: np.ndarray
     output_len: np.ndarray
     concurrency: int = 0
+    # a disaggregated decode pool's requests: each arrives with its prompt's KV cache (computed by
+    # the prefill pool, which produced its first token at this time) and only decodes
+    first_token_s: np.ndarray | None = None
+    # shared prompt prefixes (a system prompt, a few-shot header): request i's first prefix_len[i]
+    # tokens are the same as every other request's with prefix_id[i] (−1: none)
+    prefix_id: np.ndarray | None = None
+    prefix_len: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.arrival_s)
@@ -66,6 +73,20 @@ class Workload:
             raise ConfigError("arrival times must be >= 0 and in order")
         if self.concurrency < 0:
             raise ConfigError(f"concurrency must be >= 0, got {self.concurrency}")
+        if self.first_token_s is not None and (
+            len(self.first_token_s) != n or np.any(self.first_token_s > self.arrival_s) or self.concurrency
+        ):
+            raise ConfigError(
+                "prefilled requests need a first-token time each, before their arrival, open loop"
+            )
+        if (self.prefix_id is None) != (self.prefix_len is None):
+            raise ConfigError("shared prefixes need both prefix_id and prefix_len per request")
+        if self.prefix_len is not None and (
+            len(self.prefix_len) != n
+            or np.any(self.prefix_len < 0)
+            or np.any(self.prefix_len > self.input_len)
+        ):
+            raise ConfigError("prefix_len must be between 0 and the request's input_len")
 
     @property
     def size(self) -> int:
@@ -91,17 +112,26 @@ def synthetic(
     seed: int = 0,
     cv: float = 1.0,
     concurrency: int = 0,
+    prefixes: int = 0,
+    prefix_len: int = 0,
 ) -> Workload:
     """``n`` requests arriving by ``arrival``: ``poisson`` (exponential gaps of mean 1/rate), ``gamma``
     (gamma gaps of mean 1/rate and coefficient of variation ``cv``: shape 1/cv², > 1 bursty) or
-    ``closed`` (``concurrency`` users, no rate)."""
+    ``closed`` (``concurrency`` users, no rate). ``prefixes`` > 0: each request starts with one of that
+    many shared prefixes of ``prefix_len`` tokens (at most its prompt), drawn uniformly."""
     if arrival not in ARRIVALS:
         raise ConfigError(f"arrival must be one of {', '.join(ARRIVALS)}, got {arrival!r}")
     rng = np.random.default_rng(seed)
+    shared: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
+    if prefixes < 0 or prefix_len < 0:
+        raise ConfigError(f"prefixes and prefix_len must be >= 0, got {prefixes} and {prefix_len}")
+    if prefixes and prefix_len:  # a stream of its own: the arrivals stay those of the same seed
+        ids = np.random.default_rng(seed + 2).integers(0, prefixes, n)
+        shared = (ids, np.minimum(prefix_len, input_len))
     if arrival == "closed":
         if concurrency < 1:
             raise ConfigError(f"a closed loop needs concurrency >= 1, got {concurrency}")
-        return Workload(np.zeros(n), input_len, output_len, concurrency)
+        return Workload(np.zeros(n), input_len, output_len, concurrency, None, *shared)
     if not rate_per_s > 0:
         raise ConfigError(f"rate_per_s must be positive, got {rate_per_s}")
     if arrival == "poisson":
@@ -111,7 +141,7 @@ def synthetic(
             raise ConfigError(f"cv must be positive, got {cv}")
         shape = 1.0 / cv**2
         gaps = rng.gamma(shape, 1.0 / (rate_per_s * shape), n)
-    return Workload(np.cumsum(gaps), input_len, output_len)
+    return Workload(np.cumsum(gaps), input_len, output_len, 0, None, *shared)
 
 
 @dataclass(frozen=True)
@@ -125,6 +155,7 @@ class Scheduler:
     priority: str = "decode"
     block_size: int = 16  # vLLM's default
     kv_blocks: int = 1 << 30
+    prefix_caching: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULERS:
@@ -147,6 +178,9 @@ class Simulation:
     itl_s: np.ndarray  # every inter-token gap of every request
     steps: int = 0
     timeline: dict[str, np.ndarray] = field(default_factory=dict)  # TIMELINE columns, one row per step
+    hit_tokens: np.ndarray = field(
+        default_factory=lambda: np.zeros(0, np.int64)
+    )  # read from the prefix cache
 
 
 class _Engine:
@@ -171,6 +205,16 @@ class _Engine:
         self.waiting: deque[int] = deque()
         self.running: list[int] = []
         self.free_blocks = s.kv_blocks
+        # prefix cache: full blocks of each cached prefix, its users, the unused ones (LRU first)
+        self.shared = np.zeros(n, np.int64)  # of a request's blocks, those that are its prefix's
+        self.hit_tokens = np.zeros(n, np.int64)
+        self.cached: dict[int, int] = {}
+        self.users: dict[int, int] = {}
+        self.idle: OrderedDict[int, None] = OrderedDict()
+        self.idle_blocks = 0
+        caching = s.prefix_caching and w.prefix_id is not None
+        self.pid = w.prefix_id.astype(np.int64) if caching else np.full(n, -1, np.int64)
+        self.plen = w.prefix_len.astype(np.int64) if caching else np.zeros(n, np.int64)
         self.now = 0.0
         self.next_arrival = 0
         self.released = n
@@ -178,6 +222,7 @@ class _Engine:
         self.itl: list[np.ndarray] = []
         self.steps = 0
         self.timeline: dict[str, list[float]] = {k: [] for k in TIMELINE}
+        self.prefilled = w.first_token_s is not None
         if w.concurrency:  # a closed loop: the first users' requests are there at time 0
             self.arrival[:] = np.inf
             self.released = min(w.concurrency, n)
@@ -203,7 +248,15 @@ class _Engine:
                 "replica more memory"
             )
         prompt = int(np.max(self.input))
-        if (not s.chunked_prefill or s.kind == "static") and prompt > s.max_num_batched_tokens:
+        if self.prefilled and s.kind == "static":
+            raise ConfigError(
+                "a disaggregated decode pool batches continuously: set engine.scheduler=continuous"
+            )
+        if (
+            (not s.chunked_prefill or s.kind == "static")
+            and prompt > s.max_num_batched_tokens
+            and not self.prefilled
+        ):
             raise ConfigError(
                 f"a prompt of {prompt} tokens exceeds max_num_batched_tokens={s.max_num_batched_tokens} "
                 "and is not chunked: raise the token budget or turn chunked prefill on"
@@ -227,11 +280,65 @@ class _Engine:
             self.waiting.append(self.next_arrival)
             self.next_arrival += 1
 
+    # ---- KV blocks: free ones, and cached prefixes nobody uses (evicted least recently used first)
+
+    def _available(self) -> int:
+        return self.free_blocks + self.idle_blocks
+
+    def _take(self, blocks: int) -> None:
+        """Allocate ``blocks`` (at most :meth:`_available`), evicting unused prefixes as needed."""
+        while self.free_blocks < blocks:
+            p, _ = self.idle.popitem(last=False)
+            freed = self.cached.pop(p)
+            self.users.pop(p)
+            self.free_blocks += freed
+            self.idle_blocks -= freed
+        self.free_blocks -= blocks
+
+    def _release(self, r: int) -> None:
+        """Free ``r``'s own blocks; its prefix's blocks stay cached, unused once nobody holds them."""
+        self.free_blocks += int(self.blocks[r] - self.shared[r])
+        if self.shared[r]:
+            p = int(self.pid[r])
+            self.users[p] -= 1
+            if not self.users[p]:
+                self.idle[p] = None
+                self.idle_blocks += self.cached[p]
+        self.blocks[r] = self.shared[r] = 0
+
+    def _hit(self, r: int) -> None:
+        """A waiting request whose prefix is cached starts past it (at least its last prompt token
+        is computed, as vLLM does), holding the prefix's blocks."""
+        p = int(self.pid[r])
+        if p < 0 or p not in self.cached or self.shared[r] or self.done_prefill[r]:
+            return
+        blocks = min(self.cached[p], int(min(self.plen[r], self.prompt[r] - 1)) // self.s.block_size)
+        if blocks <= 0:
+            return
+        if not self.users[p]:
+            self.idle.pop(p)
+            self.idle_blocks -= self.cached[p]
+        self.users[p] += 1
+        self.shared[r] = self.blocks[r] = blocks
+        self.done_prefill[r] = blocks * self.s.block_size
+        if not self.generated[r]:  # its first admission (a recompute after preemption is not a prompt)
+            self.hit_tokens[r] = blocks * self.s.block_size
+
+    def _cache_prefixes(self, rows: list[int]) -> None:
+        """Requests of ``rows`` that have computed their whole prefix, of a prefix not cached yet,
+        hand its full blocks to the cache (they keep using them)."""
+        for r in rows:
+            p = int(self.pid[r])
+            full = int(self.plen[r]) // self.s.block_size
+            if p < 0 or p in self.cached or full == 0 or self.done_prefill[r] < self.plen[r]:
+                continue
+            self.cached[p], self.users[p] = full, 1
+            self.shared[r] = full
+
     def _finish(self, r: int, t: float) -> None:
         self.finish[r] = t
         self.left -= 1
-        self.free_blocks += int(self.blocks[r])
-        self.blocks[r] = 0
+        self._release(r)
         if self.w.concurrency and self.released < self.w.size:  # this user's next request
             self.arrival[self.released] = t
             self.released += 1
@@ -240,8 +347,7 @@ class _Engine:
         """Preempt the latest-admitted running sequence: its blocks are freed, and it waits at the
         head of the queue to prefill its prompt and its generated tokens again (vLLM's recompute)."""
         r = self.running.pop()
-        self.free_blocks += int(self.blocks[r])
-        self.blocks[r] = 0
+        self._release(r)
         self.prompt[r] = self.input[r] + self.generated[r]
         self.done_prefill[r] = 0
         self.preempted[r] += 1
@@ -254,11 +360,24 @@ class _Engine:
             decodes = self._split()[0]
             idx = np.array(decodes, dtype=np.int64)
             short = idx[self.input[idx] + self.generated[idx] > self.blocks[idx] * self.s.block_size]
-            if len(short) <= self.free_blocks:
+            if len(short) <= self._available():
+                self._take(len(short))
                 self.blocks[short] += 1
-                self.free_blocks -= len(short)
                 return decodes
             self._preempt_one()
+
+    def _admit_prefilled(self, r: int) -> bool:
+        """Take the blocks of a prefilled request's prompt and first token (False: not free); it
+        decodes from this step on, its first token already out."""
+        need = self._blocks_for(int(self.input[r]) + 1)
+        if self.generated[r] or need > self._available():  # preempted ones re-prefill; none here
+            return False
+        self._take(need)
+        self.blocks[r] = need
+        self.done_prefill[r] = self.prompt[r]
+        self.generated[r] = 1
+        self.first[r] = self.last_token[r] = self.w.first_token_s[r]
+        return True
 
     def _chunk(self, r: int, budget: int) -> int:
         """Prompt tokens of ``r`` to run this step within ``budget`` and the free blocks (0: none);
@@ -267,13 +386,13 @@ class _Engine:
         left = int(self.prompt[r] - self.done_prefill[r])
         new = min(left, budget) if s.chunked_prefill else (left if left <= budget else 0)
         room = int(self.blocks[r] * s.block_size - self.done_prefill[r])
-        if new > room + self.free_blocks * s.block_size:
-            new = room + self.free_blocks * s.block_size if s.chunked_prefill else 0
+        if new > room + self._available() * s.block_size:
+            new = room + self._available() * s.block_size if s.chunked_prefill else 0
         if new <= 0:
             return 0
         extra = self._blocks_for(max(new - room, 0))
+        self._take(extra)
         self.blocks[r] += extra
-        self.free_blocks -= extra
         return new
 
     # ---- scheduling
@@ -293,13 +412,20 @@ class _Engine:
             if new:
                 chunks.append((r, int(self.done_prefill[r]), new))
                 budget -= new
+        while self.prefilled and self.waiting and budget > 0 and len(self.running) < s.max_num_seqs:
+            if not self._admit_prefilled(self.waiting[0]):
+                break
+            decodes.append(self.waiting.popleft())
+            self.running.append(decodes[-1])
+            budget -= 1
         while self.waiting and budget > 0 and len(self.running) < s.max_num_seqs:
             r = self.waiting[0]
+            self._hit(r)
             new = self._chunk(r, budget)
             if not new:
                 break
             self.running.append(self.waiting.popleft())
-            chunks.append((r, 0, new))
+            chunks.append((r, int(self.done_prefill[r]), new))  # after a prefix hit: past it
             budget -= new
         if prefill_first and not chunks:  # no prompt to run: this step decodes
             decodes = self._reserve_decodes()
@@ -323,6 +449,7 @@ class _Engine:
         self._record(duration, tokens)
         for r, _, new in chunks:
             self.done_prefill[r] += new
+        self._cache_prefixes([r for r, _, _ in chunks])
         self.now += duration
         self.steps += 1
         self._emit(decodes + ends)
@@ -382,15 +509,15 @@ class _Engine:
         def need(steps: int) -> np.ndarray:  # blocks to hold positions up to kv + steps − 1
             return np.maximum(-(-(kv + steps - 1) // bs) - self.blocks[idx], 0)
 
-        if int(need(k).sum()) > self.free_blocks:
+        if int(need(k).sum()) > self._available():
             low, high = 1, k  # need(low) fits, need(high) does not
             while high - low > 1:
                 mid = (low + high) // 2
-                low, high = (mid, high) if int(need(mid).sum()) <= self.free_blocks else (low, mid)
+                low, high = (mid, high) if int(need(mid).sum()) <= self._available() else (low, mid)
             k = low
         grow = need(k)
+        self._take(int(grow.sum()))
         self.blocks[idx] += grow
-        self.free_blocks -= int(grow.sum())
         return k
 
     def _static_batch(self) -> None:
@@ -403,11 +530,11 @@ class _Engine:
         while self.waiting and len(batch) < s.max_num_seqs:
             r = self.waiting[0]
             need = self._blocks_for(int(self.input[r] + self.output[r]))
-            if tokens + self.input[r] > s.max_num_batched_tokens or need > self.free_blocks:
+            if tokens + self.input[r] > s.max_num_batched_tokens or need > self._available():
                 break
             batch.append(self.waiting.popleft())
+            self._take(need)
             self.blocks[r] = need
-            self.free_blocks -= need
             tokens += int(self.input[r])
         if not batch:
             return
@@ -463,7 +590,9 @@ class _Engine:
                 self.now = max(self.now, float(self.arrival[self.next_arrival]))
         itl = np.concatenate(self.itl) if self.itl else np.zeros(0)
         tl = {k: np.array(v) for k, v in self.timeline.items()}
-        return Simulation(self.first, self.finish, self.arrival, self.preempted, itl, self.steps, tl)
+        return Simulation(
+            self.first, self.finish, self.arrival, self.preempted, itl, self.steps, tl, self.hit_tokens
+        )
 
 
 def simulate(workload: Workload, table: StepTable, scheduler: Scheduler) -> Simulation:
@@ -484,22 +613,65 @@ def simulate_replicas(
     for i in range(min(replicas, n)):
         idx = np.arange(i, n, replicas)
         users = len(range(i, w.concurrency, replicas)) if w.concurrency else 0
-        part = Workload(w.arrival_s[idx], w.input_len[idx], w.output_len[idx], users)
+        first = None if w.first_token_s is None else w.first_token_s[idx]
+        prefixes = (None, None) if w.prefix_id is None else (w.prefix_id[idx], w.prefix_len[idx])
+        part = Workload(w.arrival_s[idx], w.input_len[idx], w.output_len[idx], users, first, *prefixes)
         parts.append((idx, simulate(part, table, scheduler)))
-    out = {k: np.full(n, np.nan) for k in ("first", "finish", "arrival")}
-    preempted = np.zeros(n, np.int64)
+    merged = {k: np.full(n, np.nan) for k in ("first_token_s", "finish_s", "arrival_s")}
+    counts = {k: np.zeros(n, np.int64) for k in ("preemptions", "hit_tokens")}
     for idx, sim in parts:
-        out["first"][idx], out["finish"][idx], out["arrival"][idx] = (
-            sim.first_token_s,
-            sim.finish_s,
-            sim.arrival_s,
-        )
-        preempted[idx] = sim.preemptions
+        for k, values in (merged | counts).items():
+            values[idx] = getattr(sim, k)
     itl = np.concatenate([sim.itl_s for _, sim in parts])
     steps = sum(sim.steps for _, sim in parts)
-    return Simulation(
-        out["first"], out["finish"], out["arrival"], preempted, itl, steps, parts[0][1].timeline
-    )
+    return Simulation(itl_s=itl, steps=steps, timeline=parts[0][1].timeline, **merged, **counts)
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Replicas of one engine: their step table, scheduler and how many."""
+
+    table: StepTable
+    scheduler: Scheduler
+    replicas: int = 1
+
+
+def simulate_disaggregated(
+    workload: Workload, prefill: Pool, decode: Pool, transfer_s: np.ndarray
+) -> Simulation:
+    """Disaggregated serving (DistServe, Zhong et al. 2024; Splitwise, Patel et al. 2024): the prefill
+    pool runs each prompt and emits its first token; the prompt's KV cache then moves to a decode
+    replica (``transfer_s`` per request), where the request waits for blocks and decodes. The
+    timeline is the decode pool's replica 0."""
+    if workload.concurrency:
+        raise ConfigError("disaggregated serving takes an open-loop workload (poisson, gamma or a trace)")
+    w = workload
+    ones = np.ones(w.size, dtype=np.int64)
+    prompts = Workload(w.arrival_s, w.input_len, ones, prefix_id=w.prefix_id, prefix_len=w.prefix_len)
+    first = simulate_replicas(prompts, prefill.table, prefill.scheduler, prefill.replicas)
+    t_first = first.first_token_s
+    finish = t_first.copy()
+    itl, preempted = [], first.preemptions.copy()
+    timeline = first.timeline
+    steps = first.steps
+    more = np.flatnonzero(w.output_len > 1)
+    if len(more):
+        ready = t_first[more] + transfer_s[more]
+        order = more[np.argsort(ready, kind="stable")]
+        moved = Workload(
+            np.sort(ready, kind="stable"),
+            w.input_len[order],
+            w.output_len[order],
+            first_token_s=t_first[order],
+        )
+        second = simulate_replicas(moved, decode.table, decode.scheduler, decode.replicas)
+        finish[order] = second.finish_s
+        preempted[order] += second.preemptions
+        itl.append(second.itl_s)
+        timeline, steps = second.timeline, steps + second.steps
+    itl_s = np.concatenate(itl) if itl else np.zeros(0)
+    arrival = w.arrival_s.astype(float)
+    return Simulation(t_first, finish, arrival, preempted, itl_s, steps, timeline, first.hit_tokens)
 
 
 PERCENTILES = (50, 90, 99)
@@ -552,6 +724,7 @@ def serving_metrics(sim: Simulation, workload: Workload, slo: SLO, kv_blocks: in
         "goodput_requests_per_s": float(np.sum(ok)) / span,
         "slo_attainment": float(np.mean(ok)),
         "preemptions": float(np.sum(sim.preemptions)),
+        "prefix_hit_rate": float(np.sum(sim.hit_tokens) / np.sum(workload.input_len)),
         "kv_utilisation_mean": float(np.sum(tl["kv_blocks"] * tl["duration_s"]) / busy / kv_blocks)
         if busy
         else 0.0,

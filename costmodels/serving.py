@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from costmodels.errors import ConfigError
-from costmodels.fabric import collective_s
+from costmodels.fabric import collective_s, p2p_s
 from costmodels.hardware import Hardware, activation_precision, bytes_per_element, kv_cache_precision
 from costmodels.inference import InferenceJob, op_seconds
 from costmodels.memory import inference_memory, kv_elements_per_token
@@ -362,3 +362,18 @@ def kv_capacity_tokens(hw: Hardware, job: InferenceJob, tp: int, max_tokens: int
     # allocator with one block pool for all layers holds them)
     per_token = spec.attention_layers * float(kv_elements_per_token(spec, float(tp))) * kv_b
     return max(int(free // per_token), 0)
+
+
+def kv_transfer_s(
+    hw: Hardware, job: InferenceJob, tp: int, tokens: np.ndarray, across_nodes: bool = True
+) -> np.ndarray:
+    """Moving the KV cache of ``tokens`` prompt tokens from a prefill replica to a decode replica
+    (disaggregated serving): each of the ``tp`` ranks sends its share, every attention layer's keys and
+    values, as one point-to-point transfer over the scale-out link (``across_nodes``) or the scale-up
+    one (``fabric.p2p_s``: latency + bytes / bandwidth)."""
+    spec = job.spec
+    kv_b = bytes_per_element(kv_cache_precision(job.precision, job.kv_precision))
+    per_token = spec.attention_layers * float(kv_elements_per_token(spec, float(tp))) * kv_b
+    stride = float(hw.scale_up_domain_size) if across_nodes else 1.0
+    with jax.enable_x64(True):
+        return np.asarray(p2p_s(hw, jnp.asarray(tokens, dtype=float) * per_token, stride))

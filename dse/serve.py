@@ -28,15 +28,17 @@ from costmodels.metrics import system_metrics
 from costmodels.requests import (
     PERCENTILES,
     SLO,
+    Pool,
     Scheduler,
     Simulation,
     Workload,
     lengths,
     serving_metrics,
+    simulate_disaggregated,
     simulate_replicas,
     synthetic,
 )
-from costmodels.serving import kv_capacity_tokens, step_table
+from costmodels.serving import kv_capacity_tokens, kv_transfer_s, step_table
 from dse._app import format_table, print_json, run_app
 from dse.checks import check_results, positive_int
 from dse.hardware import hardware_from_config
@@ -46,11 +48,13 @@ from dse.units import fmt_count
 
 CONFIG_NAME = "serve"
 TRACE_FIELDS = ("arrival_s", "input_len", "output_len")
+PREFIX_FIELDS = ("prefix_id", "prefix_len")  # optional
 
 
 def load_trace(path: str | Path) -> Workload:
     """A request trace: CSV with a header, or JSON Lines (``.jsonl``), each request with
-    ``arrival_s``, ``input_len`` and ``output_len``, in arrival order. An error names the line."""
+    ``arrival_s``, ``input_len`` and ``output_len`` (and, for shared prefixes, ``prefix_id`` and
+    ``prefix_len``), in arrival order. An error names the line."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"workload.trace: no file {p}")
@@ -69,7 +73,8 @@ def load_trace(path: str | Path) -> Workload:
         start = 2
     if not rows:
         raise ConfigError(f"{p}: no requests")
-    values = {k: [] for k in TRACE_FIELDS}
+    values = {k: [] for k in (*TRACE_FIELDS, *PREFIX_FIELDS)}
+    prefixed = isinstance(rows[0], dict) and all(rows[0].get(k) not in (None, "") for k in PREFIX_FIELDS)
     for i, row in enumerate(rows, start):
         if not isinstance(row, dict) or any(k not in row for k in TRACE_FIELDS):
             raise ConfigError(f"{p}:{i}: a request needs {', '.join(TRACE_FIELDS)}")
@@ -84,7 +89,20 @@ def load_trace(path: str | Path) -> Workload:
         values["arrival_s"].append(arrival)
         values["input_len"].append(int(inp))
         values["output_len"].append(int(out))
-    return Workload(*(np.array(values[k]) for k in TRACE_FIELDS))
+        if prefixed:
+            try:
+                pid, plen = int(row["prefix_id"]), int(row["prefix_len"])
+            except (KeyError, TypeError, ValueError):
+                raise ConfigError(
+                    f"{p}:{i}: prefix_id and prefix_len must be integers on every line"
+                ) from None
+            if not 0 <= plen <= inp:
+                raise ConfigError(f"{p}:{i}: prefix_len must be between 0 and input_len")
+            values["prefix_id"].append(pid)
+            values["prefix_len"].append(plen)
+    arrays = [np.array(values[k]) for k in TRACE_FIELDS]
+    shared = [np.array(values[k]) for k in PREFIX_FIELDS] if prefixed else [None, None]
+    return Workload(*arrays, 0, None, *shared)
 
 
 def build_workload(w: DictConfig) -> Workload:
@@ -107,6 +125,8 @@ def build_workload(w: DictConfig) -> Workload:
         seed=int(w.seed),
         cv=float(w.cv),
         concurrency=int(w.concurrency) if w.arrival == "closed" else 0,
+        prefixes=int(w.prefixes),
+        prefix_len=int(w.prefix_len),
     )
 
 
@@ -120,7 +140,27 @@ def _scheduler(e: DictConfig, kv_tokens: int) -> Scheduler:
         priority=str(e.priority),
         block_size=block,
         kv_blocks=max(kv_tokens // block, 1),
+        prefix_caching=bool(e.prefix_caching),
     )
+
+
+def _pool(cfg: DictConfig, hw: Any, job: InferenceJob, tp: int, replicas: int, context: int) -> Pool:
+    """``replicas`` replicas of ``tp`` devices: their KV capacity, scheduler and step table."""
+    spec, e = job.spec, cfg.engine
+    if spec.num_heads % tp:
+        raise ConfigError(f"tp={tp} must divide num_attention_heads={spec.num_heads}")
+    budget = positive_int(e.max_num_batched_tokens, "engine.max_num_batched_tokens")
+    if e.kv_cache_tokens is None:
+        kv_tokens = kv_capacity_tokens(hw, job, tp, budget)
+    else:
+        kv_tokens = positive_int(e.kv_cache_tokens, "engine.kv_cache_tokens")
+    if kv_tokens < 1:
+        raise ConfigError(
+            f"{spec.model_type} on tp={tp} leaves no memory for a KV cache on {hw.name}: raise tp or lower "
+            "engine.max_num_batched_tokens"
+        )
+    scheduler = _scheduler(e, kv_tokens)
+    return Pool(step_table(hw, job, tp, budget, scheduler.max_num_seqs, context), scheduler, replicas)
 
 
 def assumptions(cfg: DictConfig) -> list[str]:
@@ -131,8 +171,17 @@ def assumptions(cfg: DictConfig) -> list[str]:
         "KV cache: every attention layer holds every token (a sliding window is not reclaimed); "
         "preempted sequences are recomputed",
     ]
-    if cfg.replicas > 1:
+    d = cfg.disaggregation
+    if cfg.replicas > 1 or d.prefill_replicas > 1:
         out.append("requests go to the replicas round robin")
+    if d.prefill_replicas:
+        link = "the scale-out link" if d.across_nodes else "the scale-up link"
+        link = "no time (ideal network)" if d.ideal_network else link
+        out.append(
+            f"disaggregated: {d.prefill_replicas} prefill replica(s) emit each first token, then the "
+            f"prompt's KV cache moves to a decode replica over {link}; "
+            "the timeline is the decode pool's"
+        )
     return out
 
 
@@ -152,28 +201,31 @@ def report(cfg: DictConfig) -> dict[str, Any]:
         cfg.kv_precision,
         engine=engine_preset(str(e.launch), "engine.launch"),
     )
-    budget = positive_int(e.max_num_batched_tokens, "engine.max_num_batched_tokens")
-    if spec.num_heads % tp:
-        raise ConfigError(f"tp={tp} must divide num_attention_heads={spec.num_heads}")
-    model_kv = kv_capacity_tokens(hw, job, tp, budget)
-    kv_tokens = (
-        model_kv if e.kv_cache_tokens is None else positive_int(e.kv_cache_tokens, "engine.kv_cache_tokens")
-    )
-    if kv_tokens < 1:
-        raise ConfigError(
-            f"{spec.model_type} on tp={tp} leaves no memory for a KV cache on {hw.name}: raise tp or lower "
-            "engine.max_num_batched_tokens"
-        )
-    scheduler = _scheduler(e, kv_tokens)
     longest = int(np.max(workload.input_len + workload.output_len))
     context = longest if cfg.max_context is None else positive_int(cfg.max_context, "max_context")
     if context < longest:
         raise ConfigError(f"max_context={context} is shorter than the longest request ({longest} tokens)")
-    table = step_table(hw, job, tp, budget, scheduler.max_num_seqs, context)
-    sim = simulate_replicas(workload, table, scheduler, replicas)
+    pool = _pool(cfg, hw, job, tp, replicas, context)
+    scheduler = pool.scheduler
+    kv_tokens = scheduler.kv_blocks * scheduler.block_size
+    d = cfg.disaggregation
+    prefill_replicas = int(d.prefill_replicas)
+    if prefill_replicas < 0:
+        raise ConfigError(f"disaggregation.prefill_replicas must be >= 0, got {prefill_replicas}")
+    prefill_tp = tp if d.prefill_tp is None else positive_int(d.prefill_tp, "disaggregation.prefill_tp")
+    if prefill_replicas:
+        prefill = _pool(cfg, hw, job, prefill_tp, prefill_replicas, context)
+        transfer = (
+            np.zeros(workload.size)
+            if d.ideal_network
+            else kv_transfer_s(hw, job, prefill_tp, workload.input_len, bool(d.across_nodes))
+        )
+        sim = simulate_disaggregated(workload, prefill, pool, transfer)
+    else:
+        sim = simulate_replicas(workload, pool.table, scheduler, replicas)
     slo = SLO(float(cfg.slo.ttft_ms), float(cfg.slo.tpot_ms))
     metrics = serving_metrics(sim, workload, slo, scheduler.kv_blocks)
-    devices = tp * replicas
+    devices = tp * replicas + prefill_tp * prefill_replicas
     metrics["goodput_per_gpu"] = metrics["goodput_requests_per_s"] / devices
     system = system_metrics(devices, hw, metrics["throughput_tokens_per_s"], 0.0)
     metrics |= {k: float(v) for k, v in system.items() if k != "memory_gib"}
@@ -183,6 +235,8 @@ def report(cfg: DictConfig) -> dict[str, Any]:
         "hardware": hw.name,
         "tp": tp,
         "replicas": replicas,
+        "prefill_replicas": prefill_replicas,
+        "prefill_tp": prefill_tp,
         "devices": devices,
         "precision": cfg.precision,
         "scheduler": scheduler.__dict__,
@@ -192,6 +246,7 @@ def report(cfg: DictConfig) -> dict[str, Any]:
             "requests": workload.size,
             "mean_input_len": float(np.mean(workload.input_len)),
             "mean_output_len": float(np.mean(workload.output_len)),
+            "shared_prefixes": 0 if workload.prefix_id is None else len(set(workload.prefix_id.tolist())),
         },
         "slo": {"ttft_ms": slo.ttft_ms, "tpot_ms": slo.tpot_ms},
         "metrics": metrics,
@@ -209,7 +264,12 @@ def render(rep: dict[str, Any]) -> str:
     head = "\n".join(
         [
             f"{rep['model']} on {rep['replicas']} × {rep['tp']} {rep['hardware']} "
-            f"(tp={rep['tp']} per replica), {rep['precision']}",
+            f"(tp={rep['tp']} per replica), {rep['precision']}"
+            + (
+                f"; prompts on {rep['prefill_replicas']} more × {rep['prefill_tp']} (disaggregated prefill)"
+                if rep["prefill_replicas"]
+                else ""
+            ),
             f"engine: {s['kind']} batching, {s['max_num_seqs']} sequences and {s['max_num_batched_tokens']} "
             f"tokens per step, chunked prefill {'on' if s['chunked_prefill'] else 'off'}, "
             f"{s['priority']} first; "
@@ -234,6 +294,7 @@ def render(rep: dict[str, Any]) -> str:
         ["KV cache use", f"{m['kv_utilisation_mean']:.1%} mean, {m['kv_utilisation_peak']:.1%} peak",
          "replica 0, time-weighted"],
         ["preemptions", f"{m['preemptions']:.0f}", "sequences evicted and recomputed"],
+        ["prefix cache hits", f"{m['prefix_hit_rate']:.1%}", "prompt tokens read from the prefix cache"],
         ["cost", f"${m['cost_usd_per_mtoken']:.3f} per M tokens", "device-hours at the preset's price"],
         ["energy", f"{m['energy_j_per_token']:.3f} J per token", "devices at rated power"],
     ]  # fmt: skip
