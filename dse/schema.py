@@ -27,6 +27,7 @@ from costmodels.memory import OPTIMIZER_MOMENT_BYTES
 from search.base import METRICS
 from search.optuna_driver import SAMPLERS
 from search.problems import OBJECTIVES, SERVING_METRICS, SERVING_OBJECTIVES
+from search.serving import SERVING_SIM_OBJECTIVES
 from search.wafer import WAFER_OBJECTIVES
 
 
@@ -39,7 +40,9 @@ def ranged(default: Any, **rule: Any) -> Any:
 POSITIVE_INT = {"at_least": 1, "integer": True}
 PRECISION = {"one_of": PRECISIONS}
 # per problem and workload kind: dse/search.py, search/wafer.py
-ALL_OBJECTIVES = tuple(dict.fromkeys(OBJECTIVES + SERVING_OBJECTIVES + WAFER_OBJECTIVES))
+ALL_OBJECTIVES = tuple(
+    dict.fromkeys(OBJECTIVES + SERVING_OBJECTIVES + WAFER_OBJECTIVES + SERVING_SIM_OBJECTIVES)
+)
 METRIC_NAMES = {"one_of": tuple(dict.fromkeys(METRICS + SERVING_METRICS))}
 
 
@@ -159,6 +162,7 @@ class SearchConfig:
     mesh: Any = None  # the auto_shard experiment's device mesh, e.g. [8, 8]
     topology: Any = None  # the placement experiment's network topology (conf/topology/)
     placement: Any = None  # the placement experiment's job: model mapping and traffic
+    serving: Any = None  # the serving experiment's pool, engine, requests, SLOs and searched knobs
     num_devices: int = ranged(64, **POSITIVE_INT)
     format: str = ranged("table", one_of=("table", "json"))
     seed: int = ranged(0, at_least=0, integer=True)

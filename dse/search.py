@@ -669,12 +669,14 @@ def _emit(cfg: DictConfig, rep: dict[str, Any]) -> None:
 
 
 # What is explored (``problem=``, conf/problem/): the parallel mapping of a training or serving job
-# (workload.kind) is run here; the others by their module (its ``run`` and its reporter ``render``).
+# (workload.kind) is run here; the others by their module (its ``run`` and its reporter ``render``):
+# a serving deployment under request-level simulation is ``serving``.
 PROBLEMS: dict[str, str | None] = {
     "mapping": None,
     "wafer": "wafer_search",
     "auto_shard": "shard_search",
     "placement": "placement_search",
+    "serving": "serving_search",
 }
 # problems solved by the solver of the model they build (an ILP over an FX graph, a CP-SAT placement)
 SOLVERS = {"auto_shard": "ilp", "placement": "cpsat"}
