@@ -145,6 +145,37 @@ def synthetic(
 
 
 @dataclass(frozen=True)
+class Speculation:
+    """Speculative decoding (Leviathan et al. 2023; vLLM's draft-model and n-gram proposers): each
+    step a decoding sequence feeds its last token and ``tokens`` = k proposed ones, all verified in
+    one pass (the step table's ``width`` is k + 1). Each proposal is accepted with probability
+    ``acceptance`` = α until the first rejection, and the verification adds one token of its own, so a
+    step emits 1 + a tokens, a ≤ k, on average (1 − α^(k+1))/(1 − α). ``draft``: the draft model's step
+    table, whose k single-token steps per step and whose prefill of each prompt chunk add to the
+    step; None: a proposer with no model to run (n-gram lookup in the prompt)."""
+
+    tokens: int
+    acceptance: float
+    draft: StepTable | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.tokens < 1:
+            raise ConfigError(f"speculative tokens must be >= 1, got {self.tokens}")
+        if not 0.0 <= self.acceptance <= 1.0:
+            raise ConfigError(f"speculative acceptance must be in [0, 1], got {self.acceptance}")
+
+    def accepted(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        """Accepted proposals a per sequence and step: P(a ≥ j) = α^j for j ≤ k."""
+        if self.acceptance >= 1.0:
+            return np.full(shape, self.tokens, np.int64)
+        if self.acceptance <= 0.0:
+            return np.zeros(shape, np.int64)
+        runs = np.floor(np.log(1.0 - rng.random(shape)) / np.log(self.acceptance))
+        return np.minimum(runs, self.tokens).astype(np.int64)
+
+
+@dataclass(frozen=True)
 class Scheduler:
     """The engine's scheduling and KV-cache settings (module docstring)."""
 
@@ -156,8 +187,13 @@ class Scheduler:
     block_size: int = 16  # vLLM's default
     kv_blocks: int = 1 << 30
     prefix_caching: bool = False
+    speculation: Speculation | None = None
 
     def __post_init__(self) -> None:
+        if self.speculation is not None and self.kind == "static":
+            raise ConfigError(
+                "speculative decoding needs continuous batching: set the scheduler to continuous"
+            )
         if self.kind not in SCHEDULERS:
             raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.kind!r}")
         if self.priority not in PRIORITIES:
@@ -223,6 +259,9 @@ class _Engine:
         self.steps = 0
         self.timeline: dict[str, list[float]] = {k: [] for k in TIMELINE}
         self.prefilled = w.first_token_s is not None
+        spec = s.speculation
+        self.k = spec.tokens if spec is not None else 0  # proposals per step (0: none)
+        self.rng = np.random.default_rng(spec.seed if spec is not None else 0)
         if w.concurrency:  # a closed loop: the first users' requests are there at time 0
             self.arrival[:] = np.inf
             self.released = min(w.concurrency, n)
@@ -231,6 +270,11 @@ class _Engine:
 
     def _check_fits(self) -> None:
         s, longest, t = self.s, int(np.max(self.input + self.output)), self.table
+        if t.width != self.k + 1:
+            raise ConfigError(
+                f"the step table verifies {t.width - 1} speculated tokens per step, the engine {self.k}: "
+                "build it with width = speculative tokens + 1"
+            )
         if (
             t.tokens[-1] < s.max_num_batched_tokens
             or len(t.decode_s) - 1 < s.max_num_seqs
@@ -359,10 +403,14 @@ class _Engine:
         while True:
             decodes = self._split()[0]
             idx = np.array(decodes, dtype=np.int64)
-            short = idx[self.input[idx] + self.generated[idx] > self.blocks[idx] * self.s.block_size]
-            if len(short) <= self._available():
-                self._take(len(short))
-                self.blocks[short] += 1
+            # this step writes the keys and values of its fed token and its k proposals
+            more = np.maximum(
+                -(-(self.input[idx] + self.generated[idx] + self.k) // self.s.block_size) - self.blocks[idx],
+                0,
+            )
+            if int(more.sum()) <= self._available():
+                self._take(int(more.sum()))
+                self.blocks[idx] += more
                 return decodes
             self._preempt_one()
 
@@ -406,7 +454,7 @@ class _Engine:
         decodes: list[int] = []
         if not prefill_first:
             decodes = self._reserve_decodes()
-            budget -= len(decodes)
+            budget -= len(decodes) * (self.k + 1)
         for r in self._split()[1]:  # prompts already admitted
             new = self._chunk(r, budget) if budget > 0 else 0
             if new:
@@ -439,29 +487,44 @@ class _Engine:
         decodes, chunks = self._plan()
         if not chunks:
             if decodes:
-                self._decode_stretch(decodes)
+                (self._spec_stretch if self.k else self._decode_stretch)(decodes)
             return
-        context = float(np.sum(self.input[decodes] + self.generated[decodes]))
-        tokens = len(decodes) + sum(new for _, _, new in chunks)
+        d, width = len(decodes), self.k + 1
+        context = float(np.sum(self.input[decodes] + self.generated[decodes])) + d * self.k
+        prompt_tokens = sum(new for _, _, new in chunks)
+        tokens = d * width + prompt_tokens
         ends = [r for r, cached, new in chunks if cached + new >= self.prompt[r]]
         spans = [(float(c), float(n)) for _, c, n in chunks]
-        duration = self.table.seconds(tokens, len(decodes) + len(ends), len(decodes), context, spans)
+        duration = self.table.seconds(tokens, d * width + len(ends), d, context, spans)
+        draft = self.s.speculation.draft if self.k else None
+        if draft is not None:  # the draft prefills the prompts too, and proposes for the decodes
+            duration += draft.seconds(prompt_tokens, len(ends), 0, 0.0, spans)
+            if d:
+                duration += float(
+                    np.sum(draft.decode_seconds(d, context - d * self.k + d * np.arange(self.k)))
+                )
         self._record(duration, tokens)
         for r, _, new in chunks:
             self.done_prefill[r] += new
         self._cache_prefixes([r for r, _, _ in chunks])
         self.now += duration
         self.steps += 1
-        self._emit(decodes + ends)
+        emitted = np.ones(d, np.int64)  # each decode's tokens: 1, or 1 + its accepted proposals
+        if d and self.k:
+            left = self.output[decodes] - self.generated[decodes]
+            emitted = np.minimum(self.s.speculation.accepted(self.rng, (d,)) + 1, left)
+        counts = [*emitted.tolist(), *([1] * len(ends))]
+        self._emit(decodes + ends, counts)
 
-    def _emit(self, rows: list[int]) -> None:
-        """Each of ``rows`` produces a token now (a prompt's end: its first token, or its next one
-        after a preemption); a request is done at its output length."""
+    def _emit(self, rows: list[int], counts: list[int] | None = None) -> None:
+        """Each of ``rows`` produces ``counts`` tokens now (1 each by default; a prompt's end: its
+        first token, or its next one after a preemption); one inter-token gap per row, as a client
+        streaming the tokens sees it; a request is done at its output length."""
         t, idx = self.now, np.array(rows, dtype=np.int64)
         first = self.generated[idx] == 0
         self.first[idx[first]] = t
         self.itl.append(t - self.last_token[idx[~first]])
-        self.generated[idx] += 1
+        self.generated[idx] += 1 if counts is None else np.array(counts, dtype=np.int64)
         self.last_token[idx] = t
         self._finish_done(idx, t)
 
@@ -473,6 +536,57 @@ class _Engine:
         if len(done):
             gone = set(done.tolist())
             self.running = [r for r in self.running if r not in gone]
+
+    def _spec_stretch(self, decodes: list[int]) -> None:
+        """Decode-only steps with speculation, up to the first completion (each step emits 1 + a
+        tokens per sequence, drawn now), the step during which a request arrives that could join, or
+        the blocks running out; the draft's proposals add to each step."""
+        s, d, k = self.s, len(decodes), self.k
+        idx = np.array(decodes)
+        left = self.output[idx] - self.generated[idx]
+        m = int(left.min())  # every step emits at least one token: a completion within m steps
+        emitted = np.minimum(s.speculation.accepted(self.rng, (m, d)) + 1, left)
+        cum = np.cumsum(emitted, axis=0)
+        done = (cum >= left).any(axis=1)
+        steps = int(np.argmax(done)) + 1 if done.any() else m
+        before = np.vstack([np.zeros((1, d), np.int64), cum[:-1]])  # tokens emitted before each step
+        kv = self.input[idx] + self.generated[idx] + k  # keys of each sequence's first step
+        contexts = (kv[None, :] + before).sum(axis=1).astype(float)
+        durations = self.table.decode_seconds(d, contexts[:steps])
+        if s.speculation.draft is not None:
+            grid = contexts[:steps, None] - d * k + d * np.arange(k)[None, :]
+            durations = durations + s.speculation.draft.decode_seconds(d, grid.ravel()).reshape(
+                grid.shape
+            ).sum(axis=1)
+        if self.next_arrival < self.released and len(self.running) < s.max_num_seqs:
+            ends = np.cumsum(durations)
+            steps = min(
+                steps, int(np.searchsorted(ends, self.arrival[self.next_arrival] - self.now, side="left")) + 1
+            )
+        bs = s.block_size
+
+        def need(n: int) -> np.ndarray:  # blocks to hold every position the n steps may write
+            return np.maximum(-(-(kv + before[n - 1]) // bs) - self.blocks[idx], 0)
+
+        if int(need(steps).sum()) > self._available():
+            low, high = 1, steps
+            while high - low > 1:
+                mid = (low + high) // 2
+                low, high = (mid, high) if int(need(mid).sum()) <= self._available() else (low, mid)
+            steps = low
+        grow = need(steps)
+        self._take(int(grow.sum()))
+        self.blocks[idx] += grow
+        durations = durations[:steps]
+        ends = self.now + np.cumsum(durations)
+        self._record(float(ends[-1] - self.now), d * (k + 1), steps=steps)
+        self.steps += steps
+        self.itl.append(ends[0] - self.last_token[idx])
+        self.itl.append(np.repeat(durations[1:], d))
+        self.generated[idx] += cum[steps - 1]
+        self.last_token[idx] = ends[-1]
+        self.now = float(ends[-1])
+        self._finish_done(idx, self.now)
 
     def _decode_stretch(self, decodes: list[int]) -> None:
         """k decode-only steps at once (each decode already has a block for its first token): k stops

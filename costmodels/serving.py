@@ -216,6 +216,7 @@ class StepTable:
     chunk_cached: np.ndarray  # cached tokens of ``chunk_s``'s columns
     chunk_s: np.ndarray  # (new, cached) chunk attention core
     host_s: float
+    width: int = 1  # tokens each decoding sequence feeds per step (k + 1 when verifying k drafts)
 
     def __post_init__(self) -> None:  # Python lists: a scalar lookup without NumPy's call overhead
         object.__setattr__(
@@ -264,15 +265,15 @@ class StepTable:
         return float(max(kernels + dense[0], self.host_s) + dense[1])
 
     def decode_seconds(self, decodes: int, context_sums: np.ndarray) -> np.ndarray:
-        """Decode-only steps of ``decodes`` sequences attending ``context_sums`` tokens in all (one
-        step per entry): :meth:`seconds` with no chunks, vectorised."""
+        """Decode-only steps of ``decodes`` sequences (``width`` tokens and logits each) attending
+        ``context_sums`` tokens in all (one step per entry): :meth:`seconds` with no chunks, vectorised."""
         if decodes < 1 or decodes >= len(self.decode_s):
             raise ConfigError(f"a step of {decodes} sequences exceeds the table ({len(self.decode_s) - 1})")
-        tokens = float(decodes)
+        tokens = float(decodes * self.width)
         dense = np.interp(tokens, self.tokens, self.token_s[0])
         comm = np.interp(tokens, self.tokens, self.token_s[1])
         core = np.interp(context_sums / decodes, self.contexts, self.decode_s[decodes])
-        return np.maximum(self.logit_s[decodes] + core + dense, self.host_s) + comm
+        return np.maximum(self.logit_s[decodes * self.width] + core + dense, self.host_s) + comm
 
 
 def _cell(points: list[float], x: float) -> tuple[int, float]:
@@ -284,11 +285,21 @@ def _cell(points: list[float], x: float) -> tuple[int, float]:
 
 
 def step_table(
-    hw: Hardware, job: InferenceJob, tp: int, max_tokens: int, max_seqs: int, max_context: int
+    hw: Hardware,
+    job: InferenceJob,
+    tp: int,
+    max_tokens: int,
+    max_seqs: int,
+    max_context: int,
+    width: int = 1,
 ) -> StepTable:
     """:class:`StepTable` of steps of up to ``max_tokens`` new tokens, ``max_seqs`` sequences and
-    ``max_context`` tokens per sequence on one replica of ``tp`` devices."""
+    ``max_context`` tokens per sequence on one replica of ``tp`` devices. ``width``: the tokens each
+    decoding sequence feeds per step (1; k + 1 when it verifies k speculated tokens, each with its
+    logits), so the decode core is of queries of ``width`` tokens."""
     _check_servable(job, tp)
+    if width < 1:
+        raise ConfigError(f"width must be >= 1, got {width}")
     for name, value in (("max_tokens", max_tokens), ("max_seqs", max_seqs), ("max_context", max_context)):
         if value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")
@@ -308,11 +319,10 @@ def step_table(
 
     with jax.enable_x64(True):
         token_s = np.asarray(jax.jit(jax.vmap(per_token))(jnp.asarray(tokens))).T
-        logit_s = np.asarray(jax.jit(jax.vmap(per_logit))(jnp.arange(0.0, max_seqs + 1.0)))
-        contexts = _geometric(1.0, max(max_context, 2), CONTEXT_RATIO)
-        decode_s = _core_grid(
-            hw, job, tpf, step, [(k - 1.0, 1.0) for k in contexts], np.arange(max_seqs + 1.0)
-        )
+        logit_s = np.asarray(jax.jit(jax.vmap(per_logit))(jnp.arange(0.0, max_seqs * width + 1.0)))
+        contexts = _geometric(float(width), max(max_context + width - 1, width + 1), CONTEXT_RATIO)
+        spans = [(k - width, float(width)) for k in contexts]
+        decode_s = _core_grid(hw, job, tpf, step, spans, np.arange(max_seqs + 1.0))
         chunk_new = _geometric(1.0, max(max_tokens, 2), CHUNK_RATIO)
         chunk_cached = np.concatenate([[0.0], _geometric(1.0, max(max_context, 2), CONTEXT_RATIO)])
         spans = [(c, n) for n in chunk_new for c in chunk_cached]
@@ -321,7 +331,7 @@ def step_table(
         )
     host = job.spec.num_layers * job.engine.host_layer_s + job.engine.host_step_s
     return StepTable(
-        tokens, token_s, logit_s, contexts, decode_s, chunk_new, chunk_cached, chunk_s, float(host)
+        tokens, token_s, logit_s, contexts, decode_s, chunk_new, chunk_cached, chunk_s, float(host), width
     )
 
 

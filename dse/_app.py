@@ -352,9 +352,9 @@ def phase_printer(enabled: bool, label: str) -> Callable[[str], None] | None:
 
 
 def print_json(payload: Any) -> None:
-    """Machine-readable output: one JSON document on stdout."""
-    json.dump(payload, sys.stdout, indent=2, default=_json_default)
-    sys.stdout.write("\n")
+    """Machine-readable output: one JSON document on stdout, encoded whole before any of it is
+    written (a value that cannot be encoded leaves no half document behind)."""
+    sys.stdout.write(json_text(payload) + "\n")
 
 
 def json_text(payload: Any, indent: int | None = 2) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from costmodels.requests import (
     Pool,
     Scheduler,
     Simulation,
+    Speculation,
     Workload,
     lengths,
     serving_metrics,
@@ -144,8 +146,32 @@ def _scheduler(e: DictConfig, kv_tokens: int) -> Scheduler:
     )
 
 
-def _pool(cfg: DictConfig, hw: Any, job: InferenceJob, tp: int, replicas: int, context: int) -> Pool:
-    """``replicas`` replicas of ``tp`` devices: their KV capacity, scheduler and step table."""
+def _speculation(cfg: DictConfig, hw: Any, job: InferenceJob, tp: int, context: int) -> Speculation | None:
+    """``speculative.*``: k proposals per step accepted with probability α each, proposed by the
+    ``draft_model`` (its own step table on the same tp) or, with none, by an n-gram lookup."""
+    sp = cfg.speculative
+    k = int(sp.tokens)
+    if k < 0:
+        raise ConfigError(f"speculative.tokens must be >= 0, got {k}")
+    if not k:
+        return None
+    draft = None
+    if sp.draft_model is not None:
+        model = load_model(str(sp.draft_model))
+        draft_job = InferenceJob(
+            model, job.input_len, job.output_len, job.precision, job.kv_precision, engine=job.engine
+        )
+        budget = positive_int(cfg.engine.max_num_batched_tokens, "engine.max_num_batched_tokens")
+        seqs = positive_int(cfg.engine.max_num_seqs, "engine.max_num_seqs")
+        draft = step_table(hw, draft_job, tp, budget, seqs, context)
+    return Speculation(k, float(sp.acceptance), draft, int(sp.seed))
+
+
+def _pool(
+    cfg: DictConfig, hw: Any, job: InferenceJob, tp: int, replicas: int, context: int, decodes: bool = True
+) -> Pool:
+    """``replicas`` replicas of ``tp`` devices: their KV capacity, scheduler and step table
+    (``decodes`` false: a prefill-only pool, which speculates nothing)."""
     spec, e = job.spec, cfg.engine
     if spec.num_heads % tp:
         raise ConfigError(f"tp={tp} must divide num_attention_heads={spec.num_heads}")
@@ -159,8 +185,10 @@ def _pool(cfg: DictConfig, hw: Any, job: InferenceJob, tp: int, replicas: int, c
             f"{spec.model_type} on tp={tp} leaves no memory for a KV cache on {hw.name}: raise tp or lower "
             "engine.max_num_batched_tokens"
         )
-    scheduler = _scheduler(e, kv_tokens)
-    return Pool(step_table(hw, job, tp, budget, scheduler.max_num_seqs, context), scheduler, replicas)
+    speculation = _speculation(cfg, hw, job, tp, context) if decodes else None
+    scheduler = replace(_scheduler(e, kv_tokens), speculation=speculation)
+    width = speculation.tokens + 1 if speculation is not None else 1
+    return Pool(step_table(hw, job, tp, budget, scheduler.max_num_seqs, context, width), scheduler, replicas)
 
 
 def assumptions(cfg: DictConfig) -> list[str]:
@@ -172,6 +200,15 @@ def assumptions(cfg: DictConfig) -> list[str]:
         "preempted sequences are recomputed",
     ]
     d = cfg.disaggregation
+    sp = cfg.speculative
+    if sp.tokens:
+        proposer = (
+            f"the draft model {sp.draft_model}" if sp.draft_model else "an n-gram lookup (no model cost)"
+        )
+        out.append(
+            f"speculative decoding: {sp.tokens} tokens proposed per step by {proposer}, each accepted with "
+            f"probability {sp.acceptance} until the first rejection; ITL counts one gap per step's tokens"
+        )
     if cfg.replicas > 1 or d.prefill_replicas > 1:
         out.append("requests go to the replicas round robin")
     if d.prefill_replicas:
@@ -214,7 +251,7 @@ def report(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"disaggregation.prefill_replicas must be >= 0, got {prefill_replicas}")
     prefill_tp = tp if d.prefill_tp is None else positive_int(d.prefill_tp, "disaggregation.prefill_tp")
     if prefill_replicas:
-        prefill = _pool(cfg, hw, job, prefill_tp, prefill_replicas, context)
+        prefill = _pool(cfg, hw, job, prefill_tp, prefill_replicas, context, decodes=False)
         transfer = (
             np.zeros(workload.size)
             if d.ideal_network
@@ -239,7 +276,16 @@ def report(cfg: DictConfig) -> dict[str, Any]:
         "prefill_tp": prefill_tp,
         "devices": devices,
         "precision": cfg.precision,
-        "scheduler": scheduler.__dict__,
+        "scheduler": {k: v for k, v in scheduler.__dict__.items() if k != "speculation"},
+        "speculation": (
+            None
+            if scheduler.speculation is None
+            else {
+                "tokens": scheduler.speculation.tokens,
+                "acceptance": scheduler.speculation.acceptance,
+                "draft_model": cfg.speculative.draft_model,
+            }
+        ),
         "kv_cache_tokens": kv_tokens,
         "workload": {
             "arrival": str(cfg.workload.arrival),
