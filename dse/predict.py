@@ -52,6 +52,24 @@ TRAINING = (
     "memory_gib_activations",
 )
 INFERENCE = ("latency_ms", "ttft_ms", "itl_ms", "output_tokens_per_s", "output_tokens_per_s_per_gpu")
+# serving cases (a request stream at a stated rate or concurrency): the simulator's metric of each
+SERVING = {
+    "ttft_ms": "ttft_{statistic}_ms",
+    "tpot_ms": "tpot_{statistic}_ms",
+    "itl_ms": "itl_{statistic}_ms",
+    "e2e_ms": "e2e_{statistic}_ms",
+    "output_tokens_per_s": "throughput_tokens_per_s",
+    "requests_per_s": "throughput_requests_per_s",
+}
+# each engine's scheduling defaults: (max_num_seqs, max_num_batched_tokens); vLLM's V1 engine and
+# TensorRT-LLM's LLM API (2,048 sequences, 8,192 tokens), both with chunked prefill
+SERVING_ENGINES = {
+    "vllm": (256, 8192),
+    "tensorrt": (2048, 8192),
+    "trt-llm": (2048, 8192),
+    "nim": (2048, 8192),
+}
+SERVING_REQUESTS = 1000  # vLLM benchmark_serving's default num_prompts, where the case does not say
 _HW_CACHE: dict[str, Hardware] = {}
 
 
@@ -91,6 +109,8 @@ def explain_case(
         return quantity, _training(case, quantity, notes), None, notes
     if quantity in INFERENCE and case.get("kind") == "inference":
         return quantity, _inference(case, quantity, notes), None, notes
+    if quantity in SERVING and case.get("kind") == "serving":
+        return quantity, _serving(case, quantity, notes), None, notes
     return quantity, None, f"no model for {case.get('kind')} quantity '{quantity}'", notes
 
 
@@ -299,6 +319,53 @@ def _inference(case: dict[str, Any], quantity: str, notes: list[str], as_functio
             f"{float(hw.hbm_capacity_bytes) / GiB:.0f} GiB"
         )
     return value if as_function else float(value(hw))
+
+
+def _serving(case: dict[str, Any], quantity: str, notes: list[str]) -> float:
+    """A request stream simulated request by request (``costmodels/requests.py``) on dp replicas of
+    tp devices: fixed prompt and output lengths, Poisson arrivals at the case's rate or a closed loop
+    of its concurrency, the engine's scheduling defaults (``SERVING_ENGINES``) unless the case's
+    ``engine_settings`` give them."""
+    from costmodels.requests import SLO, Scheduler, serving_metrics, simulate_replicas, synthetic
+    from costmodels.serving import kv_capacity_tokens, step_table
+
+    spec, hw = parse_hf_config(case["model"]), _hardware(case["hardware"])
+    p, b, load = case["parallelism"], case["batch"], case["load"]
+    if p.get("pp", 1) != 1:
+        raise ConfigError("serving with pp > 1 is not modelled by the request simulator")
+    name = str(case.get("engine") or "").lower()
+    engine = next((v for k, v in SERVING_ENGINES.items() if k in name), None)
+    if engine is None:
+        raise ConfigError(
+            f"engine '{case.get('engine')}' has no scheduling defaults (known: {', '.join(SERVING_ENGINES)})"
+        )
+    given = case.get("engine_settings") or {}
+    seqs = int(given.get("max_num_seqs", engine[0]))
+    budget = int(given.get("max_num_batched_tokens", engine[1]))
+    notes.append(f"engine: {seqs} sequences, {budget} tokens per step, chunked prefill")
+    kv, attention = precision_options(case)
+    inp, out = int(b["input_len"]), int(b["output_len"])
+    job = InferenceJob(spec, inp, out, case["precision"], kv_precision=kv, engine=ENGINES["tensorrt-llm"],
+                       attention_precision=attention)  # fmt: skip
+    tp, replicas = int(p["tp"]), int(p.get("dp", 1))
+    kv_tokens = kv_capacity_tokens(hw, job, tp, budget)
+    if kv_tokens < inp + out:
+        raise ConfigError(
+            f"infeasible: memory — tp={tp} leaves {kv_tokens} tokens of KV cache for a request of "
+            f"{inp + out} tokens"
+        )
+    n = int(b.get("num_requests") or max(SERVING_REQUESTS, 10 * int(load.get("concurrency", 0))))
+    lengths_in, lengths_out = np.full(n, inp), np.full(n, out)
+    if "concurrency" in load:
+        w = synthetic("closed", n, 1.0, lengths_in, lengths_out, concurrency=int(load["concurrency"]))
+        notes.append(f"closed loop of {load['concurrency']} users, {n} requests")
+    else:
+        w = synthetic("poisson", n, float(load["request_rate_per_s"]), lengths_in, lengths_out)
+        notes.append(f"Poisson arrivals, {n} requests")
+    table = step_table(hw, job, tp, budget, seqs, inp + out)
+    sched = Scheduler(max_num_seqs=seqs, max_num_batched_tokens=budget, kv_blocks=kv_tokens // 16)
+    metrics = serving_metrics(simulate_replicas(w, table, sched, replicas), w, SLO(), sched.kv_blocks)
+    return float(metrics[SERVING[quantity].format(statistic=case.get("statistic"))])
 
 
 def serving_engine(case: dict[str, Any]) -> Engine:

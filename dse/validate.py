@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 REPO_DIR = CONF_DIR.parent
-KINDS = ("training", "inference")
+KINDS = ("training", "inference", "serving")
 HARDWARE_TABLE = "hardware.yaml"  # the schema's accelerator table, beside the cases file
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -310,6 +310,13 @@ def _check(case: Any, known: Known, number: int, seen: Mapping[str, int]) -> Non
                 INVALID,
                 f"'batch.micro_batch_size' {micro} does not divide global_batch_size/dp = {per_replica}",
             )
+    elif kind == "serving":
+        if cp != 1:
+            raise _Uncovered(INVALID, f"serving cases have cp = 1 (dp counts the replicas), got cp={cp}")
+        _positive_int(case, "batch.input_len")
+        _positive_int(case, "batch.output_len")
+        _optional_positive_int(case, "batch.num_requests")
+        _serving_load(case)
     else:
         if (dp, cp) != (1, 1):
             raise _Uncovered(INVALID, f"inference cases have dp = cp = 1 (SCHEMA.md), got dp={dp}, cp={cp}")
@@ -322,6 +329,34 @@ def _check(case: Any, known: Known, number: int, seen: Mapping[str, int]) -> Non
         raise _Uncovered(INVALID, f"'precision' must be a string such as 'bf16', got {shown(precision)}")
     if known.precisions and precision not in known.precisions:
         raise _Uncovered(UNSUPPORTED, f"precision '{precision}' (modelled: {', '.join(known.precisions)})")
+
+
+STATISTICS = ("mean", "p50", "p90", "p99")
+
+
+def _serving_load(case: dict[str, Any]) -> None:
+    """A serving case's load (one of ``request_rate_per_s`` and ``concurrency``) and, for a latency
+    target, the ``statistic`` it is."""
+    load = _get(case, "load")
+    if (
+        not isinstance(load, dict)
+        or len(load) != 1
+        or next(iter(load)) not in ("request_rate_per_s", "concurrency")
+    ):
+        raise _Uncovered(INVALID, f"'load' must hold request_rate_per_s or concurrency, got {shown(load)}")
+    if "concurrency" in load:
+        _positive_int(case, "load.concurrency")
+    elif not _positive_number(load["request_rate_per_s"]):
+        raise _Uncovered(
+            INVALID, f"'load.request_rate_per_s' must be positive, got {shown(load['request_rate_per_s'])}"
+        )
+    quantity = next(iter(_get(case, "measured")))
+    if quantity.endswith("_ms") and case.get("statistic") not in STATISTICS:
+        raise _Uncovered(
+            INVALID,
+            f"'statistic' must be one of {', '.join(STATISTICS)} for '{quantity}', "
+            f"got {shown(case.get('statistic'))}",
+        )
 
 
 def _measured(case: dict[str, Any]) -> None:

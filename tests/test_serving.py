@@ -448,3 +448,60 @@ def test_serve_prints_what_speculation_assumes() -> None:
     rep = json.loads(proc.stdout)
     assert rep["speculation"] == {"tokens": 2, "acceptance": 0.5, "draft_model": None}
     assert any("n-gram lookup" in line for line in rep["assumptions"])
+
+
+# --- serving cases in dse.validate -------------------------------------------------------------------
+
+LLAMA3_8B = {
+    "model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+    "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256, "rope_theta": 500000.0,
+}  # fmt: skip
+
+
+def serving_case(**fields) -> dict:
+    case = {
+        "id": "c", "family": "f", "source": "s", "kind": "serving", "model": LLAMA3_8B,
+        "hardware": "h100_sxm", "num_devices": 1, "parallelism": {"tp": 1, "pp": 1, "dp": 1, "cp": 1},
+        "batch": {"input_len": 512, "output_len": 64, "num_requests": 200},
+        "load": {"request_rate_per_s": 4.0},
+        "engine": "vLLM 0.6.0", "precision": "bf16", "statistic": "p50", "measured": {"ttft_ms": 40.0},
+    }  # fmt: skip
+    return case | fields
+
+
+def test_a_serving_case_is_predicted_by_the_simulator() -> None:
+    """dse.predict's figure for a vLLM case at 4 req/s is the p50 TTFT of the same simulation run
+    directly: 200 Poisson requests of 512 + 64 tokens on vLLM's defaults (256 sequences, 8,192-token
+    steps) with the KV cache the memory model leaves."""
+    from dse.predict import predict_case
+
+    quantity, predicted, reason = predict_case(serving_case(), {})
+    assert (quantity, reason) == ("ttft_ms", None)
+    job = InferenceJob(LLAMA, 512, 64, "bf16", engine=ENGINES["tensorrt-llm"])
+    blocks = kv_capacity_tokens(H100, job, 1, 8192) // 16
+    w = synthetic("poisson", 200, 4.0, np.full(200, 512), np.full(200, 64))
+    sim = simulate(
+        w,
+        step_table(H100, job, 1, 8192, 256, 576),
+        Scheduler(max_num_seqs=256, max_num_batched_tokens=8192, kv_blocks=blocks),
+    )
+    assert predicted == pytest.approx(serving_metrics(sim, w, SLO(), blocks)["ttft_p50_ms"], rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"load": {"qps": 3}}, "'load' must hold request_rate_per_s or concurrency"),
+        ({"load": {"concurrency": 0}}, "'load.concurrency' must be a positive integer"),
+        ({"statistic": "p95"}, "'statistic' must be one of mean, p50, p90, p99 for 'ttft_ms'"),
+        (
+            {"parallelism": {"tp": 1, "pp": 1, "dp": 1, "cp": 2}, "num_devices": 2},
+            "serving cases have cp = 1",
+        ),
+    ],
+)
+def test_a_malformed_serving_case_is_invalid_in_one_line(fields: dict, message: str) -> None:
+    from dse import validate
+
+    category, detail = validate.check_case(serving_case(**fields), validate.Known.load())
+    assert category == validate.INVALID and message in detail
