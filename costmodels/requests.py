@@ -285,9 +285,9 @@ class _Engine:
                 f"{int(t.contexts[-1])}-token contexts; the engine needs {s.max_num_batched_tokens}, "
                 f"{s.max_num_seqs} and {longest}: build it for them"
             )
-        if self._blocks_for(longest) > s.kv_blocks:
+        if self._blocks_for(longest + self.k) > s.kv_blocks:  # + the speculated tokens' slots
             raise ConfigError(
-                f"a request of {longest} tokens needs {self._blocks_for(longest)} KV blocks of "
+                f"a request of {longest} tokens needs {self._blocks_for(longest + self.k)} KV blocks of "
                 f"{s.block_size} tokens; the cache has {s.kv_blocks}: shorten the requests or give the "
                 "replica more memory"
             )
@@ -368,6 +368,14 @@ class _Engine:
         if not self.generated[r]:  # its first admission (a recompute after preemption is not a prompt)
             self.hit_tokens[r] = blocks * self.s.block_size
 
+    def _unhit(self, r: int) -> None:
+        """Undo :meth:`_hit` for a request that could not be admitted after all."""
+        if self.shared[r] and not self.generated[r]:
+            self.hit_tokens[r] = 0
+        if self.shared[r]:
+            self._release(r)
+            self.done_prefill[r] = 0
+
     def _cache_prefixes(self, rows: list[int]) -> None:
         """Requests of ``rows`` that have computed their whole prefix, of a prefix not cached yet,
         hand its full blocks to the cache (they keep using them)."""
@@ -390,6 +398,10 @@ class _Engine:
     def _preempt_one(self) -> None:
         """Preempt the latest-admitted running sequence: its blocks are freed, and it waits at the
         head of the queue to prefill its prompt and its generated tokens again (vLLM's recompute)."""
+        if not self.running:  # not reached while one request fits the cache (checked at the start)
+            raise ConfigError(
+                "the KV cache cannot hold one sequence's next tokens: give the replica more memory"
+            )
         r = self.running.pop()
         self._release(r)
         self.prompt[r] = self.input[r] + self.generated[r]
@@ -470,7 +482,8 @@ class _Engine:
             r = self.waiting[0]
             self._hit(r)
             new = self._chunk(r, budget)
-            if not new:
+            if not new:  # it stays waiting, holding no prefix blocks meanwhile
+                self._unhit(r)
                 break
             self.running.append(self.waiting.popleft())
             chunks.append((r, int(self.done_prefill[r]), new))  # after a prefix hit: past it
