@@ -39,6 +39,7 @@ from costmodels.serving import StepTable
 ARRIVALS = ("poisson", "gamma", "closed")
 SCHEDULERS = ("continuous", "static")
 PRIORITIES = ("decode", "prefill")
+KV_ADMISSIONS = ("on_demand", "reserve")
 # the engine's timeline, one row per step or stretch of decode-only steps: its start, duration and
 # steps, the state as it starts (running sequences, waiting requests, KV blocks in use) and its new
 # tokens per step
@@ -188,11 +189,19 @@ class Scheduler:
     kv_blocks: int = 1 << 30
     prefix_caching: bool = False
     speculation: Speculation | None = None
+    # "on_demand": blocks as the tokens come, preempting when they run out (vLLM); "reserve": a
+    # request is admitted only when the blocks of its whole sequence are free, and holds them from
+    # then on, so nothing is ever preempted (TensorRT-LLM's GUARANTEED_NO_EVICT, its default)
+    kv_admission: str = "on_demand"
 
     def __post_init__(self) -> None:
         if self.speculation is not None and self.kind == "static":
             raise ConfigError(
                 "speculative decoding needs continuous batching: set the scheduler to continuous"
+            )
+        if self.kv_admission not in KV_ADMISSIONS:
+            raise ConfigError(
+                f"kv_admission must be one of {', '.join(KV_ADMISSIONS)}, got {self.kv_admission!r}"
             )
         if self.kind not in SCHEDULERS:
             raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.kind!r}")
@@ -368,6 +377,13 @@ class _Engine:
         if not self.generated[r]:  # its first admission (a recompute after preemption is not a prompt)
             self.hit_tokens[r] = blocks * self.s.block_size
 
+    def _release_waiting(self, r: int) -> None:
+        """A request that stays waiting gives back its prefix hit and any blocks reserved for it."""
+        own = int(self.blocks[r] - self.shared[r])
+        self.free_blocks += own
+        self.blocks[r] -= own
+        self._unhit(r)
+
     def _unhit(self, r: int) -> None:
         """Undo :meth:`_hit` for a request that could not be admitted after all."""
         if self.shared[r] and not self.generated[r]:
@@ -429,7 +445,8 @@ class _Engine:
     def _admit_prefilled(self, r: int) -> bool:
         """Take the blocks of a prefilled request's prompt and first token (False: not free); it
         decodes from this step on, its first token already out."""
-        need = self._blocks_for(int(self.input[r]) + 1)
+        tail = int(self.output[r]) + self.k if self.s.kv_admission == "reserve" else 1
+        need = self._blocks_for(int(self.input[r]) + tail)
         if self.generated[r] or need > self._available():  # preempted ones re-prefill; none here
             return False
         self._take(need)
@@ -437,6 +454,16 @@ class _Engine:
         self.done_prefill[r] = self.prompt[r]
         self.generated[r] = 1
         self.first[r] = self.last_token[r] = self.w.first_token_s[r]
+        return True
+
+    def _reserve_sequence(self, r: int) -> bool:
+        """``kv_admission="reserve"``: take the blocks of ``r``'s whole sequence (prompt, output and
+        speculated slots) as it is admitted; False when they are not free."""
+        need = self._blocks_for(int(self.input[r] + self.output[r]) + self.k) - int(self.blocks[r])
+        if need > self._available():
+            return False
+        self._take(max(need, 0))
+        self.blocks[r] += max(need, 0)
         return True
 
     def _chunk(self, r: int, budget: int) -> int:
@@ -481,9 +508,12 @@ class _Engine:
         while self.waiting and budget > 0 and len(self.running) < s.max_num_seqs:
             r = self.waiting[0]
             self._hit(r)
-            new = self._chunk(r, budget)
-            if not new:  # it stays waiting, holding no prefix blocks meanwhile
+            if s.kv_admission == "reserve" and not self._reserve_sequence(r):
                 self._unhit(r)
+                break
+            new = self._chunk(r, budget)
+            if not new:  # it stays waiting, holding no blocks meanwhile
+                self._release_waiting(r)
                 break
             self.running.append(self.waiting.popleft())
             chunks.append((r, int(self.done_prefill[r]), new))  # after a prefix hit: past it

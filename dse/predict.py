@@ -27,6 +27,7 @@ options it chose where the case leaves them open).
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -61,15 +62,18 @@ SERVING = {
     "output_tokens_per_s": "throughput_tokens_per_s",
     "requests_per_s": "throughput_requests_per_s",
 }
-# each engine's scheduling defaults: (max_num_seqs, max_num_batched_tokens); vLLM's V1 engine and
-# TensorRT-LLM's LLM API (2,048 sequences, 8,192 tokens), both with chunked prefill
+# each engine's scheduling defaults: (max_num_seqs, max_num_batched_tokens, KV admission); vLLM's V1
+# engine and TensorRT-LLM's LLM API (2,048 sequences, 8,192 tokens), both with chunked prefill; vLLM
+# admits to the KV cache on demand (preempting when blocks run out), TensorRT-LLM only when the whole
+# sequence fits (GUARANTEED_NO_EVICT, its default capacity policy)
 SERVING_ENGINES = {
-    "vllm": (256, 8192),
-    "tensorrt": (2048, 8192),
-    "trt-llm": (2048, 8192),
-    "nim": (2048, 8192),
+    "vllm": (256, 8192, "on_demand"),
+    "tensorrt": (2048, 8192, "reserve"),
+    "trt-llm": (2048, 8192, "reserve"),
+    "nim": (2048, 8192, "reserve"),
 }
 SERVING_REQUESTS = 1000  # vLLM benchmark_serving's default num_prompts, where the case does not say
+_STEP_TABLES: dict[tuple[Any, ...], Any] = {}  # serving cases of one deployment share its step table
 _HW_CACHE: dict[str, Hardware] = {}
 
 
@@ -342,7 +346,8 @@ def _serving(case: dict[str, Any], quantity: str, notes: list[str]) -> float:
     given = case.get("engine_settings") or {}
     seqs = int(given.get("max_num_seqs", engine[0]))
     budget = int(given.get("max_num_batched_tokens", engine[1]))
-    notes.append(f"engine: {seqs} sequences, {budget} tokens per step, chunked prefill")
+    admission = str(given.get("kv_admission", engine[2]))
+    notes.append(f"engine: {seqs} sequences, {budget} tokens per step, chunked prefill, KV {admission}")
     kv, attention = precision_options(case)
     inp, out = int(b["input_len"]), int(b["output_len"])
     job = InferenceJob(spec, inp, out, case["precision"], kv_precision=kv, engine=ENGINES["tensorrt-llm"],
@@ -362,8 +367,22 @@ def _serving(case: dict[str, Any], quantity: str, notes: list[str]) -> float:
     else:
         w = synthetic("poisson", n, float(load["request_rate_per_s"]), lengths_in, lengths_out)
         notes.append(f"Poisson arrivals, {n} requests")
-    table = step_table(hw, job, tp, budget, seqs, inp + out)
-    sched = Scheduler(max_num_seqs=seqs, max_num_batched_tokens=budget, kv_blocks=kv_tokens // 16)
+    key = (
+        json.dumps(case["model"], sort_keys=True),
+        case["hardware"],
+        tp,
+        case["precision"],
+        kv,
+        attention,
+        budget,
+        seqs,
+    )
+    if key not in _STEP_TABLES or _STEP_TABLES[key].contexts[-1] < inp + out:  # one table per deployment
+        _STEP_TABLES[key] = step_table(hw, job, tp, budget, seqs, max(inp + out, 8192))
+    table = _STEP_TABLES[key]
+    sched = Scheduler(
+        max_num_seqs=seqs, max_num_batched_tokens=budget, kv_blocks=kv_tokens // 16, kv_admission=admission
+    )
     metrics = serving_metrics(simulate_replicas(w, table, sched, replicas), w, SLO(), sched.kv_blocks)
     return float(metrics[SERVING[quantity].format(statistic=case.get("statistic"))])
 

@@ -143,6 +143,7 @@ def _scheduler(e: DictConfig, kv_tokens: int) -> Scheduler:
         block_size=block,
         kv_blocks=max(kv_tokens // block, 1),
         prefix_caching=bool(e.prefix_caching),
+        kv_admission=str(e.kv_admission),
     )
 
 

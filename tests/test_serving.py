@@ -210,10 +210,11 @@ def test_replicas_split_the_load(table) -> None:
     kind=st.sampled_from(["continuous", "static"]),
     block=st.sampled_from([1, 16, 64]),
     caching=st.booleans(),
+    admission=st.sampled_from(["on_demand", "reserve"]),
     seed=st.integers(0, 100),
 )
 def test_any_workload_finishes_with_sane_times(
-    table, n, rate, inp, out, seqs, budget, chunked, priority, kind, block, caching, seed
+    table, n, rate, inp, out, seqs, budget, chunked, priority, kind, block, caching, admission, seed
 ) -> None:
     """Whatever the workload and engine settings (shared prefixes and prefix caching included): every
     request finishes, with arrival < first token ≤ last token, exactly Σ(output − 1) inter-token
@@ -226,7 +227,9 @@ def test_any_workload_finishes_with_sane_times(
     if caching:  # requests share a few prefixes of up to their prompt
         ids, plen = rng.integers(0, 3, n), np.minimum(rng.integers(0, inp + 1, n), inputs)
         w = Workload(w.arrival_s, inputs, outputs, prefix_id=ids, prefix_len=plen)
-    s = Scheduler(kind, seqs, max(budget, seqs), chunked, priority, block, kv, caching)
+    s = Scheduler(
+        kind, seqs, max(budget, seqs), chunked, priority, block, kv, caching, kv_admission=admission
+    )
     try:
         sim = simulate(w, table, s)
     except ConfigError as err:
@@ -505,3 +508,16 @@ def test_a_malformed_serving_case_is_invalid_in_one_line(fields: dict, message: 
 
     category, detail = validate.check_case(serving_case(**fields), validate.Known.load())
     assert category == validate.INVALID and message in detail
+
+
+def test_reserving_the_whole_sequence_never_preempts(table) -> None:
+    """TensorRT-LLM's default admission (kv_admission="reserve") takes the blocks of a request's
+    whole sequence before it starts: under the load and cache that preempt 400+ times on demand,
+    nothing is preempted, every request finishes, and a request waits for blocks instead."""
+    w = synthetic("poisson", 60, 50.0, np.full(60, 512), np.full(60, 129), seed=1)
+    tight = {"max_num_seqs": 8, "max_num_batched_tokens": 2048, "kv_blocks": 120}
+    demand = simulate(w, table, sched(**tight))
+    reserve = simulate(w, table, sched(**tight, kv_admission="reserve"))
+    assert demand.preemptions.sum() > 0 and reserve.preemptions.sum() == 0
+    assert len(reserve.itl_s) == int(np.sum(w.output_len - 1))
+    assert reserve.timeline["running"].max() <= 120 // 41  # 41 blocks per 641-token sequence
