@@ -16,10 +16,18 @@ to ``max_num_seqs`` waiting requests, prefills them together and decodes until t
 its finished sequences stay in the batch as padding.
 
 **KV cache.** Paged: ``block_size``-token blocks from a pool of ``kv_blocks`` (``serving.
-kv_capacity_tokens``); a sequence holds ⌈tokens/block_size⌉ blocks. When a step's decodes need more
-blocks than are free, the most recently admitted running sequences are preempted (vLLM's recompute
-policy): their blocks are freed and they wait at the head of the queue to prefill their prompt and
-the tokens generated so far again.
+kv_capacity_tokens``); a sequence holds ⌈tokens/block_size⌉ blocks. ``kv_admission="on_demand"``
+(vLLM) takes blocks as the tokens come; when a step's decodes need more than are free, the most
+recently admitted running sequences are preempted (vLLM's recompute policy): their blocks are freed
+and they wait at the head of the queue to prefill their prompt and the tokens generated so far
+again. ``"reserve"`` (TensorRT-LLM's GUARANTEED_NO_EVICT) admits a request only when its whole
+sequence fits, and never preempts. With ``prefix_caching`` a request whose shared prefix is cached
+starts past its full blocks and shares them; unused prefixes are evicted least recently used first.
+
+**Speculative decoding** (:class:`Speculation`): each step verifies k proposals per sequence and
+emits 1 + a tokens, a drawn per sequence and step. **Disaggregated** serving
+(:func:`simulate_disaggregated`): a prefill pool emits each first token, the KV cache moves, and a
+decode pool decodes.
 
 **Time.** A step's duration is ``StepTable.seconds`` of its mix. Stretches of steps with no prompt
 tokens and no event (an arrival that could join, a completion, a block boundary) are advanced
