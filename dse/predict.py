@@ -73,7 +73,8 @@ SERVING_ENGINES = {
     "nim": (2048, 8192, "reserve"),
 }
 SERVING_REQUESTS = 1000  # vLLM benchmark_serving's default num_prompts, where the case does not say
-_STEP_TABLES: dict[tuple[Any, ...], Any] = {}  # serving cases of one deployment share its step table
+# serving cases of one model, hardware and precision share their step tables (ServingPlan.deploy)
+_STEP_TABLES: dict[tuple[str, str, str], dict[tuple[Any, ...], Any]] = {}
 _HW_CACHE: dict[str, Hardware] = {}
 
 
@@ -327,11 +328,11 @@ def _inference(case: dict[str, Any], quantity: str, notes: list[str], as_functio
 
 def _serving(case: dict[str, Any], quantity: str, notes: list[str]) -> float:
     """A request stream simulated request by request (``costmodels/requests.py``) on dp replicas of
-    tp devices: fixed prompt and output lengths, Poisson arrivals at the case's rate or a closed loop
-    of its concurrency, the engine's scheduling defaults (``SERVING_ENGINES``) unless the case's
-    ``engine_settings`` give them."""
-    from costmodels.requests import SLO, Scheduler, serving_metrics, simulate_replicas, synthetic
-    from costmodels.serving import kv_capacity_tokens, step_table
+    tp devices (a ``ServingPlan``): fixed prompt and output lengths, Poisson arrivals at the case's
+    rate or a closed loop of its concurrency, the engine's scheduling defaults (``SERVING_ENGINES``)
+    unless the case's ``engine_settings`` give them."""
+    from costmodels.deployment import ServingPlan
+    from costmodels.requests import SLO, serving_metrics, synthetic
 
     spec, hw = parse_hf_config(case["model"]), _hardware(case["hardware"])
     p, b, load = case["parallelism"], case["batch"], case["load"]
@@ -344,21 +345,27 @@ def _serving(case: dict[str, Any], quantity: str, notes: list[str]) -> float:
             f"engine '{case.get('engine')}' has no scheduling defaults (known: {', '.join(SERVING_ENGINES)})"
         )
     given = case.get("engine_settings") or {}
-    seqs = int(given.get("max_num_seqs", engine[0]))
-    budget = int(given.get("max_num_batched_tokens", engine[1]))
-    admission = str(given.get("kv_admission", engine[2]))
-    notes.append(f"engine: {seqs} sequences, {budget} tokens per step, chunked prefill, KV {admission}")
     kv, attention = precision_options(case)
+    plan = ServingPlan(
+        tp=int(p["tp"]),
+        replicas=int(p.get("dp", 1)),
+        kv_precision=kv,
+        attention_precision=attention,
+        max_num_seqs=int(given.get("max_num_seqs", engine[0])),
+        max_num_batched_tokens=int(given.get("max_num_batched_tokens", engine[1])),
+        kv_admission=str(given.get("kv_admission", engine[2])),
+    )
+    notes.append(
+        f"engine: {plan.max_num_seqs} sequences, {plan.max_num_batched_tokens} tokens per step, chunked "
+        f"prefill, KV {plan.kv_admission}"
+    )
     inp, out = int(b["input_len"]), int(b["output_len"])
-    job = InferenceJob(spec, inp, out, case["precision"], kv_precision=kv, engine=ENGINES["tensorrt-llm"],
-                       attention_precision=attention)  # fmt: skip
-    tp, replicas = int(p["tp"]), int(p.get("dp", 1))
-    kv_tokens = kv_capacity_tokens(hw, job, tp, budget)
-    if kv_tokens < inp + out:
-        raise ConfigError(
-            f"infeasible: memory — tp={tp} leaves {kv_tokens} tokens of KV cache for a request of "
-            f"{inp + out} tokens"
-        )
+    try:
+        model = (json.dumps(case["model"], sort_keys=True), case["hardware"], case["precision"])
+        tables = _STEP_TABLES.setdefault(model, {})
+        deployment = plan.deploy(hw, spec, case["precision"], inp, out, tables=tables)
+    except ConfigError as exc:
+        raise ConfigError(f"infeasible: {exc}") from None
     n = int(b.get("num_requests") or max(SERVING_REQUESTS, 10 * int(load.get("concurrency", 0))))
     lengths_in, lengths_out = np.full(n, inp), np.full(n, out)
     if "concurrency" in load:
@@ -367,23 +374,7 @@ def _serving(case: dict[str, Any], quantity: str, notes: list[str]) -> float:
     else:
         w = synthetic("poisson", n, float(load["request_rate_per_s"]), lengths_in, lengths_out)
         notes.append(f"Poisson arrivals, {n} requests")
-    key = (
-        json.dumps(case["model"], sort_keys=True),
-        case["hardware"],
-        tp,
-        case["precision"],
-        kv,
-        attention,
-        budget,
-        seqs,
-    )
-    if key not in _STEP_TABLES or _STEP_TABLES[key].contexts[-1] < inp + out:  # one table per deployment
-        _STEP_TABLES[key] = step_table(hw, job, tp, budget, seqs, max(inp + out, 8192))
-    table = _STEP_TABLES[key]
-    sched = Scheduler(
-        max_num_seqs=seqs, max_num_batched_tokens=budget, kv_blocks=kv_tokens // 16, kv_admission=admission
-    )
-    metrics = serving_metrics(simulate_replicas(w, table, sched, replicas), w, SLO(), sched.kv_blocks)
+    metrics = serving_metrics(deployment.simulate(w), w, SLO(), deployment.kv_blocks)
     return float(metrics[SERVING[quantity].format(statistic=case.get("statistic"))])
 
 

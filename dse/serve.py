@@ -15,32 +15,25 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
 
+from costmodels.deployment import ServingPlan
 from costmodels.errors import ConfigError
 from costmodels.hardware import PRECISIONS
-from costmodels.inference import InferenceJob, engine_preset
 from costmodels.metrics import system_metrics
 from costmodels.requests import (
     PERCENTILES,
     SLO,
-    Pool,
-    Scheduler,
     Simulation,
-    Speculation,
     Workload,
     lengths,
     serving_metrics,
-    simulate_disaggregated,
-    simulate_replicas,
     synthetic,
 )
-from costmodels.serving import kv_capacity_tokens, kv_transfer_s, step_table
 from dse._app import format_table, print_json, run_app
 from dse.checks import check_results, positive_int
 from dse.hardware import hardware_from_config
@@ -132,64 +125,33 @@ def build_workload(w: DictConfig) -> Workload:
     )
 
 
-def _scheduler(e: DictConfig, kv_tokens: int) -> Scheduler:
-    block = positive_int(e.block_size, "engine.block_size")
-    return Scheduler(
-        kind=str(e.scheduler),
+def plan_from_config(cfg: DictConfig) -> ServingPlan:
+    """The deployment the config describes (``tp``, ``replicas``, ``kv_precision``, ``engine.*``,
+    ``speculative.*``, ``disaggregation.*``), each value checked under its own key."""
+    e, sp, d = cfg.engine, cfg.speculative, cfg.disaggregation
+    tokens = None if e.kv_cache_tokens is None else positive_int(e.kv_cache_tokens, "engine.kv_cache_tokens")
+    return ServingPlan(
+        tp=positive_int(cfg.tp, "tp"),
+        replicas=positive_int(cfg.replicas, "replicas"),
+        launch=str(e.launch),
+        kv_precision=cfg.kv_precision,
+        scheduler=str(e.scheduler),
         max_num_seqs=positive_int(e.max_num_seqs, "engine.max_num_seqs"),
         max_num_batched_tokens=positive_int(e.max_num_batched_tokens, "engine.max_num_batched_tokens"),
         chunked_prefill=bool(e.chunked_prefill),
         priority=str(e.priority),
-        block_size=block,
-        kv_blocks=max(kv_tokens // block, 1),
-        prefix_caching=bool(e.prefix_caching),
+        block_size=positive_int(e.block_size, "engine.block_size"),
         kv_admission=str(e.kv_admission),
+        prefix_caching=bool(e.prefix_caching),
+        kv_cache_tokens=tokens,
+        speculative_tokens=positive_int(sp.tokens, "speculative.tokens", minimum=0),
+        speculative_acceptance=float(sp.acceptance),
+        speculative_seed=int(sp.seed),
+        prefill_replicas=positive_int(d.prefill_replicas, "disaggregation.prefill_replicas", minimum=0),
+        prefill_tp=None if d.prefill_tp is None else positive_int(d.prefill_tp, "disaggregation.prefill_tp"),
+        across_nodes=bool(d.across_nodes),
+        ideal_network=bool(d.ideal_network),
     )
-
-
-def _speculation(cfg: DictConfig, hw: Any, job: InferenceJob, tp: int, context: int) -> Speculation | None:
-    """``speculative.*``: k proposals per step accepted with probability α each, proposed by the
-    ``draft_model`` (its own step table on the same tp) or, with none, by an n-gram lookup."""
-    sp = cfg.speculative
-    k = int(sp.tokens)
-    if k < 0:
-        raise ConfigError(f"speculative.tokens must be >= 0, got {k}")
-    if not k:
-        return None
-    draft = None
-    if sp.draft_model is not None:
-        model = load_model(str(sp.draft_model))
-        draft_job = InferenceJob(
-            model, job.input_len, job.output_len, job.precision, job.kv_precision, engine=job.engine
-        )
-        budget = positive_int(cfg.engine.max_num_batched_tokens, "engine.max_num_batched_tokens")
-        seqs = positive_int(cfg.engine.max_num_seqs, "engine.max_num_seqs")
-        draft = step_table(hw, draft_job, tp, budget, seqs, context)
-    return Speculation(k, float(sp.acceptance), draft, int(sp.seed))
-
-
-def _pool(
-    cfg: DictConfig, hw: Any, job: InferenceJob, tp: int, replicas: int, context: int, decodes: bool = True
-) -> Pool:
-    """``replicas`` replicas of ``tp`` devices: their KV capacity, scheduler and step table
-    (``decodes`` false: a prefill-only pool, which speculates nothing)."""
-    spec, e = job.spec, cfg.engine
-    if spec.num_heads % tp:
-        raise ConfigError(f"tp={tp} must divide num_attention_heads={spec.num_heads}")
-    budget = positive_int(e.max_num_batched_tokens, "engine.max_num_batched_tokens")
-    if e.kv_cache_tokens is None:
-        kv_tokens = kv_capacity_tokens(hw, job, tp, budget)
-    else:
-        kv_tokens = positive_int(e.kv_cache_tokens, "engine.kv_cache_tokens")
-    if kv_tokens < 1:
-        raise ConfigError(
-            f"{spec.model_type} on tp={tp} leaves no memory for a KV cache on {hw.name}: raise tp or lower "
-            "engine.max_num_batched_tokens"
-        )
-    speculation = _speculation(cfg, hw, job, tp, context) if decodes else None
-    scheduler = replace(_scheduler(e, kv_tokens), speculation=speculation)
-    width = speculation.tokens + 1 if speculation is not None else 1
-    return Pool(step_table(hw, job, tp, budget, scheduler.max_num_seqs, context, width), scheduler, replicas)
 
 
 def assumptions(cfg: DictConfig) -> list[str]:
@@ -228,42 +190,23 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     if cfg.precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
     spec, hw = load_model(cfg.model), hardware_from_config(cfg.hardware)
-    tp, replicas = positive_int(cfg.tp, "tp"), positive_int(cfg.replicas, "replicas")
     workload = build_workload(cfg.workload)
-    e = cfg.engine
-    job = InferenceJob(
+    plan = plan_from_config(cfg)
+    draft = load_model(str(cfg.speculative.draft_model)) if cfg.speculative.draft_model is not None else None
+    deployment = plan.deploy(
+        hw,
         spec,
+        cfg.precision,
         int(np.max(workload.input_len)),
         int(np.max(workload.output_len)),
-        cfg.precision,
-        cfg.kv_precision,
-        engine=engine_preset(str(e.launch), "engine.launch"),
+        draft=draft,
     )
-    longest = int(np.max(workload.input_len + workload.output_len))
-    context = longest if cfg.max_context is None else positive_int(cfg.max_context, "max_context")
-    if context < longest:
-        raise ConfigError(f"max_context={context} is shorter than the longest request ({longest} tokens)")
-    pool = _pool(cfg, hw, job, tp, replicas, context)
-    scheduler = pool.scheduler
+    scheduler = deployment.decode.scheduler
     kv_tokens = scheduler.kv_blocks * scheduler.block_size
-    d = cfg.disaggregation
-    prefill_replicas = int(d.prefill_replicas)
-    if prefill_replicas < 0:
-        raise ConfigError(f"disaggregation.prefill_replicas must be >= 0, got {prefill_replicas}")
-    prefill_tp = tp if d.prefill_tp is None else positive_int(d.prefill_tp, "disaggregation.prefill_tp")
-    if prefill_replicas:
-        prefill = _pool(cfg, hw, job, prefill_tp, prefill_replicas, context, decodes=False)
-        transfer = (
-            np.zeros(workload.size)
-            if d.ideal_network
-            else kv_transfer_s(hw, job, prefill_tp, workload.input_len, bool(d.across_nodes))
-        )
-        sim = simulate_disaggregated(workload, prefill, pool, transfer)
-    else:
-        sim = simulate_replicas(workload, pool.table, scheduler, replicas)
+    sim = deployment.simulate(workload)
     slo = SLO(float(cfg.slo.ttft_ms), float(cfg.slo.tpot_ms))
     metrics = serving_metrics(sim, workload, slo, scheduler.kv_blocks)
-    devices = tp * replicas + prefill_tp * prefill_replicas
+    devices = plan.devices
     metrics["goodput_per_gpu"] = metrics["goodput_requests_per_s"] / devices
     system = system_metrics(devices, hw, metrics["throughput_tokens_per_s"], 0.0)
     metrics |= {k: float(v) for k, v in system.items() if k != "memory_gib"}
@@ -271,10 +214,10 @@ def report(cfg: DictConfig) -> dict[str, Any]:
         "model": model_name(cfg),
         "model_type": spec.model_type,
         "hardware": hw.name,
-        "tp": tp,
-        "replicas": replicas,
-        "prefill_replicas": prefill_replicas,
-        "prefill_tp": prefill_tp,
+        "tp": plan.tp,
+        "replicas": plan.replicas,
+        "prefill_replicas": plan.prefill_replicas,
+        "prefill_tp": plan.prefill_devices,
         "devices": devices,
         "precision": cfg.precision,
         "scheduler": {k: v for k, v in scheduler.__dict__.items() if k != "speculation"},

@@ -11,16 +11,15 @@ curves of the two against the request rate (``attainment.png``); everything is l
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from costmodels.deployment import ServingPlan
 from costmodels.errors import ConfigError
 from costmodels.hardware import PRECISIONS
-from costmodels.inference import InferenceJob, engine_preset
-from costmodels.requests import SLO, Scheduler, lengths, synthetic
+from costmodels.requests import SLO, lengths, synthetic
 from dse._app import format_table, progress_callback
 from dse.checks import positive_int
 from dse.hardware import hardware_from_config
@@ -48,35 +47,32 @@ def setup_from_config(cfg: DictConfig) -> tuple[ServingSetup, dict[str, list[flo
     outputs = lengths(rng, n, float(r.output_len), float(r.length_spread))
     unit = synthetic("poisson", n, 1.0, inputs, outputs, seed=int(r.seed)).arrival_s
     e = s.engine
-    job = InferenceJob(
-        spec,
-        int(inputs.max()),
-        int(outputs.max()),
-        s.precision,
-        s.kv_precision,
-        engine=engine_preset(str(e.launch), "serving.engine.launch"),
-    )
     goal = float(s.slo.attainment)
     if not 0 < goal <= 1:
         raise ConfigError(f"serving.slo.attainment must be in (0, 1], got {goal}")
-    scheduler = Scheduler(
-        kind=str(e.scheduler),
+    plan = ServingPlan(
+        launch=str(e.launch),
+        kv_precision=s.kv_precision,
+        scheduler=str(e.scheduler),
         chunked_prefill=bool(e.chunked_prefill),
         priority=str(e.priority),
         block_size=positive_int(e.block_size, "serving.engine.block_size"),
+        kv_admission=str(e.kv_admission),
         prefix_caching=bool(e.prefix_caching),
+        across_nodes=bool(s.across_nodes),
     )
+    plan.job(spec, s.precision, 1, 1)  # an unknown launch preset is one line now, not per design
     setup = ServingSetup(
         hw,
-        job,
+        spec,
+        str(s.precision),
         inputs,
         outputs,
         unit,
         SLO(float(s.slo.ttft_ms), float(s.slo.tpot_ms)),
         goal,
         positive_int(s.gpus, "serving.gpus"),
-        scheduler,
-        bool(s.across_nodes),
+        plan,
     )
     space = OmegaConf.to_container(s.space, resolve=True)
     if not isinstance(space, dict) or sorted(space) != sorted(KNOBS):
@@ -114,7 +110,7 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
     pairs = (("colocated", best[False]), ("disaggregated", best[True]))
     curves = {name: attainment_curve(designs, row) for name, row in pairs if row is not None}
     rep = {
-        "model": str(cfg.model.get("_name_or_path", setup.job.spec.model_type)),
+        "model": str(cfg.model.get("_name_or_path", setup.spec.model_type)),
         "hardware": setup.hw.name,
         "gpus": setup.gpus,
         "driver": result.driver,
@@ -137,26 +133,16 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
 
 def attainment_curve(designs: Any, row: dict[str, Any]) -> dict[str, list[float]]:
     """SLO attainment of ``row``'s design at ``CURVE_POINTS`` rates around its goodput rate."""
-    from costmodels.requests import Pool, serving_metrics, simulate_disaggregated, simulate_replicas
-    from costmodels.serving import kv_transfer_s
+    from costmodels.requests import serving_metrics
 
-    s, tp = designs.s, row["tp"]
-    blocks = designs.kv_blocks(tp, row["max_num_batched_tokens"])
-    budgets = {k: row[k] for k in ("max_num_seqs", "max_num_batched_tokens")}
-    sched = replace(s.scheduler, kv_blocks=blocks, **budgets)
-    table = designs.table(tp)
+    s = designs.s
+    plan = designs.plan(row["tp"], row["max_num_seqs"], row["max_num_batched_tokens"], row["prefill_share"])
+    deployment = designs.deploy(plan)
     rates = np.linspace(0.1, 2.0, CURVE_POINTS) * row["max_rate_per_s"]
     out = []
     for rate in rates:
         w = s.workload(float(rate))
-        if row["prefill"]:
-            transfer = kv_transfer_s(s.hw, s.job, tp, s.input_len, s.across_nodes)
-            sim = simulate_disaggregated(
-                w, Pool(table, sched, row["prefill"]), Pool(table, sched, row["decode"]), transfer
-            )
-        else:
-            sim = simulate_replicas(w, table, sched, row["decode"])
-        out.append(serving_metrics(sim, w, s.slo, blocks)["slo_attainment"])
+        out.append(serving_metrics(deployment.simulate(w), w, s.slo, deployment.kv_blocks)["slo_attainment"])
     return {"rate_per_s": rates.tolist(), "slo_attainment": out}
 
 

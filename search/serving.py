@@ -20,19 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from costmodels.architectures import ModelSpec
+from costmodels.deployment import ServingPlan
+from costmodels.errors import ConfigError
 from costmodels.hardware import Hardware
-from costmodels.inference import InferenceJob
 from costmodels.metrics import system_metrics
-from costmodels.requests import (
-    SLO,
-    Pool,
-    Scheduler,
-    Workload,
-    serving_metrics,
-    simulate_disaggregated,
-    simulate_replicas,
-)
-from costmodels.serving import StepTable, kv_capacity_tokens, kv_transfer_s, step_table
+from costmodels.requests import SLO, Workload, serving_metrics
+from costmodels.serving import StepTable
 from search.base import Problem
 
 SERVING_SIM_OBJECTIVES = ("neg_goodput_per_gpu", "cost_usd_per_mtoken")
@@ -44,20 +38,21 @@ BISECTIONS = 6
 
 @dataclass(frozen=True)
 class ServingSetup:
-    """What every design of a serving search shares: hardware, model job (precision, engine
-    launch), the requests' lengths and unit-rate arrival gaps, the SLOs, the GPUs in the pool and
-    the engine settings that are not searched."""
+    """What every design of a serving search shares: hardware, model and precision, the requests'
+    lengths and unit-rate arrival gaps, the SLOs, the GPUs in the pool, and the plan whose
+    unsearched fields (launch, KV precision, scheduling, block size, prefix caching, the KV link)
+    every design keeps."""
 
     hw: Hardware
-    job: InferenceJob
+    spec: ModelSpec
+    precision: str
     input_len: np.ndarray
     output_len: np.ndarray
     unit_arrivals: np.ndarray  # arrival times at 1 request/s; a rate r divides them by r
     slo: SLO
     attainment: float
     gpus: int
-    scheduler: Scheduler  # kind, chunked prefill, priority, block size, prefix caching
-    across_nodes: bool = True
+    plan: ServingPlan
 
     def workload(self, rate: float) -> Workload:
         return Workload(self.unit_arrivals / rate, self.input_len, self.output_len)
@@ -72,55 +67,50 @@ def split(gpus: int, tp: int, share: float) -> tuple[int, int]:
 
 
 class _Designs:
-    """Tables and KV capacities, built once per tensor-parallel degree (and budget)."""
+    """Designs as plans, their step tables built once per tensor-parallel degree (to the largest
+    budgets of the space) and shared."""
 
     def __init__(self, setup: ServingSetup, space: Mapping[str, Sequence[float]]):
         self.s, self.space = setup, space
-        self.tables: dict[int, StepTable] = {}
-        self.kv: dict[tuple[int, int], int] = {}
+        self.tables: dict[tuple[Any, ...], StepTable] = {}
+        self.cover = (int(max(space["max_num_batched_tokens"])), int(max(space["max_num_seqs"])))
 
-    def table(self, tp: int) -> StepTable:
-        if tp not in self.tables:
-            longest = int(np.max(self.s.input_len + self.s.output_len))
-            self.tables[tp] = step_table(
-                self.s.hw,
-                self.s.job,
-                tp,
-                int(max(self.space["max_num_batched_tokens"])),
-                int(max(self.space["max_num_seqs"])),
-                longest,
-            )
-        return self.tables[tp]
+    def plan(self, tp: int, seqs: int, budget: int, share: float) -> ServingPlan | None:
+        """The design's plan; None when the pool leaves no decode replica."""
+        prefill, decode = split(self.s.gpus, tp, share)
+        if not decode:
+            return None
+        return replace(
+            self.s.plan,
+            tp=tp,
+            replicas=decode,
+            prefill_replicas=prefill,
+            prefill_tp=None,
+            max_num_seqs=seqs,
+            max_num_batched_tokens=budget,
+        )
 
-    def kv_blocks(self, tp: int, budget: int) -> int:
-        if (tp, budget) not in self.kv:
-            self.kv[(tp, budget)] = (
-                kv_capacity_tokens(self.s.hw, self.s.job, tp, budget) // self.s.scheduler.block_size
-            )
-        return self.kv[(tp, budget)]
+    def deploy(self, plan: ServingPlan) -> Any:
+        s = self.s
+        inputs, outputs = int(np.max(s.input_len)), int(np.max(s.output_len))
+        return plan.deploy(s.hw, s.spec, s.precision, inputs, outputs, tables=self.tables, cover=self.cover)
 
     def evaluate(self, tp: int, seqs: int, budget: int, share: float) -> dict[str, float]:
         """The design's per-GPU goodput and its figures at the highest rate within the SLOs."""
-        s, spec = self.s, self.s.job.spec
-        prefill, decode = split(s.gpus, tp, share)
-        longest = int(np.max(s.input_len + s.output_len))
-        blocks = self.kv_blocks(tp, budget) if spec.num_heads % tp == 0 and decode else 0
-        if blocks * s.scheduler.block_size < longest:  # does not fit, or no decode replica
+        s, plan = self.s, self.plan(tp, seqs, budget, share)
+        if plan is None:
             return _infeasible()
-        sched = replace(s.scheduler, max_num_seqs=seqs, max_num_batched_tokens=budget, kv_blocks=blocks)
-        pool = Pool(self.table(tp), sched, decode)
-        transfer = kv_transfer_s(s.hw, s.job, tp, s.input_len, s.across_nodes) if prefill else None
+        try:
+            deployment = self.deploy(plan)
+        except ConfigError:  # tp does not divide the heads, or no room for one request's cache
+            return _infeasible()
 
         def run(rate: float) -> dict[str, float]:
             w = s.workload(rate)
-            if prefill:
-                sim = simulate_disaggregated(w, Pool(pool.table, sched, prefill), pool, transfer)
-            else:
-                sim = simulate_replicas(w, pool.table, sched, decode)
-            return serving_metrics(sim, w, s.slo, blocks)
+            return serving_metrics(deployment.simulate(w), w, s.slo, deployment.kv_blocks)
 
-        rate, metrics = max_rate(run, START_RATE * (prefill + decode), s.attainment)
-        devices = tp * (prefill + decode)
+        rate, metrics = max_rate(run, START_RATE * (plan.replicas + plan.prefill_replicas), s.attainment)
+        devices = plan.devices
         if rate <= 0:
             return _infeasible() | {"devices": float(devices)}
         system = system_metrics(devices, s.hw, metrics["throughput_tokens_per_s"], 0.0)
@@ -130,8 +120,8 @@ class _Designs:
             "goodput_per_gpu": rate / devices,
             "max_rate_per_s": rate,
             "devices": float(devices),
-            "prefill_replicas": float(prefill),
-            "decode_replicas": float(decode),
+            "prefill_replicas": float(plan.prefill_replicas),
+            "decode_replicas": float(plan.replicas),
             "slo_attainment": metrics["slo_attainment"],
             **{f"{m}_p{q}_ms": metrics[f"{m}_p{q}_ms"] for m in ("ttft", "tpot") for q in (90, 99)},
             "throughput_tokens_per_s": metrics["throughput_tokens_per_s"],
@@ -206,7 +196,7 @@ def serving_problem(setup: ServingSetup, space: Mapping[str, Sequence[float]]) -
     def constraint(points: Mapping[str, np.ndarray]) -> np.ndarray:
         tp, share = np.asarray(points["tp"]), np.asarray(points["prefill_share"])
         replicas = setup.gpus // tp
-        whole = (setup.gpus % tp == 0) & (setup.job.spec.num_heads % tp == 0) & (replicas >= 1)
+        whole = (setup.gpus % tp == 0) & (setup.spec.num_heads % tp == 0) & (replicas >= 1)
         return whole & ((share == 0) | (replicas >= 2))
 
     def describe(point: dict[str, float]) -> dict[str, Any]:

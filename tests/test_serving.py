@@ -534,3 +534,34 @@ def test_every_published_serving_case_is_predicted() -> None:
     serving = rep["summary"]["by_kind"]["serving"]
     assert serving["n"] == serving["covered"] == 33
     assert serving["mape"] < 45.0
+
+
+# --- one plan for the serving tools ------------------------------------------------------------------
+
+
+def test_a_plan_deploys_what_the_tools_built_by_hand(table) -> None:
+    """ServingPlan.deploy gives the engine the memory model's KV blocks and the step table of the
+    plan's budgets: its simulation is the one built from the parts (Scheduler, step_table,
+    simulate_replicas) for the same requests, to the last bit."""
+    from costmodels.deployment import ServingPlan
+
+    plan = ServingPlan(tp=1, replicas=2, max_num_seqs=MAX_SEQS, max_num_batched_tokens=MAX_TOKENS)
+    deployment = plan.deploy(H100, LLAMA, "bf16", 512, 129)
+    blocks = kv_capacity_tokens(H100, InferenceJob(LLAMA, 512, 129, "bf16"), 1, MAX_TOKENS) // 16
+    assert deployment.kv_blocks == blocks and plan.devices == 2
+    w = synthetic("poisson", 300, 12.0, np.full(300, 512), np.full(300, 129), seed=8)
+    by_hand = simulate_replicas(
+        w, step_table(H100, JOB, 1, MAX_TOKENS, MAX_SEQS, 641), sched(kv_blocks=blocks), 2
+    )
+    assert np.array_equal(deployment.simulate(w).finish_s, by_hand.finish_s)
+
+
+def test_a_plan_refuses_what_cannot_serve_in_one_line() -> None:
+    from costmodels.deployment import ServingPlan
+
+    with pytest.raises(ConfigError, match="tp must divide num_attention_heads=32"):
+        ServingPlan(tp=3).deploy(H100, LLAMA, "bf16", 512, 64)
+    with pytest.raises(ConfigError, match=r"leaves .* tokens of KV cache on .*fewer than one request's"):
+        ServingPlan(tp=1).deploy(H100, load_model("llama3_70b"), "bf16", 512, 64)
+    with pytest.raises(ConfigError, match="max_num_seqs must be >= 1, got 0"):
+        ServingPlan(max_num_seqs=0)

@@ -1,0 +1,212 @@
+"""One serving deployment, the plan every serving tool reads: ``dse.serve``, the serving search
+(``search/serving.py``) and the validator's serving cases (``dse/predict.py``) build a
+:class:`ServingPlan` from their own inputs and call :meth:`ServingPlan.deploy`, which sizes the KV
+cache (``serving.kv_capacity_tokens``), builds the step tables (``serving.step_table``; the draft
+model's too) and the engines (``requests.Scheduler``), and returns a :class:`Deployment` that
+simulates a workload colocated or disaggregated. A new serving knob is a field here and its use in
+``deploy``; each tool only reads it from its input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+
+from costmodels.architectures import ModelSpec
+from costmodels.errors import ConfigError
+from costmodels.hardware import Hardware
+from costmodels.inference import InferenceJob, engine_preset
+from costmodels.requests import (
+    Pool,
+    Scheduler,
+    Simulation,
+    Speculation,
+    Workload,
+    simulate_disaggregated,
+    simulate_replicas,
+)
+from costmodels.serving import StepTable, kv_capacity_tokens, kv_transfer_s, step_table
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    """Replicas of ``tp`` devices, the engine's scheduling and KV-cache settings, speculation, and an
+    optional pool of ``prefill_replicas`` prefill-only replicas of ``prefill_tp`` devices
+    (disaggregated serving; its KV cache moves over the scale-out link, or the scale-up one, or in
+    no time). The defaults are vLLM's V1 engine with host launches hidden (CUDA graphs)."""
+
+    tp: int = 1
+    replicas: int = 1
+    launch: str = "tensorrt-llm"  # host launch times: a preset of inference.ENGINES
+    kv_precision: str | None = None
+    attention_precision: str | None = None
+    scheduler: str = "continuous"
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    chunked_prefill: bool = True
+    priority: str = "decode"
+    block_size: int = 16
+    kv_admission: str = "on_demand"
+    prefix_caching: bool = False
+    kv_cache_tokens: int | None = None  # per replica; None: what the memory model leaves
+    speculative_tokens: int = 0
+    speculative_acceptance: float = 0.7
+    speculative_seed: int = 0
+    prefill_replicas: int = 0
+    prefill_tp: int | None = None
+    across_nodes: bool = True
+    ideal_network: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("tp", "replicas", "max_num_seqs", "max_num_batched_tokens", "block_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("prefill_replicas", "speculative_tokens"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.prefill_tp is not None and self.prefill_tp < 1:
+            raise ConfigError(f"prefill_tp must be >= 1, got {self.prefill_tp}")
+
+    @property
+    def prefill_devices(self) -> int:
+        """Tensor parallelism of a prefill-only replica."""
+        return self.tp if self.prefill_tp is None else self.prefill_tp
+
+    @property
+    def devices(self) -> int:
+        return self.tp * self.replicas + self.prefill_devices * self.prefill_replicas
+
+    def job(self, spec: ModelSpec, precision: str, input_len: int, output_len: int) -> InferenceJob:
+        """The cost model's job for requests of up to ``input_len`` + ``output_len`` tokens."""
+        return InferenceJob(
+            spec,
+            input_len,
+            output_len,
+            precision,
+            self.kv_precision,
+            engine=engine_preset(self.launch, "launch"),
+            attention_precision=self.attention_precision,
+        )
+
+    def engine(self, kv_blocks: int, speculation: Speculation | None = None) -> Scheduler:
+        """The scheduler of one replica with ``kv_blocks`` blocks."""
+        return Scheduler(
+            kind=self.scheduler,
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+            chunked_prefill=self.chunked_prefill,
+            priority=self.priority,
+            block_size=self.block_size,
+            kv_blocks=kv_blocks,
+            prefix_caching=self.prefix_caching,
+            speculation=speculation,
+            kv_admission=self.kv_admission,
+        )
+
+    def deploy(
+        self,
+        hw: Hardware,
+        spec: ModelSpec,
+        precision: str,
+        input_len: int,
+        output_len: int,
+        *,
+        draft: ModelSpec | None = None,
+        tables: dict[tuple[Any, ...], StepTable] | None = None,
+        cover: tuple[int, int] = (0, 0),
+    ) -> Deployment:
+        """The deployment serving requests of up to ``input_len`` + ``output_len`` tokens: KV cache,
+        step tables (``draft``: the speculating draft model's) and engines. ``tables`` caches the
+        step tables across plans of one hardware, model and precision (the caller keeps one dict per
+        such triple), built to ``cover`` (tokens, sequences) per step at least, so that one table
+        serves every budget of a search."""
+        job = self.job(spec, precision, input_len, output_len)
+        if spec.num_heads % self.tp or (self.prefill_replicas and spec.num_heads % self.prefill_devices):
+            raise ConfigError(f"tp must divide num_attention_heads={spec.num_heads}")
+        context = input_len + output_len
+        cache = {} if tables is None else tables
+        width = self.speculative_tokens + 1
+
+        budget, seqs = max(self.max_num_batched_tokens, cover[0]), max(self.max_num_seqs, cover[1])
+
+        def table(model_job: InferenceJob, tp: int, width_: int, what: str) -> StepTable:
+            key = (
+                what,
+                self.launch,
+                self.kv_precision,
+                self.attention_precision,
+                tp,
+                budget,
+                seqs,
+                context,
+                width_,
+            )
+            if key not in cache:
+                cache[key] = step_table(hw, model_job, tp, budget, seqs, context, width_)
+            return cache[key]
+
+        def kv_blocks(tp: int) -> int:
+            tokens = self.kv_cache_tokens or kv_capacity_tokens(hw, job, tp, self.max_num_batched_tokens)
+            if tokens < context + self.speculative_tokens:
+                raise ConfigError(
+                    f"{spec.model_type} on tp={tp} leaves {tokens:,} tokens of KV cache on {hw.name}, fewer "
+                    f"than one request's {context:,}: raise tp or lower max_num_batched_tokens"
+                )
+            return tokens // self.block_size
+
+        speculation = None
+        if self.speculative_tokens:
+            draft_table = None
+            if draft is not None:
+                draft_job = replace(job, spec=draft)
+                draft_table = table(draft_job, self.tp, 1, f"draft {draft.model_type} {draft.num_layers}")
+            speculation = Speculation(
+                self.speculative_tokens, self.speculative_acceptance, draft_table, self.speculative_seed
+            )
+        decode_blocks = kv_blocks(self.tp)
+        decode = Pool(
+            table(job, self.tp, width, "target"), self.engine(decode_blocks, speculation), self.replicas
+        )
+        prefill = None
+        if self.prefill_replicas:
+            blocks = kv_blocks(self.prefill_devices)
+            prefill_table = table(job, self.prefill_devices, 1, "target")
+            prefill = Pool(prefill_table, self.engine(blocks), self.prefill_replicas)
+        return Deployment(self, hw, job, decode, prefill)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A :class:`ServingPlan` made concrete: its job, its decode pool (the only pool, colocated) and
+    its prefill pool (disaggregated)."""
+
+    plan: ServingPlan
+    hw: Hardware
+    job: InferenceJob
+    decode: Pool
+    prefill: Pool | None = None
+
+    @property
+    def kv_blocks(self) -> int:
+        """KV-cache blocks of one decode replica."""
+        return self.decode.scheduler.kv_blocks
+
+    def transfer_s(self, workload: Workload) -> np.ndarray:
+        """Moving each request's prompt cache from its prefill replica to a decode replica."""
+        if self.plan.ideal_network:
+            return np.zeros(workload.size)
+        return kv_transfer_s(
+            self.hw, self.job, self.plan.prefill_devices, workload.input_len, self.plan.across_nodes
+        )
+
+    def simulate(self, workload: Workload) -> Simulation:
+        """Serve ``workload``: round robin over the replicas, through the prefill pool first when
+        there is one."""
+        if self.prefill is not None:
+            return simulate_disaggregated(workload, self.prefill, self.decode, self.transfer_s(workload))
+        return simulate_replicas(workload, self.decode.table, self.decode.scheduler, self.decode.replicas)
+
+
+PLAN_FIELDS = tuple(f.name for f in fields(ServingPlan))
