@@ -26,7 +26,11 @@ from costmodels.errors import ConfigError
 from costmodels.hardware import PRECISIONS
 from costmodels.metrics import system_metrics
 from costmodels.requests import (
+    ARRIVALS,
+    KV_ADMISSIONS,
     PERCENTILES,
+    PRIORITIES,
+    SCHEDULERS,
     SLO,
     Simulation,
     Workload,
@@ -106,6 +110,20 @@ def build_workload(w: DictConfig) -> Workload:
         if not w.trace:
             raise ConfigError("workload.arrival=trace needs workload.trace=<file.csv or file.jsonl>")
         return load_trace(w.trace)
+    if w.arrival not in (*ARRIVALS, "trace"):
+        raise ConfigError(f"workload.arrival must be one of {', '.join(ARRIVALS)}, trace; got {w.arrival!r}")
+    if w.arrival in ("poisson", "gamma") and not float(w.rate_per_s) > 0:
+        raise ConfigError(f"workload.rate_per_s must be positive, got {w.rate_per_s}")
+    if w.arrival == "gamma" and not float(w.cv) > 0:
+        raise ConfigError(f"workload.cv must be positive, got {w.cv}")
+    if w.arrival == "closed":
+        positive_int(w.concurrency, "workload.concurrency")
+    if not 0 <= float(w.length_spread) < 1:
+        raise ConfigError(f"workload.length_spread must be in [0, 1), got {w.length_spread}")
+    for key in ("input_len", "output_len"):
+        positive_int(w[key], f"workload.{key}")
+    for key in ("prefixes", "prefix_len"):
+        positive_int(w[key], f"workload.{key}", minimum=0)
     n = positive_int(w.requests, "workload.requests")
     rng = np.random.default_rng(int(w.seed) + 1)  # lengths: a stream apart from the arrivals'
     spread = float(w.length_spread)
@@ -130,6 +148,15 @@ def plan_from_config(cfg: DictConfig) -> ServingPlan:
     ``speculative.*``, ``disaggregation.*``), each value checked under its own key."""
     e, sp, d = cfg.engine, cfg.speculative, cfg.disaggregation
     tokens = None if e.kv_cache_tokens is None else positive_int(e.kv_cache_tokens, "engine.kv_cache_tokens")
+    for key, allowed in (
+        ("scheduler", SCHEDULERS),
+        ("priority", PRIORITIES),
+        ("kv_admission", KV_ADMISSIONS),
+    ):
+        if e[key] not in allowed:
+            raise ConfigError(f"engine.{key} must be one of {', '.join(allowed)}, got {e[key]!r}")
+    if not 0.0 <= float(sp.acceptance) <= 1.0:
+        raise ConfigError(f"speculative.acceptance must be in [0, 1], got {sp.acceptance}")
     return ServingPlan(
         tp=positive_int(cfg.tp, "tp"),
         replicas=positive_int(cfg.replicas, "replicas"),
@@ -160,7 +187,11 @@ def assumptions(cfg: DictConfig) -> list[str]:
         "step times: the cost model's static-batch op times for each step's mix, read from tables "
         "(interpolated between grid points; tests/test_serving.py states the error)",
         "KV cache: every attention layer holds every token (a sliding window is not reclaimed); "
-        "preempted sequences are recomputed",
+        + (
+            "a request starts only when its whole sequence fits (reserve)"
+            if cfg.engine.kv_admission == "reserve"
+            else "blocks as tokens come, preempted sequences recomputed (on demand)"
+        ),
     ]
     d = cfg.disaggregation
     sp = cfg.speculative

@@ -565,3 +565,35 @@ def test_a_plan_refuses_what_cannot_serve_in_one_line() -> None:
         ServingPlan(tp=1).deploy(H100, load_model("llama3_70b"), "bf16", 512, 64)
     with pytest.raises(ConfigError, match="max_num_seqs must be >= 1, got 0"):
         ServingPlan(max_num_seqs=0)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("engine.kv_admission=bogus", "engine.kv_admission must be one of on_demand, reserve, got 'bogus'"),
+        ("engine.scheduler=x", "engine.scheduler must be one of continuous, static, got 'x'"),
+        ("speculative.acceptance=2", "speculative.acceptance must be in [0, 1], got 2"),
+        ("tp=0", "tp must be a positive integer, got 0"),
+        ("workload.rate_per_s=-1", "workload.rate_per_s must be positive, got -1"),
+        (
+            "workload.arrival=weird",
+            "workload.arrival must be one of poisson, gamma, closed, trace; got 'weird'",
+        ),
+        ("workload.input_len=0", "workload.input_len must be a positive integer, got 0"),
+        ("workload.length_spread=1.5", "workload.length_spread must be in [0, 1), got 1.5"),
+        ("workload.prefixes=-2", "workload.prefixes must be an integer >= 0, got -2"),
+        ("disaggregation.prefill_replicas=-1", "disaggregation.prefill_replicas must be an integer >= 0"),
+    ],
+)
+def test_a_bad_serve_setting_names_its_key(override: str, message: str) -> None:
+    """Each setting is checked under its own key before anything is built: one line naming it."""
+    from hydra import compose, initialize_config_dir
+
+    from dse import serve
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("serve", [override, "workload.requests=10"])
+    with pytest.raises(ConfigError) as err:
+        serve.plan_from_config(cfg)
+        serve.build_workload(cfg.workload)
+    assert message in str(err.value)
