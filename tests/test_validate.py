@@ -168,7 +168,7 @@ def test_uncovered_reasons_and_json_shape(calls: list) -> None:
     assert by_id["i3"]["reason"] == "infeasible: no such hardware key"
     assert by_id["i3"]["quantity"] == "ttft_ms" and by_id["i3"]["measured"] == 8.0
     assert list(rep["summary"]) == [*validate.STAT_KEYS, "by_kind", "by_family"]
-    assert list(rep["summary"]["by_kind"]) == ["training", "inference"]
+    assert list(rep["summary"]["by_kind"]) == ["training", "inference", "serving"]
     assert list(rep["summary"]["by_family"]) == ["fam_a", "fam_b", "fam_c"]
     for scope in [*rep["summary"]["by_kind"].values(), *rep["summary"]["by_family"].values()]:
         assert list(scope) == list(validate.STAT_KEYS)
@@ -278,7 +278,8 @@ BROKEN: list[tuple[Any, str]] = [
     (inf("b21", measured={"ttft_ms": 1, "itl_ms": 2}),
      INVALID + "'measured' must hold exactly one target, got ttft_ms, itl_ms"),
     (without(tr("b22"), "measured"), INVALID + "missing 'measured'"),
-    (tr("b23", kind="trianing"), INVALID + "'kind' must be one of training, inference, got 'trianing'"),
+    (tr("b23", kind="trianing"),
+     INVALID + "'kind' must be one of training, inference, serving, got 'trianing'"),
     (without(tr("b24"), "id"), INVALID + "missing 'id'"),
     ("just a string", INVALID + "case #25 is a str, not a mapping"),
     (tr("t1"), INVALID + "duplicate id 't1' (first at case #26)"),
