@@ -16,6 +16,8 @@ import copy
 import json
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -509,3 +511,38 @@ def test_unreadable_file_is_one_line_error(tmp_path: Path, reader: str, content:
     with pytest.raises(ConfigError) as err:
         READERS[reader](path)
     assert "\n" not in str(err.value)
+
+
+# --- JAX's persistent compilation cache ----------------------------------------------------------------
+
+
+def test_a_repeated_command_reuses_compiled_programs(tmp_path: Path) -> None:
+    """Each app turns on JAX's persistent compilation cache in $DSE_JAX_CACHE (default
+    ~/.cache/dse/jax): a run of dse.calc leaves its compiled programs there, and a second run reads
+    them back instead of compiling (it writes nothing new)."""
+    cache = tmp_path / "jax"
+    env = {**os.environ, "DSE_JAX_CACHE": str(cache)}
+    run = [sys.executable, "-m", "dse.calc", "format=json"]
+    first = subprocess.run(run, capture_output=True, text=True, env=env, timeout=300)
+    assert first.returncode == 0, first.stderr
+    entries = sorted(p.name for p in cache.iterdir())
+    assert entries and all(name.endswith("-cache") for name in entries)
+    second = subprocess.run(run, capture_output=True, text=True, env=env, timeout=300)
+    assert second.returncode == 0 and json.loads(second.stdout) == json.loads(first.stdout)
+    assert sorted(p.name for p in cache.iterdir()) == entries
+
+
+def test_the_compilation_cache_can_be_turned_off_or_fail_quietly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dse._app import compilation_cache_dir, use_compilation_cache
+
+    monkeypatch.setenv("DSE_JAX_CACHE", "off")
+    assert compilation_cache_dir() is None and use_compilation_cache() is None
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setenv("DSE_JAX_CACHE", str(blocker / "jax"))  # under a file: cannot be created
+    assert use_compilation_cache() is None
+    monkeypatch.delenv("DSE_JAX_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert compilation_cache_dir() == tmp_path / "xdg" / "dse" / "jax"
