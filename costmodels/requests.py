@@ -37,6 +37,7 @@ together, with the same arithmetic as one step at a time.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -386,19 +387,13 @@ class _Engine:
             self.hit_tokens[r] = blocks * self.s.block_size
 
     def _release_waiting(self, r: int) -> None:
-        """A request that stays waiting gives back its prefix hit and any blocks reserved for it."""
-        own = int(self.blocks[r] - self.shared[r])
-        self.free_blocks += own
-        self.blocks[r] -= own
-        self._unhit(r)
-
-    def _unhit(self, r: int) -> None:
-        """Undo :meth:`_hit` for a request that could not be admitted after all."""
-        if self.shared[r] and not self.generated[r]:
-            self.hit_tokens[r] = 0
+        """A request that stays waiting after all gives back what its admission took: its prefix hit
+        (:meth:`_hit`) and any blocks reserved for it."""
         if self.shared[r]:
-            self._release(r)
             self.done_prefill[r] = 0
+            if not self.generated[r]:
+                self.hit_tokens[r] = 0
+        self._release(r)
 
     def _cache_prefixes(self, rows: list[int]) -> None:
         """Requests of ``rows`` that have computed their whole prefix, of a prefix not cached yet,
@@ -517,7 +512,7 @@ class _Engine:
             r = self.waiting[0]
             self._hit(r)
             if s.kv_admission == "reserve" and not self._reserve_sequence(r):
-                self._unhit(r)
+                self._release_waiting(r)
                 break
             new = self._chunk(r, budget)
             if not new:  # it stays waiting, holding no blocks meanwhile
@@ -614,20 +609,8 @@ class _Engine:
             steps = min(
                 steps, int(np.searchsorted(ends, self.arrival[self.next_arrival] - self.now, side="left")) + 1
             )
-        bs = s.block_size
-
-        def need(n: int) -> np.ndarray:  # blocks to hold every position the n steps may write
-            return np.maximum(-(-(kv + before[n - 1]) // bs) - self.blocks[idx], 0)
-
-        if int(need(steps).sum()) > self._available():
-            low, high = 1, steps
-            while high - low > 1:
-                mid = (low + high) // 2
-                low, high = (mid, high) if int(need(mid).sum()) <= self._available() else (low, mid)
-            steps = low
-        grow = need(steps)
-        self._take(int(grow.sum()))
-        self.blocks[idx] += grow
+        # every position the n steps may write: the keys of the fed tokens and the proposals
+        steps = self._steps_in_blocks(idx, lambda n: kv + before[n - 1], steps)
         durations = durations[:steps]
         ends = self.now + np.cumsum(durations)
         self._record(float(ends[-1] - self.now), d * (k + 1), steps=steps)
@@ -653,7 +636,7 @@ class _Engine:
             k = min(
                 k, int(np.searchsorted(ends, self.arrival[self.next_arrival] - self.now, side="left")) + 1
             )
-        k = self._steps_in_blocks(idx, kv, k)
+        k = self._steps_in_blocks(idx, lambda n: kv + n - 1, k)
         durations = durations[:k]
         end = self.now + float(np.sum(durations))
         self._record(end - self.now, d, steps=k)
@@ -666,13 +649,14 @@ class _Engine:
         self.now = end
         self._finish_done(idx, end)
 
-    def _steps_in_blocks(self, idx: np.ndarray, kv: np.ndarray, k: int) -> int:
+    def _steps_in_blocks(self, idx: np.ndarray, held: Callable[[int], np.ndarray], k: int) -> int:
         """The largest k' ≤ k decode steps whose tokens fit the held and the free blocks (1 at
-        least: the first step's blocks are reserved); their blocks are taken."""
+        least: the first step's blocks are reserved), ``held(n)`` being each sequence's tokens
+        after n steps; their blocks are taken."""
         bs = self.s.block_size
 
-        def need(steps: int) -> np.ndarray:  # blocks to hold positions up to kv + steps − 1
-            return np.maximum(-(-(kv + steps - 1) // bs) - self.blocks[idx], 0)
+        def need(steps: int) -> np.ndarray:
+            return np.maximum(-(-held(steps) // bs) - self.blocks[idx], 0)
 
         if int(need(k).sum()) > self._available():
             low, high = 1, k  # need(low) fits, need(high) does not
