@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from costmodels.deployment import ServingPlan
 from costmodels.errors import ConfigError
 from costmodels.hardware import PRECISIONS
+from costmodels.inference import engine_preset
 from costmodels.requests import SLO, lengths, synthetic
 from dse._app import format_table, progress_callback
 from dse.checks import positive_int
@@ -50,6 +51,7 @@ def setup_from_config(cfg: DictConfig) -> tuple[ServingSetup, dict[str, list[flo
     goal = float(s.slo.attainment)
     if not 0 < goal <= 1:
         raise ConfigError(f"serving.slo.attainment must be in (0, 1], got {goal}")
+    engine_preset(str(e.launch), "serving.engine.launch")  # an unknown preset: one line, before any design
     plan = ServingPlan(
         launch=str(e.launch),
         kv_precision=s.kv_precision,
@@ -61,7 +63,6 @@ def setup_from_config(cfg: DictConfig) -> tuple[ServingSetup, dict[str, list[flo
         prefix_caching=bool(e.prefix_caching),
         across_nodes=bool(s.across_nodes),
     )
-    plan.job(spec, s.precision, 1, 1)  # an unknown launch preset is one line now, not per design
     setup = ServingSetup(
         hw,
         spec,

@@ -71,7 +71,7 @@ class _Designs:
     budgets of the space) and shared."""
 
     def __init__(self, setup: ServingSetup, space: Mapping[str, Sequence[float]]):
-        self.s, self.space = setup, space
+        self.s = setup
         self.tables: dict[tuple[Any, ...], StepTable] = {}
         self.cover = (int(max(space["max_num_batched_tokens"])), int(max(space["max_num_seqs"])))
 
