@@ -137,6 +137,11 @@ class InferenceJob:
         return self.output_len > 0
 
     @property
+    def host_pass_s(self) -> float:
+        """The host time under which no pass runs: layers · host_layer_s + host_step_s (``Engine``)."""
+        return self.spec.num_layers * self.engine.host_layer_s + self.engine.host_step_s
+
+    @property
     def prompt_tokens(self) -> int:
         """Tokens the decoder prefills: the prompt, or an encoder-decoder's one start token (its
         prompt goes through the encoder)."""
@@ -234,8 +239,7 @@ def _pass_s(
     new_tokens = float(job.prompt_tokens) if prefill else 1.0  # through the decoder (or the only stack)
     spec = job.spec
     fwd = op_seconds(hw, job, table, Plan(tp=tp, pp=pp, microbatch=batch), batch, batch * new_tokens)
-    host = spec.num_layers * job.engine.host_layer_s + job.engine.host_step_s
-    kernels = jnp.maximum(jnp.sum(fwd * table.layers), host)
+    kernels = jnp.maximum(jnp.sum(fwd * table.layers), job.host_pass_s)
     # tensor-parallel all-reduces move 16-bit activations whatever the weights' precision
     act_b = bytes_per_element(activation_precision(job.precision))
     tp_comm = sum(

@@ -191,8 +191,7 @@ def _step_time_s(
         kernels += _seconds(hw, job, step.core(mean - 1.0, 1.0), float(tp), float(d), tokens)
     for cached, new in chunks:
         kernels += _seconds(hw, job, step.core(float(cached), float(new)), float(tp), 1.0, tokens)
-    host = job.spec.num_layers * job.engine.host_layer_s + job.engine.host_step_s
-    return float(jnp.maximum(kernels, host) + _tp_comm_s(hw, job, float(tp), tokens))
+    return float(jnp.maximum(kernels, job.host_pass_s) + _tp_comm_s(hw, job, float(tp), tokens))
 
 
 def _geometric(low: float, high: float, ratio: float) -> np.ndarray:
@@ -329,9 +328,8 @@ def step_table(
         chunk_s = _core_grid(hw, job, tpf, step, spans, np.ones(1))[0].reshape(
             len(chunk_new), len(chunk_cached)
         )
-    host = job.spec.num_layers * job.engine.host_layer_s + job.engine.host_step_s
     return StepTable(
-        tokens, token_s, logit_s, contexts, decode_s, chunk_new, chunk_cached, chunk_s, float(host), width
+        tokens, token_s, logit_s, contexts, decode_s, chunk_new, chunk_cached, chunk_s, job.host_pass_s, width
     )
 
 
