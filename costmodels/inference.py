@@ -54,7 +54,7 @@ from costmodels.hardware import Hardware, activation_precision, bytes_per_elemen
 from costmodels.memory import MemoryBreakdown, inference_memory
 from costmodels.parallel import Plan
 from costmodels.sharding import OpTable, op_times, shard, table_from_ops
-from costmodels.workload import Batch, forward_ops
+from costmodels.workload import Batch, experts_touched, forward_ops
 
 Array = Any
 
@@ -220,7 +220,7 @@ def op_seconds(
     spec = job.spec
     s = shard(table, plan, seqs)
     if spec.moe is not None:  # only the experts these tokens touch are read
-        touched = spec.moe.num_experts * (1.0 - (1.0 - spec.moe.top_k / spec.moe.num_experts) ** tokens)
+        touched = experts_touched(spec.moe.num_experts, spec.moe.top_k, tokens)
         s = s.__class__(
             **{
                 **s.__dict__,
