@@ -354,6 +354,14 @@ def _core_grid(
     return np.asarray(grid({k: jnp.asarray(v) for k, v in stacked.items()}, jnp.asarray(seqs)))
 
 
+def kv_bytes_per_token(job: InferenceJob, tp: int) -> float:
+    """KV-cache bytes of one token on one of ``tp`` devices: every attention layer's keys and values
+    (a sliding-window layer counted in full, as an allocator with one block pool for all layers
+    holds them) in the job's KV type."""
+    kv_b = bytes_per_element(kv_cache_precision(job.precision, job.kv_precision))
+    return job.spec.attention_layers * float(kv_elements_per_token(job.spec, float(tp))) * kv_b
+
+
 def kv_capacity_tokens(hw: Hardware, job: InferenceJob, tp: int, max_tokens: int) -> int:
     """Tokens of KV cache one replica holds: HBM less the weights, the activations of a
     ``max_tokens`` step and the workspace (``memory.inference_memory``), divided by the cache of
@@ -365,11 +373,7 @@ def kv_capacity_tokens(hw: Hardware, job: InferenceJob, tp: int, max_tokens: int
         spec, float(tp), 1.0, 0.0, 0.0, hw, job.precision, job.kv_precision, prefill_tokens=float(max_tokens)
     )
     free = float(mem.capacity_bytes - mem.total_bytes)
-    kv_b = bytes_per_element(kv_cache_precision(job.precision, job.kv_precision))
-    # every attention layer's keys and values (a sliding-window layer counted in full, as an
-    # allocator with one block pool for all layers holds them)
-    per_token = spec.attention_layers * float(kv_elements_per_token(spec, float(tp))) * kv_b
-    return max(int(free // per_token), 0)
+    return max(int(free // kv_bytes_per_token(job, tp)), 0)
 
 
 def kv_transfer_s(
@@ -379,9 +383,6 @@ def kv_transfer_s(
     (disaggregated serving): each of the ``tp`` ranks sends its share, every attention layer's keys and
     values, as one point-to-point transfer over the scale-out link (``across_nodes``) or the scale-up
     one (``fabric.p2p_s``: latency + bytes / bandwidth)."""
-    spec = job.spec
-    kv_b = bytes_per_element(kv_cache_precision(job.precision, job.kv_precision))
-    per_token = spec.attention_layers * float(kv_elements_per_token(spec, float(tp))) * kv_b
     stride = float(hw.scale_up_domain_size) if across_nodes else 1.0
     with jax.enable_x64(True):
-        return np.asarray(p2p_s(hw, jnp.asarray(tokens, dtype=float) * per_token, stride))
+        return np.asarray(p2p_s(hw, jnp.asarray(tokens, dtype=float) * kv_bytes_per_token(job, tp), stride))
