@@ -34,10 +34,32 @@ CHOICE = "choice"  # an index into the field's ``names`` (0 .. len - 1), set by 
 FRACTION = "fraction"  # in [0, 1]
 
 
-def _meta(kind: str, doc: str, *, neutral: Any = None, names: tuple[str, ...] = ()) -> dict[str, Any]:
+# Who sets a plan field in a configuration: the user in its plan node (``parallelism:`` of dse.calc,
+# ``placement:``, ``job:`` of dse.topoeval), the devices (dp: what tp·pp·cp leave, null in the node),
+# or the workload (global batch, not a plan option).
+OPTION, DERIVED, WORKLOAD = "option", "derived", "workload"
+
+
+def _meta(
+    kind: str,
+    doc: str,
+    *,
+    neutral: Any = None,
+    names: tuple[str, ...] = (),
+    searched: bool = False,
+    set_by: str = OPTION,
+) -> dict[str, Any]:
     """A plan field's metadata: ``kind``, a one-line ``doc``, the ``neutral`` value a user leaves out
-    (None: always stated) and, for a choice, the ``names`` of its values."""
-    return {"kind": kind, "doc": doc, "neutral": neutral, "names": names}
+    (None: always stated), for a choice the ``names`` of its values, whether the mapping search
+    takes candidate values of it (``searched``) and who sets it (``set_by``)."""
+    return {
+        "kind": kind,
+        "doc": doc,
+        "neutral": neutral,
+        "names": names,
+        "searched": searched,
+        "set_by": set_by,
+    }
 
 
 ZERO = ("0", "1", "2", "3")
@@ -50,22 +72,40 @@ class Plan:
     """Degrees, batch split and options of one training mapping (all leaves, float or array). Each
     field carries its kind, description and neutral value (:func:`knobs`)."""
 
-    tp: Scalar = field(default=1.0, metadata=_meta(DEGREE, "tensor-parallel degree"))
-    pp: Scalar = field(default=1.0, metadata=_meta(DEGREE, "pipeline-parallel degree (stages)"))
-    dp: Scalar = field(default=1.0, metadata=_meta(DEGREE, "data-parallel degree (expert ranks included)"))
-    cp: Scalar = field(default=1.0, metadata=_meta(DEGREE, "context-parallel degree", neutral=1))
-    ep: Scalar = field(default=1.0, metadata=_meta(DEGREE, "expert-parallel degree, within dp", neutral=1))
-    vpp: Scalar = field(default=1.0, metadata=_meta(DEGREE, "model chunks per pipeline stage", neutral=1))
-    microbatch: Scalar = field(default=1.0, metadata=_meta(DEGREE, "sequences per micro-batch"))
-    global_batch: Scalar = field(default=1.0, metadata=_meta(DEGREE, "sequences per optimizer step"))
+    tp: Scalar = field(default=1.0, metadata=_meta(DEGREE, "tensor-parallel degree", searched=True))
+    pp: Scalar = field(
+        default=1.0, metadata=_meta(DEGREE, "pipeline-parallel degree (stages)", searched=True)
+    )
+    dp: Scalar = field(
+        default=1.0, metadata=_meta(DEGREE, "data-parallel degree (expert ranks included)", set_by=DERIVED)
+    )
+    cp: Scalar = field(
+        default=1.0, metadata=_meta(DEGREE, "context-parallel degree", neutral=1, searched=True)
+    )
+    ep: Scalar = field(
+        default=1.0, metadata=_meta(DEGREE, "expert-parallel degree, within dp", neutral=1, searched=True)
+    )
+    vpp: Scalar = field(
+        default=1.0, metadata=_meta(DEGREE, "model chunks per pipeline stage", neutral=1, searched=True)
+    )
+    microbatch: Scalar = field(
+        default=1.0, metadata=_meta(DEGREE, "sequences per micro-batch", searched=True)
+    )
+    global_batch: Scalar = field(
+        default=1.0, metadata=_meta(DEGREE, "sequences per optimizer step", set_by=WORKLOAD)
+    )
     sequence_parallel: Scalar = field(
-        default=0.0, metadata=_meta(FLAG, "sequence parallelism", neutral=False)
+        default=0.0, metadata=_meta(FLAG, "sequence parallelism", neutral=False, searched=True)
     )
     zero_stage: Scalar = field(
-        default=0.0, metadata=_meta(CHOICE, "ZeRO stage (1: distributed optimizer)", neutral=0, names=ZERO)
+        default=0.0,
+        metadata=_meta(CHOICE, "ZeRO stage (1: distributed optimizer)", neutral=0, names=ZERO, searched=True),
     )
     recompute: Scalar = field(
-        default=0.0, metadata=_meta(CHOICE, "activation recomputation", neutral="none", names=RECOMPUTE_NAMES)
+        default=0.0,
+        metadata=_meta(
+            CHOICE, "activation recomputation", neutral="none", names=RECOMPUTE_NAMES, searched=True
+        ),
     )
     # fractions of a communication hidden behind compute
     tp_overlap: Scalar = field(
@@ -88,7 +128,8 @@ class Plan:
     # 1: context parallelism by all-to-all over the heads (DeepSpeed-Ulysses, Jacobs et al. 2023)
     # instead of passing K,V around a ring: each device attends the whole sequence for 1/cp of the heads.
     cp_a2a: Scalar = field(
-        default=0.0, metadata=_meta(FLAG, "Ulysses (all-to-all) context parallelism", neutral=False)
+        default=0.0,
+        metadata=_meta(FLAG, "Ulysses (all-to-all) context parallelism", neutral=False, searched=True),
     )
 
     @property
@@ -104,6 +145,21 @@ class Plan:
 def knobs(kind: str | None = None) -> dict[str, Mapping[str, Any]]:
     """Plan field → its metadata (kind, doc, neutral, names), in field order; only ``kind`` if given."""
     return {f.name: f.metadata for f in fields(Plan) if kind is None or f.metadata["kind"] == kind}
+
+
+def option_defaults() -> dict[str, Any]:
+    """Plan option → the value a configuration's plan node starts at, as a user writes it: the
+    neutral value (``false``, ``none``, 1), else the field's default (degrees as ints); a derived
+    field (dp) is null. The workload's fields are not options. Hydra's ``plan`` node
+    (``dse/schema.py``) is this, so a new field is an option of every tool without a YAML edit."""
+    out: dict[str, Any] = {}
+    for f in fields(Plan):
+        m = f.metadata
+        if m["set_by"] == WORKLOAD:
+            continue
+        default = int(f.default) if m["kind"] == DEGREE else float(f.default)
+        out[f.name] = None if m["set_by"] == DERIVED else default if m["neutral"] is None else m["neutral"]
+    return out
 
 
 RECOMPUTE: dict[str, int] = {name: i for i, name in enumerate(RECOMPUTE_NAMES)}

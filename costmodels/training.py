@@ -372,6 +372,15 @@ def _ring(n: Array) -> Array:
     return (n - 1.0) / n
 
 
+def group_collectives(plan: Plan) -> dict[str, str]:
+    """The collective each parallel group type runs in the step time, for one (scalar) plan: TP
+    all-reduce (or reduce-scatter + all-gather, the same bytes), ring CP passes K,V chunks around
+    its ring (an all-reduce's ring traffic), Ulysses CP and EP all-to-all, DP all-reduce, PP
+    point-to-point sends. Placement prices each group's wires by it (``search.placement``)."""
+    cp = "all_to_all" if float(plan.cp_a2a) > 0 else "all_reduce"
+    return {"tp": "all_reduce", "cp": cp, "ep": "all_to_all", "dp": "all_reduce", "pp": "send_recv"}
+
+
 def comm_bytes(job: TrainingJob, plan: Plan) -> dict[str, Array]:
     """Bytes each rank sends per step, by parallel group type, for the messages the step time prices
     (the same helpers, so the two cannot drift); ``m`` micro-batches per step.

@@ -39,9 +39,10 @@ from omegaconf import DictConfig, open_dict
 from omegaconf.errors import MissingMandatoryValue
 
 from costmodels.errors import ConfigError
-from dse.checks import ResultError
+from dse.checks import ResultError, register_plan_node
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+register_plan_node()  # the ``plan/options`` node that dse.calc, placement and dse.topoeval compose
 MODEL_DIR = CONF_DIR / "model"
 
 

@@ -33,11 +33,11 @@ from costmodels.hardware import PRECISIONS, Hardware, activation_precision, kv_c
 from costmodels.inference import InferenceJob, engine_preset, inference_step
 from costmodels.memory import MemoryBreakdown, overflow, overflow_message
 from costmodels.metrics import model_flops_per_sequence, recompute_flops_per_sequence, tokens_per_day
-from costmodels.parallel import FLAG, FRACTION, RECOMPUTE, Plan, check_plan, knobs, make_plan
+from costmodels.parallel import FLAG, check_plan, knobs, make_plan, option_defaults
 from costmodels.training import TIME_FIELDS, TIME_NOTES, TrainingJob, training_step
 from costmodels.workload import parameter_count
 from dse._app import format_table, print_json, run_app
-from dse.checks import check_results
+from dse.checks import check_results, plan_options
 from dse.checks import flag as _flag
 from dse.checks import fraction as _fraction
 from dse.checks import positive_int as _positive_int
@@ -46,8 +46,7 @@ from dse.models import SOURCE_OPTION, load_model, model_assumptions
 from dse.units import fmt_bytes, fmt_count, fmt_time
 
 CONFIG_NAME = "calc"
-PARALLELISM_KEYS = tuple(f.name for f in fields(Plan) if f.name != "global_batch")
-_DEGREES = ("tp", "pp", "cp", "ep", "vpp", "microbatch")  # set by the user (dp derived, batch in workload)
+PARALLELISM_KEYS = tuple(option_defaults())  # every plan field but the workload's (global batch)
 # Parallelism values that mean "off" (the plan fields' neutral values); command_line leaves them out
 # (zero3_overlap has none: it matters only at ZeRO-3).
 _NEUTRAL = {k: m["neutral"] for k, m in knobs().items() if m["neutral"] is not None}
@@ -60,22 +59,15 @@ HFU_NOTE = "hardware FLOPs: model FLOPs + the recomputed forward"
 
 
 def parallelism(cfg: DictConfig) -> dict[str, Any]:
-    """The ``parallelism`` group, type-checked, unknown keys rejected, ``dp`` derived when null."""
+    """The ``parallelism`` group, type-checked by each plan field's kind (:func:`plan_options`),
+    unknown keys rejected, ``dp`` derived when null."""
     par = OmegaConf.to_container(cfg.parallelism, resolve=True)
     unknown = sorted(set(par) - set(PARALLELISM_KEYS))
     if unknown:
         names = ", ".join(f"parallelism.{k}" for k in unknown)
         raise ConfigError(f"unknown key(s) {names}; valid: {', '.join(PARALLELISM_KEYS)}")
-    out: dict[str, Any] = {k: _positive_int(par[k], f"parallelism.{k}") for k in _DEGREES}
-    out |= {k: _fraction(par[k], f"parallelism.{k}") for k in knobs(FRACTION)}
-    out["zero_stage"] = _positive_int(par["zero_stage"], "parallelism.zero_stage", minimum=0)
-    for name in knobs(FLAG):
-        _flag(par[name], f"parallelism.{name}")
-    if par["recompute"] not in RECOMPUTE:
-        valid = ", ".join(RECOMPUTE)
-        raise ConfigError(f"parallelism.recompute must be one of {valid}, got {par['recompute']!r}")
-    out |= {k: par[k] for k in (*knobs(FLAG), "recompute")}
-    out["dp"] = _derived_dp(par["dp"], out, _positive_int(cfg.num_devices, "num_devices"))
+    out = plan_options(par, "parallelism.")
+    out["dp"] = _derived_dp(out["dp"], out, _positive_int(cfg.num_devices, "num_devices"))
     return out
 
 
@@ -351,14 +343,20 @@ def _header(rep: Mapping[str, Any]) -> str:
     )
 
 
+def _options_on(plan: Mapping[str, Any]) -> str:
+    """', ' + the description of each plan flag the plan line does not show otherwise that is on,
+    from the Plan's metadata: ', weight streaming, Ulysses (all-to-all) context parallelism'."""
+    on = [m["doc"] for k, m in knobs(FLAG).items() if k != "sequence_parallel" and plan.get(k)]
+    return "".join(f", {doc}" for doc in on)
+
+
 def render_training(rep: Mapping[str, Any]) -> str:
     """The training report as text tables."""
     p, step = rep["plan"], rep["step_time_s"]
     plan = (
-        f"plan: tp={p['tp']} pp={p['pp']} dp={p['dp']} cp={p['cp']}{' (Ulysses)' if p.get('cp_a2a') else ''} "
-        f"ep={p['ep']} vpp={p['vpp']}, "
+        f"plan: tp={p['tp']} pp={p['pp']} dp={p['dp']} cp={p['cp']} ep={p['ep']} vpp={p['vpp']}, "
         f"sequence parallel {'on' if p['sequence_parallel'] else 'off'}, ZeRO-{p['zero_stage']}, "
-        f"recompute {p['recompute']}{', weight streaming' if p.get('weight_streaming') else ''}"
+        f"recompute {p['recompute']}{_options_on(p)}"
         f"\nbatch: {rep['global_batch']} sequences × {rep['seq_len']} tokens, "
         f"micro-batch {p['microbatch']}, {p['microbatches']} micro-batches per pipeline per step"
     )

@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hydra.core.config_store import ConfigStore
 
 from costmodels.architectures import MAX_INT
 from costmodels.errors import ConfigError
+from costmodels.parallel import CHOICE, DEGREE, DERIVED, FLAG, FRACTION, knobs, option_defaults
 
 
 def shown(value: Any) -> str:
@@ -51,6 +53,42 @@ def fraction(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
         raise ConfigError(f"{name} is a fraction in [0, 1], got {shown(value)}")
     return float(value)
+
+
+def plan_options(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """A plan node's options (``parallelism:``, ``placement:``, ``job:``) checked by each field's
+    kind (``costmodels.parallel.knobs``), as the user writes them: degrees positive integers (a
+    derived one, dp, may be null), flags true or false, fractions in [0, 1], a choice one of its
+    names (``zero_stage``: 0..3, ``recompute``: none | selective | full). A key left out takes
+    :func:`~costmodels.parallel.option_defaults`; keys that are no plan field are the caller's.
+    Errors name ``prefix`` + the key."""
+    out = option_defaults() | {k: v for k, v in values.items() if k in option_defaults()}
+    for name, value in out.items():
+        m, key = knobs()[name], prefix + name
+        if m["kind"] == DEGREE and not (value is None and m["set_by"] == DERIVED):
+            positive_int(value, key)
+        elif m["kind"] == FLAG:
+            flag(value, key)
+        elif m["kind"] == FRACTION:
+            out[name] = fraction(value, key)
+        elif m["kind"] == CHOICE and not _is_choice(value, m["names"]):
+            raise ConfigError(f"{key} must be one of {', '.join(m['names'])}, got {shown(value)}")
+    return out
+
+
+def register_plan_node() -> None:
+    """Store every plan option at :func:`~costmodels.parallel.option_defaults` as Hydra's
+    ``plan/options`` node (``plan@<node>: options`` in a defaults list), so a new plan field is a
+    key of each tool's plan node without a YAML edit. An untyped node: :func:`plan_options`, not
+    OmegaConf, checks a value and names its key, and a node may hold more keys (``order``)."""
+    ConfigStore.instance().store(group="plan", name="options", node=option_defaults())
+
+
+def _is_choice(value: Any, names: tuple[str, ...]) -> bool:
+    """``value`` names one of ``names``: the name itself, or the integer of a numeric name."""
+    if isinstance(value, str):
+        return value in names and not value.isdigit()
+    return isinstance(value, int) and not isinstance(value, bool) and str(value) in names
 
 
 MAX_FILE_BYTES = 256 * 2**20  # config, case, topology and placement files are far smaller

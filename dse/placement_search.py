@@ -32,13 +32,23 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from costmodels.architectures import ModelSpec
 from costmodels.errors import ConfigError
-from costmodels.parallel import RECOMPUTE, Plan
-from costmodels.training import TrainingJob, comm_bytes
+from costmodels.parallel import Plan, make_plan
+from costmodels.training import TrainingJob, comm_bytes, group_collectives
 from dse._app import CONF_DIR, format_table, phase_printer
-from dse.checks import flag, positive_int, read_json
+from dse.checks import flag, plan_options, positive_int, read_json
 from dse.tracking import JobRun
 from dse.units import fmt_bytes, fmt_cell, fmt_count, fmt_time
-from search.placement import Job, Placement, bus_factor, cp_sat, evaluate, rank_order, tree_heuristic
+from search.placement import (
+    COLLECTIVE,
+    GROUP_TYPES,
+    Job,
+    Placement,
+    bus_factor,
+    cp_sat,
+    evaluate,
+    rank_order,
+    tree_heuristic,
+)
 from search.topology import (
     Topology,
     from_instance_json,
@@ -118,25 +128,11 @@ def drop_random(topo: Topology, fraction: float, seed: int) -> Topology:
 
 
 def placement_plan(p: Mapping[str, Any], w: Mapping[str, Any]) -> Plan:
-    """The training plan of placement options ``p`` (Megatron degrees, micro-batch, vpp, ZeRO stage,
-    recompute, sequence parallelism, Ulysses CP) and workload ``w``: the one plan the job's traffic
-    and its memory come from. Errors name ``placement.<key>``."""
-    recompute, zero = str(p.get("recompute") or "none"), p.get("zero_stage") or 0
-    if recompute not in RECOMPUTE:
-        raise ConfigError(f"placement.recompute: unknown value {recompute!r}; valid: {', '.join(RECOMPUTE)}")
-    if zero not in (0, 1, 2, 3) or isinstance(zero, bool):
-        raise ConfigError(f"placement.zero_stage must be one of 0, 1, 2, 3, got {zero!r}")
-    degree = {
-        k: _degree(p.get(k), f"placement.{k}") for k in ("tp", "pp", "dp", "cp", "ep", "vpp", "microbatch")
-    }
-    return Plan(
-        **{k: float(v) for k, v in degree.items()},
-        global_batch=float(w["global_batch"]),
-        zero_stage=float(zero),
-        recompute=float(RECOMPUTE[recompute]),
-        sequence_parallel=float(bool(p.get("sequence_parallel"))),
-        cp_a2a=float(flag_option(p.get("cp_a2a"), "placement.cp_a2a")),
-    )
+    """The training plan of placement options ``p`` (every plan option, :func:`plan_options`; the
+    degrees as :func:`degrees` resolved them) and workload ``w``: the one plan the job's traffic,
+    its collectives and its memory come from. Errors name ``placement.<key>``."""
+    options = plan_options({k: v for k, v in p.items() if v is not None or k == "dp"}, "placement.")
+    return make_plan(**options, global_batch=int(w["global_batch"]))
 
 
 def bytes_per_step(spec: ModelSpec, w: Mapping[str, Any], p: Mapping[str, Any]) -> dict[str, float]:
@@ -148,7 +144,7 @@ def bytes_per_step(spec: ModelSpec, w: Mapping[str, Any], p: Mapping[str, Any]) 
     plan = placement_plan(p, w)
     sent = comm_bytes(TrainingJob(spec, int(w["seq_len"]), str(w.get("precision") or "bf16")), plan)
     degrees_ = {t: int(getattr(plan, t)) for t in ("tp", "pp", "dp", "cp", "ep")}
-    shape = placement_job(degrees_, {}, ("tp", "cp", "ep", "dp", "pp"), plan.cp_a2a > 0)  # its groups
+    shape = placement_job(degrees_, {}, ("tp", "cp", "ep", "dp", "pp"), group_collectives(plan))  # its groups
     out = {}
     for t, volume in sent.items():
         factor = bus_factor(shape.collective(t), shape.degree(t))
@@ -189,6 +185,16 @@ def traffic(value: Any, key: str) -> dict[str, float]:
     return {k: float(v) for k, v in items.items()}
 
 
+def collectives_of(value: Any, key: str) -> dict[str, str]:
+    """The collective per group type of a placement report's job (``Job.as_dict``); a report written
+    before jobs carried them has ``cp_a2a`` instead, and none has the default plan's."""
+    if isinstance(value, Mapping) and sorted(value) == sorted(GROUP_TYPES):
+        kinds = ("all_reduce", "all_to_all", "send_recv")
+        if all(v in kinds for v in value.values()):
+            return {str(k): str(v) for k, v in value.items()}
+    raise ConfigError(f"{key} must map {', '.join(GROUP_TYPES)} to one of all_reduce, all_to_all, send_recv")
+
+
 def degrees(p: Mapping[str, Any], n_devices: int, prefix: str = "placement.") -> dict[str, int]:
     """tp, pp, cp, ep and dp as ints, checked; errors name ``prefix`` + the key. dp is Megatron's
     data-parallel degree, the expert-parallel ranks included (as in ``dse.calc``; ``null``:
@@ -210,12 +216,16 @@ def degrees(p: Mapping[str, Any], n_devices: int, prefix: str = "placement.") ->
 
 
 def placement_job(
-    d: Mapping[str, int], bytes_per_step_: Mapping[str, float], order: tuple[str, ...], cp_a2a: bool = False
+    d: Mapping[str, int],
+    bytes_per_step_: Mapping[str, float],
+    order: tuple[str, ...],
+    collectives: Mapping[str, str] = COLLECTIVE,
 ) -> Job:
     """The placement :class:`Job` of Megatron degrees ``d``: its dp axis is the replicas outside the
-    expert groups, dp / ep; ``cp_a2a``: Ulysses CP (all-to-all groups)."""
+    expert groups, dp / ep; ``collectives``: each group type's, from the training plan
+    (``costmodels.training.group_collectives``)."""
     degrees_ = dict(d) | {"dp": d["dp"] // d["ep"]}
-    return Job(**degrees_, bytes_per_step=bytes_per_step_, order=order, cp_a2a=bool(cp_a2a))
+    return Job(**degrees_, bytes_per_step=bytes_per_step_, order=order, collectives=collectives)
 
 
 def fit_dp(d: dict[str, int], topo: Topology) -> dict[str, int]:
@@ -234,8 +244,9 @@ def job_from_config(cfg: DictConfig, topo: Topology, spec: ModelSpec) -> Job:
     if p.get("fit_dp"):
         d = fit_dp(d, topo)
     order = group_order(p.get("order"), "placement.order")
-    s = bytes_per_step(spec, _plain(cfg.workload), p | d)
-    return placement_job(d, s, order, flag_option(p.get("cp_a2a"), "placement.cp_a2a"))
+    w = _plain(cfg.workload)
+    s = bytes_per_step(spec, w, p | d)
+    return placement_job(d, s, order, group_collectives(placement_plan(p | d, w)))
 
 
 def flag_option(value: Any, key: str) -> bool:

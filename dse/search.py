@@ -61,18 +61,7 @@ from search.problems import (
 )
 
 schema.register()
-TRAINING_KNOBS = (
-    "tp",
-    "pp",
-    "cp",
-    "ep",
-    "vpp",
-    "microbatch",
-    "recompute",
-    "zero_stage",
-    "sequence_parallel",
-    "cp_a2a",
-)
+TRAINING_KNOBS = tuple(name for name, m in knobs().items() if m["searched"])  # the Plan fields marked so
 INFERENCE_KNOBS = ("tp", "pp", "batch_size")
 # the metrics a search reports, per workload kind (training: search.base.METRICS less the objective)
 SUMMARY = {"training": tuple(m for m in METRICS if m != "objective"), "inference": SERVING_METRICS}

@@ -18,15 +18,19 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from costmodels.errors import ConfigError
+from costmodels.parallel import make_plan
+from costmodels.training import group_collectives
 from dse._app import format_table, print_json, run_app
 from dse.checks import check_results, read_json
 from dse.placement_search import (
     build_topology,
     bytes_per_step,
+    collectives_of,
     degrees,
     flag_option,
     group_order,
     placement_job,
+    placement_plan,
     traffic,
 )
 from search.placement import Job, evaluate
@@ -69,6 +73,15 @@ def device_indices(topo: Topology, devices: list[Any]) -> tuple[int, ...]:
     return tuple(out)
 
 
+def _report_collectives(job: dict[str, Any]) -> dict[str, str]:
+    """The collective per group type a report's job carries; a report written before jobs carried
+    them says ``cp_a2a`` (Ulysses CP) instead."""
+    if "collectives" in job:
+        return collectives_of(job["collectives"], "the report's job.collectives")
+    ulysses = flag_option(job.get("cp_a2a"), "the report's job.cp_a2a")
+    return group_collectives(make_plan(cp_a2a=ulysses))
+
+
 def job_of(cfg: DictConfig, n_ranks: int, from_file: dict[str, Any] | None) -> Job:
     """The report's job when the file is a report, else ``cfg.job`` with traffic from the model."""
     if from_file is not None:
@@ -79,7 +92,7 @@ def job_of(cfg: DictConfig, n_ranks: int, from_file: dict[str, Any] | None) -> J
             degree,
             traffic(from_file["bytes_per_step"], "the report's job.bytes_per_step"),
             group_order(from_file.get("order"), "the report's job.order"),
-            flag_option(from_file.get("cp_a2a"), "the report's job.cp_a2a"),
+            _report_collectives(from_file),
         )
     j = OmegaConf.to_container(cfg.job, resolve=True)
     d = degrees(j, n_ranks, prefix="job.")
@@ -89,9 +102,8 @@ def job_of(cfg: DictConfig, n_ranks: int, from_file: dict[str, Any] | None) -> J
         from dse.models import load_model
 
         s = bytes_per_step(load_model(str(j["model"])), j, j | d)
-    job = placement_job(
-        d, s, group_order(j["order"], "job.order"), flag_option(j.get("cp_a2a"), "job.cp_a2a")
-    )
+    collectives = group_collectives(placement_plan(j | d, j))
+    job = placement_job(d, s, group_order(j["order"], "job.order"), collectives)
     if job.n_ranks != n_ranks:
         raise ConfigError(f"job tp·pp·dp·cp = {job.n_ranks} but the placement has {n_ranks} ranks")
     return job

@@ -40,12 +40,13 @@ from ortools.sat.python import cp_model
 
 from costmodels.errors import ConfigError
 from costmodels.network import Link, all_reduce_time_s, all_to_all_time_s
+from costmodels.parallel import Plan
+from costmodels.training import group_collectives
 from search.topology import Topology, ecmp_split, hop_cost_matrix, route
 
 GROUP_TYPES = ("tp", "cp", "ep", "dp", "pp")
-COLLECTIVE: Mapping[str, str] = MappingProxyType(
-    {"tp": "all_reduce", "cp": "all_reduce", "ep": "all_to_all", "dp": "all_reduce", "pp": "send_recv"}
-)
+# the collective each group type runs under the default plan (ring CP); a Job carries its plan's
+COLLECTIVE: Mapping[str, str] = MappingProxyType(group_collectives(Plan()))
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,8 @@ class Job:
     EP is an axis of its own here (N = tp·cp·ep·dp·pp): ``dp`` counts the replicas outside the expert
     groups, Megatron's data-parallel degree divided by ep (``dse.placement_search.placement_job``
     converts); :meth:`as_dict` reports Megatron's degree, dp·ep, as the rest of dse does.
-    ``cp_a2a``: the CP groups exchange by all-to-all (DeepSpeed-Ulysses), not in a K,V ring.
+    ``collectives``: the collective each group type runs, from the training plan
+    (``costmodels.training.group_collectives``: all-to-all for Ulysses CP, say).
     """
 
     tp: int = 1
@@ -65,7 +67,7 @@ class Job:
     pp: int = 1
     bytes_per_step: Mapping[str, float] = field(default_factory=dict)
     order: tuple[str, ...] = GROUP_TYPES
-    cp_a2a: bool = False
+    collectives: Mapping[str, str] = field(default_factory=lambda: dict(COLLECTIVE))
 
     def __post_init__(self) -> None:
         if sorted(self.order) != sorted(GROUP_TYPES):
@@ -76,13 +78,20 @@ class Job:
         for t, s in self.bytes_per_step.items():
             if t not in GROUP_TYPES or not s >= 0:
                 raise ConfigError(f"bytes_per_step[{t!r}] = {s!r}: keys in {GROUP_TYPES}, values >= 0")
+        kinds = ("all_reduce", "all_to_all", "send_recv")
+        if sorted(self.collectives) != sorted(GROUP_TYPES) or not set(self.collectives.values()) <= set(
+            kinds
+        ):
+            raise ConfigError(
+                f"Job.collectives must map {GROUP_TYPES} to {kinds}, got {dict(self.collectives)}"
+            )
 
     def degree(self, t: str) -> int:
         return getattr(self, t)
 
     def collective(self, t: str) -> str:
-        """The collective a group of type ``t`` runs: :data:`COLLECTIVE`, all-to-all for Ulysses CP."""
-        return "all_to_all" if t == "cp" and self.cp_a2a else COLLECTIVE[t]
+        """The collective a group of type ``t`` runs (:attr:`collectives`)."""
+        return self.collectives[t]
 
     @property
     def n_ranks(self) -> int:
@@ -95,7 +104,7 @@ class Job:
             **{t: self.degree(t) for t in ("tp", "pp", "cp", "ep")},
             "dp": self.dp * self.ep,  # Megatron's data-parallel degree, the expert ranks included
             "order": list(self.order),
-            "cp_a2a": self.cp_a2a,
+            "collectives": dict(self.collectives),
             "n_ranks": self.n_ranks,
             "bytes_per_step": dict(self.bytes_per_step),
         }

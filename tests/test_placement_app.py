@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from report_helpers import E_NOTATION
 
 from costmodels.errors import ConfigError
+from costmodels.training import group_collectives
 from dse import placement_search, schema
 from dse._app import CONF_DIR
 from dse.models import load_model
@@ -261,12 +262,27 @@ def test_ulysses_cp_traffic_is_an_all_to_all_of_qkv_and_output() -> None:
     ring = placement_search.bytes_per_step(spec, w, p)["cp"]
     assert ring != s["cp"]
     degrees = {"tp": 4, "pp": 1, "dp": 4, "cp": 2, "ep": 1}
-    job = placement_search.placement_job(degrees, s, ("tp", "cp", "ep", "dp", "pp"), cp_a2a=True)
+    collectives = group_collectives(placement_search.placement_plan(p | {"cp_a2a": True}, w))
+    job = placement_search.placement_job(degrees, s, ("tp", "cp", "ep", "dp", "pp"), collectives)
     assert job.collective("cp") == "all_to_all" and job.collective("dp") == "all_reduce"
     assert wire_bytes(job, "cp") == pytest.approx(s["cp"] / 2)
-    assert job.as_dict()["cp_a2a"] is True
+    assert job.as_dict()["collectives"]["cp"] == "all_to_all"
     with pytest.raises(ConfigError, match=r"placement.cp_a2a must be true or false"):
-        placement_search.flag_option("yes", "placement.cp_a2a")
+        placement_search.placement_plan(p | {"cp_a2a": "yes"}, w)
+
+
+def test_a_reports_job_carries_its_collectives() -> None:
+    """dse.topoeval reads each group's collective from a placement report's job, and from a report
+    that says ``cp_a2a`` instead (written before jobs carried them); anything else is one line."""
+    from dse.topoeval import _report_collectives
+
+    job = Job(tp=2, cp=2, collectives=group_collectives(placement_search.placement_plan(
+        {"tp": 2, "cp": 2, "dp": 1, "cp_a2a": True}, {"global_batch": 8})))  # fmt: skip
+    assert _report_collectives(json.loads(json.dumps(job.as_dict())))["cp"] == "all_to_all"
+    assert _report_collectives({"cp_a2a": True})["cp"] == "all_to_all"
+    assert _report_collectives({})["cp"] == "all_reduce"
+    with pytest.raises(ConfigError, match=r"the report's job.collectives must map tp, cp, ep, dp, pp"):
+        _report_collectives({"collectives": {"tp": "broadcast"}})
 
 
 def test_placement_wires_carry_the_training_models_bytes() -> None:

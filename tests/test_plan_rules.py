@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from typing import Any
 
 import numpy as np
 import pytest
@@ -210,3 +211,50 @@ def test_search_knob_domains_come_from_the_plan_fields() -> None:
                                ("pp", 0, "not a positive integer")):  # fmt: skip
         with pytest.raises(ConfigError, match=f"parallelism.{knob}: .*{match}"):
             _knob_value(knob, value)
+
+
+def _compose(config: str, overrides: list[str]) -> Any:
+    from hydra import compose, initialize_config_dir
+
+    from dse._app import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=config, overrides=overrides)
+
+
+@pytest.mark.parametrize(
+    ("config", "node", "overrides"),
+    [("calc", "parallelism", []), ("topoeval", "job", ["placement_file=p.json"]),
+     ("config", "placement", ["+experiment=placement"])],
+)  # fmt: skip
+def test_every_plan_option_is_a_key_of_each_tools_plan_node(config, node, overrides) -> None:
+    """dse.calc's ``parallelism``, dse.topoeval's ``job`` and the placement experiment's
+    ``placement`` hold every plan option (option_defaults: each Plan field but the global batch) with
+    no YAML listing them, so a field added to Plan is ``<node>.<field>=...`` in each tool at once."""
+    from costmodels.parallel import option_defaults
+    from dse import checks
+
+    cfg = _compose(config, overrides)
+    assert set(option_defaults()) <= set(cfg[node])
+    assert cfg[node].cp_a2a is False and cfg[node].weight_streaming is False
+    new = option_defaults() | {"new_axis": False}  # a field that Plan gains
+    original = checks.option_defaults
+    try:
+        checks.option_defaults = lambda: new
+        checks.register_plan_node()
+        assert _compose(config, [*overrides, f"{node}.new_axis=true"])[node].new_axis is True
+    finally:
+        checks.option_defaults = original
+        checks.register_plan_node()
+
+
+def test_searched_and_calculator_keys_are_the_plan_metadata() -> None:
+    """The search's knobs are the Plan fields marked ``searched``, the calculator's keys every field
+    a user sets (dp derived, the global batch the workload's)."""
+    from costmodels.parallel import knobs
+    from dse.calc import PARALLELISM_KEYS
+    from dse.search import TRAINING_KNOBS
+
+    assert TRAINING_KNOBS == ("tp", "pp", "cp", "ep", "vpp", "microbatch", "sequence_parallel", "zero_stage",
+                              "recompute", "cp_a2a")  # fmt: skip
+    assert set(PARALLELISM_KEYS) == set(knobs()) - {"global_batch"}
