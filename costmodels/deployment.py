@@ -1,10 +1,13 @@
-"""One serving deployment, the plan every serving tool reads: ``dse.serve``, the serving search
-(``search/serving.py``) and the validator's serving cases (``dse/predict.py``) build a
-:class:`ServingPlan` from their own inputs and call :meth:`ServingPlan.deploy`, which sizes the KV
-cache (``serving.kv_capacity_tokens``), builds the step tables (``serving.step_table``; the draft
-model's too) and the engines (``requests.Scheduler``), and returns a :class:`Deployment` that
-simulates a workload colocated or disaggregated. A new serving knob is a field here and its use in
-``deploy``; each tool only reads it from its input.
+"""One inference deployment, the plan every inference tool reads. ``dse.calc mode=inference``, the
+static inference search (``dse/search.py``) and the validator's inference cases take the cost
+model's job from :meth:`ServingPlan.job` and price one static batch on its ``tp``·``pp`` devices
+(``inference.inference_step``). ``dse.serve``, the serving search (``search/serving.py``) and the
+validator's serving cases call :meth:`ServingPlan.deploy`, which sizes the KV cache
+(``serving.kv_capacity_tokens``), builds the step tables (``serving.step_table``; the draft model's
+too) and the engines (``requests.Scheduler``), and returns a :class:`Deployment` that simulates a
+workload colocated or disaggregated. A new inference knob is a field here and its use in ``job`` or
+``deploy``; each tool only reads it from its input. A knob one path does not model is refused there
+in one line, not ignored (``deploy``: pipeline stages and offloading).
 """
 
 from __future__ import annotations
@@ -38,10 +41,14 @@ class ServingPlan:
     no time). The defaults are vLLM's V1 engine with host launches hidden (CUDA graphs)."""
 
     tp: int = 1
+    pp: int = 1  # pipeline stages of a replica (the static model; the request simulator runs pp = 1)
     replicas: int = 1
-    launch: str = "tensorrt-llm"  # host launch times: a preset of inference.ENGINES
+    launch: str = "tensorrt-llm"  # the engine preset of inference.ENGINES (its host launch times)
     kv_precision: str | None = None
     attention_precision: str | None = None
+    fused_attention: bool = True
+    offload_weights: float = 0.0  # fractions kept in host memory (the static model)
+    offload_kv: float = 0.0
     scheduler: str = "continuous"
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
@@ -60,7 +67,7 @@ class ServingPlan:
     ideal_network: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("tp", "replicas", "max_num_seqs", "max_num_batched_tokens", "block_size"):
+        for name in ("tp", "pp", "replicas", "max_num_seqs", "max_num_batched_tokens", "block_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("prefill_replicas", "speculative_tokens"):
@@ -68,6 +75,9 @@ class ServingPlan:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.prefill_tp is not None and self.prefill_tp < 1:
             raise ConfigError(f"prefill_tp must be >= 1, got {self.prefill_tp}")
+        for name in ("offload_weights", "offload_kv"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} is a fraction in [0, 1], got {getattr(self, name)}")
 
     @property
     def prefill_devices(self) -> int:
@@ -76,7 +86,7 @@ class ServingPlan:
 
     @property
     def devices(self) -> int:
-        return self.tp * self.replicas + self.prefill_devices * self.prefill_replicas
+        return self.tp * self.pp * self.replicas + self.prefill_devices * self.prefill_replicas
 
     def job(self, spec: ModelSpec, precision: str, input_len: int, output_len: int) -> InferenceJob:
         """The cost model's job for requests of up to ``input_len`` + ``output_len`` tokens."""
@@ -86,6 +96,7 @@ class ServingPlan:
             output_len,
             precision,
             self.kv_precision,
+            self.fused_attention,
             engine=engine_preset(self.launch, "launch"),
             attention_precision=self.attention_precision,
         )
@@ -122,6 +133,13 @@ class ServingPlan:
         step tables across plans of one hardware, model and precision (the caller keeps one dict per
         such triple), built to ``cover`` (tokens, sequences) per step at least, so that one table
         serves every budget of a search."""
+        for name, neutral in (("pp", 1), ("offload_weights", 0.0), ("offload_kv", 0.0)):
+            if getattr(self, name) != neutral:
+                raise ConfigError(
+                    f"{name}={getattr(self, name)}: the request simulator runs whole replicas of tp devices "
+                    f"with the weights and cache in device memory; set {name}={neutral} (dse.calc "
+                    "mode=inference prices it for one static batch)"
+                )
         job = self.job(spec, precision, input_len, output_len)
         if spec.num_heads % self.tp or (self.prefill_replicas and spec.num_heads % self.prefill_devices):
             raise ConfigError(f"tp must divide num_attention_heads={spec.num_heads}")

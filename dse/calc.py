@@ -28,9 +28,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from costmodels.architectures import ModelSpec
+from costmodels.deployment import ServingPlan
 from costmodels.errors import ConfigError
 from costmodels.hardware import PRECISIONS, Hardware, activation_precision, kv_cache_precision, peak_flops
-from costmodels.inference import InferenceJob, engine_preset, inference_step
+from costmodels.inference import engine_preset, inference_step
 from costmodels.memory import MemoryBreakdown, overflow, overflow_message
 from costmodels.metrics import model_flops_per_sequence, recompute_flops_per_sequence, tokens_per_day
 from costmodels.parallel import FLAG, check_plan, knobs, make_plan, option_defaults
@@ -176,20 +177,25 @@ def inference_report(cfg: DictConfig, spec: ModelSpec, hw: Hardware) -> dict[str
         if inf[key] is not None and inf[key] not in PRECISIONS:
             valid = ", ".join(PRECISIONS)
             raise ConfigError(f"inference.{key} must be null or one of {valid}, got {inf[key]!r}")
-    plan = make_plan(tp=tp, pp=pp, dp=1, global_batch=batch)
-    check_plan(plan, spec, int(cfg.num_devices), input_len + output_len)
-    job = InferenceJob(
-        spec,
-        input_len,
-        output_len,
-        cfg.precision,
-        inf.kv_precision,
-        bool(cfg.fused_attention),
-        engine=engine_preset(inf.engine, "inference.engine"),
-        attention_precision=inf.attention_precision,
+    check_plan(
+        make_plan(tp=tp, pp=pp, dp=1, global_batch=batch), spec, int(cfg.num_devices), input_len + output_len
     )
+    engine_preset(inf.engine, "inference.engine")  # the preset's name, checked under its key
+    plan = ServingPlan(
+        tp=tp,
+        pp=pp,
+        launch=inf.engine,
+        kv_precision=inf.kv_precision,
+        attention_precision=inf.attention_precision,
+        fused_attention=bool(cfg.fused_attention),
+        offload_weights=offload[0],
+        offload_kv=offload[1],
+    )
+    job = plan.job(spec, cfg.precision, input_len, output_len)
     with jax.enable_x64(True):
-        step = inference_step(hw, job, float(tp), float(pp), float(batch), *offload)
+        step = inference_step(
+            hw, job, float(tp), float(pp), float(batch), plan.offload_weights, plan.offload_kv
+        )
         result: dict[str, Any] = _floats(step)
     return {
         "mode": "inference",

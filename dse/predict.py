@@ -37,9 +37,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from costmodels.architectures import ModelSpec, parse_hf_config
+from costmodels.deployment import ServingPlan
 from costmodels.errors import ConfigError
 from costmodels.hardware import Hardware, kv_cache_precision, peak_flops
-from costmodels.inference import ENGINES, STATIC, Engine, InferenceJob, inference_step
+from costmodels.inference import ENGINES, STATIC, InferenceJob, inference_step
 from costmodels.memory import GiB, training_memory
 from costmodels.parallel import RECOMPUTE, check_plan, make_plan, plan_violations, with_defaults
 from costmodels.training import TrainingJob, training_step
@@ -280,17 +281,12 @@ def _inference(case: dict[str, Any], quantity: str, notes: list[str], as_functio
     p, b = case["parallelism"], case["batch"]
     if p.get("dp", 1) != 1 or p.get("cp", 1) != 1:
         raise ConfigError("inference with dp or cp > 1 is not modelled")
-    engine = serving_engine(case)
     kv, attention = precision_options(case)
-    job = InferenceJob(
-        spec,
-        b["input_len"],
-        b["output_len"],
-        case["precision"],
-        kv_precision=kv,
-        engine=engine,
-        attention_precision=attention,
+    plan = ServingPlan(
+        tp=p["tp"], pp=p["pp"], launch=serving_launch(case), kv_precision=kv, attention_precision=attention
     )
+    job = plan.job(spec, case["precision"], b["input_len"], b["output_len"])
+    engine = job.engine
     source = "precision_detail" if kv else "default for " + str(case["precision"])
     notes.append(f"kv cache {kv_cache_precision(case['precision'], kv)} ({source})")
     if attention:
@@ -331,7 +327,6 @@ def _serving(case: dict[str, Any], quantity: str, notes: list[str]) -> float:
     tp devices (a ``ServingPlan``): fixed prompt and output lengths, Poisson arrivals at the case's
     rate or a closed loop of its concurrency, the engine's scheduling defaults (``SERVING_ENGINES``)
     unless the case's ``engine_settings`` give them."""
-    from costmodels.deployment import ServingPlan
     from costmodels.requests import SLO, serving_metrics, synthetic
 
     spec, hw = parse_hf_config(case["model"]), _hardware(case["hardware"])
@@ -378,13 +373,14 @@ def _serving(case: dict[str, Any], quantity: str, notes: list[str]) -> float:
     return float(metrics[SERVING[quantity].format(statistic=case.get("statistic"))])
 
 
-def serving_engine(case: dict[str, Any]) -> Engine:
-    """The engine preset of an in-flight-batching benchmark (``batch_size_policy: max_feasible``)
-    whose ``engine`` names it; static-batching benchmarks run the batch they state (``STATIC``)."""
+def serving_launch(case: dict[str, Any]) -> str:
+    """The engine preset (a key of ``inference.ENGINES``) of an in-flight-batching benchmark
+    (``batch_size_policy: max_feasible``) whose ``engine`` names it; static-batching benchmarks run
+    the batch they state (``static``)."""
     name = str(case.get("engine") or "").lower()
     if case.get("batch_size_policy") != "max_feasible":
-        return STATIC
-    return next((engine for key, engine in ENGINES.items() if key in name), STATIC)
+        return "static"
+    return next((key for key in ENGINES if key in name), "static")
 
 
 _KV_DETAIL = re.compile(r"\b(fp8|fp16|bf16|fp32)\b[^;,)]*?\bkv\b", re.IGNORECASE)

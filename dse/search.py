@@ -27,9 +27,10 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from costmodels.deployment import ServingPlan
 from costmodels.errors import ConfigError
 from costmodels.hardware import Hardware
-from costmodels.inference import InferenceJob, engine_preset
+from costmodels.inference import engine_preset
 from costmodels.parallel import CHOICE, FLAG, RECOMPUTE, knobs
 from costmodels.training import TIME_FIELDS, TrainingJob
 from dse import schema
@@ -161,15 +162,13 @@ def build_problem(cfg: DictConfig) -> tuple[Problem, Hardware]:
         job = TrainingJob(spec, w.seq_len, w.precision, w.fused_attention, w.optimizer)
         return training_mapping_problem(hw, job, cfg.num_devices, w.global_batch, space, objective), hw
     space = {"pp": [1.0]} | _space(cfg, INFERENCE_KNOBS)
-    job = InferenceJob(
-        spec,
-        w.input_len,
-        w.output_len,
-        w.precision,
-        w.kv_precision,
-        engine=engine_preset(w.engine, "workload.engine"),
+    engine_preset(w.engine, "workload.engine")  # the preset's name, checked under its key
+    plan = ServingPlan(
+        launch=w.engine,
+        kv_precision=w.kv_precision,
         attention_precision=w.attention_precision,
     )
+    job = plan.job(spec, w.precision, w.input_len, w.output_len)
     ttft = None if w.ttft_limit_ms is None else w.ttft_limit_ms / 1e3
     return inference_slo_problem(hw, job, space, w.tpot_limit_ms / 1e3, objective, ttft), hw
 

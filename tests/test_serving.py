@@ -565,6 +565,36 @@ def test_a_plan_refuses_what_cannot_serve_in_one_line() -> None:
         ServingPlan(tp=1).deploy(H100, load_model("llama3_70b"), "bf16", 512, 64)
     with pytest.raises(ConfigError, match="max_num_seqs must be >= 1, got 0"):
         ServingPlan(max_num_seqs=0)
+    with pytest.raises(ConfigError, match=r"offload_kv is a fraction in \[0, 1\], got 1.5"):
+        ServingPlan(offload_kv=1.5)
+    for knob in ({"pp": 2}, {"offload_weights": 0.5}):  # the static model's knobs, not the simulator's
+        with pytest.raises(
+            ConfigError, match=f"{next(iter(knob))}=.*the request simulator runs whole replicas"
+        ):
+            ServingPlan(**knob).deploy(H100, LLAMA, "bf16", 512, 64)
+
+
+def test_the_calculator_prices_the_plans_job() -> None:
+    """dse.calc mode=inference builds its job from the one ServingPlan: Llama-3-70B on tp 4 · pp 2,
+    batch 8, the TensorRT-LLM preset, fp8 KV and 30 % of the weights in host memory; its report is
+    inference_step of ServingPlan.job with the plan's degrees and offload, to the last bit."""
+    from hydra import compose, initialize_config_dir
+
+    from costmodels.deployment import ServingPlan
+    from dse import calc
+    from dse._app import CONF_DIR
+
+    overrides = ["mode=inference", "model=llama3_70b", "num_devices=8", "parallelism.tp=4",
+                 "parallelism.pp=2", "inference.batch_size=8", "inference.engine=tensorrt-llm",
+                 "inference.kv_precision=fp8", "inference.offload_weights=0.3"]  # fmt: skip
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        rep = calc.report(compose(config_name="calc", overrides=overrides))
+    plan = ServingPlan(tp=4, pp=2, launch="tensorrt-llm", kv_precision="fp8", offload_weights=0.3)
+    model = load_model("llama3_70b")
+    with jax.enable_x64(True):
+        step = inference_step(H100, plan.job(model, "bf16", 2048, 256), 4.0, 2.0, 8.0, 0.3, 0.0)
+    assert rep["tpot_s"] == float(step.tpot_s) and rep["ttft_s"] == float(step.ttft_s)
+    assert plan.devices == rep["num_devices"] == 8
 
 
 @pytest.mark.parametrize(
