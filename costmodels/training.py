@@ -134,16 +134,30 @@ def _grad_reduce_bytes(precision: str) -> float:
     return 2.0 if precision == "fp16" else 4.0
 
 
-def _stage_times(hw: Hardware, job: TrainingJob, t: OpTable, plan: Plan) -> dict[str, Array]:
-    """Forward, backward and recompute kernel time of one micro-batch on the slowest stage.
+# The plan fields the per-op kernel times read (``sharding.shard``: tp, sequence parallelism, ep and
+# the micro-batch's mb / cp sequences): plans equal in these run the same kernels, so a batch of
+# plans needs kernel_times once per distinct tuple of them (a mapping grid has ~10² among 10⁴–10⁶).
+KERNEL_FIELDS = ("tp", "sequence_parallel", "ep", "microbatch", "cp")
+
+
+def kernel_times(hw: Hardware, job: TrainingJob, t: OpTable, plan: Plan) -> tuple[Array, Array]:
+    """(forward, backward) time of each op of ``t`` on one device for one micro-batch of ``plan``
+    (``sharding.op_times`` of ``sharding.shard``); reads only :data:`KERNEL_FIELDS` of the plan."""
+    s = shard(t, plan, plan.microbatch / plan.cp)
+    return op_times(hw, job.precision, t, s, quantize_inputs=job.precision in LOW_PRECISIONS)
+
+
+def _stage_times(
+    hw: Hardware, job: TrainingJob, t: OpTable, plan: Plan, times: tuple[Array, Array] | None = None
+) -> dict[str, Array]:
+    """Forward, backward and recompute kernel time of one micro-batch on the slowest stage
+    (``times``: :func:`kernel_times` of the plan, when the caller has them).
 
     The fullest stage holds ``k = stage_layers(L, plan)`` layers; with pp > 1 the edge work (the
     embedding on the first stage, the final norm, LM head and loss on the last) adds to it, less one
     layer where the embedding and loss count as pipeline layers (``pipeline_edge_layers``):
     ``k·layer + max(edge − e·layer, 0)``."""
-    seqs = plan.microbatch / plan.cp
-    s = shard(t, plan, seqs)
-    fwd, bwd = op_times(hw, job.precision, t, s, quantize_inputs=job.precision in LOW_PRECISIONS)
+    fwd, bwd = kernel_times(hw, job, t, plan) if times is None else times
     layers = job.spec.num_layers
     per_stage = jnp.where(t.group == GROUP_LAYER, t.layers * stage_layers(layers, plan) / layers, 0.0)
     per_layer = jnp.where(t.group == GROUP_LAYER, t.layers / layers, 0.0)
@@ -421,13 +435,18 @@ def comm_bytes(job: TrainingJob, plan: Plan) -> dict[str, Array]:
 
 
 def training_step(
-    hw: Hardware, job: TrainingJob, plan: Plan, table: OpTable | None = None
+    hw: Hardware,
+    job: TrainingJob,
+    plan: Plan,
+    table: OpTable | None = None,
+    times: tuple[Array, Array] | None = None,
 ) -> TrainingBreakdown:
-    """The step time and its breakdown for ``plan`` (a Plan of scalars or of arrays: use ``jax.vmap``)."""
+    """The step time and its breakdown for ``plan`` (a Plan of scalars or of arrays: use ``jax.vmap``);
+    ``times``: the plan's :func:`kernel_times`, when a batch evaluation shares them among plans."""
     table = job.table() if table is None else table
     peak = peak_flops(hw, job.precision)
     act_bytes = bytes_per_element(activation_precision(job.precision))
-    st = _stage_times(hw, job, table, plan)
+    st = _stage_times(hw, job, table, plan, times)
     micro_compute = st["fwd"] + st["bwd"]
     tp = _tp_comm(hw, job, plan, act_bytes)
     cp = _cp_comm(hw, job, plan, act_bytes, st["attention_fwd"])

@@ -22,7 +22,7 @@ from costmodels.hardware import Hardware
 from costmodels.inference import InferenceJob, inference_step
 from costmodels.metrics import system_metrics
 from costmodels.parallel import Plan, recompute_name, valid_plans, with_defaults
-from costmodels.training import TIME_FIELDS, TrainingJob, training_step
+from costmodels.training import KERNEL_FIELDS, TIME_FIELDS, TrainingJob, kernel_times, training_step
 from search.base import Problem, signed_objective
 
 OBJECTIVES = ("step_time_s", "cost_usd_per_mtoken", "neg_mfu", "neg_tokens_per_s")  # training
@@ -39,14 +39,55 @@ SERVING_METRICS = (
 SERVING_OBJECTIVES = ("neg_tokens_per_s", "tpot_s", "ttft_s", "latency_s", "cost_usd_per_mtoken")
 
 
-def _plan_from(points: Mapping[str, jax.Array], num_devices: float, global_batch: float) -> Plan:
-    """A batch of Plans from knob columns; dp is what the devices leave: N / (tp·pp·cp)."""
-    n = next(iter(points.values())).shape[0]
-    values = {f.name: jnp.full(n, f.default, dtype=jnp.float32) for f in fields(Plan)}
-    values |= {k: jnp.asarray(v, jnp.float32) for k, v in points.items() if k in values}
-    values["dp"] = num_devices / (values["tp"] * values["pp"] * values["cp"])
-    values["global_batch"] = jnp.full(n, global_batch, dtype=jnp.float32)
-    return Plan(**values)
+def _plan_columns(
+    points: Mapping[str, Any], num_devices: float, global_batch: float
+) -> dict[str, np.ndarray]:
+    """Every Plan field as a float32 column for a batch of knob columns; dp is what the devices
+    leave, N / (tp·pp·cp); a field outside ``points`` at its default."""
+    n = len(next(iter(points.values())))
+    values = {f.name: np.full(n, f.default, dtype=np.float32) for f in fields(Plan)}
+    values |= {k: np.asarray(v, np.float32) for k, v in points.items() if k in values}
+    values["dp"] = np.float32(num_devices) / (values["tp"] * values["pp"] * values["cp"])
+    values["global_batch"] = np.full(n, global_batch, dtype=np.float32)
+    return values
+
+
+def _bucket(n: int, most: int) -> int:
+    """The batch size ``n`` points are padded to: the next power of two, at most ``most`` (so that a
+    run compiles one function per size class, not per count)."""
+    return min(most, 1 << max(0, n - 1).bit_length())
+
+
+def _padded(columns: Mapping[str, np.ndarray], size: int) -> Plan:
+    """A Plan of ``size`` points: ``columns`` with their last row repeated to the size."""
+    n = len(next(iter(columns.values())))
+    return Plan(
+        **{k: jnp.asarray(np.concatenate([v, np.repeat(v[-1:], size - n)])) for k, v in columns.items()}
+    )
+
+
+def _unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct rows, each row's index among them), as ``np.unique(rows, axis=0,
+    return_inverse=True)`` but through one integer key per row, mixed radix over each column's
+    distinct values (a knob has a handful), mapped to ids through a dense table: no sort of row
+    records, which took 0.5 s for 2·10⁵ rows."""
+    key, size = np.zeros(len(rows), np.int64), 1
+    for column in rows.T:
+        values = np.unique(column)
+        key, size = key * len(values) + np.searchsorted(values, column), size * len(values)
+        if size > 1 << 24:  # too sparse for a table: renumber the keys so far
+            key = np.unique(key, return_inverse=True)[1].ravel()
+            size = int(key.max()) + 1
+    present = np.zeros(size, bool)
+    present[key] = True
+    ids = np.cumsum(present) - 1
+    inverse = ids[key]
+    first = np.empty(int(present.sum()), np.int64)
+    first[inverse] = np.arange(len(rows))  # a row of each id (all of its rows are equal)
+    return rows[first], inverse
+
+
+CHUNK = 8192  # plans per compiled call: any number of points streams through one function, flat memory
 
 
 def training_mapping_problem(
@@ -71,8 +112,8 @@ def training_mapping_problem(
         cols = with_defaults({**c, "dp": dp, "global_batch": np.full(dp.shape, float(global_batch))})
         return valid_plans(cols, spec, job.seq_len, float(num_devices))
 
-    def metrics(plan: Plan) -> dict[str, jax.Array]:
-        out = training_step(hw, job, plan, table)
+    def metrics(plan: Plan, fwd: jax.Array, bwd: jax.Array) -> dict[str, jax.Array]:
+        out = training_step(hw, job, plan, table, (fwd, bwd))
         m = {
             "step_time_s": out.step_time_s,
             "mfu": out.mfu,
@@ -85,10 +126,26 @@ def training_mapping_problem(
         return m
 
     batched = jax.jit(jax.vmap(metrics))
+    kernels = jax.jit(jax.vmap(lambda plan: kernel_times(hw, job, table, plan)))
 
     def cost_fn(points: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = batched(_plan_from(points, float(num_devices), float(global_batch)))
-        return {k: np.asarray(v) for k, v in out.items()}
+        """The metrics of every point: the per-op kernel times once per distinct kernel tuple
+        (KERNEL_FIELDS), gathered per plan, and the rest of the model in chunks of CHUNK plans."""
+        cols = _plan_columns(points, float(num_devices), float(global_batch))
+        n = len(cols["tp"])
+        if n == 0:  # no point: the metric columns, empty
+            return {k: v[:0] for k, v in cost_fn({"tp": np.ones(1)}).items()}
+        keys, kernel = _unique_rows(np.stack([cols[f] for f in KERNEL_FIELDS], 1))
+        unique = {k: v[: len(keys)] for k, v in cols.items()} | dict(zip(KERNEL_FIELDS, keys.T, strict=True))
+        fwd, bwd = (np.asarray(x) for x in kernels(_padded(unique, _bucket(len(keys), n))))
+        size, parts = _bucket(n, CHUNK), []
+        for lo in range(0, n, size):
+            rows = kernel[lo : lo + size]
+            rows = np.concatenate([rows, np.repeat(rows[-1:], size - len(rows))])
+            part = _padded({k: v[lo : lo + size] for k, v in cols.items()}, size)
+            out = batched(part, jnp.asarray(fwd[rows]), jnp.asarray(bwd[rows]))
+            parts.append({k: np.asarray(v)[: min(size, n - lo)] for k, v in out.items()})
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     def describe(point: dict[str, float]) -> dict[str, Any]:
         d = {k: int(v) for k, v in point.items() if k not in ("sequence_parallel",)}

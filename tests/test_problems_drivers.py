@@ -185,3 +185,72 @@ def test_a_problem_and_a_driver_that_do_not_go_together(
         -2000:
     ]
     assert not (tmp_path / "mlruns").exists() and not list(tmp_path.glob("outputs/*/*/result.json"))
+
+
+# --- the batch evaluation: kernel times once per distinct kernel tuple ---------------------------------
+
+MIXTRAL_SPACE = {"tp": [1, 2, 4, 8], "pp": [1, 2, 4], "cp": [1, 2], "ep": [1, 2, 4], "vpp": [1, 2],
+                 "microbatch": [1, 2], "recompute": [0, 1, 2], "zero_stage": [0, 1, 3],
+                 "sequence_parallel": [0, 1]}  # fmt: skip
+
+
+def test_the_search_cost_function_is_the_direct_model_point_by_point(monkeypatch) -> None:
+    """The cost function shares kernel times among plans of one kernel tuple, pads to size classes
+    and streams chunks; on Mixtral over 64 H100s (every valid mapping of a 10,368-point grid, in
+    chunks of 512 so that the last one is padded) each metric equals ``jax.vmap(training_step)`` of
+    the same plans evaluated whole, to the last bit."""
+    import itertools
+
+    import jax
+
+    from search import problems
+
+    monkeypatch.setattr(problems, "CHUNK", 512)
+    hw, job = load_hardware("h100_sxm"), TrainingJob(load_model("mixtral_8x7b"), 4096, "bf16")
+    problem = training_mapping_problem(hw, job, 64, 256, MIXTRAL_SPACE)
+    grid = np.array(list(itertools.product(*MIXTRAL_SPACE.values())), dtype=np.float64)
+    cols = {k: grid[:, i] for i, k in enumerate(MIXTRAL_SPACE)}
+    keep = problem.constraint(cols)
+    cols = {k: v[keep] for k, v in cols.items()}
+    assert len(cols["tp"]) % 512 and len(cols["tp"]) > 2 * 512
+    got = problem.cost_fn(cols)
+    from costmodels.training import training_step
+
+    plans = problems._padded(problems._plan_columns(cols, 64.0, 256.0), len(cols["tp"]))
+    direct = jax.jit(jax.vmap(lambda p: training_step(hw, job, p, job.table())))(plans)
+    for name in ("step_time_s", "mfu", "compute_s", "tp_comm_s", "ep_comm_s", "bubble_s", "dp_comm_s"):
+        assert np.array_equal(got[name], np.asarray(getattr(direct, name))), name
+    assert np.array_equal(got["feasible"], np.asarray(direct.feasible))
+    assert problem.cost_fn({k: v[:0] for k, v in cols.items()})["step_time_s"].shape == (0,)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(*[st.sampled_from([1.0, 2.0, 4.0, 0.5])] * 3), min_size=1, max_size=60))
+def test_unique_rows_is_numpys_unique_of_rows(rows) -> None:
+    """_unique_rows gives the distinct rows and each row's index among them, as np.unique(axis=0)."""
+    from search.problems import _unique_rows
+
+    a = np.array(rows, dtype=np.float32)
+    distinct, inverse = _unique_rows(a)
+    assert np.array_equal(distinct[inverse], a)
+    assert len(distinct) == len(np.unique(a, axis=0))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from([1, 2, 4, 8]), st.sampled_from([1, 2, 4]), st.sampled_from([0, 1, 2]),
+       st.sampled_from([0, 1, 3]), st.sampled_from([1, 2]), st.sampled_from([0.0, 1.0]))  # fmt: skip
+def test_kernel_times_read_only_the_kernel_fields(pp, vpp, recompute, zero, dp, flag) -> None:
+    """Plans equal in KERNEL_FIELDS have the same per-op kernel times, whatever their other fields:
+    what lets a batch evaluation share them."""
+    from costmodels.parallel import make_plan
+    from costmodels.training import kernel_times
+
+    hw, job = load_hardware("h100_sxm"), TrainingJob(load_model("mixtral_8x7b"), 4096, "bf16")
+    base = make_plan(tp=2, cp=2, ep=2, microbatch=2, sequence_parallel=1, global_batch=64)
+    other = make_plan(tp=2, cp=2, ep=2, microbatch=2, sequence_parallel=1, global_batch=128, pp=pp, vpp=vpp,
+                      dp=dp, recompute=recompute, zero_stage=zero, cp_a2a=flag, weight_streaming=flag,
+                      pipeline_edge_layers=flag, tp_overlap=0.5)  # fmt: skip
+    for a, b in zip(
+        kernel_times(hw, job, job.table(), base), kernel_times(hw, job, job.table(), other), strict=True
+    ):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
