@@ -52,6 +52,11 @@ def setup_from_config(cfg: DictConfig) -> tuple[ServingSetup, dict[str, list[flo
     if not 0 < goal <= 1:
         raise ConfigError(f"serving.slo.attainment must be in (0, 1], got {goal}")
     engine_preset(str(e.launch), "serving.engine.launch")  # an unknown preset: one line, before any design
+    sp = s.get("speculative") or {}
+    acceptance = sp.get("acceptance", 0.7)
+    if isinstance(acceptance, bool) or not isinstance(acceptance, int | float) or not 0 <= acceptance <= 1:
+        raise ConfigError(f"serving.speculative.acceptance must be in [0, 1], got {acceptance!r}")
+    draft = sp.get("draft_model")
     plan = ServingPlan(
         launch=str(e.launch),
         kv_precision=s.kv_precision,
@@ -62,6 +67,8 @@ def setup_from_config(cfg: DictConfig) -> tuple[ServingSetup, dict[str, list[flo
         kv_admission=str(e.kv_admission),
         prefix_caching=bool(e.prefix_caching),
         across_nodes=bool(s.across_nodes),
+        speculative_acceptance=float(acceptance),
+        speculative_seed=int(sp.get("seed", 0)),
     )
     setup = ServingSetup(
         hw,
@@ -74,14 +81,19 @@ def setup_from_config(cfg: DictConfig) -> tuple[ServingSetup, dict[str, list[flo
         goal,
         positive_int(s.gpus, "serving.gpus"),
         plan,
+        None if draft is None else load_model(str(draft)),
     )
     space = OmegaConf.to_container(s.space, resolve=True)
+    if isinstance(space, dict):
+        space.setdefault("speculative_tokens", [0])  # left out: no speculation
     if not isinstance(space, dict) or sorted(space) != sorted(KNOBS):
         raise ConfigError(f"serving.space must list {', '.join(KNOBS)}, got {sorted(space or {})}")
     for k, values in space.items():
         if not isinstance(values, list) or not values or not all(isinstance(v, int | float) for v in values):
             raise ConfigError(f"serving.space.{k} must be a non-empty list of numbers, got {values!r}")
-        if k != "prefill_share" and any(v < 1 or v != int(v) for v in values):
+        if k == "speculative_tokens" and any(v < 0 or v != int(v) for v in values):
+            raise ConfigError(f"serving.space.{k} must hold integers >= 0, got {values}")
+        if k not in ("prefill_share", "speculative_tokens") and any(v < 1 or v != int(v) for v in values):
             raise ConfigError(f"serving.space.{k} must hold positive integers, got {values}")
         if k == "prefill_share" and any(not 0 <= v < 1 for v in values):
             raise ConfigError(f"serving.space.prefill_share must be in [0, 1), got {values}")
@@ -103,7 +115,8 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
     rows, seen = [], set()
     for i in np.argsort(np.asarray(table["objective"], float), kind="stable"):
         design = problem.describe({k: float(np.asarray(table[k])[i]) for k in KNOBS})
-        key = tuple(design[k] for k in ("tp", "prefill", "decode", "max_num_seqs", "max_num_batched_tokens"))
+        key = tuple(design[k] for k in ("tp", "prefill", "decode", "max_num_seqs", "max_num_batched_tokens",
+                                        "speculative_tokens"))  # fmt: skip
         if feasible[i] and key not in seen:  # two shares may give the same split: one row
             seen.add(key)
             rows.append(design | {c: float(np.asarray(table[c])[i]) for c in COLUMNS})
@@ -137,7 +150,13 @@ def attainment_curve(designs: Any, row: dict[str, Any]) -> dict[str, list[float]
     from costmodels.requests import serving_metrics
 
     s = designs.s
-    plan = designs.plan(row["tp"], row["max_num_seqs"], row["max_num_batched_tokens"], row["prefill_share"])
+    plan = designs.plan(
+        row["tp"],
+        row["max_num_seqs"],
+        row["max_num_batched_tokens"],
+        row["prefill_share"],
+        row["speculative_tokens"],
+    )
     deployment = designs.deploy(plan)
     rates = np.linspace(0.1, 2.0, CURVE_POINTS) * row["max_rate_per_s"]
     out = []
@@ -155,9 +174,10 @@ def _design(row: dict[str, Any] | None) -> str:
         if row["prefill"]
         else f"{row['decode']} colocated"
     )
+    speculating = f", {row['speculative_tokens']} speculative tokens" if row["speculative_tokens"] else ""
     return (
         f"tp={row['tp']}, {split} replica(s), max_num_seqs={row['max_num_seqs']}, "
-        f"max_num_batched_tokens={row['max_num_batched_tokens']}"
+        f"max_num_batched_tokens={row['max_num_batched_tokens']}{speculating}"
     )
 
 

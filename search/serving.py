@@ -1,8 +1,10 @@
 """The serving deployment problem: which tensor parallelism, engine budgets and prefill/decode split
 of a pool of GPUs serves the most requests per second per GPU within the SLOs.
 
-A design is ``tp``, ``max_num_seqs``, ``max_num_batched_tokens`` and ``prefill_share`` (the share of
-the pool's replicas that only prefill; 0: colocated). Its figure of merit is DistServe's per-GPU
+A design is ``tp``, ``max_num_seqs``, ``max_num_batched_tokens``, ``prefill_share`` (the share of
+the pool's replicas that only prefill; 0: colocated) and ``speculative_tokens`` (tokens proposed per
+decode step, by the setup's draft model or an n-gram lookup, each accepted with the setup's
+probability; 0: no speculation). Its figure of merit is DistServe's per-GPU
 goodput (Zhong et al. 2024, Sec. 2): the highest Poisson request rate at which at least
 ``attainment`` of the requests meet both the TTFT and the TPOT SLO, divided by the GPUs used. The
 rate is found by doubling from ``START_RATE`` until the attainment drops below the goal, then
@@ -30,7 +32,7 @@ from costmodels.serving import StepTable
 from search.base import Problem
 
 SERVING_SIM_OBJECTIVES = ("neg_goodput_per_gpu", "cost_usd_per_mtoken")
-KNOBS = ("tp", "max_num_seqs", "max_num_batched_tokens", "prefill_share")
+KNOBS = ("tp", "max_num_seqs", "max_num_batched_tokens", "prefill_share", "speculative_tokens")
 START_RATE = 0.25  # requests/s per replica: the first probe
 MAX_DOUBLINGS = 16
 BISECTIONS = 6
@@ -39,9 +41,9 @@ BISECTIONS = 6
 @dataclass(frozen=True)
 class ServingSetup:
     """What every design of a serving search shares: hardware, model and precision, the requests'
-    lengths and unit-rate arrival gaps, the SLOs, the GPUs in the pool, and the plan whose
-    unsearched fields (launch, KV precision, scheduling, block size, prefix caching, the KV link)
-    every design keeps."""
+    lengths and unit-rate arrival gaps, the SLOs, the GPUs in the pool, the plan whose unsearched
+    fields (launch, KV precision, scheduling, block size, prefix caching, the KV link, speculative
+    acceptance) every design keeps, and the draft model that speculates (None: n-gram lookup)."""
 
     hw: Hardware
     spec: ModelSpec
@@ -53,6 +55,7 @@ class ServingSetup:
     attainment: float
     gpus: int
     plan: ServingPlan
+    draft: ModelSpec | None = None
 
     def workload(self, rate: float) -> Workload:
         return Workload(self.unit_arrivals / rate, self.input_len, self.output_len)
@@ -75,7 +78,7 @@ class _Designs:
         self.tables: dict[tuple[Any, ...], StepTable] = {}
         self.cover = (int(max(space["max_num_batched_tokens"])), int(max(space["max_num_seqs"])))
 
-    def plan(self, tp: int, seqs: int, budget: int, share: float) -> ServingPlan | None:
+    def plan(self, tp: int, seqs: int, budget: int, share: float, speculative: int = 0) -> ServingPlan | None:
         """The design's plan; None when the pool leaves no decode replica."""
         prefill, decode = split(self.s.gpus, tp, share)
         if not decode:
@@ -88,16 +91,21 @@ class _Designs:
             prefill_tp=None,
             max_num_seqs=seqs,
             max_num_batched_tokens=budget,
+            speculative_tokens=speculative,
         )
 
     def deploy(self, plan: ServingPlan) -> Any:
         s = self.s
         inputs, outputs = int(np.max(s.input_len)), int(np.max(s.output_len))
-        return plan.deploy(s.hw, s.spec, s.precision, inputs, outputs, tables=self.tables, cover=self.cover)
+        return plan.deploy(
+            s.hw, s.spec, s.precision, inputs, outputs, draft=s.draft, tables=self.tables, cover=self.cover
+        )
 
-    def evaluate(self, tp: int, seqs: int, budget: int, share: float) -> dict[str, float]:
+    def evaluate(
+        self, tp: int, seqs: int, budget: int, share: float, speculative: int = 0
+    ) -> dict[str, float]:
         """The design's per-GPU goodput and its figures at the highest rate within the SLOs."""
-        s, plan = self.s, self.plan(tp, seqs, budget, share)
+        s, plan = self.s, self.plan(tp, seqs, budget, share, speculative)
         if plan is None:
             return _infeasible()
         try:
@@ -188,8 +196,10 @@ def serving_problem(setup: ServingSetup, space: Mapping[str, Sequence[float]]) -
 
     def cost_fn(points: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = [
-            designs.evaluate(int(tp), int(seqs), int(budget), float(share))
-            for tp, seqs, budget, share in zip(*(np.asarray(points[k]) for k in KNOBS), strict=True)
+            designs.evaluate(int(tp), int(seqs), int(budget), float(share), int(speculative))
+            for tp, seqs, budget, share, speculative in zip(
+                *(np.asarray(points[k]) for k in KNOBS), strict=True
+            )
         ]
         return {k: np.array([r[k] for r in rows]) for k in (*METRIC_NAMES, "feasible")}
 
@@ -200,8 +210,14 @@ def serving_problem(setup: ServingSetup, space: Mapping[str, Sequence[float]]) -
         return whole & ((share == 0) | (replicas >= 2))
 
     def describe(point: dict[str, float]) -> dict[str, Any]:
-        out: dict[str, Any] = {k: int(point[k]) for k in KNOBS[:3]}
+        out: dict[str, Any] = {k: int(point[k]) for k in ("tp", "max_num_seqs", "max_num_batched_tokens")}
         prefill, decode = split(setup.gpus, out["tp"], float(point["prefill_share"]))
-        return out | {"prefill_share": float(point["prefill_share"]), "prefill": prefill, "decode": decode}
+        share, speculative = float(point["prefill_share"]), int(point.get("speculative_tokens", 0))
+        return out | {
+            "prefill_share": share,
+            "speculative_tokens": speculative,
+            "prefill": prefill,
+            "decode": decode,
+        }
 
     return Problem(dict(space), cost_fn, constraint, describe), designs

@@ -96,3 +96,58 @@ def test_optuna_drives_the_serving_problem_too(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     rep = json.loads(proc.stdout)
     assert rep["driver"] == "optuna" and rep["best"]["goodput_per_gpu"] > 0
+
+
+def _setup(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from dse import schema
+    from dse._app import CONF_DIR
+    from dse.serving_search import setup_from_config
+
+    schema.register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="config", overrides=[o for o in SMALL if o != "progress=false"] + list(overrides)
+        )
+    return setup_from_config(cfg)
+
+
+@pytest.mark.parametrize(("acceptance", "faster"), [(0.0, False), (0.9, True)])
+def test_speculation_is_a_searched_knob_whose_gain_follows_acceptance(acceptance, faster) -> None:
+    """Speculative tokens are a knob of the serving search. With an n-gram proposer (no draft cost):
+    at acceptance 0 every step verifies 3 tokens and keeps one, so a speculating design is never
+    faster per token nor has more goodput than the same design without; at acceptance 0.9 a step
+    keeps 1 + 0.9 + 0.81 + 0.73 ≈ 3.4 tokens for a little more than one step's time, so its mean TPOT
+    at a light load falls."""
+    from costmodels.requests import serving_metrics
+    from search.serving import _Designs, serving_problem
+
+    setup, space = _setup(
+        "serving.space.speculative_tokens=[0,3]", f"serving.speculative.acceptance={acceptance}"
+    )
+    assert space["speculative_tokens"] == [0.0, 3.0]
+    designs = _Designs(setup, space)
+    plain, speculating = (designs.evaluate(8, 64, 2048, 0.0, k) for k in (0, 3))
+    tpot = []
+    for k in (0, 3):
+        deployment = designs.deploy(designs.plan(8, 64, 2048, 0.0, k))
+        w = setup.workload(0.5)
+        tpot.append(
+            serving_metrics(deployment.simulate(w), w, setup.slo, deployment.kv_blocks)["tpot_p50_ms"]
+        )
+    assert (tpot[1] < 0.6 * tpot[0]) if faster else (tpot[1] >= tpot[0])
+    if not faster:
+        assert speculating["goodput_per_gpu"] <= plain["goodput_per_gpu"]
+    problem, _ = serving_problem(setup, space)
+    point = {"tp": 8, "max_num_seqs": 64, "max_num_batched_tokens": 2048, "prefill_share": 0.0}
+    assert problem.describe(point | {"speculative_tokens": 3})["speculative_tokens"] == 3
+
+
+def test_a_bad_speculation_setting_is_one_line() -> None:
+    from costmodels.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"serving.space.speculative_tokens must hold integers >= 0"):
+        _setup("serving.space.speculative_tokens=[-1]")
+    with pytest.raises(ConfigError, match=r"serving.speculative.acceptance must be in \[0, 1\], got 2"):
+        _setup("serving.speculative.acceptance=2")
