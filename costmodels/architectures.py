@@ -1550,13 +1550,13 @@ def _nemotron_h(c: _Fields) -> ModelSpec:
     )
 
 
-def _qwen3_next_rotary_fraction(c: _Fields) -> float:
-    """Qwen3NextConfig: ``rope_parameters.partial_rotary_factor``, else a top-level
-    ``partial_rotary_factor``, else 0.25 (its ``__post_init__`` default)."""
+def _partial_rotary_fraction(c: _Fields, default: float = 0.25) -> float:
+    """Qwen3NextConfig, Glm4MoeConfig: ``rope_parameters.partial_rotary_factor``, else a top-level
+    ``partial_rotary_factor``, else ``default`` (their ``__post_init__`` default: 0.25, GLM 0.5)."""
     rope = c.sub("rope_parameters")
     if rope.given("partial_rotary_factor"):
         return rope.number("partial_rotary_factor", high=1.0)
-    return c.number("partial_rotary_factor", high=1.0, if_none=0.25)
+    return c.number("partial_rotary_factor", high=1.0, if_none=default)
 
 
 def _qwen3_next(c: _Fields) -> ModelSpec:
@@ -1609,7 +1609,7 @@ def _qwen3_next(c: _Fields) -> ModelSpec:
         )
     mixers = [known[x] for x in types]
     ssm_spec = ssm if MIXER_SSM in mixers else None
-    rotary = int(spec.head_dim * _qwen3_next_rotary_fraction(c))
+    rotary = int(spec.head_dim * _partial_rotary_fraction(c))
     return replace(
         spec,
         rotary_dim=rotary,
@@ -1729,16 +1729,7 @@ def _deepseek_v3(c: _Fields) -> ModelSpec:
         qk_rope_head_dim=c.int("qk_rope_head_dim", minimum=1),
         v_head_dim=c.int("v_head_dim", minimum=1),
     )
-    moe_width = c.int("moe_intermediate_size", minimum=1)
-    experts = c.int("n_routed_experts", minimum=1)
-    moe = MoESpec(
-        num_experts=experts,
-        top_k=c.int("num_experts_per_tok", minimum=1, maximum=experts, bound="n_routed_experts"),
-        expert_intermediate=moe_width,
-        shared_intermediate=c.int("n_shared_experts") * moe_width,
-    )
-    dense = min(c.int("first_k_dense_replace"), layers)
-    kinds = tuple((k, n) for k, n in (("dense", dense), ("moe", layers - dense)) if n)
+    moe, kinds = _deepseek_moe(c, layers)
     bias = c.flag("attention_bias")
     return ModelSpec(
         model_type="deepseek_v3",
@@ -1768,6 +1759,36 @@ def _deepseek_v3(c: _Fields) -> ModelSpec:
     )
 
 
+def _deepseek_moe(c: _Fields, layers: int) -> tuple[MoESpec, tuple[tuple[str, int], ...]]:
+    """DeepSeek-V3's MLPs (also GLM-4.5's): the first ``first_k_dense_replace`` layers dense, the rest
+    route to ``n_routed_experts`` (top ``num_experts_per_tok``; the router's ``e_score_correction_bias``
+    is a buffer, not a parameter) plus one shared MLP of n_shared_experts·moe_intermediate_size."""
+    moe_width = c.int("moe_intermediate_size", minimum=1)
+    experts = c.int("n_routed_experts", minimum=1)
+    moe = MoESpec(
+        num_experts=experts,
+        top_k=c.int("num_experts_per_tok", minimum=1, maximum=experts, bound="n_routed_experts"),
+        expert_intermediate=moe_width,
+        shared_intermediate=c.int("n_shared_experts") * moe_width,
+    )
+    dense = min(c.int("first_k_dense_replace"), layers)
+    return moe, tuple((k, n) for k, n in (("dense", dense), ("moe", layers - dense)) if n)
+
+
+def _glm4_moe(c: _Fields) -> ModelSpec:
+    """GLM-4.5 (``Glm4MoeConfig``): Llama's GQA attention with a bias on q/k/v only (``attention_bias``;
+    o_proj has none), RMSNorm over head_dim on queries and keys when ``use_qk_norm``, ``head_dim``
+    undeclared (given, else hidden/heads), rotary on ``partial_rotary_factor`` (0.5) of each head;
+    DeepSeek-V3's MLPs (:func:`_deepseek_moe`). The ``num_nextn_predict_layers`` MTP layers are not
+    built by ``Glm4MoeForCausalLM`` and not counted."""
+    spec = _llama_like(
+        c, "glm4_moe", attention_bias=False, qkv_bias=c.flag("attention_bias"), qk_norm=c.flag("use_qk_norm")
+    )
+    moe, kinds = _deepseek_moe(c, spec.num_layers)
+    rotary = int(spec.head_dim * _partial_rotary_fraction(c, default=0.5))
+    return replace(spec, rotary_dim=rotary, moe=moe, layer_kinds=kinds)
+
+
 PARSERS: dict[str, Callable[[_Fields], ModelSpec]] = {
     "gpt2": _gpt2,
     "gptj": _gptj,
@@ -1792,6 +1813,7 @@ PARSERS: dict[str, Callable[[_Fields], ModelSpec]] = {
     "bloom": _bloom,
     "falcon": _falcon,
     "deepseek_v3": _deepseek_v3,
+    "glm4_moe": _glm4_moe,
     "mamba": _mamba,
     "mamba2": _mamba2,
     "jamba": _jamba,

@@ -172,6 +172,7 @@ def test_sliding_layers_are_the_ones_transformers_builds(name: str) -> None:
         "falcon_h1",
         "nemotron_h",
         "qwen3_next",
+        "glm4_moe",
     ],
 )
 def test_new_families_run_in_the_calculator_and_the_roofline(name: str, tmp_path: Path) -> None:
