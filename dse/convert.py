@@ -133,6 +133,8 @@ def convert(rate: str, value: float, inputs: Inputs) -> dict[str, float]:
     source = RATES[rate]
     factor = source.factor(inputs)
     samples_per_s = factor / value if source.inverse else value / factor
+    if not (math.isfinite(samples_per_s) and samples_per_s > 0):  # 5e-324 tokens/day underflows to 0
+        raise ConfigError(f"{rate}={value:g} is out of range: it is {samples_per_s:g} samples/s")
     out: dict[str, float] = {}
     for name in available(inputs):
         if name == "model_flops_per_sample":

@@ -216,8 +216,10 @@ def test_search_knob_domains_come_from_the_plan_fields() -> None:
 def _compose(config: str, overrides: list[str]) -> Any:
     from hydra import compose, initialize_config_dir
 
+    from dse import schema
     from dse._app import CONF_DIR
 
+    schema.register()  # the search's schemas, which the placement experiment composes
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name=config, overrides=overrides)
 
