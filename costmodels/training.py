@@ -136,8 +136,12 @@ def _grad_reduce_bytes(precision: str) -> float:
 
 # The plan fields the per-op kernel times read (``sharding.shard``: tp, sequence parallelism, ep and
 # the micro-batch's mb / cp sequences): plans equal in these run the same kernels, so a batch of
-# plans needs kernel_times once per distinct tuple of them (a mapping grid has ~10² among 10⁴–10⁶).
+# plans needs kernel_sums once per distinct tuple of them (a mapping grid has ~10² among 10⁴–10⁶).
 KERNEL_FIELDS = ("tp", "sequence_parallel", "ep", "microbatch", "cp")
+# What a stage's time reads of the kernel times (kernel_sums): one layer's forward and backward, its
+# attention core's forward (selective recomputation), its attention forward (what ring CP hides),
+# and the first and last stages' edge work, forward and backward.
+KERNEL_SUMS = ("fwd", "bwd", "core", "attention", "fwd_first", "fwd_last", "bwd_first", "bwd_last")
 
 
 def kernel_times(hw: Hardware, job: TrainingJob, t: OpTable, plan: Plan) -> tuple[Array, Array]:
@@ -147,42 +151,51 @@ def kernel_times(hw: Hardware, job: TrainingJob, t: OpTable, plan: Plan) -> tupl
     return op_times(hw, job.precision, t, s, quantize_inputs=job.precision in LOW_PRECISIONS)
 
 
+def kernel_sums(hw: Hardware, job: TrainingJob, t: OpTable, plan: Plan) -> dict[str, Array]:
+    """:func:`kernel_times` reduced to :data:`KERNEL_SUMS`: a layer op's time counts
+    ``layers of its kind / L`` (one average layer), an edge op's once on its stage; reads only
+    :data:`KERNEL_FIELDS` of the plan."""
+    fwd, bwd = kernel_times(hw, job, t, plan)
+    per_layer = jnp.where(t.group == GROUP_LAYER, t.layers / job.spec.num_layers, 0.0)
+    first, last = (jnp.where(t.group == g, 1.0, 0.0) for g in (GROUP_FIRST, GROUP_LAST))
+    attention = jnp.where((t.kind == KIND_ATTENTION) | (t.kind == KIND_FLASH), 1.0, t.attention_core)
+    return {
+        "fwd": jnp.sum(fwd * per_layer),
+        "bwd": jnp.sum(bwd * per_layer),
+        "core": jnp.sum(fwd * per_layer * t.attention_core),
+        "attention": jnp.sum(fwd * per_layer * attention),
+        "fwd_first": jnp.sum(fwd * first),
+        "fwd_last": jnp.sum(fwd * last),
+        "bwd_first": jnp.sum(bwd * first),
+        "bwd_last": jnp.sum(bwd * last),
+    }
+
+
 def _stage_times(
-    hw: Hardware, job: TrainingJob, t: OpTable, plan: Plan, times: tuple[Array, Array] | None = None
+    hw: Hardware, job: TrainingJob, t: OpTable, plan: Plan, sums: dict[str, Array] | None = None
 ) -> dict[str, Array]:
     """Forward, backward and recompute kernel time of one micro-batch on the slowest stage
-    (``times``: :func:`kernel_times` of the plan, when the caller has them).
+    (``sums``: :func:`kernel_sums` of the plan, when the caller has them).
 
     The fullest stage holds ``k = stage_layers(L, plan)`` layers; with pp > 1 the edge work (the
     embedding on the first stage, the final norm, LM head and loss on the last) adds to it, less one
     layer where the embedding and loss count as pipeline layers (``pipeline_edge_layers``):
     ``k·layer + max(edge − e·layer, 0)``."""
-    fwd, bwd = kernel_times(hw, job, t, plan) if times is None else times
-    layers = job.spec.num_layers
-    per_stage = jnp.where(t.group == GROUP_LAYER, t.layers * stage_layers(layers, plan) / layers, 0.0)
-    per_layer = jnp.where(t.group == GROUP_LAYER, t.layers / layers, 0.0)
-    first = jnp.where(t.group == GROUP_FIRST, 1.0, 0.0)
-    last = jnp.where(t.group == GROUP_LAST, 1.0, 0.0)
+    s = kernel_sums(hw, job, t, plan) if sums is None else sums
+    k = stage_layers(job.spec.num_layers, plan)
     edge_layer = jnp.where(plan.pp > 1, plan.pipeline_edge_layers, 0.0)
 
-    def edge(times: Array) -> Array:
-        one_layer = jnp.sum(times * per_layer)
-        staged = jnp.maximum(jnp.sum(times * first), jnp.sum(times * last)) - edge_layer * one_layer
-        return jnp.where(plan.pp > 1, jnp.maximum(staged, 0.0), jnp.sum(times * (first + last)))
+    def edge(first: Array, last: Array, one_layer: Array) -> Array:
+        staged = jnp.maximum(first, last) - edge_layer * one_layer
+        return jnp.where(plan.pp > 1, jnp.maximum(staged, 0.0), first + last)
 
-    layer_fwd = jnp.sum(fwd * per_stage)
-    core_fwd = jnp.sum(fwd * per_stage * t.attention_core)
-    recompute = jnp.where(plan.recompute >= 2, layer_fwd, jnp.where(plan.recompute >= 1, core_fwd, 0.0))
-    attention = jnp.sum(
-        fwd
-        * per_stage
-        * jnp.where((t.kind == KIND_ATTENTION) | (t.kind == KIND_FLASH), 1.0, t.attention_core)
-    )
+    layer_fwd = k * s["fwd"]
+    recompute = jnp.where(plan.recompute >= 2, layer_fwd, jnp.where(plan.recompute >= 1, k * s["core"], 0.0))
     return {
-        "fwd": layer_fwd + edge(fwd),
-        "bwd": jnp.sum(bwd * per_stage) + edge(bwd),
+        "fwd": layer_fwd + edge(s["fwd_first"], s["fwd_last"], s["fwd"]),
+        "bwd": k * s["bwd"] + edge(s["bwd_first"], s["bwd_last"], s["bwd"]),
         "recompute": recompute,
-        "attention_fwd": attention,
+        "attention_fwd": k * s["attention"],
     }
 
 
@@ -439,14 +452,14 @@ def training_step(
     job: TrainingJob,
     plan: Plan,
     table: OpTable | None = None,
-    times: tuple[Array, Array] | None = None,
+    sums: dict[str, Array] | None = None,
 ) -> TrainingBreakdown:
     """The step time and its breakdown for ``plan`` (a Plan of scalars or of arrays: use ``jax.vmap``);
-    ``times``: the plan's :func:`kernel_times`, when a batch evaluation shares them among plans."""
+    ``sums``: the plan's :func:`kernel_sums`, when a batch evaluation shares them among plans."""
     table = job.table() if table is None else table
     peak = peak_flops(hw, job.precision)
     act_bytes = bytes_per_element(activation_precision(job.precision))
-    st = _stage_times(hw, job, table, plan, times)
+    st = _stage_times(hw, job, table, plan, sums)
     micro_compute = st["fwd"] + st["bwd"]
     tp = _tp_comm(hw, job, plan, act_bytes)
     cp = _cp_comm(hw, job, plan, act_bytes, st["attention_fwd"])

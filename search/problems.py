@@ -22,7 +22,7 @@ from costmodels.hardware import Hardware
 from costmodels.inference import InferenceJob, inference_step
 from costmodels.metrics import system_metrics
 from costmodels.parallel import Plan, recompute_name, valid_plans, with_defaults
-from costmodels.training import KERNEL_FIELDS, TIME_FIELDS, TrainingJob, kernel_times, training_step
+from costmodels.training import KERNEL_FIELDS, TIME_FIELDS, TrainingJob, kernel_sums, training_step
 from search.base import Problem, signed_objective
 
 OBJECTIVES = ("step_time_s", "cost_usd_per_mtoken", "neg_mfu", "neg_tokens_per_s")  # training
@@ -58,12 +58,17 @@ def _bucket(n: int, most: int) -> int:
     return min(most, 1 << max(0, n - 1).bit_length())
 
 
+def _padded_columns(columns: Mapping[str, np.ndarray], size: int) -> dict[str, jax.Array]:
+    """``columns`` with their last row repeated to ``size`` rows, as JAX arrays."""
+    n = len(next(iter(columns.values())))
+    if n == size:
+        return {k: jnp.asarray(v) for k, v in columns.items()}
+    return {k: jnp.asarray(np.concatenate([v, np.repeat(v[-1:], size - n)])) for k, v in columns.items()}
+
+
 def _padded(columns: Mapping[str, np.ndarray], size: int) -> Plan:
     """A Plan of ``size`` points: ``columns`` with their last row repeated to the size."""
-    n = len(next(iter(columns.values())))
-    return Plan(
-        **{k: jnp.asarray(np.concatenate([v, np.repeat(v[-1:], size - n)])) for k, v in columns.items()}
-    )
+    return Plan(**_padded_columns(columns, size))
 
 
 def _unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -87,7 +92,7 @@ def _unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rows[first], inverse
 
 
-CHUNK = 8192  # plans per compiled call: any number of points streams through one function, flat memory
+CHUNK = 32768  # plans per compiled call: any number of points streams through one function, flat memory
 
 
 def training_mapping_problem(
@@ -112,8 +117,8 @@ def training_mapping_problem(
         cols = with_defaults({**c, "dp": dp, "global_batch": np.full(dp.shape, float(global_batch))})
         return valid_plans(cols, spec, job.seq_len, float(num_devices))
 
-    def metrics(plan: Plan, fwd: jax.Array, bwd: jax.Array) -> dict[str, jax.Array]:
-        out = training_step(hw, job, plan, table, (fwd, bwd))
+    def metrics(plan: Plan, sums: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        out = training_step(hw, job, plan, table, sums)
         m = {
             "step_time_s": out.step_time_s,
             "mfu": out.mfu,
@@ -126,24 +131,27 @@ def training_mapping_problem(
         return m
 
     batched = jax.jit(jax.vmap(metrics))
-    kernels = jax.jit(jax.vmap(lambda plan: kernel_times(hw, job, table, plan)))
+    kernels = jax.jit(jax.vmap(lambda plan: kernel_sums(hw, job, table, plan)))
 
     def cost_fn(points: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The metrics of every point: the per-op kernel times once per distinct kernel tuple
-        (KERNEL_FIELDS), gathered per plan, and the rest of the model in chunks of CHUNK plans."""
+        """The metrics of every point: the kernel times once per distinct kernel tuple
+        (KERNEL_FIELDS), their sums gathered per plan, and the rest of the model in chunks of
+        CHUNK plans."""
         cols = _plan_columns(points, float(num_devices), float(global_batch))
         n = len(cols["tp"])
         if n == 0:  # no point: the metric columns, empty
             return {k: v[:0] for k, v in cost_fn({"tp": np.ones(1)}).items()}
         keys, kernel = _unique_rows(np.stack([cols[f] for f in KERNEL_FIELDS], 1))
         unique = {k: v[: len(keys)] for k, v in cols.items()} | dict(zip(KERNEL_FIELDS, keys.T, strict=True))
-        fwd, bwd = (np.asarray(x) for x in kernels(_padded(unique, _bucket(len(keys), n))))
+        sums = {
+            k: np.take(np.asarray(v), kernel)
+            for k, v in kernels(_padded(unique, _bucket(len(keys), n))).items()
+        }
         size, parts = _bucket(n, CHUNK), []
         for lo in range(0, n, size):
-            rows = kernel[lo : lo + size]
-            rows = np.concatenate([rows, np.repeat(rows[-1:], size - len(rows))])
-            part = _padded({k: v[lo : lo + size] for k, v in cols.items()}, size)
-            out = batched(part, jnp.asarray(fwd[rows]), jnp.asarray(bwd[rows]))
+            part = {k: v[lo : lo + size] for k, v in cols.items()}
+            chunk = {k: v[lo : lo + size] for k, v in sums.items()}
+            out = batched(_padded(part, size), _padded_columns(chunk, size))
             parts.append({k: np.asarray(v)[: min(size, n - lo)] for k, v in out.items()})
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 

@@ -239,18 +239,19 @@ def test_unique_rows_is_numpys_unique_of_rows(rows) -> None:
 @settings(max_examples=25, deadline=None)
 @given(st.sampled_from([1, 2, 4, 8]), st.sampled_from([1, 2, 4]), st.sampled_from([0, 1, 2]),
        st.sampled_from([0, 1, 3]), st.sampled_from([1, 2]), st.sampled_from([0.0, 1.0]))  # fmt: skip
-def test_kernel_times_read_only_the_kernel_fields(pp, vpp, recompute, zero, dp, flag) -> None:
-    """Plans equal in KERNEL_FIELDS have the same per-op kernel times, whatever their other fields:
-    what lets a batch evaluation share them."""
+def test_kernel_sums_read_only_the_kernel_fields(pp, vpp, recompute, zero, dp, flag) -> None:
+    """Plans equal in KERNEL_FIELDS have the same per-op kernel times and sums, whatever their other
+    fields: what lets a batch evaluation share them."""
     from costmodels.parallel import make_plan
-    from costmodels.training import kernel_times
+    from costmodels.training import KERNEL_SUMS, kernel_sums, kernel_times
 
     hw, job = load_hardware("h100_sxm"), TrainingJob(load_model("mixtral_8x7b"), 4096, "bf16")
+    table = job.table()
     base = make_plan(tp=2, cp=2, ep=2, microbatch=2, sequence_parallel=1, global_batch=64)
     other = make_plan(tp=2, cp=2, ep=2, microbatch=2, sequence_parallel=1, global_batch=128, pp=pp, vpp=vpp,
                       dp=dp, recompute=recompute, zero_stage=zero, cp_a2a=flag, weight_streaming=flag,
                       pipeline_edge_layers=flag, tp_overlap=0.5)  # fmt: skip
-    for a, b in zip(
-        kernel_times(hw, job, job.table(), base), kernel_times(hw, job, job.table(), other), strict=True
-    ):
+    for a, b in zip(kernel_times(hw, job, table, base), kernel_times(hw, job, table, other), strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
+    sums, others = kernel_sums(hw, job, table, base), kernel_sums(hw, job, table, other)
+    assert tuple(sums) == KERNEL_SUMS and all(float(sums[k]) == float(others[k]) for k in KERNEL_SUMS)
