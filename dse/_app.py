@@ -270,6 +270,60 @@ def use_compilation_cache() -> Path | None:
     return path
 
 
+TIMING_SETTING = "DSE_TIMING"  # 1: print where the command's wall time went, on stderr, at its end
+
+
+def _process_age_s() -> float | None:
+    """Seconds since this process started (Linux ``/proc``; None elsewhere): the interpreter's
+    start-up and the imports, when read as the app starts."""
+    try:
+        start_ticks = float(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, uptime_s - start_ticks / os.sysconf("SC_CLK_TCK"))
+
+
+class PhaseClock:
+    """Where a command's wall time goes (``DSE_TIMING=1``): start-up and imports (the process's age
+    when the app starts), JAX tracing and lowering to XLA (every run), XLA compilation (JAX's own
+    duration events; a program the persistent cache holds is read back, not compiled), MLflow
+    (``tracking.MLFLOW_SECONDS``) and the rest: evaluating, solving, reporting. :meth:`line` is the
+    one-line summary."""
+
+    TRACE = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration")
+    COMPILE = "/jax/core/compile/backend_compile_duration"
+
+    def __init__(self) -> None:
+        import jax
+
+        self.imports_s = _process_age_s()
+        self.start = time.perf_counter()
+        self.trace_s, self.compile_s, self.compiled = 0.0, 0.0, 0
+        jax.monitoring.register_event_duration_secs_listener(self._on_event)
+
+    def _on_event(self, event: str, duration_s: float, **_: Any) -> None:
+        if event in self.TRACE:
+            self.trace_s += duration_s
+        elif event == self.COMPILE:
+            self.compile_s += duration_s
+            self.compiled += 1
+
+    def line(self) -> str:
+        from dse.tracking import MLFLOW_SECONDS
+
+        ran = time.perf_counter() - self.start
+        rest = max(0.0, ran - self.trace_s - self.compile_s - MLFLOW_SECONDS[0])
+        imports = "unknown" if self.imports_s is None else f"{self.imports_s:.2f} s"
+        total = ran + (self.imports_s or 0.0)
+        return (
+            f"timing: start-up and imports {imports}, JAX tracing and lowering {self.trace_s:.2f} s, "
+            f"XLA compilation {self.compile_s:.2f} s ({self.compiled} programs, compiled or read from "
+            f"the cache), MLflow {MLFLOW_SECONDS[0]:.2f} s, the rest (evaluate, solve, report) {rest:.2f} s; "
+            f"total {total:.2f} s"
+        )
+
+
 def run_app(
     task: Callable[[DictConfig], Any],
     config_name: str,
@@ -283,6 +337,7 @@ def run_app(
         sys.argv[1:] = rewrite_argv(sys.argv[1:], positional)
     except ConfigError as exc:
         fail(str(exc))
+    clock = PhaseClock() if os.environ.get(TIMING_SETTING, "") not in ("", "0") else None
     precheck(sys.argv[1:], config_name, known, check)
     use_compilation_cache()
     signal.signal(signal.SIGTERM, _interrupt)
@@ -307,6 +362,8 @@ def run_app(
     try:
         _main()
         sys.stdout.flush()
+        if clock is not None:
+            print(clock.line(), file=sys.stderr)
     except BrokenPipeError:
         _silence_stdout()
     except Interrupted as exc:

@@ -194,6 +194,12 @@ def check_store(uri: str | None) -> None:
             )
 
 
+# Wall seconds this process spent in MLflow: importing it and opening the store (ensure_store),
+# starting the run (experiment, run, parameters) and every client call after; ``DSE_TIMING=1``
+# prints it (``dse._app``).
+MLFLOW_SECONDS = [0.0]
+
+
 def ensure_store(uri: str | None) -> None:
     """Create the store behind ``uri`` if it is a new SQLite DB (schema migrations), once.
 
@@ -203,7 +209,7 @@ def ensure_store(uri: str | None) -> None:
     """
     if uri is None or uri in _READY:
         return
-    db = sqlite_path(uri)
+    db, start = sqlite_path(uri), time.perf_counter()
     if db is not None:
         from mlflow.tracking import MlflowClient
 
@@ -211,6 +217,7 @@ def ensure_store(uri: str | None) -> None:
         with _dir_lock(db.parent, exclusive=not db.exists()):
             MlflowClient(uri).get_experiment_by_name("Default")  # opens the store: runs migrations
     _READY.add(uri)
+    MLFLOW_SECONDS[0] += time.perf_counter() - start
 
 
 @contextlib.contextmanager
@@ -565,6 +572,27 @@ def write_csv(table: Mapping[str, Any], path: Path) -> None:
         writer.writerows(zip(*columns.values(), strict=True))
 
 
+class _TimedClient:
+    """An ``MlflowClient`` whose calls add their wall time to :data:`MLFLOW_SECONDS`."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return attr(*args, **kwargs)
+            finally:
+                MLFLOW_SECONDS[0] += time.perf_counter() - start
+
+        return call
+
+
 class JobRun:
     """The MLflow run of one job, as a context manager; a no-op when tracking is disabled.
 
@@ -609,10 +637,17 @@ class JobRun:
     def __enter__(self) -> JobRun:
         if self.uri is None:
             return self
+        before, start = MLFLOW_SECONDS[0], time.perf_counter()
+        try:
+            return self._start()
+        finally:  # the whole start, its client calls counted once
+            MLFLOW_SECONDS[0] = before + time.perf_counter() - start
+
+    def _start(self) -> JobRun:
         from mlflow.tracking import MlflowClient
 
         ensure_store(self.uri)
-        self._client = client = MlflowClient(self.uri)
+        self._client = client = _TimedClient(MlflowClient(self.uri))
         self._exp_id = experiment_id(client, self.experiment, self.uri)
         name, tags = self._name_and_tags()
         run = client.create_run(self._exp_id, run_name=name, tags=_context_tags(tags))

@@ -114,6 +114,7 @@ def main() -> None:
     )
 
     knobs = {k: np.tile(v, -(-args.points // len(v)))[: args.points] for k, v in cols.items() if k != "dp"}
+    knobs["ep"] = np.ones(args.points, np.float32)  # a dense model: no expert parallelism
     space = {k: sorted(set(v.tolist())) for k, v in knobs.items()}
     problem = training_mapping_problem(hw, job, args.devices, args.global_batch, space)
     tuples = len(np.unique(np.stack([knobs[f] for f in KERNEL_FIELDS], 1), axis=0))

@@ -16,6 +16,7 @@ import copy
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -546,3 +547,38 @@ def test_the_compilation_cache_can_be_turned_off_or_fail_quietly(
     monkeypatch.delenv("DSE_JAX_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert compilation_cache_dir() == tmp_path / "xdg" / "dse" / "jax"
+
+
+TIMING = re.compile(
+    r"^timing: start-up and imports (?P<imports>[\d.]+) s, JAX tracing and lowering (?P<trace>[\d.]+) s, "
+    r"XLA compilation (?P<compile>[\d.]+) s "
+    r"\((?P<programs>\d+) programs, compiled or read from the cache\), MLflow (?P<mlflow>[\d.]+) s, "
+    r"the rest \(evaluate, solve, report\) (?P<rest>[\d.]+) s; total (?P<total>[\d.]+) s$"
+)
+
+
+def test_dse_timing_says_where_a_commands_time_went(tmp_path: Path) -> None:
+    """DSE_TIMING=1 adds one stderr line at the end: imports, JAX tracing and lowering, XLA
+    compilation (nothing cached here), MLflow (a search that logs its run to a SQLite store spends
+    some) and the rest, which add up to the total; stdout is unchanged (its JSON still parses)."""
+    env = {**os.environ, "DSE_TIMING": "1", "DSE_JAX_CACHE": "off"}
+    calc = subprocess.run([sys.executable, "-m", "dse.calc", "format=json"], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=tmp_path)  # fmt: skip
+    assert calc.returncode == 0, calc.stderr
+    json.loads(calc.stdout)
+    parts = TIMING.match(calc.stderr.strip().splitlines()[-1])
+    assert parts is not None, calc.stderr[-500:]
+    value = {k: float(v) for k, v in parts.groupdict().items()}
+    assert value["compile"] > 0 and value["programs"] >= 1 and value["mlflow"] == 0.0
+    parts_sum = value["imports"] + value["trace"] + value["compile"] + value["mlflow"] + value["rest"]
+    assert abs(parts_sum - value["total"]) <= 0.03  # each printed to 0.01 s
+    search = subprocess.run(
+        [sys.executable, "-m", "dse.search", "num_devices=8", "parallelism.tp=[1,2]", "parallelism.pp=[1]",
+         "parallelism.cp=[1]", "parallelism.ep=[1]", "parallelism.vpp=[1]", "parallelism.microbatch=[1]",
+         "parallelism.recompute=[0]", "parallelism.zero_stage=[1]", "parallelism.sequence_parallel=[0]",
+         "progress=false", f"hydra.run.dir={tmp_path / 'out'}"],
+        capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert search.returncode == 0, search.stderr[-2000:]
+    parts = TIMING.match(search.stderr.strip().splitlines()[-1])
+    assert parts is not None and float(parts["mlflow"]) > 0, search.stderr[-500:]
