@@ -13,11 +13,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import jax
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from costmodels.errors import ConfigError
-from costmodels.parallel import make_plan, recompute_name
+from costmodels.parallel import Plan, make_plan, recompute_name
 from costmodels.training import TIME_FIELDS, TrainingJob, training_step
 from costmodels.wafer import WaferDesign, WaferSystem, capped_clock_hz, wafer_hardware
 from dse._app import format_table, progress_callback
@@ -287,10 +288,15 @@ def step_breakdown(
 ) -> dict[str, float]:
     """Where the step time of the chosen design and mapping goes: ``step_time_s`` and its parts
     (``costmodels.training.TIME_FIELDS``, the ``TrainingBreakdown`` times that sum to it)."""
-    hw = wafer_hardware(system, WaferDesign(**{k: float(v) for k, v in values.items()}))
     plan = make_plan(**{k: v for k, v in best["mapping"].items()}, global_batch=best["global_batch"])
-    out = training_step(hw, job, plan)
-    return {k: float(getattr(out, k)) for k in ("step_time_s", *TIME_FIELDS)}
+
+    @jax.jit  # one compiled program, not one per operation of the model
+    def parts(design: WaferDesign, plan: Plan) -> dict[str, jax.Array]:
+        out = training_step(wafer_hardware(system, design), job, plan)
+        return {k: getattr(out, k) for k in ("step_time_s", *TIME_FIELDS)}
+
+    design = WaferDesign(**{k: float(v) for k, v in values.items()})
+    return {k: float(v) for k, v in parts(design, plan).items()}
 
 
 def _hardware_summary(system: WaferSystem, values: dict[str, float]) -> dict[str, float]:
