@@ -502,10 +502,11 @@ def render(rep: dict[str, Any]) -> str:
     """The job and topology, memory, the solver table in human units, why CP-SAT's placement costs
     what it does, and its gains against rank order."""
     j, t = rep["job"], rep["topology"]
+    other = {k: v for k, v in j.get("collectives", COLLECTIVE).items() if v != COLLECTIVE[k] and j[k] > 1}
     head = (
-        f"placement of tp={j['tp']} pp={j['pp']} dp={j['dp']} cp={j['cp']}"
-        f"{' (Ulysses)' if j.get('cp_a2a') else ''} ep={j['ep']} "
-        f"({j['n_ranks']} ranks) "
+        f"placement of tp={j['tp']} pp={j['pp']} dp={j['dp']} cp={j['cp']} ep={j['ep']} "
+        + "".join(f"({k} groups by {v.replace('_', '-')}) " for k, v in other.items())
+        + f"({j['n_ranks']} ranks) "
         f"on {t['name']} ({t['available']}/{t['devices']} devices available), objective {rep['objective']}"
     )
     cols = [

@@ -139,6 +139,16 @@ def test_search_end_to_end_cp_sat_not_worse_than_baselines() -> None:
     assert not E_NOTATION.search(text), E_NOTATION.findall(text)
 
 
+def test_a_ulysses_job_is_placed_with_all_to_all_cp_groups() -> None:
+    """placement.cp_a2a=true (every plan option is a placement key): the job's CP groups run an
+    all-to-all, and the report says so in its first line."""
+    cfg = placement_cfg(*SMALL, "placement.tp=4", "placement.cp=2", "placement.cp_a2a=true")
+    with JobRun(cfg, name="placement") as run:
+        rep = placement_search.run(cfg, run)
+    assert rep["job"]["collectives"]["cp"] == "all_to_all" and rep["job"]["cp"] == 2
+    assert "(cp groups by all-to-all)" in placement_search.render(rep).splitlines()[0]
+
+
 def test_search_logs_artifacts_to_mlflow(tmp_path: Path) -> None:
     cfg = placement_cfg(*SMALL, "tracking=sqlite", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db")
     with JobRun(cfg, name="placement") as run:
