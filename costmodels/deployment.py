@@ -22,6 +22,10 @@ from costmodels.errors import ConfigError
 from costmodels.hardware import Hardware
 from costmodels.inference import InferenceJob, engine_preset
 from costmodels.requests import (
+    KV_ADMISSIONS,
+    PREEMPTIONS,
+    PRIORITIES,
+    SCHEDULERS,
     Pool,
     Scheduler,
     Simulation,
@@ -30,7 +34,7 @@ from costmodels.requests import (
     simulate_disaggregated,
     simulate_replicas,
 )
-from costmodels.serving import StepTable, kv_capacity_tokens, kv_transfer_s, step_table
+from costmodels.serving import StepTable, kv_capacity_tokens, kv_swap_block_s, kv_transfer_s, step_table
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class ServingPlan:
     priority: str = "decode"
     block_size: int = 16
     kv_admission: str = "on_demand"
+    preemption: str = "recompute"  # or "swap": a preempted sequence's blocks go to host memory
     prefix_caching: bool = False
     kv_cache_tokens: int | None = None  # per replica; None: what the memory model leaves
     speculative_tokens: int = 0
@@ -75,6 +80,14 @@ class ServingPlan:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.prefill_tp is not None and self.prefill_tp < 1:
             raise ConfigError(f"prefill_tp must be >= 1, got {self.prefill_tp}")
+        for name, allowed in (
+            ("scheduler", SCHEDULERS),
+            ("priority", PRIORITIES),
+            ("kv_admission", KV_ADMISSIONS),
+            ("preemption", PREEMPTIONS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name in ("offload_weights", "offload_kv"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} is a fraction in [0, 1], got {getattr(self, name)}")
@@ -101,8 +114,11 @@ class ServingPlan:
             attention_precision=self.attention_precision,
         )
 
-    def engine(self, kv_blocks: int, speculation: Speculation | None = None) -> Scheduler:
-        """The scheduler of one replica with ``kv_blocks`` blocks."""
+    def engine(
+        self, kv_blocks: int, speculation: Speculation | None = None, swap_block_s: float = 0.0
+    ) -> Scheduler:
+        """The scheduler of one replica with ``kv_blocks`` blocks (``swap_block_s``: moving one to
+        host memory, for swap preemption)."""
         return Scheduler(
             kind=self.scheduler,
             max_num_seqs=self.max_num_seqs,
@@ -114,6 +130,8 @@ class ServingPlan:
             prefix_caching=self.prefix_caching,
             speculation=speculation,
             kv_admission=self.kv_admission,
+            preemption=self.preemption,
+            swap_block_s=swap_block_s,
         )
 
     def deploy(
@@ -183,15 +201,19 @@ class ServingPlan:
             speculation = Speculation(
                 self.speculative_tokens, self.speculative_acceptance, draft_table, self.speculative_seed
             )
+
+        def swap_s(tp: int) -> float:
+            return kv_swap_block_s(hw, job, tp, self.block_size) if self.preemption == "swap" else 0.0
+
         decode_blocks = kv_blocks(self.tp)
-        decode = Pool(
-            table(job, self.tp, width, "target"), self.engine(decode_blocks, speculation), self.replicas
-        )
+        decode_engine = self.engine(decode_blocks, speculation, swap_s(self.tp))
+        decode = Pool(table(job, self.tp, width, "target"), decode_engine, self.replicas)
         prefill = None
         if self.prefill_replicas:
             blocks = kv_blocks(self.prefill_devices)
             prefill_table = table(job, self.prefill_devices, 1, "target")
-            prefill = Pool(prefill_table, self.engine(blocks), self.prefill_replicas)
+            prefill_engine = self.engine(blocks, swap_block_s=swap_s(self.prefill_devices))
+            prefill = Pool(prefill_table, prefill_engine, self.prefill_replicas)
         return Deployment(self, hw, job, decode, prefill)
 
 

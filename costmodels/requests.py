@@ -20,8 +20,10 @@ kv_capacity_tokens``); a sequence holds ⌈tokens/block_size⌉ blocks. ``kv_adm
 (vLLM) takes blocks as the tokens come; when a step's decodes need more than are free, the most
 recently admitted running sequences are preempted (vLLM's recompute policy): their blocks are freed
 and they wait at the head of the queue to prefill their prompt and the tokens generated so far
-again. ``"reserve"`` (TensorRT-LLM's GUARANTEED_NO_EVICT) admits a request only when its whole
-sequence fits, and never preempts. With ``prefix_caching`` a request whose shared prefix is cached
+again; with ``preemption="swap"`` their blocks move to host memory instead and come back when they
+resume, where they stopped, the engine waiting ``swap_block_s`` per block each way. ``"reserve"``
+(TensorRT-LLM's GUARANTEED_NO_EVICT) admits a request only when its whole sequence fits, and never
+preempts. With ``prefix_caching`` a request whose shared prefix is cached
 starts past its full blocks and shares them; unused prefixes are evicted least recently used first.
 
 **Speculative decoding** (:class:`Speculation`): each step verifies k proposals per sequence and
@@ -36,6 +38,7 @@ together, with the same arithmetic as one step at a time.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +52,7 @@ ARRIVALS = ("poisson", "gamma", "closed")
 SCHEDULERS = ("continuous", "static")
 PRIORITIES = ("decode", "prefill")
 KV_ADMISSIONS = ("on_demand", "reserve")
+PREEMPTIONS = ("recompute", "swap")
 # the engine's timeline, one row per step or stretch of decode-only steps: its start, duration and
 # steps, the state as it starts (running sequences, waiting requests, KV blocks in use) and its new
 # tokens per step
@@ -202,6 +206,12 @@ class Scheduler:
     # request is admitted only when the blocks of its whole sequence are free, and holds them from
     # then on, so nothing is ever preempted (TensorRT-LLM's GUARANTEED_NO_EVICT, its default)
     kv_admission: str = "on_demand"
+    # what a preempted sequence loses: "recompute" (vLLM V1, its only mode): its blocks, so it prefills
+    # its prompt and generated tokens again; "swap" (vLLM V0's swap space, TensorRT-LLM's host
+    # offload): its blocks move to host memory and back when it resumes, ``swap_block_s`` each block
+    # each way, during which the engine waits (host memory is taken to hold them)
+    preemption: str = "recompute"
+    swap_block_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.speculation is not None and self.kind == "static":
@@ -212,6 +222,10 @@ class Scheduler:
             raise ConfigError(
                 f"kv_admission must be one of {', '.join(KV_ADMISSIONS)}, got {self.kv_admission!r}"
             )
+        if self.preemption not in PREEMPTIONS:
+            raise ConfigError(f"preemption must be one of {', '.join(PREEMPTIONS)}, got {self.preemption!r}")
+        if not (math.isfinite(self.swap_block_s) and self.swap_block_s >= 0):
+            raise ConfigError(f"swap_block_s must be a finite number >= 0, got {self.swap_block_s}")
         if self.kind not in SCHEDULERS:
             raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.kind!r}")
         if self.priority not in PRIORITIES:
@@ -255,6 +269,8 @@ class _Engine:
         self.finish = np.full(n, np.nan)
         self.last_token = np.zeros(n)
         self.preempted = np.zeros(n, np.int64)
+        self.swapped = np.zeros(n, np.int64)  # blocks a swapped-out sequence holds in host memory
+        self.stall_s = 0.0  # swaps the next step waits for
         self.arrival = w.arrival_s.astype(float).copy()
         self.waiting: deque[int] = deque()
         self.running: list[int] = []
@@ -422,11 +438,26 @@ class _Engine:
                 "the KV cache cannot hold one sequence's next tokens: give the replica more memory"
             )
         r = self.running.pop()
+        self.preempted[r] += 1
+        self.waiting.appendleft(r)
+        if self.s.preemption == "swap":  # all its blocks (a cached prefix's too) go out, progress kept
+            self.swapped[r] = self.blocks[r]
+            self.stall_s += float(self.swapped[r]) * self.s.swap_block_s
+            self._release(r)
+            return
         self._release(r)
         self.prompt[r] = self.input[r] + self.generated[r]
         self.done_prefill[r] = 0
-        self.preempted[r] += 1
-        self.waiting.appendleft(r)
+
+    def _swap_in(self, r: int) -> bool:
+        """A swapped-out sequence's blocks come back (False: not free); it goes on where it stopped."""
+        need = int(self.swapped[r])
+        if need > self._available():
+            return False
+        self._take(need)
+        self.blocks[r], self.swapped[r] = need, 0
+        self.stall_s += need * self.s.swap_block_s
+        return True
 
     def _reserve_decodes(self) -> list[int]:
         """The running decodes, with a block for each one's next token (preempting the latest
@@ -502,13 +533,25 @@ class _Engine:
             if new:
                 chunks.append((r, int(self.done_prefill[r]), new))
                 budget -= new
-        while self.prefilled and self.waiting and budget > 0 and len(self.running) < s.max_num_seqs:
+        blocked = False  # swapped-out sequences wait at the head of the queue; none passes them
+        while self.waiting and self.swapped[self.waiting[0]] and len(self.running) < s.max_num_seqs:
+            if not self._swap_in(self.waiting[0]):
+                blocked = True
+                break
+            self.running.append(self.waiting.popleft())  # runs from the next step on
+        while (
+            not blocked
+            and self.prefilled
+            and self.waiting
+            and budget > 0
+            and len(self.running) < s.max_num_seqs
+        ):
             if not self._admit_prefilled(self.waiting[0]):
                 break
             decodes.append(self.waiting.popleft())
             self.running.append(decodes[-1])
             budget -= 1
-        while self.waiting and budget > 0 and len(self.running) < s.max_num_seqs:
+        while not blocked and self.waiting and budget > 0 and len(self.running) < s.max_num_seqs:
             r = self.waiting[0]
             self._hit(r)
             if s.kv_admission == "reserve" and not self._reserve_sequence(r):
@@ -531,6 +574,10 @@ class _Engine:
             self._static_batch()
             return
         decodes, chunks = self._plan()
+        if self.stall_s:  # the swaps of this step's preemptions and resumptions, before it runs
+            self._record(self.stall_s, 0)
+            self.now += self.stall_s
+            self.stall_s = 0.0
         if not chunks:
             if decodes:
                 (self._spec_stretch if self.k else self._decode_stretch)(decodes)

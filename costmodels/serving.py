@@ -376,6 +376,15 @@ def kv_capacity_tokens(hw: Hardware, job: InferenceJob, tp: int, max_tokens: int
     return max(int(free // kv_bytes_per_token(job, tp)), 0)
 
 
+def kv_swap_block_s(hw: Hardware, job: InferenceJob, tp: int, block_size: int) -> float:
+    """Moving one KV block between a device and its host memory, one way (swap preemption): the
+    block's ``block_size`` tokens of keys and values on this device over the device's share of the
+    host link, bytes / ``host_bandwidth_Bps`` (a bulk copy: no latency term)."""
+    if not float(hw.host_bandwidth_Bps) > 0:
+        raise ConfigError(f"{hw.name} has no host link to swap KV blocks over: use preemption=recompute")
+    return block_size * kv_bytes_per_token(job, tp) / float(hw.host_bandwidth_Bps)
+
+
 def kv_transfer_s(
     hw: Hardware, job: InferenceJob, tp: int, tokens: np.ndarray, across_nodes: bool = True
 ) -> np.ndarray:

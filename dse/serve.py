@@ -29,6 +29,7 @@ from costmodels.requests import (
     ARRIVALS,
     KV_ADMISSIONS,
     PERCENTILES,
+    PREEMPTIONS,
     PRIORITIES,
     SCHEDULERS,
     SLO,
@@ -152,6 +153,7 @@ def plan_from_config(cfg: DictConfig) -> ServingPlan:
         ("scheduler", SCHEDULERS),
         ("priority", PRIORITIES),
         ("kv_admission", KV_ADMISSIONS),
+        ("preemption", PREEMPTIONS),
     ):
         if e[key] not in allowed:
             raise ConfigError(f"engine.{key} must be one of {', '.join(allowed)}, got {e[key]!r}")
@@ -169,6 +171,7 @@ def plan_from_config(cfg: DictConfig) -> ServingPlan:
         priority=str(e.priority),
         block_size=positive_int(e.block_size, "engine.block_size"),
         kv_admission=str(e.kv_admission),
+        preemption=str(e.preemption),
         prefix_caching=bool(e.prefix_caching),
         kv_cache_tokens=tokens,
         speculative_tokens=positive_int(sp.tokens, "speculative.tokens", minimum=0),
@@ -190,7 +193,12 @@ def assumptions(cfg: DictConfig) -> list[str]:
         + (
             "a request starts only when its whole sequence fits (reserve)"
             if cfg.engine.kv_admission == "reserve"
-            else "blocks as tokens come, preempted sequences recomputed (on demand)"
+            else "blocks as tokens come, preempted sequences "
+            + (
+                "swapped to host memory and back over the host link (on demand, swap)"
+                if cfg.engine.preemption == "swap"
+                else "recomputed (on demand)"
+            )
         ),
     ]
     d = cfg.disaggregation
@@ -279,6 +287,12 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     return rep
 
 
+PREEMPTED = {
+    "recompute": "sequences evicted and recomputed",
+    "swap": "sequences swapped to host memory and back",
+}
+
+
 def render(rep: dict[str, Any]) -> str:
     """The report as text."""
     m, s, w = rep["metrics"], rep["scheduler"], rep["workload"]
@@ -314,7 +328,7 @@ def render(rep: dict[str, Any]) -> str:
         ["SLO attainment", f"{m['slo_attainment'] * 100:.1f} %", "share of requests meeting both SLOs"],
         ["KV cache use", f"{m['kv_utilisation_mean']:.1%} mean, {m['kv_utilisation_peak']:.1%} peak",
          "replica 0, time-weighted"],
-        ["preemptions", f"{m['preemptions']:.0f}", "sequences evicted and recomputed"],
+        ["preemptions", f"{m['preemptions']:.0f}", PREEMPTED[s["preemption"]]],
         ["prefix cache hits", f"{m['prefix_hit_rate']:.1%}", "prompt tokens read from the prefix cache"],
         ["cost", f"${m['cost_usd_per_mtoken']:.3f} per M tokens", "device-hours at the preset's price"],
         ["energy", f"{m['energy_j_per_token']:.3f} J per token", "devices at rated power"],

@@ -523,6 +523,54 @@ def test_reserving_the_whole_sequence_never_preempts(table) -> None:
     assert reserve.timeline["running"].max() <= 120 // 41  # 41 blocks per 641-token sequence
 
 
+def _tokens_run(sim) -> int:
+    """Tokens the engine's steps computed (a stretch row holds its steps' tokens per step)."""
+    tl = sim.timeline
+    return int(np.sum(tl["tokens"] * tl["steps"]))
+
+
+def test_swap_preemption_keeps_the_progress_recompute_redoes(table) -> None:
+    """The load and cache that preempt on demand: with swap preemption over an instant host link,
+    the steps compute exactly Σ input + Σ (output − 1) tokens (nothing prefilled twice) while
+    recompute computes more (each preempted sequence's prompt and generated tokens again), every
+    request still finishes with its output, and the mean end-to-end latency is no worse. Over a
+    real link each swapped block goes out and comes back: the engine waits swap_block_s per block
+    each way, an even count of blocks, at least two per preemption."""
+    w = synthetic("poisson", 60, 50.0, np.full(60, 512), np.full(60, 129), seed=1)
+    tight = {"max_num_seqs": 8, "max_num_batched_tokens": 2048, "kv_blocks": 120}
+    recompute = simulate(w, table, sched(**tight))
+    swap = simulate(w, table, sched(**tight, preemption="swap"))
+    exact = int(np.sum(w.input_len) + np.sum(w.output_len - 1))
+    assert recompute.preemptions.sum() > 0 and swap.preemptions.sum() > 0
+    assert _tokens_run(swap) == exact < _tokens_run(recompute)
+    assert len(swap.itl_s) == int(np.sum(w.output_len - 1)) and np.all(swap.finish_s > swap.first_token_s)
+    assert np.mean(swap.finish_s - swap.arrival_s) <= np.mean(recompute.finish_s - recompute.arrival_s)
+    block_s = 1e-4
+    slow = simulate(w, table, sched(**tight, preemption="swap", swap_block_s=block_s))
+    tl = slow.timeline
+    waits = float(np.sum(tl["duration_s"][tl["tokens"] == 0]))
+    blocks = round(waits / block_s)
+    assert waits == pytest.approx(blocks * block_s) and blocks % 2 == 0
+    assert blocks >= 2 * slow.preemptions.sum() > 0
+
+
+def test_a_swapped_block_crosses_the_host_link() -> None:
+    """Llama-3-8B bf16 on one H100: 32 layers · 2 (K, V) · 8 KV heads · 128 · 2 B = 131,072 B per
+    token; a 16-token block is 2 MiB, over the 64 GB/s PCIe Gen5 x16 link (one direction) 32.8 µs.
+    A deployment with swap preemption gives its engines that time; a bad setting is one line."""
+    from costmodels.deployment import ServingPlan
+    from costmodels.serving import kv_swap_block_s
+
+    assert kv_swap_block_s(H100, JOB, 1, 16) == pytest.approx(16 * 131_072 / 64e9)
+    deployment = ServingPlan(preemption="swap").deploy(H100, LLAMA, "bf16", 512, 129)
+    assert deployment.decode.scheduler.swap_block_s == pytest.approx(16 * 131_072 / 64e9)
+    assert ServingPlan().deploy(H100, LLAMA, "bf16", 512, 129).decode.scheduler.swap_block_s == 0.0
+    with pytest.raises(ConfigError, match="preemption must be one of recompute, swap, got 'evict'"):
+        sched(preemption="evict")
+    with pytest.raises(ConfigError, match="swap_block_s must be a finite number >= 0, got -1"):
+        sched(preemption="swap", swap_block_s=-1.0)
+
+
 def test_every_published_serving_case_is_predicted() -> None:
     """experiments/validation/serving.yaml (NVIDIA NIM 1.8.0, 33 cases): every case is covered by the
     simulator and the error stays where it was measured when the cases were added (MAPE 39.3 %;

@@ -151,3 +151,7 @@ def test_a_bad_speculation_setting_is_one_line() -> None:
         _setup("serving.space.speculative_tokens=[-1]")
     with pytest.raises(ConfigError, match=r"serving.speculative.acceptance must be in \[0, 1\], got 2"):
         _setup("serving.speculative.acceptance=2")
+    with pytest.raises(
+        ConfigError, match=r"serving.engine.preemption must be one of recompute, swap, got 'x'"
+    ):
+        _setup("serving.engine.preemption=x")
