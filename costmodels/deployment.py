@@ -22,10 +22,6 @@ from costmodels.errors import ConfigError
 from costmodels.hardware import Hardware
 from costmodels.inference import InferenceJob, engine_preset
 from costmodels.requests import (
-    KV_ADMISSIONS,
-    PREEMPTIONS,
-    PRIORITIES,
-    SCHEDULERS,
     Pool,
     Scheduler,
     Simulation,
@@ -72,7 +68,7 @@ class ServingPlan:
     ideal_network: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("tp", "pp", "replicas", "max_num_seqs", "max_num_batched_tokens", "block_size"):
+        for name in ("tp", "pp", "replicas"):  # the engine checks its own (below)
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("prefill_replicas", "speculative_tokens"):
@@ -80,14 +76,7 @@ class ServingPlan:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.prefill_tp is not None and self.prefill_tp < 1:
             raise ConfigError(f"prefill_tp must be >= 1, got {self.prefill_tp}")
-        for name, allowed in (
-            ("scheduler", SCHEDULERS),
-            ("priority", PRIORITIES),
-            ("kv_admission", KV_ADMISSIONS),
-            ("preemption", PREEMPTIONS),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        self.engine(kv_blocks=1)  # the engine's settings, checked where the engine defines them
         for name in ("offload_weights", "offload_kv"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} is a fraction in [0, 1], got {getattr(self, name)}")
