@@ -40,6 +40,7 @@ from dse.tracking import JobRun
 from dse.units import fmt_bytes, fmt_cell, fmt_count, fmt_time
 from search.placement import (
     COLLECTIVE,
+    COLLECTIVE_KINDS,
     GROUP_TYPES,
     Job,
     Placement,
@@ -188,11 +189,10 @@ def traffic(value: Any, key: str) -> dict[str, float]:
 def collectives_of(value: Any, key: str) -> dict[str, str]:
     """The collective per group type of a placement report's job (``Job.as_dict``); a report written
     before jobs carried them has ``cp_a2a`` instead, and none has the default plan's."""
-    if isinstance(value, Mapping) and sorted(value) == sorted(GROUP_TYPES):
-        kinds = ("all_reduce", "all_to_all", "send_recv")
-        if all(v in kinds for v in value.values()):
-            return {str(k): str(v) for k, v in value.items()}
-    raise ConfigError(f"{key} must map {', '.join(GROUP_TYPES)} to one of all_reduce, all_to_all, send_recv")
+    whole = isinstance(value, Mapping) and sorted(value) == sorted(GROUP_TYPES)
+    if whole and all(v in COLLECTIVE_KINDS for v in value.values()):
+        return {str(k): str(v) for k, v in value.items()}
+    raise ConfigError(f"{key} must map {', '.join(GROUP_TYPES)} to one of {', '.join(COLLECTIVE_KINDS)}")
 
 
 def degrees(p: Mapping[str, Any], n_devices: int, prefix: str = "placement.") -> dict[str, int]:

@@ -47,6 +47,7 @@ from search.topology import Topology, ecmp_split, hop_cost_matrix, route
 GROUP_TYPES = ("tp", "cp", "ep", "dp", "pp")
 # the collective each group type runs under the default plan (ring CP); a Job carries its plan's
 COLLECTIVE: Mapping[str, str] = MappingProxyType(group_collectives(Plan()))
+COLLECTIVE_KINDS = ("all_reduce", "all_to_all", "send_recv")  # what bus_factor prices
 
 
 @dataclass(frozen=True)
@@ -78,13 +79,9 @@ class Job:
         for t, s in self.bytes_per_step.items():
             if t not in GROUP_TYPES or not s >= 0:
                 raise ConfigError(f"bytes_per_step[{t!r}] = {s!r}: keys in {GROUP_TYPES}, values >= 0")
-        kinds = ("all_reduce", "all_to_all", "send_recv")
-        if sorted(self.collectives) != sorted(GROUP_TYPES) or not set(self.collectives.values()) <= set(
-            kinds
-        ):
-            raise ConfigError(
-                f"Job.collectives must map {GROUP_TYPES} to {kinds}, got {dict(self.collectives)}"
-            )
+        got = dict(self.collectives)
+        if sorted(got) != sorted(GROUP_TYPES) or not set(got.values()) <= set(COLLECTIVE_KINDS):
+            raise ConfigError(f"Job.collectives must map {GROUP_TYPES} to {COLLECTIVE_KINDS}, got {got}")
 
     def degree(self, t: str) -> int:
         return getattr(self, t)
