@@ -62,9 +62,10 @@ def plan_options(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     names (``zero_stage``: 0..3, ``recompute``: none | selective | full). A key left out takes
     :func:`~costmodels.parallel.option_defaults`; keys that are no plan field are the caller's.
     Errors name ``prefix`` + the key."""
-    out = option_defaults() | {k: v for k, v in values.items() if k in option_defaults()}
+    defaults, meta = option_defaults(), knobs()
+    out = defaults | {k: v for k, v in values.items() if k in defaults}
     for name, value in out.items():
-        m, key = knobs()[name], prefix + name
+        m, key = meta[name], prefix + name
         if m["kind"] == DEGREE and not (value is None and m["set_by"] == DERIVED):
             positive_int(value, key)
         elif m["kind"] == FLAG:

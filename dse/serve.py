@@ -144,19 +144,29 @@ def build_workload(w: DictConfig) -> Workload:
     )
 
 
+ENGINE_CHOICES = (
+    ("scheduler", SCHEDULERS),
+    ("priority", PRIORITIES),
+    ("kv_admission", KV_ADMISSIONS),
+    ("preemption", PREEMPTIONS),
+)
+
+
+def check_engine_choices(engine: Any, prefix: str) -> None:
+    """The engine settings that name a choice (:data:`ENGINE_CHOICES`; one left out is the first
+    choice) are among their choices, else a ConfigError naming ``prefix`` + the key."""
+    for key, allowed in ENGINE_CHOICES:
+        value = engine.get(key, allowed[0])
+        if value not in allowed:
+            raise ConfigError(f"{prefix}{key} must be one of {', '.join(allowed)}, got {value!r}")
+
+
 def plan_from_config(cfg: DictConfig) -> ServingPlan:
     """The deployment the config describes (``tp``, ``replicas``, ``kv_precision``, ``engine.*``,
     ``speculative.*``, ``disaggregation.*``), each value checked under its own key."""
     e, sp, d = cfg.engine, cfg.speculative, cfg.disaggregation
     tokens = None if e.kv_cache_tokens is None else positive_int(e.kv_cache_tokens, "engine.kv_cache_tokens")
-    for key, allowed in (
-        ("scheduler", SCHEDULERS),
-        ("priority", PRIORITIES),
-        ("kv_admission", KV_ADMISSIONS),
-        ("preemption", PREEMPTIONS),
-    ):
-        if e[key] not in allowed:
-            raise ConfigError(f"engine.{key} must be one of {', '.join(allowed)}, got {e[key]!r}")
+    check_engine_choices(e, "engine.")
     if not 0.0 <= float(sp.acceptance) <= 1.0:
         raise ConfigError(f"speculative.acceptance must be in [0, 1], got {sp.acceptance}")
     return ServingPlan(

@@ -20,11 +20,12 @@ from costmodels.deployment import ServingPlan
 from costmodels.errors import ConfigError
 from costmodels.hardware import PRECISIONS
 from costmodels.inference import engine_preset
-from costmodels.requests import KV_ADMISSIONS, PREEMPTIONS, PRIORITIES, SCHEDULERS, SLO, lengths, synthetic
+from costmodels.requests import SLO, lengths, synthetic
 from dse._app import format_table, progress_callback
 from dse.checks import positive_int
 from dse.hardware import hardware_from_config
 from dse.models import load_model
+from dse.serve import check_engine_choices
 from dse.tracking import JobRun
 from search import drivers
 from search.serving import KNOBS, ServingSetup, serving_problem
@@ -52,10 +53,7 @@ def setup_from_config(cfg: DictConfig) -> tuple[ServingSetup, dict[str, list[flo
     if not 0 < goal <= 1:
         raise ConfigError(f"serving.slo.attainment must be in (0, 1], got {goal}")
     engine_preset(str(e.launch), "serving.engine.launch")  # an unknown preset: one line, before any design
-    for key, allowed in (("scheduler", SCHEDULERS), ("priority", PRIORITIES), ("kv_admission", KV_ADMISSIONS),
-                         ("preemption", PREEMPTIONS)):  # fmt: skip
-        if str(e.get(key, allowed[0])) not in allowed:
-            raise ConfigError(f"serving.engine.{key} must be one of {', '.join(allowed)}, got {e[key]!r}")
+    check_engine_choices(e, "serving.engine.")
     sp = s.get("speculative") or {}
     acceptance = sp.get("acceptance", 0.7)
     if isinstance(acceptance, bool) or not isinstance(acceptance, int | float) or not 0 <= acceptance <= 1:

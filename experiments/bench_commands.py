@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+from bench_eval_throughput import reference_gflops  # the same reference workload as that benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 # name: (arguments of python -m, target wall seconds)
@@ -36,18 +36,6 @@ COMMANDS: dict[str, tuple[list[str], float]] = {
     "serving": (["dse.search", "+experiment=serving", QUIET], 60.0),
     "validate": (["dse.validate", QUIET], 60.0),
 }
-
-
-def reference_gflops(size: int = 512, repeats: int = 40) -> float:
-    """float32 NumPy matmuls, GFLOP/s: the machine's speed, to read the other figures against."""
-    a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            a @ a
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * size**3 * repeats / best / 1e9
 
 
 def run(args: list[str], cache: Path, workdir: Path) -> tuple[float, str]:
