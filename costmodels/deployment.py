@@ -148,6 +148,17 @@ class ServingPlan:
                     "mode=inference prices it for one static batch)"
                 )
         job = self.job(spec, precision, input_len, output_len)
+        if spec.ssm is not None:  # a sequence's recurrent state is one slot, not blocks of tokens
+            for name, neutral in (
+                ("speculative_tokens", 0),
+                ("prefix_caching", False),
+                ("preemption", "recompute"),
+            ):
+                if getattr(self, name) != neutral:
+                    raise ConfigError(
+                        f"{name}={getattr(self, name)}: {spec.model_type} keeps a recurrent state per "
+                        f"sequence, which the simulator does not roll back, share or swap: {name}={neutral}"
+                    )
         if spec.num_heads % self.tp or (self.prefill_replicas and spec.num_heads % self.prefill_devices):
             raise ConfigError(f"tp must divide num_attention_heads={spec.num_heads}")
         context = input_len + output_len
@@ -173,7 +184,9 @@ class ServingPlan:
             return cache[key]
 
         def kv_blocks(tp: int) -> int:
-            tokens = self.kv_cache_tokens or kv_capacity_tokens(hw, job, tp, self.max_num_batched_tokens)
+            tokens = self.kv_cache_tokens or kv_capacity_tokens(
+                hw, job, tp, self.max_num_batched_tokens, self.max_num_seqs
+            )
             if tokens < context + self.speculative_tokens:
                 raise ConfigError(
                     f"{spec.model_type} on tp={tp} leaves {tokens:,} tokens of KV cache on {hw.name}, fewer "

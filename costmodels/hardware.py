@@ -120,6 +120,8 @@ class Hardware:
     collective_efficiency: Scalar = 1.0  # achieved bus bandwidth / link bandwidth (NCCL busbw)
     collective_base_latency_s: Scalar = 0.0  # fixed cost of one collective call (NCCL baseLat + launch)
     kernel_overhead_s: Scalar = 0.0  # launch + tail time added to every kernel
+    # the same for a kernel replayed from a CUDA graph (no host launch; 0: as kernel_overhead_s)
+    graph_kernel_overhead_s: Scalar = 0.0
 
     # --- power and cost ---
     power_w: Scalar = 0.0  # TDP per device

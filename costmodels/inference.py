@@ -28,7 +28,11 @@ after one such step plus its own prefill, and the throughput is ``B / ITL``.
 An engine that launches every kernel from Python (eager PyTorch) cannot run faster than its host
 issues the work: each pass takes ``max(kernels, layers · host_layer_s + host_step_s)``; engines
 that replay CUDA graphs or hide the host's work behind the GPU's (TensorRT-LLM; FasterTransformer's
-C++ runtime, whose few-µs launches stay below its kernels' times) have no such floor.
+C++ runtime, whose few-µs launches stay below its kernels' times) have no such floor. Each kernel
+costs ``Hardware.kernel_overhead_s`` on top of its roofline time when launched, and
+``graph_kernel_overhead_s`` when replayed from a CUDA graph (``Engine.cuda_graphs``: decode steps
+only, ``launched``); the two are fitted per hardware generation, on static engines and on
+graph-replaying engines at one request (``experiments/calibrate.py``).
 
 An encoder-decoder (T5) runs the prompt through its encoder and the decoder's first step at the
 prefill; its decode steps attend to the decoder's own tokens and to the cached keys and values of
@@ -41,7 +45,7 @@ step reads only the experts its tokens touch (``workload.experts_touched``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import jax
@@ -70,6 +74,9 @@ class Engine:
     max_batch_size: int | None = None
     host_layer_s: float = 0.0  # host time to launch one decoder layer's ops (0: CUDA graphs / hidden)
     host_step_s: float = 0.0  # host time per pass outside the layers (embedding, head, sampling)
+    # steps replay captured CUDA graphs: each kernel costs the device's graph-replay overhead
+    # (``Hardware.graph_kernel_overhead_s``) instead of a host launch's (``kernel_overhead_s``)
+    cuda_graphs: bool = False
 
 
 STATIC = Engine("static batch")
@@ -89,9 +96,48 @@ STATIC = Engine("static batch")
 # the host CPU's: a faster host lowers them, another architecture's layer launches other ops.
 ENGINES: dict[str, Engine] = {
     "static": STATIC,
-    "tensorrt-llm": Engine("TensorRT-LLM (in-flight batching)", True, 8192, 2048, 0.0),
+    "static-cuda-graphs": Engine("static batch, CUDA graphs", cuda_graphs=True),
+    "tensorrt-llm": Engine("TensorRT-LLM (in-flight batching)", True, 8192, 2048, cuda_graphs=True),
     "pytorch-eager": Engine("PyTorch eager (static batch)", False, None, None, 762e-6, 682e-6),
 }
+
+
+def launched(hw: Hardware, engine: Engine) -> Hardware:
+    """``hw`` as ``engine`` launches its kernels: under CUDA-graph replay each kernel costs
+    ``graph_kernel_overhead_s`` (the host launches nothing), where the preset states it (> 0); else,
+    and for engines that launch every kernel, ``kernel_overhead_s``."""
+    if not engine.cuda_graphs:
+        return hw
+    graph = hw.graph_kernel_overhead_s
+    if isinstance(graph, int | float):
+        return replace(hw, kernel_overhead_s=graph) if graph > 0 else hw
+    return replace(hw, kernel_overhead_s=jnp.where(graph > 0, graph, hw.kernel_overhead_s))
+
+
+def prompt_launch(job: InferenceJob) -> InferenceJob:
+    """``job`` as a pass with prompt tokens runs it: engines capture CUDA graphs for decode-only
+    steps (TensorRT-LLM replays them for generation-only batches), so a prefill, or a step that mixes
+    prompt chunks with decodes, launches its kernels one by one."""
+    if not job.engine.cuda_graphs:
+        return job
+    return replace(job, engine=replace(job.engine, cuda_graphs=False))
+
+
+def launch_assumption(hw: Hardware, engine: Engine) -> str:
+    """How the figures price each kernel's launch, as printed under them."""
+    eager_us, graph_us = float(hw.kernel_overhead_s) * 1e6, float(hw.graph_kernel_overhead_s) * 1e6
+    if not engine.cuda_graphs:
+        return f"kernels: launched one by one, {eager_us:.1f} µs launch and tail each ({hw.name})"
+    prompts = f"steps with prompt tokens launch theirs, {eager_us:.1f} µs each"
+    if graph_us > 0:
+        return (
+            f"kernels: decode-only steps replay CUDA graphs, {graph_us:.1f} µs per kernel ({hw.name}'s "
+            f"graph-replay figure); {prompts}"
+        )
+    return (
+        f"kernels: decode-only steps replay CUDA graphs, but {hw.name} states no graph-replay figure: "
+        f"every kernel is priced as launched, {eager_us:.1f} µs (efficiency.graph_kernel_overhead_us)"
+    )
 
 
 def engine_preset(name: str, key: str = "engine") -> Engine:
@@ -227,7 +273,9 @@ def op_seconds(
                 "weight": jnp.where(table.expert > 0, s.weight * touched / spec.moe.num_experts, s.weight),
             }
         )
-    fwd, _ = op_times(hw, job.precision, table, s, attention_precision=job.attention_precision)
+    fwd, _ = op_times(
+        launched(hw, job.engine), job.precision, table, s, attention_precision=job.attention_precision
+    )
     return fwd
 
 
@@ -237,6 +285,7 @@ def _pass_s(
     """(kernel time, TP all-reduce time, one PP transfer) of ``batch`` queries' prefill or decode
     step through all layers; the kernels are at least the host's launches of them."""
     new_tokens = float(job.prompt_tokens) if prefill else 1.0  # through the decoder (or the only stack)
+    job = prompt_launch(job) if prefill else job
     spec = job.spec
     fwd = op_seconds(hw, job, table, Plan(tp=tp, pp=pp, microbatch=batch), batch, batch * new_tokens)
     kernels = jnp.maximum(jnp.sum(fwd * table.layers), job.host_pass_s)

@@ -11,10 +11,14 @@ is one forward pass over a mix: prompt chunks being prefilled (chunk i: ``c_i`` 
 with ``T = Σ n_i + D`` new tokens (every projection, MLP, MoE, norm and the embedding see only these),
 ``L`` the rows that get logits (the decode sequences and each chunk that ends its prompt: the LM
 head), ``K̄ = Σ k_j / D`` (the attention core of D single-token queries is one kernel whose FLOPs and
-bytes are linear in Σ k_j), each chunk's attention core on its own, the host's launch floor
+bytes are linear in Σ k_j), each chunk's attention core on its own (a state-space layer's
+convolution and scan, which move a fixed state per sequence, are priced with the core), the host's
+launch floor
 (``Engine``) and one all-reduce of ``T`` tokens per block under tensor parallelism
 (``ModelSpec.tp_reductions``). Each op's time is ``inference.op_seconds`` (``compute.kernel_time_s``),
-the model of a static batch: :func:`step_time_s` is that model evaluated directly.
+the model of a static batch: :func:`step_time_s` is that model evaluated directly. An engine that
+replays CUDA graphs does so for decode-only steps; a step with prompt tokens launches its kernels
+(``inference.prompt_launch``).
 
 :func:`step_table` tabulates it once per deployment (one ``jit(vmap)`` per part) so that a simulation
 of 10⁴ requests never calls JAX: per-token and tensor-parallel time for every ``T`` up to
@@ -38,7 +42,7 @@ import numpy as np
 from costmodels.errors import ConfigError
 from costmodels.fabric import collective_s, p2p_s
 from costmodels.hardware import Hardware, activation_precision, bytes_per_element, kv_cache_precision
-from costmodels.inference import InferenceJob, op_seconds
+from costmodels.inference import InferenceJob, launched, op_seconds, prompt_launch
 from costmodels.memory import inference_memory, kv_elements_per_token
 from costmodels.parallel import Plan
 from costmodels.sharding import OpTable, table_from_ops
@@ -64,7 +68,7 @@ def _table(job: InferenceJob, cached: float, new: float) -> OpTable:
         kv_precision=job.kv_precision,
         fused_attention=job.fused_attention,
         mla_absorb=job.mla_absorb,
-        all_experts=False,
+        all_experts=True,
     )
     return table_from_ops(ops, job.spec, float(new), cached + new)
 
@@ -92,11 +96,23 @@ def _check_servable(job: InferenceJob, tp: int) -> None:
         raise ConfigError(f"tp must be >= 1, got {tp}")
 
 
+# ops that carry a fixed state per sequence (a state-space layer's convolution and scan read and write
+# each sequence's recurrent state, and switch between a one-token step and a chunked scan): priced
+# per (cached, new) span with the attention core, as engines run them (vLLM's Mamba layers split a
+# mixed batch into its decodes, one step kernel, and its prefills, one chunked scan)
+SEQUENCE_OPS = ("ssm.conv1d", "ssm.scan")
+
+
+def _core_ops(table: OpTable) -> np.ndarray:
+    """The ops priced per (cached, new) span: the attention core and the state-space ``SEQUENCE_OPS``."""
+    return (table.attention_core > 0) | np.isin(np.asarray(table.names), SEQUENCE_OPS)
+
+
 @dataclass(frozen=True)
 class StepOps:
     """A decoder's ops split by what sets their size in a step: ``token`` (one query of one token:
     the ops of every new token, ``per_token``, and of every logit row, ``per_logit``) and the
-    attention core, rebuilt per (cached, new) span by :meth:`core`."""
+    per-span core (attention core, state-space scans), rebuilt per (cached, new) span by :meth:`core`."""
 
     job: InferenceJob
     token: OpTable
@@ -109,7 +125,7 @@ class StepOps:
         """Per-token and per-logit ops told apart by their sizes: one query of 2 new tokens against
         one of 1 (both with one logit row), the core left out."""
         one, two = _table(job, 0.0, 1.0), _table(job, 0.0, 2.0)
-        core = one.attention_core > 0
+        core = _core_ops(one)
         moved_one = one.input_bytes + one.output_bytes
         moved_two = two.input_bytes + two.output_bytes
         per_token = ~core & np.isclose(moved_two, 2.0 * moved_one)
@@ -130,9 +146,9 @@ class StepOps:
         return OpTable(**(arrays | {"weight_bytes": weight}), names=self.token.names)
 
     def core(self, cached: float, new: float) -> OpTable:
-        """The attention-core ops of one query of ``new`` tokens after ``cached`` ones."""
+        """The core ops of one query of ``new`` tokens after ``cached`` ones."""
         table = _table(self.job, cached, new)
-        return _take(table, table.attention_core > 0)
+        return _take(table, _core_ops(table))
 
 
 def _plan(tp: float) -> Plan:
@@ -176,6 +192,7 @@ def _step_time_s(
     decode_contexts: Sequence[int],
     logits: int | None,
 ) -> float:
+    job = prompt_launch(job) if chunks else job  # graphs replay decode-only steps
     step = StepOps.of(job)
     d = len(decode_contexts)
     tokens = float(sum(n for _, n in chunks) + d)
@@ -216,6 +233,13 @@ class StepTable:
     chunk_s: np.ndarray  # (new, cached) chunk attention core
     host_s: float
     width: int = 1  # tokens each decoding sequence feeds per step (k + 1 when verifying k drafts)
+    # a step with prompt tokens launches its kernels where decode-only steps replay CUDA graphs: it
+    # adds ``prompt_extra_s`` (launched − replayed overhead) per kernel, over the per-token ops'
+    # kernels, the per-logit ops' (when rows get logits) and one core's per decode batch and chunk
+    prompt_extra_s: float = 0.0
+    token_kernels: float = 0.0
+    logit_kernels: float = 0.0
+    core_kernels: float = 0.0
 
     def __post_init__(self) -> None:  # Python lists: a scalar lookup without NumPy's call overhead
         object.__setattr__(
@@ -259,6 +283,9 @@ class StepTable:
             top = grid[i, j] * (1.0 - v) + grid[i, j + 1] * v
             bottom = grid[i + 1, j] * (1.0 - v) + grid[i + 1, j + 1] * v
             kernels += float(top * (1.0 - u) + bottom * u)
+        if chunks and self.prompt_extra_s:
+            launches = self.token_kernels + (self.logit_kernels if logits else 0.0)
+            kernels += self.prompt_extra_s * (launches + self.core_kernels * (len(chunks) + (decodes > 0)))
         i, u = _cell(tokens_at, tokens)
         dense = self.token_s[:, i] * (1.0 - u) + self.token_s[:, i + 1] * u
         return float(max(kernels + dense[0], self.host_s) + dense[1])
@@ -328,8 +355,23 @@ def step_table(
         chunk_s = _core_grid(hw, job, tpf, step, spans, np.ones(1))[0].reshape(
             len(chunk_new), len(chunk_cached)
         )
+    busy = (token.flops + token.weight_bytes + token.input_bytes + token.output_bytes) > 0
+    core = step.core(0.0, 1.0)
     return StepTable(
-        tokens, token_s, logit_s, contexts, decode_s, chunk_new, chunk_cached, chunk_s, job.host_pass_s, width
+        tokens,
+        token_s,
+        logit_s,
+        contexts,
+        decode_s,
+        chunk_new,
+        chunk_cached,
+        chunk_s,
+        job.host_pass_s,
+        width,
+        prompt_extra_s=float(hw.kernel_overhead_s) - float(launched(hw, job.engine).kernel_overhead_s),
+        token_kernels=float(np.sum(token.layers * (step.per_token & busy))),
+        logit_kernels=float(np.sum(token.layers * (step.per_logit & busy))),
+        core_kernels=float(np.sum(core.layers)),
     )
 
 
@@ -362,18 +404,37 @@ def kv_bytes_per_token(job: InferenceJob, tp: int) -> float:
     return job.spec.attention_layers * float(kv_elements_per_token(job.spec, float(tp))) * kv_b
 
 
-def kv_capacity_tokens(hw: Hardware, job: InferenceJob, tp: int, max_tokens: int) -> int:
+def state_bytes_per_sequence(job: InferenceJob, tp: int) -> float:
+    """Recurrent state of one sequence on one of ``tp`` devices: every state-space layer's convolution
+    and scan state (``ModelSpec.state_elements``, split over tp with the heads) in the 16-bit activation
+    type, as ``memory.inference_memory`` holds it; 0 for a transformer."""
+    act_b = bytes_per_element(activation_precision(job.precision))
+    return job.spec.state_elements / tp * act_b
+
+
+def kv_capacity_tokens(hw: Hardware, job: InferenceJob, tp: int, max_tokens: int, max_seqs: int = 0) -> int:
     """Tokens of KV cache one replica holds: HBM less the weights, the activations of a
-    ``max_tokens`` step and the workspace (``memory.inference_memory``), divided by the cache of
-    one token over all attention layers on one device. State-space models are not served here."""
+    ``max_tokens`` step, the workspace and the recurrent states of ``max_seqs`` sequences (a
+    state-space layer's state is a fixed slot per sequence, allocated up front as vLLM does;
+    ``memory.inference_memory``), divided by the cache of one token over all attention layers on
+    one device. A model with no attention layer caches no token: its capacity is then the tokens of
+    ``max_seqs`` sequences of ``job``'s whole length, which never binds."""
     spec = job.spec
-    if spec.ssm is not None:
-        raise ConfigError(f"{spec.model_type}: the request simulator does not serve state-space models yet")
     mem = inference_memory(
         spec, float(tp), 1.0, 0.0, 0.0, hw, job.precision, job.kv_precision, prefill_tokens=float(max_tokens)
     )
-    free = float(mem.capacity_bytes - mem.total_bytes)
-    return max(int(free // kv_bytes_per_token(job, tp)), 0)
+    states = max_seqs * state_bytes_per_sequence(job, tp)
+    free = float(mem.capacity_bytes - mem.total_bytes) - states
+    if states and free < 0:
+        raise ConfigError(
+            f"{spec.model_type} on tp={tp}: the recurrent states of max_num_seqs={max_seqs} sequences "
+            f"({states / 2**30:.1f} GiB per device) do not fit on {hw.name} beside the weights: lower "
+            "max_num_seqs or raise tp"
+        )
+    per_token = kv_bytes_per_token(job, tp)
+    if per_token == 0.0:
+        return max_seqs * (job.prompt_tokens + job.output_len)
+    return max(int(free // per_token), 0)
 
 
 def kv_swap_block_s(hw: Hardware, job: InferenceJob, tp: int, block_size: int) -> float:
@@ -390,8 +451,10 @@ def kv_transfer_s(
 ) -> np.ndarray:
     """Moving the KV cache of ``tokens`` prompt tokens from a prefill replica to a decode replica
     (disaggregated serving): each of the ``tp`` ranks sends its share, every attention layer's keys and
-    values, as one point-to-point transfer over the scale-out link (``across_nodes``) or the scale-up
-    one (``fabric.p2p_s``: latency + bytes / bandwidth)."""
+    values and the sequence's recurrent state (state-space layers), as one point-to-point transfer
+    over the scale-out link (``across_nodes``) or the scale-up one (``fabric.p2p_s``: latency +
+    bytes / bandwidth)."""
     stride = float(hw.scale_up_domain_size) if across_nodes else 1.0
     with jax.enable_x64(True):
-        return np.asarray(p2p_s(hw, jnp.asarray(tokens, dtype=float) * kv_bytes_per_token(job, tp), stride))
+        cache = jnp.asarray(tokens, dtype=float) * kv_bytes_per_token(job, tp)
+        return np.asarray(p2p_s(hw, cache + state_bytes_per_sequence(job, tp), stride))

@@ -31,7 +31,7 @@ from costmodels.architectures import ModelSpec
 from costmodels.deployment import ServingPlan
 from costmodels.errors import ConfigError
 from costmodels.hardware import PRECISIONS, Hardware, activation_precision, kv_cache_precision, peak_flops
-from costmodels.inference import engine_preset, inference_step
+from costmodels.inference import engine_preset, inference_step, launch_assumption
 from costmodels.memory import MemoryBreakdown, overflow, overflow_message
 from costmodels.metrics import model_flops_per_sequence, recompute_flops_per_sequence, tokens_per_day
 from costmodels.parallel import FLAG, check_plan, knobs, make_plan, option_defaults
@@ -211,7 +211,7 @@ def inference_report(cfg: DictConfig, spec: ModelSpec, hw: Hardware) -> dict[str
         **result,
         "output_tokens_per_s_per_device": result["output_tokens_per_s"] / (tp * pp),
         "input_tokens_per_s": batch * input_len / result["latency_s"],
-        "assumptions": list(model_assumptions(spec, "inference")),
+        "assumptions": [*model_assumptions(spec, "inference"), launch_assumption(hw, job.engine)],
         **_feasibility(result["memory"]),
     }
 

@@ -68,6 +68,7 @@ _SCHEMA: dict[str, dict[str, tuple[str, float]]] = {
         "collective": ("collective_efficiency", 1.0),
         "collective_base_latency_us": ("collective_base_latency_s", 1e-6),
         "kernel_overhead_us": ("kernel_overhead_s", 1e-6),
+        "graph_kernel_overhead_us": ("graph_kernel_overhead_s", 1e-6),
     },
     "host": {
         "gib": ("host_memory_bytes", GiB),

@@ -40,7 +40,7 @@ from costmodels.architectures import ModelSpec, parse_hf_config
 from costmodels.deployment import ServingPlan
 from costmodels.errors import ConfigError
 from costmodels.hardware import Hardware, kv_cache_precision, peak_flops
-from costmodels.inference import ENGINES, STATIC, InferenceJob, inference_step
+from costmodels.inference import ENGINES, InferenceJob, inference_step, launch_assumption
 from costmodels.memory import GiB, training_memory
 from costmodels.parallel import RECOMPUTE, check_plan, make_plan, plan_violations, with_defaults
 from costmodels.training import TrainingJob, training_step
@@ -298,8 +298,10 @@ def _inference(case: dict[str, Any], quantity: str, notes: list[str], as_functio
         batch = _max_batch(hw, job, p["tp"], p["pp"], tables, limit)
         cap = f", engine limit {limit}" if engine.max_batch_size else ""
         notes.append(f"batch {batch} (largest that fits{cap})")
-    if engine is not STATIC:
+    if engine.max_num_tokens is not None:
         notes.append(f"engine {engine.name}: {engine.max_num_tokens} tokens per step")
+    if engine.cuda_graphs:
+        notes.append(launch_assumption(hw, engine))
     devices = p["tp"] * p["pp"]
 
     def value(h: Hardware) -> Any:
@@ -361,6 +363,7 @@ def _serving(case: dict[str, Any], quantity: str, notes: list[str]) -> float:
         deployment = plan.deploy(hw, spec, case["precision"], inp, out, tables=tables)
     except ConfigError as exc:
         raise ConfigError(f"infeasible: {exc}") from None
+    notes.append(launch_assumption(hw, deployment.job.engine))
     n = int(b.get("num_requests") or max(SERVING_REQUESTS, 10 * int(load.get("concurrency", 0))))
     lengths_in, lengths_out = np.full(n, inp), np.full(n, out)
     if "concurrency" in load:
@@ -376,10 +379,12 @@ def _serving(case: dict[str, Any], quantity: str, notes: list[str]) -> float:
 def serving_launch(case: dict[str, Any]) -> str:
     """The engine preset (a key of ``inference.ENGINES``) of an in-flight-batching benchmark
     (``batch_size_policy: max_feasible``) whose ``engine`` names it; static-batching benchmarks run
-    the batch they state (``static``)."""
+    the batch they state, their kernels launched one by one (``static``) or, where the case says
+    ``cuda_graphs: true``, replayed from CUDA graphs (``static-cuda-graphs``: a serving engine's
+    decode at concurrency 1, gptSessionBenchmark with ``--enable_cuda_graph``)."""
     name = str(case.get("engine") or "").lower()
     if case.get("batch_size_policy") != "max_feasible":
-        return "static"
+        return "static-cuda-graphs" if case.get("cuda_graphs") else "static"
     return next((key for key in ENGINES if key in name), "static")
 
 

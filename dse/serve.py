@@ -21,9 +21,11 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
+from costmodels.architectures import ModelSpec
 from costmodels.deployment import ServingPlan
 from costmodels.errors import ConfigError
 from costmodels.hardware import PRECISIONS
+from costmodels.inference import launch_assumption
 from costmodels.metrics import system_metrics
 from costmodels.requests import (
     ARRIVALS,
@@ -289,12 +291,27 @@ def report(cfg: DictConfig) -> dict[str, Any]:
         },
         "slo": {"ttft_ms": slo.ttft_ms, "tpot_ms": slo.tpot_ms},
         "metrics": metrics,
-        "assumptions": assumptions(cfg),
+        "assumptions": [
+            *assumptions(cfg),
+            *state_assumption(spec, plan),
+            launch_assumption(hw, deployment.job.engine),
+        ],
     }
     check_results(rep["metrics"], f"dse.serve with {spec.model_type} on {hw.name}")
     if cfg.plots:
         rep["files"] = write_plots(Path(str(cfg.plots)), sim, workload, slo)
     return rep
+
+
+def state_assumption(spec: ModelSpec, plan: ServingPlan) -> list[str]:
+    """What a state-space model's serving assumes (nothing for a transformer)."""
+    if spec.ssm is None:
+        return []
+    cache = "" if spec.attention_layers else "; no layer caches tokens, so the KV-cache use is of those slots"
+    return [
+        f"recurrent state: one slot per sequence in {spec.ssm_layers} state-space layers, max_num_seqs="
+        f"{plan.max_num_seqs} slots reserved before the KV cache (as vLLM allocates them){cache}"
+    ]
 
 
 PREEMPTED = {

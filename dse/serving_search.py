@@ -148,9 +148,12 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
     return rep
 
 
-def attainment_curve(designs: Any, row: dict[str, Any]) -> dict[str, list[float]]:
-    """SLO attainment of ``row``'s design at ``CURVE_POINTS`` rates around its goodput rate."""
+def attainment_curve(designs: Any, row: dict[str, Any]) -> dict[str, Any]:
+    """SLO attainment of ``row``'s design at ``CURVE_POINTS`` rates around its goodput rate, and its
+    capacity (``search.serving.capacity``): above it no rate is sustained, whatever the finite
+    trace's attainment, so the curve is 0 there (the limit of a longer trace), as in the search."""
     from costmodels.requests import serving_metrics
+    from search.serving import capacity
 
     s = designs.s
     plan = designs.plan(
@@ -161,12 +164,15 @@ def attainment_curve(designs: Any, row: dict[str, Any]) -> dict[str, list[float]
         row["speculative_tokens"],
     )
     deployment = designs.deploy(plan)
+
+    def run(rate: float) -> dict[str, float]:
+        w = s.workload(rate)
+        return serving_metrics(deployment.simulate(w), w, s.slo, deployment.kv_blocks)
+
+    ceiling = capacity(run)
     rates = np.linspace(0.1, 2.0, CURVE_POINTS) * row["max_rate_per_s"]
-    out = []
-    for rate in rates:
-        w = s.workload(float(rate))
-        out.append(serving_metrics(deployment.simulate(w), w, s.slo, deployment.kv_blocks)["slo_attainment"])
-    return {"rate_per_s": rates.tolist(), "slo_attainment": out}
+    out = [run(float(rate))["slo_attainment"] if rate <= ceiling else 0.0 for rate in rates]
+    return {"rate_per_s": rates.tolist(), "slo_attainment": out, "capacity_per_s": ceiling}
 
 
 def _design(row: dict[str, Any] | None) -> str:
@@ -237,11 +243,12 @@ def _log(run_: JobRun, rep: dict[str, Any], cfg: DictConfig) -> None:
 
         fig, ax = plt.subplots(figsize=(6.4, 4))
         for name, curve in rep["curves"].items():
-            ax.plot(
+            (line,) = ax.plot(
                 np.array(curve["rate_per_s"]) / rep["gpus"], curve["slo_attainment"], marker="o", label=name
             )
+            ax.axvline(curve["capacity_per_s"] / rep["gpus"], color=line.get_color(), ls=":", lw=1)
         ax.axhline(rep["slo"]["attainment"], color="tab:red", ls="--", lw=1, label="goal")
-        ax.set_xlabel("request rate per GPU (req/s)")
+        ax.set_xlabel("request rate per GPU (req/s); dotted: capacity, no rate above it is sustained")
         ax.set_ylabel("SLO attainment")
         ax.legend()
         fig.tight_layout()

@@ -324,6 +324,7 @@ def _check(case: Any, known: Known, number: int, seen: Mapping[str, int]) -> Non
         _positive_int(case, "batch.output_len")
         if _optional(case, "batch.batch_size") is not None or case.get("batch_size_policy") != "max_feasible":
             _positive_int(case, "batch.batch_size")  # null only with batch_size_policy: max_feasible
+    _optional_field(case, "cuda_graphs", lambda v: isinstance(v, bool), "true or false")
     precision = _get(case, "precision")
     if not isinstance(precision, str):
         raise _Uncovered(INVALID, f"'precision' must be a string such as 'bf16', got {shown(precision)}")

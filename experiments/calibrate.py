@@ -37,9 +37,11 @@ CASES = Path(__file__).parent / "validation" / "calibration.yaml"
 GENERATIONS: dict[str, dict[str, Any]] = {
     # Ampere: fitted on the A100-era tables (Narayanan, Korthikanti, FasterTransformer)
     "ampere": {
-        "hardware": ("a100_80gb_sxm", "a100_40gb_sxm", "a100_40gb", "a100_80gb", "dgx_a100"),
+        "hardware": ("a100_80gb_sxm", "a100_40gb_sxm", "a100_40gb", "a100_80gb", "a100_80gb_pcie",
+                     "dgx_a100"),
         "params": ("matmul_efficiency", "attention_efficiency", "memory_efficiency",
-                   "elementwise_efficiency", "collective_efficiency", "kernel_overhead_s"),
+                   "elementwise_efficiency", "collective_efficiency", "kernel_overhead_s",
+                   "graph_kernel_overhead_s"),
     },
     # Hopper and Blackwell: the measured cases run FP8 / FP4 GEMMs, so the BF16 GEMM and flash
     # figures stay sourced; the HBM-streaming and NCCL bus-bandwidth fractions stay the A100's (left
@@ -47,14 +49,14 @@ GENERATIONS: dict[str, dict[str, Any]] = {
     # (free, it falls to 0.2-0.4, trading against the FP8 GEMM figure: the cases cannot separate them)
     "hopper": {
         "hardware": ("h100_sxm", "h200", "dgx_h100"),
-        "params": ("matmul_efficiency_fp8", "kernel_overhead_s"),
+        "params": ("matmul_efficiency_fp8", "kernel_overhead_s", "graph_kernel_overhead_s"),
     },
     "blackwell": {
         "hardware": ("b200", "gb200", "gb300"),
         "params": ("matmul_efficiency_fp8", "matmul_efficiency_fp4", "kernel_overhead_s"),
     },
 }  # fmt: skip
-SCALE = {"kernel_overhead_s": 1e-6}
+SCALE = {"kernel_overhead_s": 1e-6, "graph_kernel_overhead_s": 1e-6}
 
 
 def load_cases(path: Path = CASES) -> list[dict[str, Any]]:
@@ -114,18 +116,27 @@ def prior(generation: str) -> dict[str, float]:
 
 
 def fit(
-    generation: str, cases: list, evaluations: int, start: dict[str, float] | None = None
+    generation: str,
+    cases: list,
+    evaluations: int,
+    start: dict[str, float] | None = None,
+    only: Sequence[str] = (),
 ) -> dict[str, float]:
     """Nelder-Mead over the generation's parameters (fractions kept in (0, 1]) from ``start``
-    (default: the presets' current values)."""
-    names = GENERATIONS[generation]["params"]
+    (default: the presets' current values); ``only``: move these and keep the others."""
+    every = GENERATIONS[generation]["params"]
+    names = tuple(n for n in every if not only or n in only)
     base = cases[0][4]
     scale = np.array([SCALE.get(n, 1.0) for n in names])
-    start = start or {n: float(getattr(base, n)) for n in names}
+    start = start or {n: float(getattr(base, n)) for n in every}
+    # a graph-replay figure of 0 means "as a launched kernel" (inference.launched): start there
+    if start.get("graph_kernel_overhead_s") == 0.0:
+        start["graph_kernel_overhead_s"] = float(base.kernel_overhead_s)
+    kept = {n: start[n] for n in every if n not in names}
     x0 = np.array([start[n] for n in names]) / scale
 
     def values(x: np.ndarray) -> dict[str, float]:
-        return {n: float(v * s) for n, v, s in zip(names, x, scale, strict=True)}
+        return kept | {n: float(v * s) for n, v, s in zip(names, x, scale, strict=True)}
 
     def loss(x: np.ndarray) -> float:
         fractions = [v for n, v in zip(names, x, strict=True) if n not in SCALE]
@@ -156,10 +167,14 @@ def main() -> None:
     ap.add_argument("--fit", type=int, default=0, help="Nelder-Mead function evaluations (0: no fit)")
     ap.add_argument("--exclude-family", default=None, help="fit without this family, then score it")
     ap.add_argument("--cases", type=Path, default=CASES)
+    ap.add_argument("--only", nargs="*", default=(), help="fit these parameters, keep the others")
     args = ap.parse_args()
+    unknown = set(args.only) - set(GENERATIONS[args.generation]["params"])
+    if unknown:
+        ap.error(f"--only {' '.join(sorted(unknown))}: not a parameter of {args.generation}")
     every = items(load_cases(args.cases), args.generation)
     train = [c for c in every if c[1] != args.exclude_family]
-    values = fit(args.generation, train, args.fit)
+    values = fit(args.generation, train, args.fit, only=args.only)
     print("fitted" if args.fit else "preset", {k: float(f"{v:.4g}") for k, v in values.items()})
     print(f"objective {objective(errors(values, train)):.3f} on {len(train)} cases")
     report(errors(values, train))

@@ -12,6 +12,12 @@ bisecting (``BISECTIONS`` halvings, so within 1/2^6 of the bracket), each probe 
 (``costmodels/requests.py``) of the same requests with their gaps scaled (common random numbers: the
 attainment falls with the rate without sampling noise between probes). The step tables are built
 once per tensor-parallel degree, covering every engine budget of the space.
+
+A finite trace can hide an overload: at a rate far above what a deployment serves, its requests
+arrive as one burst, and a burst small enough to drain within the SLOs meets them all. Such a rate
+is never sustained: the queue of a longer trace grows without bound. So no probe goes above the
+deployment's capacity, the request rate it completes when every request of the trace arrives at once
+(``capacity``); a probe above it fails without a simulation.
 """
 
 from __future__ import annotations
@@ -117,7 +123,10 @@ class _Designs:
             w = s.workload(rate)
             return serving_metrics(deployment.simulate(w), w, s.slo, deployment.kv_blocks)
 
-        rate, metrics = max_rate(run, START_RATE * (plan.replicas + plan.prefill_replicas), s.attainment)
+        ceiling = capacity(run)
+        rate, metrics = max_rate(
+            run, START_RATE * (plan.replicas + plan.prefill_replicas), s.attainment, ceiling
+        )
         devices = plan.devices
         if rate <= 0:
             return _infeasible() | {"devices": float(devices)}
@@ -160,14 +169,28 @@ def _infeasible() -> dict[str, float]:
     return dict.fromkeys(METRIC_NAMES, float("nan")) | {"feasible": False}
 
 
-def max_rate(run: Any, start: float, goal: float) -> tuple[float, dict[str, float]]:
-    """The highest rate whose run meets ``goal`` attainment (module docstring) and that run's
-    metrics; 0 when even ``start`` / 2^MAX_DOUBLINGS fails."""
+def capacity(run: Any) -> float:
+    """Requests per second a deployment completes when the whole trace arrives at once (``run`` at an
+    infinite rate): the most any rate can sustain (module docstring)."""
+    return float(run(np.inf)["throughput_requests_per_s"])
+
+
+def max_rate(run: Any, start: float, goal: float, ceiling: float = np.inf) -> tuple[float, dict[str, float]]:
+    """The highest rate up to ``ceiling`` whose run meets ``goal`` attainment (module docstring) and
+    that run's metrics; 0 when even ``start`` / 2^MAX_DOUBLINGS fails. A rate above ``ceiling``
+    fails without a run."""
+
+    def meets(m: dict[str, float]) -> bool:
+        return bool(m) and m["slo_attainment"] >= goal
+
+    def probe(rate: float) -> dict[str, float]:
+        return run(rate) if rate <= ceiling else {}
+
     low, high, best = 0.0, None, {}
     rate = start
     for _ in range(MAX_DOUBLINGS):
-        m = run(rate)
-        if m["slo_attainment"] >= goal:
+        m = probe(rate)
+        if meets(m):
             low, best = rate, m
             if high is not None:
                 break
@@ -182,8 +205,8 @@ def max_rate(run: Any, start: float, goal: float) -> tuple[float, dict[str, floa
     high = high if high is not None else low * 2.0
     for _ in range(BISECTIONS):
         mid = 0.5 * (low + high)
-        m = run(mid)
-        if m["slo_attainment"] >= goal:
+        m = probe(mid)
+        if meets(m):
             low, best = mid, m
         else:
             high = mid

@@ -23,6 +23,7 @@ IDEAL = dataclasses.replace(
     collective_efficiency=1.0,
     collective_base_latency_s=0.0,
     kernel_overhead_s=0.0,
+    graph_kernel_overhead_s=0.0,
     compute_units=0.0,
     scale_up_latency_s=0.0,
     scale_out_latency_s=0.0,

@@ -233,6 +233,32 @@ def test_eager_engine_is_bound_by_its_host_launches():
     assert _f(_run().tpot_s) < 0.3 * _f(eager.tpot_s)
 
 
+def test_cuda_graph_replay_prices_each_kernel_at_the_graph_figure():
+    """A kernel launched from the host costs ``kernel_overhead_s`` on top of its roofline time (here
+    10 µs), one replayed from a CUDA graph ``graph_kernel_overhead_s`` (here 2 µs). The batch-1 decode
+    step runs N kernels, N = Σ count over the step's workload ops (``workload.inference_ops``), so
+    TPOT = 7.029 ms + N · 10 µs launched and 7.029 ms + N · 2 µs replayed. A preset that states no
+    graph figure (0) prices a replayed kernel as a launched one, never at zero."""
+    ops = inference_ops(LLAMA, [CACHED], [1], "fp16", fused_attention=True)
+    kernels = sum(op.count for op in ops if op.flops + op.bytes > 0)
+    assert 32 * 8 < kernels < 32 * 16  # a Llama layer's decode: norms, GEMMs, RoPE, attention, adds
+    hw = dataclasses.replace(IDEAL, kernel_overhead_s=10e-6, graph_kernel_overhead_s=2e-6)
+    roofline = _f(_run().tpot_s)
+    launched = _f(_run(hw).tpot_s)
+    replayed = inference_step(
+        hw, dataclasses.replace(JOB, engine=ENGINES["static-cuda-graphs"]), 1.0, 1.0, 1.0, tables=_tables(JOB)
+    )
+    _close(launched, roofline + kernels * 10e-6, rtol=1e-6)
+    _close(replayed.tpot_s, roofline + kernels * 2e-6, rtol=1e-6)
+    unstated = dataclasses.replace(hw, graph_kernel_overhead_s=0.0)
+    graphs = dataclasses.replace(JOB, engine=ENGINES["static-cuda-graphs"])
+    _close(inference_step(unstated, graphs, 1.0, 1.0, 1.0, tables=_tables(JOB)).tpot_s, launched, rtol=1e-9)
+    # traced hardware (calibration, gradients) takes the same branch as concrete
+    traced = jax.jit(lambda h: inference_step(h, graphs, 1.0, 1.0, 1.0, tables=_tables(JOB)).tpot_s)
+    _close(traced(hw), _f(replayed.tpot_s), rtol=1e-6)
+    _close(traced(unstated), launched, rtol=1e-6)
+
+
 def test_fp8_attention_runs_the_attention_kernels_at_the_fp8_peak():
     """FP8 attention (``attention_precision="fp8"``) on the H100 preset: the prefill's compute-bound
     flash-attention kernels (F = 32 layers · 3.47e10 FLOPs, causal, from the op table) run at the fp8

@@ -103,14 +103,15 @@ def test_the_table_reads_the_step_model_within_a_tenth_of_a_percent(table) -> No
 def test_a_lone_request_sees_one_prefill_and_lone_decode_steps(table) -> None:
     """Requests 1,000 s apart never meet: TTFT is one prefill step of the prompt, and the request's
     TPOT the mean of its 128 single-sequence decode steps at contexts 513..640; both agree with the
-    static model at batch 1 (its TPOT is the step at the mean context) to the table's error."""
+    static model at batch 1 (its TPOT is the step at the mean context) to the table's error; both
+    launch the prefill's kernels and replay the decode steps from CUDA graphs."""
     sim = simulate(fixed(3, np.array([0.0, 1000.0, 2000.0]), 512, 129), table, sched())
     ttft = sim.first_token_s - sim.arrival_s
     assert np.allclose(ttft, table.seconds(512, 1, 0, 0.0, [(0.0, 512.0)]), rtol=1e-12)
     decode = table.decode_seconds(1, 513.0 + np.arange(128))
     tpot = (sim.finish_s - sim.first_token_s) / 128
     assert np.allclose(tpot, decode.mean(), rtol=1e-12)
-    static = InferenceJob(LLAMA, 512, 129, precision="bf16")
+    static = InferenceJob(LLAMA, 512, 129, precision="bf16", engine=ENGINES["static-cuda-graphs"])
     with jax.enable_x64(True):
         one = inference_step(H100, static, 1.0, 1.0, 1.0)
     assert ttft[0] == pytest.approx(float(one.ttft_s), rel=1e-3)
@@ -120,11 +121,12 @@ def test_a_lone_request_sees_one_prefill_and_lone_decode_steps(table) -> None:
 def test_saturation_reaches_the_largest_batch_throughput(table) -> None:
     """A closed loop of 64 users (the engine's 64 sequences) with 32-token prompts and 512-token
     outputs keeps the batch full: output tokens/s within 3 % of the static model's batch of 64 at
-    the mean context (64 / TPOT; prompts this short cost little)."""
+    the mean context (64 / TPOT, its decode steps replaying CUDA graphs as the engine's do; prompts
+    this short cost little)."""
     n = 640
     sim = simulate(fixed(n, np.zeros(n), 32, 512, concurrency=64), table, sched())
     throughput = n * 512 / float(np.max(sim.finish_s))
-    static = InferenceJob(LLAMA, 32, 512, precision="bf16")
+    static = InferenceJob(LLAMA, 32, 512, precision="bf16", engine=ENGINES["static-cuda-graphs"])
     with jax.enable_x64(True):
         batch = inference_step(H100, static, 1.0, 1.0, 64.0)
     assert throughput == pytest.approx(64.0 / float(batch.tpot_s), rel=0.03)
@@ -253,11 +255,100 @@ def test_kv_capacity_is_what_the_memory_model_leaves() -> None:
     assert kv_capacity_tokens(H100, JOB, 2, 8192) > 2 * tokens  # half the weights per device
 
 
-def test_encoders_and_state_space_models_are_refused_in_one_line() -> None:
+def test_encoders_are_refused_in_one_line() -> None:
     with pytest.raises(ConfigError, match="serves decoder-only models"):
         step_table(H100, InferenceJob(load_model("t5_small"), 64, 8), 1, 64, 4, 128)
-    with pytest.raises(ConfigError, match="state-space models"):
-        kv_capacity_tokens(H100, InferenceJob(load_model("mamba_2_8b"), 64, 8), 1, 64)
+
+
+# --- state-space and hybrid models: a fixed state per sequence --------------------------------------
+
+JAMBA, MAMBA = load_model("jamba_v0_1"), load_model("mamba_2_8b")
+
+
+@pytest.mark.parametrize(("name", "tp"), [("mamba_2_8b", 1), ("jamba_v0_1", 2), ("mixtral_8x7b", 2)])
+def test_a_state_space_or_moe_step_is_the_static_batch_model(name: str, tp: int) -> None:
+    """The convolution and the scan read and write each sequence's state, so the step model prices them
+    per sequence with the attention core; a MoE step reads the experts its tokens touch, once (the
+    table holds every expert, ``op_seconds`` keeps E·(1 − (1 − k/E)^T) of them). 16 decodes at one
+    context take the static model's TPOT of a batch of 16, one 512-token prompt its TTFT of a batch
+    of 1 (Mamba-2.8B: 64 Mamba layers, no attention; Jamba: 28 Mamba layers, 4 attention layers, 16
+    MoE layers; Mixtral: 8 experts, top 2)."""
+    static = InferenceJob(load_model(name), 512, 129, precision="bf16")
+    with jax.enable_x64(True):
+        sixteen = inference_step(H100, static, float(tp), 1.0, 16.0)
+        one = inference_step(H100, static, float(tp), 1.0, 1.0)
+    assert step_time_s(H100, static, tp, decode_contexts=[577] * 16) == pytest.approx(
+        float(sixteen.tpot_s), rel=1e-5
+    )
+    assert step_time_s(H100, static, tp, chunks=[(0, 512)]) == pytest.approx(float(one.ttft_s), rel=1e-12)
+
+
+def test_a_state_space_table_reads_the_step_model_and_a_lone_request_its_steps() -> None:
+    """Jamba's table against its direct step model on mixes of decodes and chunks (a chunk after a
+    cached part reads the sequence's state), within 0.1 %; a lone request's TTFT is one prefill step
+    and its TPOT the static model's at batch 1."""
+    job = InferenceJob(JAMBA, 512, 129, precision="bf16")
+    table = step_table(H100, job, 2, 2048, 16, 1024)  # Jamba's 104 GB of weights need two H100s
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        d = int(rng.integers(0, 15))
+        contexts = [int(x) for x in rng.integers(1, 900, d)]
+        chunks = [(int(rng.integers(0, 400)), int(rng.integers(1, 600)))]
+        direct = step_time_s(H100, job, 2, chunks, contexts)
+        spans = [(float(c), float(n)) for c, n in chunks]
+        tabled = table.seconds(d + chunks[0][1], d + 1, d, float(sum(contexts)), spans)
+        assert tabled == pytest.approx(direct, rel=1e-3)
+    sim = simulate(
+        fixed(2, np.array([0.0, 1000.0]), 512, 129),
+        table,
+        sched(max_num_seqs=16, max_num_batched_tokens=2048),
+    )
+    with jax.enable_x64(True):
+        one = inference_step(H100, job, 2.0, 1.0, 1.0)
+    assert (sim.first_token_s - sim.arrival_s)[1] == pytest.approx(float(one.ttft_s), rel=1e-3)
+    assert ((sim.finish_s - sim.first_token_s) / 128)[1] == pytest.approx(float(one.tpot_s), rel=2e-3)
+
+
+def test_state_slots_are_reserved_before_the_kv_cache() -> None:
+    """vLLM allocates every sequence's recurrent state up front. Jamba bf16 on two H100s (tp 2): a
+    sequence's state on one device is 28 Mamba layers · (8,192 channels · 4 conv taps + 8,192 · 16
+    states) · 2 B / 2 = 4,587,520 B; a token's KV cache 4 attention layers · 2·4·128 · 2 B = 8,192 B.
+    Reserving 256 slots leaves 256 · 4,587,520 / 8,192 = 143,360 tokens fewer. Mamba-2.8B caches no
+    token: its capacity is every slot's whole sequence (never the limit), and slots that do not fit
+    are one line."""
+    job = InferenceJob(JAMBA, 512, 129, "bf16")
+    assert kv_capacity_tokens(H100, job, 2, 8192, 0) - kv_capacity_tokens(H100, job, 2, 8192, 256) in (
+        143_360,
+        143_361,
+    )
+    mamba = InferenceJob(MAMBA, 512, 129, "bf16")
+    assert kv_capacity_tokens(H100, mamba, 1, 8192, 256) == 256 * (512 + 129)
+    with pytest.raises(
+        ConfigError, match=r"recurrent states of max_num_seqs=100000 sequences .* lower max_num_seqs"
+    ):
+        kv_capacity_tokens(H100, mamba, 1, 8192, 100_000)
+
+
+def test_a_state_space_plan_refuses_what_it_cannot_do_with_a_state_in_one_line() -> None:
+    from costmodels.deployment import ServingPlan
+
+    for knob in ({"speculative_tokens": 2}, {"prefix_caching": True}, {"preemption": "swap"}):
+        with pytest.raises(ConfigError, match=f"{next(iter(knob))}=.*keeps a recurrent state per sequence"):
+            ServingPlan(**knob).deploy(H100, MAMBA, "bf16", 512, 64)
+
+
+def test_a_disaggregated_hybrid_moves_its_state_with_its_cache() -> None:
+    """A prompt's transfer carries its KV cache and its one recurrent state: with Jamba, a prompt of
+    1,024 tokens moves 1,024 · 16,384 B of KV cache and the 9,175,040-byte state, one of no tokens the
+    state alone (``fabric.p2p_s`` of those bytes)."""
+    from costmodels.fabric import p2p_s
+
+    job = InferenceJob(JAMBA, 512, 129, "bf16")
+    t = kv_transfer_s(H100, job, 1, np.array([0, 1024]))
+    stride = float(H100.scale_up_domain_size)
+    with jax.enable_x64(True):
+        expected = [float(p2p_s(H100, b, stride)) for b in (9_175_040.0, 1024 * 16_384 + 9_175_040.0)]
+    np.testing.assert_allclose(t, expected, rtol=1e-12)
 
 
 # --- dse.serve ------------------------------------------------------------------------------------

@@ -50,6 +50,21 @@ def test_max_rate_brackets_the_threshold_as_a_brute_force_does(threshold: float)
     assert len(probes) <= 16 + BISECTIONS
 
 
+def test_no_rate_above_the_capacity_counts_however_short_the_trace() -> None:
+    """A trace short enough to drain within the SLOs as one burst meets them at any rate; a rate
+    above the deployment's capacity still never counts (none is run), so the search stops within
+    2^-BISECTIONS below the capacity."""
+    probes = []
+
+    def attain(rate: float) -> dict[str, float]:
+        probes.append(rate)
+        return {"slo_attainment": 1.0}
+
+    rate, _ = max_rate(attain, 0.25, 0.9, ceiling=3.3)
+    assert 3.3 * (1 - 2.0**-BISECTIONS) <= rate <= 3.3
+    assert max(probes) <= 3.3
+
+
 def test_max_rate_is_zero_when_no_rate_meets_the_goal() -> None:
     assert max_rate(lambda r: {"slo_attainment": 0.5}, 1.0, 0.9) == (0.0, {})
 

@@ -287,6 +287,7 @@ BROKEN: list[tuple[Any, str]] = [
      INVALID + "inference cases have dp = cp = 1 (SCHEMA.md), got dp=2, cp=1"),
     (tr("b28", parallelism=PARALLEL | {"recompute": "some"}),
      INVALID + "'parallelism.recompute' must be null or none | selective | full, got 'some'"),
+    (inf("b29", cuda_graphs="yes"), INVALID + "'cuda_graphs' must be null or true or false, got 'yes'"),
 ]  # fmt: skip
 
 
@@ -311,7 +312,7 @@ def test_mixed_file_one_reason_per_broken_case(tmp_path: Path, calls: list) -> N
         k: good["summary"][k] for k in ("covered", "mape", "median_ape", "bias", "max_ape")
     }
     assert s["n"] == len(mixed) and s["coverage"] == pytest.approx(100 * 3 / len(mixed))
-    assert validate.uncovered_counts(rep["cases"]) == {"invalid case": 25, "unsupported": 4, "infeasible": 1}
+    assert validate.uncovered_counts(rep["cases"]) == {"invalid case": 26, "unsupported": 4, "infeasible": 1}
 
 
 def _cfg(path: Path, **over: Any) -> Any:
