@@ -663,16 +663,17 @@ def test_a_swapped_block_crosses_the_host_link() -> None:
 
 
 def test_every_published_serving_case_is_predicted() -> None:
-    """experiments/validation/serving.yaml (NVIDIA NIM 1.8.0, 33 cases): every case is covered by the
-    simulator and the error stays where it was measured when the cases were added (MAPE 39.3 %;
-    README, "Validation against published measurements"): a regression guard, not a fidelity claim."""
+    """experiments/validation/serving.yaml (NVIDIA NIM 1.8.0, 60 cases): every case is covered by the
+    simulator and the error stays below where it was when the cases were added (MAPE 39.3 % on the
+    first 33; 28.0 % on all 60 since the graph-replay kernel figure; README, "Validation against
+    published measurements"): a regression guard, not a fidelity claim."""
     from dse import validate
 
     path = REPO / "experiments" / "validation" / "serving.yaml"
     rep = validate.report(validate.load_cases(path), {})
     serving = rep["summary"]["by_kind"]["serving"]
-    assert serving["n"] == serving["covered"] == 33
-    assert serving["mape"] < 45.0
+    assert serving["n"] == serving["covered"] == 60
+    assert serving["mape"] < 35.0
 
 
 # --- one plan for the serving tools ------------------------------------------------------------------
