@@ -152,10 +152,8 @@ def attainment_curve(designs: Any, row: dict[str, Any]) -> dict[str, Any]:
     """SLO attainment of ``row``'s design at ``CURVE_POINTS`` rates around its goodput rate, and its
     capacity (``search.serving.capacity``): above it no rate is sustained, whatever the finite
     trace's attainment, so the curve is 0 there (the limit of a longer trace), as in the search."""
-    from costmodels.requests import serving_metrics
     from search.serving import capacity
 
-    s = designs.s
     plan = designs.plan(
         row["tp"],
         row["max_num_seqs"],
@@ -166,8 +164,7 @@ def attainment_curve(designs: Any, row: dict[str, Any]) -> dict[str, Any]:
     deployment = designs.deploy(plan)
 
     def run(rate: float) -> dict[str, float]:
-        w = s.workload(rate)
-        return serving_metrics(deployment.simulate(w), w, s.slo, deployment.kv_blocks)
+        return designs.run(deployment, rate)
 
     ceiling = capacity(run)
     rates = np.linspace(0.1, 2.0, CURVE_POINTS) * row["max_rate_per_s"]

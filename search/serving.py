@@ -107,6 +107,12 @@ class _Designs:
             s.hw, s.spec, s.precision, inputs, outputs, draft=s.draft, tables=self.tables, cover=self.cover
         )
 
+    def run(self, deployment: Any, rate: float) -> dict[str, float]:
+        """The serving metrics of ``deployment`` under the setup's requests at ``rate`` per second."""
+        s = self.s
+        w = s.workload(rate)
+        return serving_metrics(deployment.simulate(w), w, s.slo, deployment.kv_blocks)
+
     def evaluate(
         self, tp: int, seqs: int, budget: int, share: float, speculative: int = 0
     ) -> dict[str, float]:
@@ -120,8 +126,7 @@ class _Designs:
             return _infeasible()
 
         def run(rate: float) -> dict[str, float]:
-            w = s.workload(rate)
-            return serving_metrics(deployment.simulate(w), w, s.slo, deployment.kv_blocks)
+            return self.run(deployment, rate)
 
         ceiling = capacity(run)
         rate, metrics = max_rate(

@@ -58,12 +58,19 @@ def fixed(n: int, arrival: np.ndarray, inp: int, out: int, concurrency: int = 0)
 # --- the step model is the static-batch model; the table is the step model ---------------------------
 
 
-@pytest.mark.parametrize("tp", [1, 2])
-def test_a_uniform_step_is_the_static_batch_model(tp: int) -> None:
+@pytest.mark.parametrize(
+    ("name", "tp"),
+    [("llama3_8b", 1), ("llama3_8b", 2), ("mamba_2_8b", 1), ("jamba_v0_1", 2), ("mixtral_8x7b", 2)],
+)
+def test_a_uniform_step_is_the_static_batch_model(name: str, tp: int) -> None:
     """16 decodes at the mean context of 512 + 129 tokens (512 + 64 cached, + the new one) take what
     ``inference_step``'s TPOT says for a static batch of 16; one 512-token prompt what its TTFT says
-    for a batch of 1 (the same ops, sharding and all-reduces)."""
-    static = InferenceJob(LLAMA, 512, 129, precision="bf16")
+    for a batch of 1 (the same ops, sharding and all-reduces). A state-space layer's convolution and
+    scan read and write each sequence's state, so the step model prices them per sequence with the
+    attention core; a MoE step reads the experts its tokens touch, once (the table holds every
+    expert, ``op_seconds`` keeps E·(1 − (1 − k/E)^T) of them). Mamba-2.8B: 64 Mamba layers, no
+    attention; Jamba: 28 Mamba layers, 4 attention layers, 16 MoE layers; Mixtral: 8 experts, top 2."""
+    static = InferenceJob(load_model(name), 512, 129, precision="bf16")
     with jax.enable_x64(True):
         sixteen = inference_step(H100, static, float(tp), 1.0, 16.0)
         one = inference_step(H100, static, float(tp), 1.0, 1.0)
@@ -263,24 +270,6 @@ def test_encoders_are_refused_in_one_line() -> None:
 # --- state-space and hybrid models: a fixed state per sequence --------------------------------------
 
 JAMBA, MAMBA = load_model("jamba_v0_1"), load_model("mamba_2_8b")
-
-
-@pytest.mark.parametrize(("name", "tp"), [("mamba_2_8b", 1), ("jamba_v0_1", 2), ("mixtral_8x7b", 2)])
-def test_a_state_space_or_moe_step_is_the_static_batch_model(name: str, tp: int) -> None:
-    """The convolution and the scan read and write each sequence's state, so the step model prices them
-    per sequence with the attention core; a MoE step reads the experts its tokens touch, once (the
-    table holds every expert, ``op_seconds`` keeps E·(1 − (1 − k/E)^T) of them). 16 decodes at one
-    context take the static model's TPOT of a batch of 16, one 512-token prompt its TTFT of a batch
-    of 1 (Mamba-2.8B: 64 Mamba layers, no attention; Jamba: 28 Mamba layers, 4 attention layers, 16
-    MoE layers; Mixtral: 8 experts, top 2)."""
-    static = InferenceJob(load_model(name), 512, 129, precision="bf16")
-    with jax.enable_x64(True):
-        sixteen = inference_step(H100, static, float(tp), 1.0, 16.0)
-        one = inference_step(H100, static, float(tp), 1.0, 1.0)
-    assert step_time_s(H100, static, tp, decode_contexts=[577] * 16) == pytest.approx(
-        float(sixteen.tpot_s), rel=1e-5
-    )
-    assert step_time_s(H100, static, tp, chunks=[(0, 512)]) == pytest.approx(float(one.ttft_s), rel=1e-12)
 
 
 def test_a_state_space_table_reads_the_step_model_and_a_lone_request_its_steps() -> None:
