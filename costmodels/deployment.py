@@ -7,7 +7,14 @@ validator's serving cases call :meth:`ServingPlan.deploy`, which sizes the KV ca
 too) and the engines (``requests.Scheduler``), and returns a :class:`Deployment` that simulates a
 workload colocated or disaggregated. A new inference knob is a field here and its use in ``job`` or
 ``deploy``; each tool only reads it from its input. A knob one path does not model is refused there
-in one line, not ignored (``deploy``: pipeline stages and offloading).
+in one line, not ignored (``deploy``: offloading, and speculation across pipeline stages).
+
+A replica of ``pp`` pipeline stages serves as ``pp`` engines, each with its own scheduler, its own
+``max_num_seqs`` and ``max_num_batched_tokens`` budgets and 1/pp of the replica's KV blocks (vLLM's
+virtual engines: ``num_gpu_blocks // pipeline_parallel_size`` per scheduler); their steps fill the
+stages in turn, so each engine's step takes its own pass through all ``pp`` stages
+(``serving.step_table``) and the engines do not slow one another (exact while their batches are
+alike: round robin over equal requests). Requests go round robin over every engine of every replica.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ class ServingPlan:
     no time). The defaults are vLLM's V1 engine with host launches hidden (CUDA graphs)."""
 
     tp: int = 1
-    pp: int = 1  # pipeline stages of a replica (the static model; the request simulator runs pp = 1)
+    pp: int = 1  # pipeline stages of a replica (the simulator: pp engines per replica, module docstring)
     replicas: int = 1
     launch: str = "tensorrt-llm"  # the engine preset of inference.ENGINES (its host launch times)
     kv_precision: str | None = None
@@ -58,7 +65,7 @@ class ServingPlan:
     kv_admission: str = "on_demand"
     preemption: str = "recompute"  # or "swap": a preempted sequence's blocks go to host memory
     prefix_caching: bool = False
-    kv_cache_tokens: int | None = None  # per replica; None: what the memory model leaves
+    kv_cache_tokens: int | None = None  # per replica (its pp engines share it); None: what memory leaves
     speculative_tokens: int = 0
     speculative_acceptance: float = 0.7
     speculative_seed: int = 0
@@ -140,13 +147,18 @@ class ServingPlan:
         step tables across plans of one hardware, model and precision (the caller keeps one dict per
         such triple), built to ``cover`` (tokens, sequences) per step at least, so that one table
         serves every budget of a search."""
-        for name, neutral in (("pp", 1), ("offload_weights", 0.0), ("offload_kv", 0.0)):
+        for name, neutral in (("offload_weights", 0.0), ("offload_kv", 0.0)):
             if getattr(self, name) != neutral:
                 raise ConfigError(
                     f"{name}={getattr(self, name)}: the request simulator runs whole replicas of tp devices "
                     f"with the weights and cache in device memory; set {name}={neutral} (dse.calc "
                     "mode=inference prices it for one static batch)"
                 )
+        if self.pp > 1 and self.speculative_tokens:
+            raise ConfigError(
+                f"speculative_tokens={self.speculative_tokens} with pp={self.pp}: the request simulator "
+                "speculates on replicas of one pipeline stage; set pp=1 or speculative_tokens=0"
+            )
         job = self.job(spec, precision, input_len, output_len)
         if spec.ssm is not None:  # a sequence's recurrent state is one slot, not blocks of tokens
             for name, neutral in (
@@ -167,30 +179,34 @@ class ServingPlan:
 
         budget, seqs = max(self.max_num_batched_tokens, cover[0]), max(self.max_num_seqs, cover[1])
 
-        def table(model_job: InferenceJob, tp: int, width_: int, what: str) -> StepTable:
+        def table(model_job: InferenceJob, tp: int, width_: int, what: str, pp: int = 1) -> StepTable:
             key = (
                 what,
                 self.launch,
                 self.kv_precision,
                 self.attention_precision,
                 tp,
+                pp,
                 budget,
                 seqs,
                 context,
                 width_,
             )
             if key not in cache:
-                cache[key] = step_table(hw, model_job, tp, budget, seqs, context, width_)
+                cache[key] = step_table(hw, model_job, tp, budget, seqs, context, width_, pp)
             return cache[key]
 
-        def kv_blocks(tp: int) -> int:
-            tokens = self.kv_cache_tokens or kv_capacity_tokens(
-                hw, job, tp, self.max_num_batched_tokens, self.max_num_seqs
-            )
+        def kv_blocks(tp: int, pp: int = 1) -> int:
+            """Blocks of one engine: the replica's KV tokens split over its ``pp`` engines."""
+            tokens = (
+                self.kv_cache_tokens
+                or kv_capacity_tokens(hw, job, tp, self.max_num_batched_tokens, self.max_num_seqs, pp)
+            ) // pp
             if tokens < context + self.speculative_tokens:
+                where, per = (f"tp={tp}", "") if pp == 1 else (f"tp={tp}, pp={pp}", " per pipeline engine")
                 raise ConfigError(
-                    f"{spec.model_type} on tp={tp} leaves {tokens:,} tokens of KV cache on {hw.name}, fewer "
-                    f"than one request's {context:,}: raise tp or lower max_num_batched_tokens"
+                    f"{spec.model_type} on {where} leaves {tokens:,} tokens of KV cache{per} on {hw.name}, "
+                    f"fewer than one request's {context:,}: raise tp or lower max_num_batched_tokens"
                 )
             return tokens // self.block_size
 
@@ -204,12 +220,13 @@ class ServingPlan:
                 self.speculative_tokens, self.speculative_acceptance, draft_table, self.speculative_seed
             )
 
-        def swap_s(tp: int) -> float:
-            return kv_swap_block_s(hw, job, tp, self.block_size) if self.preemption == "swap" else 0.0
+        def swap_s(tp: int, pp: int = 1) -> float:
+            return kv_swap_block_s(hw, job, tp, self.block_size, pp) if self.preemption == "swap" else 0.0
 
-        decode_blocks = kv_blocks(self.tp)
-        decode_engine = self.engine(decode_blocks, speculation, swap_s(self.tp))
-        decode = Pool(table(job, self.tp, width, "target"), decode_engine, self.replicas)
+        decode_blocks = kv_blocks(self.tp, self.pp)
+        decode_engine = self.engine(decode_blocks, speculation, swap_s(self.tp, self.pp))
+        decode_table = table(job, self.tp, width, "target", self.pp)
+        decode = Pool(decode_table, decode_engine, self.replicas * self.pp)
         prefill = None
         if self.prefill_replicas:
             blocks = kv_blocks(self.prefill_devices)
@@ -232,7 +249,7 @@ class Deployment:
 
     @property
     def kv_blocks(self) -> int:
-        """KV-cache blocks of one decode replica."""
+        """KV-cache blocks of one decode engine (a replica of pp stages runs pp of them)."""
         return self.decode.scheduler.kv_blocks
 
     def transfer_s(self, workload: Workload) -> np.ndarray:

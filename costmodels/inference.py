@@ -295,8 +295,15 @@ def _pass_s(
         count * collective_s("all_reduce", hw, batch * tokens * spec.hidden_size * act_b, 1.0, tp)
         for count, tokens in job.reductions(prefill)
     )
-    size = batch * new_tokens * spec.hidden_size * act_b
-    return kernels, tp_comm, p2p_s(hw, size / tp, tp)
+    return kernels, tp_comm, stage_transfer_s(hw, job, tp, batch * new_tokens)
+
+
+def stage_transfer_s(hw: Hardware, job: InferenceJob, tp: Array, tokens: Array) -> Array:
+    """Sending ``tokens`` tokens' hidden states (16-bit activations) from one pipeline stage to the
+    next: each of the ``tp`` ranks sends its 1/tp share to its peer ``tp`` ranks away, one
+    point-to-point transfer (``fabric.p2p_s``: inside the scale-up domain or across it)."""
+    act_b = bytes_per_element(activation_precision(job.precision))
+    return p2p_s(hw, tokens * job.spec.hidden_size * act_b / tp, tp)
 
 
 def _pipelined_s(

@@ -6,19 +6,20 @@ is one forward pass over a mix: prompt chunks being prefilled (chunk i: ``c_i`` 
 ``n_i`` new) and ``D`` sequences decoding one token each at contexts ``k_j``. In dse's op model
 
     step(mix) = max(Σ_ops per-token(T) + Σ_ops per-logit(L) + decode_core(D, K̄) + Σ_i chunk_core(c_i, n_i),
-                    host) + tp_comm(T)
+                    host) + tp_comm(T) + (pp − 1)·stage_send(T)
 
 with ``T = Σ n_i + D`` new tokens (every projection, MLP, MoE, norm and the embedding see only these),
 ``L`` the rows that get logits (the decode sequences and each chunk that ends its prompt: the LM
 head), ``K̄ = Σ k_j / D`` (the attention core of D single-token queries is one kernel whose FLOPs and
 bytes are linear in Σ k_j), each chunk's attention core on its own (a state-space layer's
 convolution and scan, which move a fixed state per sequence, are priced with the core), the host's
-launch floor
-(``Engine``) and one all-reduce of ``T`` tokens per block under tensor parallelism
-(``ModelSpec.tp_reductions``). Each op's time is ``inference.op_seconds`` (``compute.kernel_time_s``),
-the model of a static batch: :func:`step_time_s` is that model evaluated directly. An engine that
-replays CUDA graphs does so for decode-only steps; a step with prompt tokens launches its kernels
-(``inference.prompt_launch``).
+launch floor (``Engine``), one all-reduce of ``T`` tokens per block under tensor parallelism
+(``ModelSpec.tp_reductions``) and, through ``pp`` pipeline stages, one send of the ``T`` tokens'
+hidden states from each stage to the next (``inference.stage_transfer_s``): a step's latency is its
+pass through every stage, each stage running 1/pp of the kernels. Each op's time is
+``inference.op_seconds`` (``compute.kernel_time_s``), the model of a static batch:
+:func:`step_time_s` is that model evaluated directly. An engine that replays CUDA graphs does so for
+decode-only steps; a step with prompt tokens launches its kernels (``inference.prompt_launch``).
 
 :func:`step_table` tabulates it once per deployment (one ``jit(vmap)`` per part) so that a simulation
 of 10⁴ requests never calls JAX: per-token and tensor-parallel time for every ``T`` up to
@@ -42,7 +43,7 @@ import numpy as np
 from costmodels.errors import ConfigError
 from costmodels.fabric import collective_s, p2p_s
 from costmodels.hardware import Hardware, activation_precision, bytes_per_element, kv_cache_precision
-from costmodels.inference import InferenceJob, launched, op_seconds, prompt_launch
+from costmodels.inference import InferenceJob, launched, op_seconds, prompt_launch, stage_transfer_s
 from costmodels.memory import inference_memory, kv_elements_per_token
 from costmodels.parallel import Plan
 from costmodels.sharding import OpTable, table_from_ops
@@ -86,14 +87,15 @@ def _stack(tables: Sequence[OpTable]) -> dict[str, np.ndarray]:
     }
 
 
-def _check_servable(job: InferenceJob, tp: int) -> None:
+def _check_servable(job: InferenceJob, tp: int, pp: int = 1) -> None:
     if job.spec.encoder_layers or not job.spec.causal:
         raise ConfigError(
             f"{job.spec.model_type}: the request simulator serves decoder-only models; price an encoder "
             "or encoder-decoder with python -m dse.calc mode=inference"
         )
-    if tp < 1:
-        raise ConfigError(f"tp must be >= 1, got {tp}")
+    for name, value in (("tp", tp), ("pp", pp)):
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
 
 
 # ops that carry a fixed state per sequence (a state-space layer's convolution and scan read and write
@@ -160,12 +162,15 @@ def _seconds(hw: Hardware, job: InferenceJob, table: OpTable, tp: float, seqs, t
     return jnp.sum(op_seconds(hw, job, table, _plan(tp), seqs, tokens) * table.layers)
 
 
-def _tp_comm_s(hw: Hardware, job: InferenceJob, tp: float, tokens) -> jax.Array:
-    """The step's tensor-parallel all-reduces: ``tp_reductions`` of ``tokens``·h 16-bit activations."""
+def _comm_s(hw: Hardware, job: InferenceJob, tp: float, pp: float, tokens) -> jax.Array:
+    """The step's communication: ``tp_reductions`` tensor-parallel all-reduces of ``tokens``·h 16-bit
+    activations and, through ``pp`` pipeline stages, ``pp − 1`` sends of them from stage to stage
+    (``inference.stage_transfer_s``)."""
     act_b = bytes_per_element(activation_precision(job.precision))
-    return job.spec.tp_reductions * collective_s(
+    reductions = job.spec.tp_reductions * collective_s(
         "all_reduce", hw, tokens * job.spec.hidden_size * act_b, 1.0, tp
     )
+    return reductions + (pp - 1.0) * stage_transfer_s(hw, job, tp, tokens) if pp > 1 else reductions
 
 
 def step_time_s(
@@ -175,13 +180,15 @@ def step_time_s(
     chunks: Sequence[tuple[int, int]] = (),
     decode_contexts: Sequence[int] = (),
     logits: int | None = None,
+    pp: int = 1,
 ) -> float:
     """One step of prompt ``chunks`` (cached, new) and single-token decodes at ``decode_contexts``
     (the tokens each attends, its new one included), evaluated directly (module docstring).
-    ``logits``: rows through the LM head (default: every chunk and every decode)."""
-    _check_servable(job, tp)
+    ``logits``: rows through the LM head (default: every chunk and every decode); ``pp``: pipeline
+    stages the step passes through."""
+    _check_servable(job, tp, pp)
     with jax.enable_x64(True):  # as the tables: float64, so the two agree to rounding
-        return _step_time_s(hw, job, tp, chunks, decode_contexts, logits)
+        return _step_time_s(hw, job, tp, chunks, decode_contexts, logits, pp)
 
 
 def _step_time_s(
@@ -191,6 +198,7 @@ def _step_time_s(
     chunks: Sequence[tuple[int, int]],
     decode_contexts: Sequence[int],
     logits: int | None,
+    pp: int,
 ) -> float:
     job = prompt_launch(job) if chunks else job  # graphs replay decode-only steps
     step = StepOps.of(job)
@@ -208,7 +216,7 @@ def _step_time_s(
         kernels += _seconds(hw, job, step.core(mean - 1.0, 1.0), float(tp), float(d), tokens)
     for cached, new in chunks:
         kernels += _seconds(hw, job, step.core(float(cached), float(new)), float(tp), 1.0, tokens)
-    return float(jnp.maximum(kernels, job.host_pass_s) + _tp_comm_s(hw, job, float(tp), tokens))
+    return float(jnp.maximum(kernels, job.host_pass_s) + _comm_s(hw, job, float(tp), float(pp), tokens))
 
 
 def _geometric(low: float, high: float, ratio: float) -> np.ndarray:
@@ -224,7 +232,7 @@ class StepTable:
     """A deployment's step times on grids (module docstring); :meth:`seconds` reads one step."""
 
     tokens: np.ndarray  # token counts of ``token_s``
-    token_s: np.ndarray  # per-token ops + TP all-reduces of T tokens
+    token_s: np.ndarray  # (per-token ops, communication: TP all-reduces and pipeline sends) of T tokens
     logit_s: np.ndarray  # per-logit ops of L rows, L = 0..max_seqs
     contexts: np.ndarray  # decode contexts of ``decode_s``'s columns
     decode_s: np.ndarray  # (D = 0..max_seqs, context) decode attention core
@@ -318,18 +326,20 @@ def step_table(
     max_seqs: int,
     max_context: int,
     width: int = 1,
+    pp: int = 1,
 ) -> StepTable:
     """:class:`StepTable` of steps of up to ``max_tokens`` new tokens, ``max_seqs`` sequences and
-    ``max_context`` tokens per sequence on one replica of ``tp`` devices. ``width``: the tokens each
-    decoding sequence feeds per step (1; k + 1 when it verifies k speculated tokens, each with its
-    logits), so the decode core is of queries of ``width`` tokens."""
-    _check_servable(job, tp)
+    ``max_context`` tokens per sequence on one replica of ``tp`` devices per stage and ``pp`` stages
+    (each step passes through all of them). ``width``: the tokens each decoding sequence feeds per
+    step (1; k + 1 when it verifies k speculated tokens, each with its logits), so the decode core is
+    of queries of ``width`` tokens."""
+    _check_servable(job, tp, pp)
     if width < 1:
         raise ConfigError(f"width must be >= 1, got {width}")
     for name, value in (("max_tokens", max_tokens), ("max_seqs", max_seqs), ("max_context", max_context)):
         if value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")
-    step, tpf = StepOps.of(job), float(tp)
+    step, tpf, ppf = StepOps.of(job), float(tp), float(pp)
     exact = np.arange(1.0, max(min(max_tokens, EXACT_TOKENS), 2) + 1.0)  # two points at least
     above = _geometric(exact[-1], max_tokens, TOKEN_RATIO)[1:] if max_tokens > EXACT_TOKENS else np.array([])
     tokens = np.concatenate([exact, above])
@@ -337,7 +347,7 @@ def step_table(
 
     def per_token(t):
         per_op = op_seconds(hw, job, step.tokens_table(t), _plan(tpf), t, t)
-        return jnp.stack([jnp.sum(per_op * token.layers * step.per_token), _tp_comm_s(hw, job, tpf, t)])
+        return jnp.stack([jnp.sum(per_op * token.layers * step.per_token), _comm_s(hw, job, tpf, ppf, t)])
 
     def per_logit(rows):
         per_op = op_seconds(hw, job, token, _plan(tpf), rows, 1.0)
@@ -412,38 +422,51 @@ def state_bytes_per_sequence(job: InferenceJob, tp: int) -> float:
     return job.spec.state_elements / tp * act_b
 
 
-def kv_capacity_tokens(hw: Hardware, job: InferenceJob, tp: int, max_tokens: int, max_seqs: int = 0) -> int:
-    """Tokens of KV cache one replica holds: HBM less the weights, the activations of a
-    ``max_tokens`` step, the workspace and the recurrent states of ``max_seqs`` sequences (a
-    state-space layer's state is a fixed slot per sequence, allocated up front as vLLM does;
-    ``memory.inference_memory``), divided by the cache of one token over all attention layers on
-    one device. A model with no attention layer caches no token: its capacity is then the tokens of
-    ``max_seqs`` sequences of ``job``'s whole length, which never binds."""
+def kv_capacity_tokens(
+    hw: Hardware, job: InferenceJob, tp: int, max_tokens: int, max_seqs: int = 0, pp: int = 1
+) -> int:
+    """Tokens of KV cache one replica of ``pp`` stages of ``tp`` devices holds: a device's HBM less
+    its stage's weights (the larger of the first and last), the activations of a ``max_tokens`` step,
+    the workspace and the recurrent states of ``max_seqs`` sequences per pipeline engine (a
+    state-space layer's state is a fixed slot per sequence, allocated up front as vLLM does; a stage
+    holds its layers' share of the states of all ``pp`` engines; ``memory.inference_memory``),
+    divided by the cache of one token over the stage's 1/pp of the attention layers. A model with no
+    attention layer caches no token: its capacity is then the tokens of ``max_seqs`` sequences per
+    engine of ``job``'s whole length, which never binds."""
     spec = job.spec
     mem = inference_memory(
-        spec, float(tp), 1.0, 0.0, 0.0, hw, job.precision, job.kv_precision, prefill_tokens=float(max_tokens)
+        spec,
+        float(tp),
+        float(pp),
+        0.0,
+        0.0,
+        hw,
+        job.precision,
+        job.kv_precision,
+        prefill_tokens=float(max_tokens),
     )
-    states = max_seqs * state_bytes_per_sequence(job, tp)
+    states = max_seqs * state_bytes_per_sequence(job, tp)  # pp engines' sequences, 1/pp of the layers each
     free = float(mem.capacity_bytes - mem.total_bytes) - states
     if states and free < 0:
         raise ConfigError(
-            f"{spec.model_type} on tp={tp}: the recurrent states of max_num_seqs={max_seqs} sequences "
-            f"({states / 2**30:.1f} GiB per device) do not fit on {hw.name} beside the weights: lower "
-            "max_num_seqs or raise tp"
+            f"{spec.model_type} on tp={tp}, pp={pp}: the recurrent states of max_num_seqs={max_seqs} "
+            f"sequences ({states / 2**30:.1f} GiB per device) do not fit on {hw.name} beside the weights: "
+            "lower max_num_seqs or raise tp or pp"
         )
-    per_token = kv_bytes_per_token(job, tp)
+    per_token = kv_bytes_per_token(job, tp) / pp
     if per_token == 0.0:
-        return max_seqs * (job.prompt_tokens + job.output_len)
+        return pp * max_seqs * (job.prompt_tokens + job.output_len)
     return max(int(free // per_token), 0)
 
 
-def kv_swap_block_s(hw: Hardware, job: InferenceJob, tp: int, block_size: int) -> float:
+def kv_swap_block_s(hw: Hardware, job: InferenceJob, tp: int, block_size: int, pp: int = 1) -> float:
     """Moving one KV block between a device and its host memory, one way (swap preemption): the
-    block's ``block_size`` tokens of keys and values on this device over the device's share of the
-    host link, bytes / ``host_bandwidth_Bps`` (a bulk copy: no latency term)."""
+    block's ``block_size`` tokens of keys and values on this device (its stage's 1/pp of the layers;
+    every device moves its share at once) over the device's share of the host link,
+    bytes / ``host_bandwidth_Bps`` (a bulk copy: no latency term)."""
     if not float(hw.host_bandwidth_Bps) > 0:
         raise ConfigError(f"{hw.name} has no host link to swap KV blocks over: use preemption=recompute")
-    return block_size * kv_bytes_per_token(job, tp) / float(hw.host_bandwidth_Bps)
+    return block_size * kv_bytes_per_token(job, tp) / pp / float(hw.host_bandwidth_Bps)
 
 
 def kv_transfer_s(

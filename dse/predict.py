@@ -326,15 +326,13 @@ def _inference(case: dict[str, Any], quantity: str, notes: list[str], as_functio
 
 def _serving(case: dict[str, Any], quantity: str, notes: list[str]) -> float:
     """A request stream simulated request by request (``costmodels/requests.py``) on dp replicas of
-    tp devices (a ``ServingPlan``): fixed prompt and output lengths, Poisson arrivals at the case's
-    rate or a closed loop of its concurrency, the engine's scheduling defaults (``SERVING_ENGINES``)
-    unless the case's ``engine_settings`` give them."""
+    tp·pp devices (a ``ServingPlan``; pp stages run pp engines): fixed prompt and output lengths,
+    Poisson arrivals at the case's rate or a closed loop of its concurrency, the engine's scheduling
+    defaults (``SERVING_ENGINES``) unless the case's ``engine_settings`` give them."""
     from costmodels.requests import SLO, serving_metrics, synthetic
 
     spec, hw = parse_hf_config(case["model"]), _hardware(case["hardware"])
     p, b, load = case["parallelism"], case["batch"], case["load"]
-    if p.get("pp", 1) != 1:
-        raise ConfigError("serving with pp > 1 is not modelled by the request simulator")
     name = str(case.get("engine") or "").lower()
     engine = next((v for k, v in SERVING_ENGINES.items() if k in name), None)
     if engine is None:
@@ -345,6 +343,7 @@ def _serving(case: dict[str, Any], quantity: str, notes: list[str]) -> float:
     kv, attention = precision_options(case)
     plan = ServingPlan(
         tp=int(p["tp"]),
+        pp=int(p.get("pp", 1)),
         replicas=int(p.get("dp", 1)),
         kv_precision=kv,
         attention_precision=attention,

@@ -164,7 +164,7 @@ def check_engine_choices(engine: Any, prefix: str) -> None:
 
 
 def plan_from_config(cfg: DictConfig) -> ServingPlan:
-    """The deployment the config describes (``tp``, ``replicas``, ``kv_precision``, ``engine.*``,
+    """The deployment the config describes (``tp``, ``pp``, ``replicas``, ``kv_precision``, ``engine.*``,
     ``speculative.*``, ``disaggregation.*``), each value checked under its own key."""
     e, sp, d = cfg.engine, cfg.speculative, cfg.disaggregation
     tokens = None if e.kv_cache_tokens is None else positive_int(e.kv_cache_tokens, "engine.kv_cache_tokens")
@@ -173,6 +173,7 @@ def plan_from_config(cfg: DictConfig) -> ServingPlan:
         raise ConfigError(f"speculative.acceptance must be in [0, 1], got {sp.acceptance}")
     return ServingPlan(
         tp=positive_int(cfg.tp, "tp"),
+        pp=positive_int(cfg.pp, "pp"),
         replicas=positive_int(cfg.replicas, "replicas"),
         launch=str(e.launch),
         kv_precision=cfg.kv_precision,
@@ -223,8 +224,15 @@ def assumptions(cfg: DictConfig) -> list[str]:
             f"speculative decoding: {sp.tokens} tokens proposed per step by {proposer}, each accepted with "
             f"probability {sp.acceptance} until the first rejection; ITL counts one gap per step's tokens"
         )
-    if cfg.replicas > 1 or d.prefill_replicas > 1:
-        out.append("requests go to the replicas round robin")
+    if cfg.pp > 1:
+        out.append(
+            f"pipeline: each replica's {cfg.pp} stages run {cfg.pp} engines (vLLM's virtual engines), each "
+            f"with its own scheduler, budgets and 1/{cfg.pp} of the replica's KV blocks; an engine's step "
+            "is its pass through every stage, and the engines' steps fill the stages in turn without "
+            "slowing one another (exact while their batches are alike)"
+        )
+    if cfg.replicas > 1 or d.prefill_replicas > 1 or cfg.pp > 1:
+        out.append("requests go to the " + ("engines" if cfg.pp > 1 else "replicas") + " round robin")
     if d.prefill_replicas:
         link = "the scale-out link" if d.across_nodes else "the scale-up link"
         link = "no time (ideal network)" if d.ideal_network else link
@@ -266,6 +274,7 @@ def report(cfg: DictConfig) -> dict[str, Any]:
         "model_type": spec.model_type,
         "hardware": hw.name,
         "tp": plan.tp,
+        "pp": plan.pp,
         "replicas": plan.replicas,
         "prefill_replicas": plan.prefill_replicas,
         "prefill_tp": plan.prefill_devices,
@@ -325,8 +334,13 @@ def render(rep: dict[str, Any]) -> str:
     m, s, w = rep["metrics"], rep["scheduler"], rep["workload"]
     head = "\n".join(
         [
-            f"{rep['model']} on {rep['replicas']} × {rep['tp']} {rep['hardware']} "
-            f"(tp={rep['tp']} per replica), {rep['precision']}"
+            f"{rep['model']} on {rep['replicas']} × {rep['tp'] * rep['pp']} {rep['hardware']} "
+            + (
+                f"(tp={rep['tp']} per replica)"
+                if rep["pp"] == 1
+                else f"(tp={rep['tp']} × pp={rep['pp']} stages per replica, {rep['pp']} engines each)"
+            )
+            + f", {rep['precision']}"
             + (
                 f"; prompts on {rep['prefill_replicas']} more × {rep['prefill_tp']} (disaggregated prefill)"
                 if rep["prefill_replicas"]
@@ -335,8 +349,8 @@ def render(rep: dict[str, Any]) -> str:
             f"engine: {s['kind']} batching, {s['max_num_seqs']} sequences and {s['max_num_batched_tokens']} "
             f"tokens per step, chunked prefill {'on' if s['chunked_prefill'] else 'off'}, "
             f"{s['priority']} first; "
-            f"KV cache {rep['kv_cache_tokens']:,} tokens per replica ({s['kv_blocks']:,} blocks of "
-            f"{s['block_size']})",
+            f"KV cache {rep['kv_cache_tokens']:,} tokens per {'replica' if rep['pp'] == 1 else 'engine'} "
+            f"({s['kv_blocks']:,} blocks of {s['block_size']})",
             f"workload: {w['requests']:,} requests, {w['arrival']} arrivals, mean {w['mean_input_len']:.0f} "
             f"input + {w['mean_output_len']:.0f} output tokens; SLO: TTFT ≤ {rep['slo']['ttft_ms']:g} ms, "
             f"TPOT ≤ {rep['slo']['tpot_ms']:g} ms",
@@ -354,7 +368,7 @@ def render(rep: dict[str, Any]) -> str:
         ["goodput per GPU", f"{m['goodput_per_gpu']:.3f} req/s", f"goodput / {rep['devices']} device(s)"],
         ["SLO attainment", f"{m['slo_attainment'] * 100:.1f} %", "share of requests meeting both SLOs"],
         ["KV cache use", f"{m['kv_utilisation_mean']:.1%} mean, {m['kv_utilisation_peak']:.1%} peak",
-         "replica 0, time-weighted"],
+         ("replica 0" if rep["pp"] == 1 else "engine 0") + ", time-weighted"],
         ["preemptions", f"{m['preemptions']:.0f}", PREEMPTED[s["preemption"]]],
         ["prefix cache hits", f"{m['prefix_hit_rate']:.1%}", "prompt tokens read from the prefix cache"],
         ["cost", f"${m['cost_usd_per_mtoken']:.3f} per M tokens", "device-hours at the preset's price"],

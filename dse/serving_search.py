@@ -28,7 +28,7 @@ from dse.models import load_model
 from dse.serve import check_engine_choices
 from dse.tracking import JobRun
 from search import drivers
-from search.serving import KNOBS, ServingSetup, serving_problem
+from search.serving import FRACTIONS, KNOBS, OPTIONAL, ServingSetup, serving_problem
 
 COLUMNS = ("goodput_per_gpu", "max_rate_per_s", "ttft_p90_ms", "tpot_p90_ms", "cost_usd_per_mtoken")
 CURVE_POINTS = 12  # rates per attainment curve, from a tenth to twice the design's goodput rate
@@ -88,7 +88,7 @@ def setup_from_config(cfg: DictConfig) -> tuple[ServingSetup, dict[str, list[flo
     )
     space = OmegaConf.to_container(s.space, resolve=True)
     if isinstance(space, dict):
-        space.setdefault("speculative_tokens", [0])  # left out: no speculation
+        space = {k: [v] for k, v in OPTIONAL.items()} | space  # left out: no pipeline, no speculation
     if not isinstance(space, dict) or sorted(space) != sorted(KNOBS):
         raise ConfigError(f"serving.space must list {', '.join(KNOBS)}, got {sorted(space or {})}")
     for k, values in space.items():
@@ -96,7 +96,7 @@ def setup_from_config(cfg: DictConfig) -> tuple[ServingSetup, dict[str, list[flo
             raise ConfigError(f"serving.space.{k} must be a non-empty list of numbers, got {values!r}")
         if k == "speculative_tokens" and any(v < 0 or v != int(v) for v in values):
             raise ConfigError(f"serving.space.{k} must hold integers >= 0, got {values}")
-        if k not in ("prefill_share", "speculative_tokens") and any(v < 1 or v != int(v) for v in values):
+        if k not in (*FRACTIONS, "speculative_tokens") and any(v < 1 or v != int(v) for v in values):
             raise ConfigError(f"serving.space.{k} must hold positive integers, got {values}")
         if k == "prefill_share" and any(not 0 <= v < 1 for v in values):
             raise ConfigError(f"serving.space.prefill_share must be in [0, 1), got {values}")
@@ -118,8 +118,8 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
     rows, seen = [], set()
     for i in np.argsort(np.asarray(table["objective"], float), kind="stable"):
         design = problem.describe({k: float(np.asarray(table[k])[i]) for k in KNOBS})
-        key = tuple(design[k] for k in ("tp", "prefill", "decode", "max_num_seqs", "max_num_batched_tokens",
-                                        "speculative_tokens"))  # fmt: skip
+        key = tuple(design[k] for k in ("tp", "pp", "prefill", "decode", "max_num_seqs",
+                                        "max_num_batched_tokens", "speculative_tokens"))  # fmt: skip
         if feasible[i] and key not in seen:  # two shares may give the same split: one row
             seen.add(key)
             rows.append(design | {c: float(np.asarray(table[c])[i]) for c in COLUMNS})
@@ -154,14 +154,7 @@ def attainment_curve(designs: Any, row: dict[str, Any]) -> dict[str, Any]:
     trace's attainment, so the curve is 0 there (the limit of a longer trace), as in the search."""
     from search.serving import capacity
 
-    plan = designs.plan(
-        row["tp"],
-        row["max_num_seqs"],
-        row["max_num_batched_tokens"],
-        row["prefill_share"],
-        row["speculative_tokens"],
-    )
-    deployment = designs.deploy(plan)
+    deployment = designs.deploy(designs.plan({k: row[k] for k in KNOBS}))
 
     def run(rate: float) -> dict[str, float]:
         return designs.run(deployment, rate)
@@ -181,8 +174,9 @@ def _design(row: dict[str, Any] | None) -> str:
         else f"{row['decode']} colocated"
     )
     speculating = f", {row['speculative_tokens']} speculative tokens" if row["speculative_tokens"] else ""
+    stages = f" × pp={row['pp']}" if row["pp"] > 1 else ""
     return (
-        f"tp={row['tp']}, {split} replica(s), max_num_seqs={row['max_num_seqs']}, "
+        f"tp={row['tp']}{stages}, {split} replica(s), max_num_seqs={row['max_num_seqs']}, "
         f"max_num_batched_tokens={row['max_num_batched_tokens']}{speculating}"
     )
 

@@ -1,17 +1,20 @@
 """The serving deployment problem: which tensor parallelism, engine budgets and prefill/decode split
 of a pool of GPUs serves the most requests per second per GPU within the SLOs.
 
-A design is ``tp``, ``max_num_seqs``, ``max_num_batched_tokens``, ``prefill_share`` (the share of
-the pool's replicas that only prefill; 0: colocated) and ``speculative_tokens`` (tokens proposed per
-decode step, by the setup's draft model or an n-gram lookup, each accepted with the setup's
-probability; 0: no speculation). Its figure of merit is DistServe's per-GPU
-goodput (Zhong et al. 2024, Sec. 2): the highest Poisson request rate at which at least
-``attainment`` of the requests meet both the TTFT and the TPOT SLO, divided by the GPUs used. The
-rate is found by doubling from ``START_RATE`` until the attainment drops below the goal, then
+A design is ``tp``, ``pp`` (pipeline stages of a replica, which runs one engine per stage:
+``costmodels/deployment.py``), ``max_num_seqs``, ``max_num_batched_tokens``, ``prefill_share`` (the
+share of the pool's replicas that only prefill; 0: colocated; pipelined designs are colocated, as
+a prefill replica runs one stage) and ``speculative_tokens`` (tokens proposed per decode step, by
+the setup's draft model or an n-gram lookup, each accepted with the setup's probability; 0: no
+speculation; pipelined designs do not speculate, as the simulator does not). A design is a mapping
+from each of ``KNOBS`` to its value; a space may leave out the ``OPTIONAL`` knobs. Its figure of
+merit is DistServe's per-GPU goodput (Zhong et al. 2024, Sec. 2): the highest Poisson request rate
+at which at least ``attainment`` of the requests meet both the TTFT and the TPOT SLO, divided by the
+GPUs used. The rate is found by doubling from ``START_RATE`` until the attainment drops below the goal, then
 bisecting (``BISECTIONS`` halvings, so within 1/2^6 of the bracket), each probe one simulation
 (``costmodels/requests.py``) of the same requests with their gaps scaled (common random numbers: the
 attainment falls with the rate without sampling noise between probes). The step tables are built
-once per tensor-parallel degree, covering every engine budget of the space.
+once per (tp, pp), covering every engine budget of the space.
 
 A finite trace can hide an overload: at a rate far above what a deployment serves, its requests
 arrive as one burst, and a burst small enough to drain within the SLOs meets them all. Such a rate
@@ -38,7 +41,9 @@ from costmodels.serving import StepTable
 from search.base import Problem
 
 SERVING_SIM_OBJECTIVES = ("neg_goodput_per_gpu", "cost_usd_per_mtoken")
-KNOBS = ("tp", "max_num_seqs", "max_num_batched_tokens", "prefill_share", "speculative_tokens")
+KNOBS = ("tp", "pp", "max_num_seqs", "max_num_batched_tokens", "prefill_share", "speculative_tokens")
+OPTIONAL = {"pp": 1, "speculative_tokens": 0}  # a space that leaves one out searches this value only
+FRACTIONS = ("prefill_share",)  # every other knob is a whole number
 START_RATE = 0.25  # requests/s per replica: the first probe
 MAX_DOUBLINGS = 16
 BISECTIONS = 6
@@ -67,16 +72,16 @@ class ServingSetup:
         return Workload(self.unit_arrivals / rate, self.input_len, self.output_len)
 
 
-def split(gpus: int, tp: int, share: float) -> tuple[int, int]:
-    """(prefill replicas, decode replicas) of ``gpus // tp`` replicas, ``share`` of them prefill-only
-    (at least one when share > 0); (0, 0) when no decode replica would remain."""
-    replicas = gpus // tp
+def split(gpus: int, devices: int, share: float) -> tuple[int, int]:
+    """(prefill replicas, decode replicas) of ``gpus // devices`` replicas, ``share`` of them
+    prefill-only (at least one when share > 0); (0, 0) when no decode replica would remain."""
+    replicas = gpus // devices
     prefill = max(1, round(share * replicas)) if share > 0 else 0
     return (prefill, replicas - prefill) if replicas - prefill >= 1 else (0, 0)
 
 
 class _Designs:
-    """Designs as plans, their step tables built once per tensor-parallel degree (to the largest
+    """Designs as plans, their step tables built once per (tp, pp) (to the largest
     budgets of the space) and shared."""
 
     def __init__(self, setup: ServingSetup, space: Mapping[str, Sequence[float]]):
@@ -84,20 +89,22 @@ class _Designs:
         self.tables: dict[tuple[Any, ...], StepTable] = {}
         self.cover = (int(max(space["max_num_batched_tokens"])), int(max(space["max_num_seqs"])))
 
-    def plan(self, tp: int, seqs: int, budget: int, share: float, speculative: int = 0) -> ServingPlan | None:
+    def plan(self, design: Mapping[str, float]) -> ServingPlan | None:
         """The design's plan; None when the pool leaves no decode replica."""
-        prefill, decode = split(self.s.gpus, tp, share)
+        d = knobs(design)
+        prefill, decode = split(self.s.gpus, d["tp"] * d["pp"], d["prefill_share"])
         if not decode:
             return None
         return replace(
             self.s.plan,
-            tp=tp,
+            tp=d["tp"],
+            pp=d["pp"],
             replicas=decode,
             prefill_replicas=prefill,
             prefill_tp=None,
-            max_num_seqs=seqs,
-            max_num_batched_tokens=budget,
-            speculative_tokens=speculative,
+            max_num_seqs=d["max_num_seqs"],
+            max_num_batched_tokens=d["max_num_batched_tokens"],
+            speculative_tokens=d["speculative_tokens"],
         )
 
     def deploy(self, plan: ServingPlan) -> Any:
@@ -113,11 +120,9 @@ class _Designs:
         w = s.workload(rate)
         return serving_metrics(deployment.simulate(w), w, s.slo, deployment.kv_blocks)
 
-    def evaluate(
-        self, tp: int, seqs: int, budget: int, share: float, speculative: int = 0
-    ) -> dict[str, float]:
+    def evaluate(self, design: Mapping[str, float]) -> dict[str, float]:
         """The design's per-GPU goodput and its figures at the highest rate within the SLOs."""
-        s, plan = self.s, self.plan(tp, seqs, budget, share, speculative)
+        s, plan = self.s, self.plan(design)
         if plan is None:
             return _infeasible()
         try:
@@ -168,6 +173,13 @@ METRIC_NAMES = (
     "cost_usd_per_mtoken",
     "energy_j_per_token",
 )
+
+
+def knobs(design: Mapping[str, float]) -> dict[str, Any]:
+    """The design's knobs as the plan takes them (whole numbers but the ``FRACTIONS``), the
+    ``OPTIONAL`` ones it leaves out at their values."""
+    full = OPTIONAL | dict(design)
+    return {k: float(full[k]) if k in FRACTIONS else int(full[k]) for k in KNOBS}
 
 
 def _infeasible() -> dict[str, float]:
@@ -223,29 +235,23 @@ def serving_problem(setup: ServingSetup, space: Mapping[str, Sequence[float]]) -
     designs = _Designs(setup, space)
 
     def cost_fn(points: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = [
-            designs.evaluate(int(tp), int(seqs), int(budget), float(share), int(speculative))
-            for tp, seqs, budget, share, speculative in zip(
-                *(np.asarray(points[k]) for k in KNOBS), strict=True
-            )
-        ]
+        columns = {k: np.asarray(v) for k, v in points.items()}
+        n = len(next(iter(columns.values())))
+        rows = [designs.evaluate({k: v[i] for k, v in columns.items()}) for i in range(n)]
         return {k: np.array([r[k] for r in rows]) for k in (*METRIC_NAMES, "feasible")}
 
     def constraint(points: Mapping[str, np.ndarray]) -> np.ndarray:
-        tp, share = np.asarray(points["tp"]), np.asarray(points["prefill_share"])
-        replicas = setup.gpus // tp
-        whole = (setup.gpus % tp == 0) & (setup.spec.num_heads % tp == 0) & (replicas >= 1)
-        return whole & ((share == 0) | (replicas >= 2))
+        full = {k: np.asarray(points.get(k, v)) for k, v in OPTIONAL.items()} | dict(points)
+        tp, pp, share = (np.asarray(full[k]) for k in ("tp", "pp", "prefill_share"))
+        replicas = setup.gpus // (tp * pp)
+        whole = (setup.gpus % (tp * pp) == 0) & (setup.spec.num_heads % tp == 0) & (replicas >= 1)
+        pipelined = pp > 1  # colocated and not speculating (module docstring)
+        simple = ~pipelined | ((share == 0) & (np.asarray(full["speculative_tokens"]) == 0))
+        return whole & ((share == 0) | (replicas >= 2)) & simple
 
     def describe(point: dict[str, float]) -> dict[str, Any]:
-        out: dict[str, Any] = {k: int(point[k]) for k in ("tp", "max_num_seqs", "max_num_batched_tokens")}
-        prefill, decode = split(setup.gpus, out["tp"], float(point["prefill_share"]))
-        share, speculative = float(point["prefill_share"]), int(point.get("speculative_tokens", 0))
-        return out | {
-            "prefill_share": share,
-            "speculative_tokens": speculative,
-            "prefill": prefill,
-            "decode": decode,
-        }
+        out = knobs(point)
+        prefill, decode = split(setup.gpus, out["tp"] * out["pp"], out["prefill_share"])
+        return out | {"prefill": prefill, "decode": decode}
 
     return Problem(dict(space), cost_fn, constraint, describe), designs

@@ -143,10 +143,11 @@ def test_speculation_is_a_searched_knob_whose_gain_follows_acceptance(acceptance
     )
     assert space["speculative_tokens"] == [0.0, 3.0]
     designs = _Designs(setup, space)
-    plain, speculating = (designs.evaluate(8, 64, 2048, 0.0, k) for k in (0, 3))
+    design = {"tp": 8, "max_num_seqs": 64, "max_num_batched_tokens": 2048, "prefill_share": 0.0}
+    plain, speculating = (designs.evaluate(design | {"speculative_tokens": k}) for k in (0, 3))
     tpot = []
     for k in (0, 3):
-        deployment = designs.deploy(designs.plan(8, 64, 2048, 0.0, k))
+        deployment = designs.deploy(designs.plan(design | {"speculative_tokens": k}))
         w = setup.workload(0.5)
         tpot.append(
             serving_metrics(deployment.simulate(w), w, setup.slo, deployment.kv_blocks)["tpot_p50_ms"]
@@ -155,8 +156,36 @@ def test_speculation_is_a_searched_knob_whose_gain_follows_acceptance(acceptance
     if not faster:
         assert speculating["goodput_per_gpu"] <= plain["goodput_per_gpu"]
     problem, _ = serving_problem(setup, space)
-    point = {"tp": 8, "max_num_seqs": 64, "max_num_batched_tokens": 2048, "prefill_share": 0.0}
-    assert problem.describe(point | {"speculative_tokens": 3})["speculative_tokens"] == 3
+    assert problem.describe(design | {"speculative_tokens": 3})["speculative_tokens"] == 3
+
+
+def test_pipeline_stages_are_a_searched_knob() -> None:
+    """serving.space.pp = [1, 2] on 8 GPUs with tp 4: the pipelined design is one replica of 4 × 2
+    devices running two engines. Its engines take the requests round robin as the two tp-4 replicas
+    of the unpipelined design do, each step is that design's plus one send of its tokens' hidden
+    states (microseconds), and each engine has more KV cache than a tp-4 replica (a device holds half
+    the weights), which a 120-request run never fills: the two goodputs per GPU agree to the rate
+    search's resolution. A pipelined design neither splits off prefill replicas nor speculates
+    (the constraint drops those points)."""
+    from search.serving import _Designs, serving_problem
+
+    setup, space = _setup(
+        "serving.space.tp=[4]", "serving.space.pp=[1,2]", "serving.space.prefill_share=[0.0]"
+    )
+    designs = _Designs(setup, space)
+    design = {"tp": 4, "max_num_seqs": 64, "max_num_batched_tokens": 2048, "prefill_share": 0.0}
+    plan = designs.plan(design | {"pp": 2})
+    assert (plan.tp, plan.pp, plan.replicas, plan.devices) == (4, 2, 1, 8)
+    flat, piped = (designs.evaluate(design | {"pp": pp}) for pp in (1, 2))
+    assert flat["devices"] == piped["devices"] == 8
+    assert piped["goodput_per_gpu"] == pytest.approx(flat["goodput_per_gpu"], rel=2.0**-BISECTIONS)
+    problem, _ = serving_problem(setup, space)
+    points = {k: np.array([v, v, v]) for k, v in design.items()} | {
+        "pp": np.array([2, 2, 2]),
+        "prefill_share": np.array([0.0, 0.5, 0.0]),
+        "speculative_tokens": np.array([0, 0, 3]),
+    }
+    assert problem.constraint(points).tolist() == [True, False, False]
 
 
 def test_a_bad_speculation_setting_is_one_line() -> None:
