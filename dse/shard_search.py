@@ -63,6 +63,7 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
         phase=say,
     )
     sol = plan.solution
+    inputs = _inputs(captured)
     rep = {
         "driver": "ilp",
         "mesh": list(mesh),
@@ -78,7 +79,7 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
         "constraints": sol.num_constraints,
         "timings_s": {"capture": capture_s, **plan.timings_s},
         "param_placements": plan.param_placements,
-        "input_placements": {k: v for k, v in plan.placements.items() if k in _inputs(captured)},
+        "input_placements": {k: v for k, v in plan.placements.items() if k in inputs},
         "collectives": plan.collectives,
         "unsupported": sorted(set(plan.unsupported)),
     }

@@ -221,9 +221,11 @@ def capture(
     handles = _layer_hooks(module, repeat_pattern, tags, joint)
     try:
         with fx_traceback.preserve_node_meta(), torch.enable_grad():
-            gm = make_fx(joint_fn if joint else fn, tracing_mode="fake")(state, *inputs, *traced.values())
+            try:
+                gm = make_fx(joint_fn if joint else fn, tracing_mode="fake")(state, *inputs, *traced.values())
+            finally:  # a tag still open (a first layer whose input needs no gradient never exits)
+                tags.exit(None)  # closes inside the node-metadata context that opened it
     finally:
-        tags.exit(None)
         for h in handles:
             h.remove()
     holders = [n for n in gm.graph.nodes if n.op == "placeholder"]
@@ -243,20 +245,226 @@ def capture(
     return Captured(gm.graph, params, frozenset(dict(module.named_buffers())), layer, grads, loss)
 
 
+# model types whose decoder layers are all alike (no per-layer pattern in the code or the config):
+# their graph is traced with UNROLL_FROM layers and unrolled (:func:`unroll`)
+UNIFORM_LAYERS = ("llama", "mistral", "qwen2", "qwen3")
+UNROLL_FROM = 3  # a first layer, a middle layer (the template) and a last layer
+
+
 def capture_hf(
     config: dict, batch: int, seq: int, dtype: torch.dtype = torch.bfloat16, joint: bool = True
 ) -> Captured:
     """A Hugging Face causal LM built from a config dict on ``meta`` (no hub access), traced on
     ``input_ids`` of shape ``(batch, seq)`` with eager SDPA math (``use_cache=False``). ``joint``: the
     loss is the model's own next-token cross-entropy with ``labels=input_ids`` (float32 log-softmax
-    and NLL, mean over tokens), and the graph holds the backward (:func:`capture`)."""
+    and NLL, mean over tokens), and the graph holds the backward (:func:`capture`). A model of
+    ``UNIFORM_LAYERS`` with more than ``UNROLL_FROM`` layers and no per-layer list in its config is
+    traced with ``UNROLL_FROM`` layers and unrolled to all of them (:func:`unroll`: the same graph,
+    node for node, in a tenth of the time for 32 layers); a trace whose layers turn out not alike is
+    traced again in full."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    cfg = AutoConfig.for_model(**{k: v for k, v in config.items() if not k.startswith("_")})
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=dtype)
-    ids = torch.zeros(batch, seq, dtype=torch.long, device="meta")
-    return capture(model, [ids], {"use_cache": False, **({"labels": ids} if joint else {})}, joint=joint)
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    layers = int(config.get("num_hidden_layers") or 0)
+    per_layer = any(isinstance(v, list | tuple) and len(v) == layers for v in config.values())
+    short = config.get("model_type") in UNIFORM_LAYERS and layers > UNROLL_FROM and not per_layer
+
+    def trace(n: int) -> Captured:
+        cfg = AutoConfig.for_model(**(config | {"num_hidden_layers": n}))
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=dtype)
+        ids = torch.zeros(batch, seq, dtype=torch.long, device="meta")
+        return capture(model, [ids], {"use_cache": False, **({"labels": ids} if joint else {})}, joint=joint)
+
+    if short:
+        unrolled = unroll(trace(UNROLL_FROM), layers)
+        if unrolled is not None:
+            return unrolled
+    return trace(layers)
+
+
+def _layer_runs(cap: Captured) -> dict[tuple[int, str], list[Any]] | None:
+    """Each layer's placeholders (``param``), forward nodes (``fwd``) and backward nodes (``bwd``),
+    each one contiguous run of the graph, the runs of a kind in layer order (backward: descending);
+    None when the graph is not so laid out."""
+    runs: list[tuple[int, str, list[Any]]] = []
+    for node in cap.graph.nodes:
+        i = cap.layer.get(node.name)
+        if i is None:
+            continue
+        kind = "param" if node.op == "placeholder" else "op"
+        if runs and runs[-1][:2] == (i, kind) and runs[-1][2][-1].next is node:
+            runs[-1][2].append(node)
+        else:
+            runs.append((i, kind, [node]))
+    out: dict[tuple[int, str], list[Any]] = {}
+    for i, kind, nodes in runs:
+        if kind == "op":
+            kind = "bwd" if (i, "fwd") in out else "fwd"
+        if (i, kind) in out:
+            return None
+        out[(i, kind)] = nodes
+    layers = sorted({i for i, _ in out})
+    for kind, step in (("param", 1), ("fwd", 1), ("bwd", -1)):
+        order = [i for i, k in out if k == kind]  # in graph order
+        if order and order != layers[::step]:
+            return None
+    return out
+
+
+def _leaves(node: Any) -> list[Any]:
+    return torch.utils._pytree.tree_leaves((node.args, node.kwargs))
+
+
+def _signature(node: Any, at: dict[Any, tuple[int, str, int]]) -> tuple:
+    """What makes two layers' nodes at one position alike: op, target (a placeholder's is only its
+    name), value's shape and dtype, and per argument its layer offset, kind and position (a node of a
+    layer), the node itself (outside any layer) or its value."""
+    i = at[node][0]
+    val = node.meta.get("val")
+    out: list[Any] = [
+        node.op,
+        "" if node.op == "placeholder" else str(node.target),
+        tuple(getattr(val, "shape", ()) or ()),
+        str(getattr(val, "dtype", "")),
+    ]
+    for leaf in _leaves(node):
+        if isinstance(leaf, torch.fx.Node):
+            out.append(("layer", at[leaf][0] - i, *at[leaf][1:]) if leaf in at else ("outside", leaf.name))
+        else:
+            out.append(("value", repr(leaf)))
+    return tuple(out)
+
+
+def unroll(cap: Captured, layers: int) -> Captured | None:
+    """The graph of the same model with ``layers`` decoder layers, from ``cap``, traced with
+    ``UNROLL_FROM`` (a first, a middle and a last layer). The middle layer's placeholders, forward and
+    backward nodes are copied for layers 1 .. layers − 2, each copy's arguments moved by the layer
+    offset the middle layer's own have (an argument in traced layer j of a node in traced layer i
+    becomes layer t + j − i of copy t); the last layer becomes layer ``layers − 1``; every other node
+    is kept, in the order the full trace has (forward layers ascending, backward descending). None
+    when the traced layers are not alike: the same ops on the same shapes position by position, the
+    same arguments outside the layers, and the same layer offsets, but where the first layer reads
+    the prefix instead of a previous layer or the last layer reads the head instead of a next one."""
+    runs = _layer_runs(cap)
+    if runs is None or {i for i, _ in runs} != set(range(UNROLL_FROM)) or layers <= UNROLL_FROM:
+        return None
+    at = {node: (i, kind, p) for (i, kind), nodes in runs.items() for p, node in enumerate(nodes)}
+    kinds = sorted({k for _, k in runs})
+    for kind in kinds:
+        first, middle, last = (runs.get((i, kind), []) for i in range(UNROLL_FROM))
+        if not len(first) == len(middle) == len(last):
+            return None
+        for a, b, c in zip(first, middle, last, strict=True):
+            sig_a, sig_b, sig_c = (_signature(n, at) for n in (a, b, c))
+            if not (_edge_alike(sig_a, sig_b, -1) and _edge_alike(sig_c, sig_b, +1)):
+                return None
+    graph = torch.fx.Graph()
+    new: dict[tuple[int, str, int], Any] = {}  # (layer of the unrolled graph, kind, position) -> node
+    kept: dict[Any, Any] = {}  # a node outside the layers -> its copy
+    last = layers - 1
+    moved = {0: 0, 1: None, 2: last}  # traced layer -> unrolled layer, for nodes outside the layers
+
+    def copy(node: Any, t: int) -> Any:
+        i = at[node][0] if node in at else None
+
+        def arg(b: Any) -> Any:
+            if b not in at:
+                return kept[b]
+            j, kind, p = at[b]
+            target = t + j - i if i is not None else moved[j]
+            if target is None:
+                raise _NotUnrollable
+            return new[(target, kind, p)]
+
+        return graph.node_copy(node, arg)
+
+    layer: dict[str, int] = {}
+    params: dict[str, str] = {}
+    buffers: set[str] = set()
+    pattern = re.compile(r"layers\.(\d+)\.")
+
+    def holds(copied: Any, old: Any, t: int | None) -> None:
+        """``copied`` is the placeholder of ``old``'s parameter or buffer in layer ``t``."""
+        if old.name in cap.params:
+            fqn = cap.params[old.name]
+            params[copied.name] = fqn if t is None else pattern.sub(f"layers.{t}.", fqn, count=1)
+            if fqn in cap.buffers:
+                buffers.add(params[copied.name])
+
+    try:
+        done: set[tuple[int, str]] = set()
+        out_node = None
+        for node in cap.graph.nodes:
+            if node.op == "output":
+                out_node = node
+                continue
+            if node not in at:
+                kept[node] = copy(node, 0)
+                holds(kept[node], node, None)
+                continue
+            i, kind, _ = at[node]
+            if (i, kind) in done:
+                continue
+            done.add((i, kind))
+            targets = {0: [0], 2: [last]}.get(i) or list(range(1, last))
+            for t in targets[::-1] if kind == "bwd" else targets:
+                for p, old in enumerate(runs[(i, kind)]):
+                    new[(t, kind, p)] = copy(old, t)
+                    layer[new[(t, kind, p)].name] = t
+                    holds(new[(t, kind, p)], old, t)
+        if out_node is None:
+            return None
+        leaves = torch.utils._pytree.tree_leaves(out_node.args)
+        middle = [
+            k for k, b in enumerate(leaves) if isinstance(b, torch.fx.Node) and at.get(b, (None,))[0] == 1
+        ]
+        if middle and middle != list(range(middle[0], middle[-1] + 1)):
+            return None
+        outputs, grads = [], {}
+        for k, b in enumerate(leaves):
+            if middle and k == middle[0]:
+                block = leaves[middle[0] : middle[-1] + 1]
+                pairs = [(old, new[(t, *at[old][1:])], t) for t in range(1, last) for old in block]
+            elif middle and middle[0] < k <= middle[-1]:
+                continue
+            elif isinstance(b, torch.fx.Node):
+                target = (moved[at[b][0]], *at[b][1:]) if b in at else None
+                pairs = [(b, new[target] if target else kept[b], None)]
+            else:
+                outputs.append(b)
+                continue
+            for old, copied, t in pairs:
+                outputs.append(copied)
+                holder = cap.grads.get(old.name)
+                if holder is None or copied.name in grads:
+                    continue
+                ph = next(n for n in cap.graph.nodes if n.name == holder)
+                if ph in at:
+                    j, kind, p = at[ph]
+                    grads[copied.name] = new[(t if j == 1 else moved[j], kind, p)].name
+                else:
+                    grads[copied.name] = kept[ph].name
+        graph.output(tuple(outputs))
+    except _NotUnrollable:
+        return None
+    loss = kept[next(n for n in cap.graph.nodes if n.name == cap.loss)].name if cap.loss else None
+    return Captured(graph, params, frozenset(buffers), layer, grads, loss)
+
+
+class _NotUnrollable(Exception):
+    """A node outside the layers reads the middle layer: the graph does not unroll."""
+
+
+def _edge_alike(edge_sig: tuple, middle_sig: tuple, side: int) -> bool:
+    """An end layer's node signature against the middle layer's: equal, but an argument the end
+    layer reads from outside the layers may be one the middle layer reads at offset ``side``."""
+    if len(edge_sig) != len(middle_sig):
+        return False
+    for a, b in zip(edge_sig, middle_sig, strict=True):
+        if a != b and not (a[0] == "outside" and b[0] == "layer" and b[1] == side):
+            return False
+    return True
 
 
 def shape_of(node: Any) -> tuple[int, ...]:
@@ -272,9 +480,12 @@ def shape_of(node: Any) -> tuple[int, ...]:
 
 
 def nbytes_of(node: Any) -> float:
-    """Bytes of an fx node's (global) value."""
-    val = node.meta.get("val")
-    return float(val.numel() * val.element_size()) if isinstance(val, torch.Tensor) else 0.0
+    """Bytes of an fx node's (global) value; kept in ``node.meta`` after the first call."""
+    meta = node.meta
+    if "dse_nbytes" not in meta:
+        val = meta.get("val")
+        meta["dse_nbytes"] = float(val.numel() * val.element_size()) if isinstance(val, torch.Tensor) else 0.0
+    return meta["dse_nbytes"]
 
 
 def spec_str(spec: Spec) -> str:

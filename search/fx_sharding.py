@@ -84,6 +84,7 @@ from search.fx_graph import (
     FREE,
     Captured,
     P,
+    Placement,
     R,
     Spec,
     data_args,
@@ -129,6 +130,7 @@ class MeshCosts:
         precision: str = "bf16",
     ) -> None:
         self.hw, self.mesh, self.peak = hw, tuple(mesh), float(peak_flops(hw, precision))
+        self._shards: dict[Spec, int] = {}
         self.links = links or default_links(hw, len(mesh))
         if len(self.links) != len(self.mesh):
             raise ConfigError(f"axis_links: {len(self.links)} links for a {len(self.mesh)}-D mesh")
@@ -150,7 +152,9 @@ class MeshCosts:
 
     def shards(self, spec: Spec) -> int:
         """Number of pieces a tensor with ``spec`` is cut into (Partial does not cut)."""
-        return prod(n for n, p in zip(self.mesh, spec, strict=True) if p[0] == "S")
+        if (pieces := self._shards.get(spec)) is None:
+            pieces = self._shards[spec] = prod(n for n, p in zip(self.mesh, spec, strict=True) if p[0] == "S")
+        return pieces
 
     def reshard(self, src: Spec, dst: Spec, nbytes: float) -> tuple[float, list[str]]:
         """Time and names of the per-axis collectives taking ``src`` to ``dst`` (GSPMD/Alpa rules).
@@ -300,12 +304,19 @@ class _Builder:
         free = node.target in FREE
         var = self.vars[self.anchor[arg.name]]
         specs = []
+        known: dict[tuple[Placement, int], Placement | None] = {}
+
+        def follow(p: Placement, n: int) -> Placement | None:  # strategies repeat an axis's placement
+            if (p, n) not in known:
+                known[(p, n)] = follow_axis(node, p, n)
+            return known[(p, n)]
+
         for i, spec in enumerate(self.place[arg.name]):
-            outs = [follow_axis(node, p, n) for p, n in zip(spec, self.costs.mesh, strict=True)]
+            outs = [follow(p, n) for p, n in zip(spec, self.costs.mesh, strict=True)]
             if None in outs:
                 fixed = tuple(R if o is None else p for p, o in zip(spec, outs, strict=True))
                 self._charge(self.anchor[arg.name], i, spec, fixed, arg, node.name)
-                outs = [follow_axis(node, p, n) for p, n in zip(fixed, self.costs.mesh, strict=True)]
+                outs = [follow(p, n) for p, n in zip(fixed, self.costs.mesh, strict=True)]
             specs.append(tuple(outs))
             self._row_reductions(self.anchor[arg.name], i, node, specs[-1])
             if not free:
@@ -403,13 +414,16 @@ class _Builder:
 def _edges(b: _Builder) -> list[Edge]:
     """Resharding matrix of every (producer anchor, consumer anchor, input position)."""
     reshard = cache(lambda src, dst, nbytes: b.costs.reshard(src, dst, nbytes)[0])
+    matrices: dict[tuple, tuple[float, ...]] = {}  # repeated layers ask for the same matrices
     nodes = {n.name: n for n in b.cap.graph.nodes}
     edges = []
     for arg, consumer, k in b.edge_args:
         u, v = b.anchor[arg], b.anchor[consumer]
-        size = nbytes_of(nodes[arg])
-        mat = [reshard(src, ins[k], size) for src in b.place[arg] for ins in b.vars[v].inputs]
-        edges.append(Edge(u, v, tuple(mat)))
+        key = (tuple(b.place[arg]), tuple(ins[k] for ins in b.vars[v].inputs), nbytes_of(nodes[arg]))
+        if key not in matrices:
+            srcs, dsts, size = key
+            matrices[key] = tuple(reshard(src, dst, size) for src in srcs for dst in dsts)
+        edges.append(Edge(u, v, matrices[key]))
     return edges
 
 

@@ -45,6 +45,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from time import perf_counter
 from typing import Any
@@ -171,19 +172,24 @@ def representatives(problem: ShardingProblem) -> list[int]:
 
 
 def live_steps(problem: ShardingProblem) -> list[tuple[int, list[int]]]:
-    """``(t, live nodes)`` for the steps ``T*`` that dominate all others (module docstring)."""
-    spans = [
-        (n.interval[0], n.interval[1], k)
-        for k, n in enumerate(problem.nodes)
-        if n.interval[0] < n.interval[1]
-    ]
-    starts = sorted({s for s, _, _ in spans})
-    ends = np.sort([e for _, e, _ in spans])
+    """``(t, live nodes)`` for the steps ``T*`` that dominate all others (module docstring), the
+    live nodes in node order. Computed once per problem (the solver, its bound and the evaluation of
+    its answer all read them)."""
+    return _live_steps(problem)
+
+
+@lru_cache(maxsize=8)
+def _live_steps(problem: ShardingProblem) -> list[tuple[int, list[int]]]:
+    intervals = np.array([n.interval for n in problem.nodes], dtype=np.int64).reshape(-1, 2)
+    ids = np.flatnonzero(intervals[:, 0] < intervals[:, 1])
+    first, end = intervals[ids, 0], intervals[ids, 1]
+    starts = np.unique(first).tolist()
+    ends = np.sort(end)
     steps = []
     for k, t in enumerate(starts):
         nxt = starts[k + 1] if k + 1 < len(starts) else np.inf
         if k + 1 == len(starts) or np.searchsorted(ends, t, "right") < np.searchsorted(ends, nxt, "right"):
-            steps.append((t, [n for s, e, n in spans if s <= t < e]))
+            steps.append((int(t), ids[(first <= t) & (t < end)].tolist()))
     return steps
 
 
@@ -195,13 +201,14 @@ def memory_lower_bound(
     each node's least-memory strategy reaches the minimum at every step at once (repeat copies have
     equal usages, so they agree on it), hence a limit at or above it always admits a solution."""
     pins = pins or {}
+    least = np.array(
+        [n.usages[pins[k]] if k in pins else min(n.usages) for k, n in enumerate(problem.nodes)], float
+    )
     best: tuple[float, int | None, list[int]] = (0.0, None, [])
     for t, live in live_steps(problem):
-        total = sum(
-            problem.nodes[n].usages[pins[n]] if n in pins else min(problem.nodes[n].usages) for n in live
-        )
+        total = float(sum(least[live].tolist()))  # in node order, as a plain sum adds them
         if best[1] is None or total > best[0]:
-            best = (float(total), t, live)
+            best = (total, t, live)
     return best
 
 
@@ -225,9 +232,8 @@ def evaluate(problem: ShardingProblem, strategies: list[int]) -> Evaluation:
     """Score a strategy per node exactly (no solver)."""
     node_cost = sum(n.costs[s] for n, s in zip(problem.nodes, strategies, strict=True))
     edge_cost = sum(problem.edge_matrix(e)[strategies[e.u], strategies[e.v]] for e in problem.edges)
-    usage = {
-        t: float(sum(problem.nodes[n].usages[strategies[n]] for n in live)) for t, live in live_steps(problem)
-    }
+    chosen = np.array([n.usages[s] for n, s in zip(problem.nodes, strategies, strict=True)], float)
+    usage = {t: float(sum(chosen[live].tolist())) for t, live in live_steps(problem)}
     peak_step = max(usage, key=usage.__getitem__) if usage else None
     return Evaluation(float(node_cost), float(edge_cost), usage.get(peak_step, 0.0), peak_step, usage)
 
@@ -319,7 +325,7 @@ def _build(problem: ShardingProblem, rep: list[int], pins: dict[int, int], limit
     prob = pulp.LpProblem("sharding", pulp.LpMinimize)
     linear, pairs = _objective_terms(problem, rep)
     s = {r: [pulp.LpVariable(f"s_{r}_{i}", cat="Binary") for i in range(len(c))] for r, c in linear.items()}
-    terms = [pulp.lpDot(c.tolist(), s[r]) for r, c in linear.items()]
+    terms = [_dot(c, s[r]) for r, c in linear.items()]
     for r, row in s.items():
         prob += pulp.lpSum(row) == 1, f"one_{r}"
         if r in pins:
@@ -329,7 +335,7 @@ def _build(problem: ShardingProblem, rep: list[int], pins: dict[int, int], limit
             [pulp.LpVariable(f"e_{u}_{v}_{i}_{j}", 0) for j in range(mat.shape[1])]
             for i in range(mat.shape[0])
         ]
-        terms += [pulp.lpDot(mat[i].tolist(), e[i]) for i in range(mat.shape[0])]
+        terms += [_dot(mat[i], e[i]) for i in range(mat.shape[0])]
         for i in range(mat.shape[0]):
             prob += pulp.lpSum(e[i]) == s[u][i], f"row_{u}_{v}_{i}"
         for j in range(mat.shape[1]):
@@ -346,16 +352,27 @@ def _add_memory(prob: Any, problem: ShardingProblem, rep: list[int], s: dict, li
     import pulp
 
     seen: set[tuple] = set()
+    usages = [np.asarray(n.usages, float) for n in problem.nodes]
+    varies = np.array([min(n.usages) != max(n.usages) for n in problem.nodes], bool)
     for t, live in live_steps(problem):
-        if all(min(problem.nodes[n].usages) == max(problem.nodes[n].usages) for n in live):
+        if not varies[live].any():
             continue  # constant total, already checked by the bound
         coef: dict[int, np.ndarray] = defaultdict(float)
         for n in live:
-            coef[rep[n]] = coef[rep[n]] + np.asarray(problem.nodes[n].usages, float)
+            coef[rep[n]] = coef[rep[n]] + usages[n]
         key = tuple(sorted((r, tuple(c)) for r, c in coef.items()))
         if key not in seen:
             seen.add(key)
-            prob += pulp.lpSum(pulp.lpDot(c.tolist(), s[r]) for r, c in coef.items()) <= limit, f"mem_t{t}"
+            row = pulp.LpAffineExpression([term for r, c in coef.items() for term in _dot(c, s[r]).items()])
+            prob += row <= limit, f"mem_t{t}"
+
+
+def _dot(coefs: np.ndarray, variables: list[Any]) -> Any:
+    """Σ coefs[i]·variables[i] as one PuLP expression, zero terms left out (as ``pulp.lpDot`` does),
+    built in one pass rather than term by term."""
+    import pulp
+
+    return pulp.LpAffineExpression([(v, c) for c, v in zip(coefs.tolist(), variables, strict=True) if c != 0])
 
 
 def _backend(solver: str, time_limit_s: float | None, threads: int | None) -> Any:

@@ -449,3 +449,66 @@ def test_lm_head_under_memory_budget_is_vocab_parallel() -> None:
     )
     assert tokens_cut.comm_s == pytest.approx(134.7e-6, rel=1e-3)
     assert plan.step_time_s < tokens_cut.step_time_s
+
+
+# --- a model of alike layers is traced with three and unrolled ---------------------------------------
+
+
+def _canonical(cap: Captured) -> tuple:
+    """A captured graph up to node names: per node its op, target, value's shape and dtype, its
+    arguments as graph positions, its layer and parameter; the gradients, loss and buffers by position."""
+    nodes = list(cap.graph.nodes)
+    at = {n: k for k, n in enumerate(nodes)}
+    by_name = {n.name: k for k, n in enumerate(nodes)}
+    rows = []
+    for n in nodes:
+        val = n.meta.get("val")
+        args = torch.utils._pytree.tree_leaves((n.args, n.kwargs))
+        rows.append((
+            n.op, "" if n.op == "placeholder" else str(n.target),
+            tuple(getattr(val, "shape", ())), str(getattr(val, "dtype", "")),
+            tuple(at[a] if isinstance(a, torch.fx.Node) else repr(a) for a in args),
+            cap.layer.get(n.name), cap.params.get(n.name),
+        ))  # fmt: skip
+    grads = sorted((by_name[g], by_name[p]) for g, p in cap.grads.items())
+    return rows, grads, by_name.get(cap.loss), cap.buffers
+
+
+@pytest.mark.parametrize("joint", [True, False])
+def test_an_unrolled_trace_is_the_full_trace_node_for_node(joint: bool, monkeypatch) -> None:
+    """Llama with 6 layers: unrolling the trace of 3 (first, middle, last) gives the graph a trace of
+    all 6 gives, node for node (ops, shapes, arguments, layer tags, parameters, gradients, loss), so
+    the ILP and its plan are the same; capture_hf unrolls it by itself."""
+    import search.fx_graph as fx
+
+    def full_trace(layers: int) -> Captured:
+        with monkeypatch.context() as m:
+            m.setattr(fx, "UNIFORM_LAYERS", ())  # no unrolling: the plain trace
+            return capture_hf(_llama(layers), batch=2, seq=256, joint=joint)
+
+    unrolled = fx.unroll(full_trace(3), 6)
+    assert unrolled is not None
+    assert _canonical(unrolled) == _canonical(full_trace(6))
+    assert _canonical(capture_hf(_llama(6), batch=2, seq=256, joint=joint)) == _canonical(unrolled)
+
+
+def test_layers_that_are_not_alike_are_not_unrolled() -> None:
+    """Three layers of which the last is wider: no template for the others, so no unrolled graph."""
+
+    class Stack(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = torch.nn.ModuleList(
+                [torch.nn.Linear(8, 8, bias=False), torch.nn.Linear(8, 8, bias=False), torch.nn.Linear(8, 8)]
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for layer in self.layers:
+                x = layer(x)
+            return x
+
+    with torch.device("meta"):
+        module = Stack()
+    from search.fx_graph import unroll
+
+    assert unroll(capture(module, [torch.zeros(4, 8, device="meta")]), 6) is None
