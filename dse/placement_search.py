@@ -297,9 +297,18 @@ def solve_all(
 def solver_row(placement: Placement, ev: dict) -> dict[str, Any]:
     """The JSON-ready figures of one solver (the evaluator's, its status and solve time)."""
     dp_pp = sum(ev["by_type"].get(t, {}).get("time_s", 0.0) for t in ("dp", "pp"))
+    bound = placement.bound
+    gap = (
+        max(placement.cost - bound, 0.0) / placement.cost
+        if bound is not None and placement.cost > 0
+        else None
+    )
     return {
         "method": placement.method,
         "status": placement.status,
+        "objective_value": placement.cost,
+        "lower_bound": bound,
+        "gap": gap,
         "cost_sum": ev["cost_sum"],
         "cost_max": ev["cost_max"],
         "comm_time_s": ev["comm_time_s"],
@@ -473,7 +482,20 @@ def why(rep: dict[str, Any]) -> str:
         inside = "stay inside" if row["tp_in_domain"] else "cross"
         parts.append(f"TP groups {inside} their scale-up domains")
     parts.append(_status_text(row["status"]))
+    if row.get("gap") is not None:
+        parts.append(_gap_text(row, rep["objective"]))
     return "; ".join(parts)
+
+
+def _gap_text(row: dict[str, Any], objective: str) -> str:
+    """How far from the best possible placement CP-SAT's is at most: its gap to the lower bound."""
+    if row["gap"] < 1e-9:
+        return "optimal: it meets the lower bound"
+    if objective == "time":
+        bound = f"{fmt_time(row['lower_bound'])}: each group type alone at the fastest links it can reach"
+    else:
+        bound = f"{row['lower_bound']:.4g}: CP-SAT's proven bound"
+    return f"within {row['gap']:.1%} of the best possible placement (lower bound {bound})"
 
 
 def _status_text(status: str) -> str:

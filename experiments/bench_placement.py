@@ -75,6 +75,8 @@ def compare(
         "solve_time_s": best.solve_time_s,
         "total_s": hop_s + best.solve_time_s,
         "status": best.status,
+        "lower_bound_s": best.bound,  # search.placement.time_lower_bound (objective time)
+        "gap": ours["gap"],  # CP-SAT's placement is at most this far above the best possible
         **{
             f"{k}_{m}": r[m]
             for k, r in rows.items()

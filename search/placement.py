@@ -42,7 +42,7 @@ from costmodels.errors import ConfigError
 from costmodels.network import Link, all_reduce_time_s, all_to_all_time_s
 from costmodels.parallel import Plan
 from costmodels.training import group_collectives
-from search.topology import Topology, ecmp_split, hop_cost_matrix, route
+from search.topology import DEVICE_KINDS, Topology, ecmp_split, hop_cost_matrix, route
 
 GROUP_TYPES = ("tp", "cp", "ep", "dp", "pp")
 # the collective each group type runs under the default plan (ring CP); a Job carries its plan's
@@ -200,7 +200,9 @@ def score(
 
 @dataclass(frozen=True)
 class Placement:
-    """rank → device index (into ``Topology.devices``), its cost, and how it was found."""
+    """rank → device index (into ``Topology.devices``), its cost, and how it was found; ``bound``: a
+    lower bound on the cost of any placement the solver could have returned (the exact model's
+    proven bound, or :func:`time_lower_bound` for the time objective), None when none is known."""
 
     devices: tuple[int, ...]
     cost: float
@@ -835,7 +837,8 @@ def cp_sat(
         devices, status, b = solve(job, topo, tr, h, hint, keep_tp_in_domain, objective, opts)
         if devices is None:  # no solution within the time limit (not even the hint accepted)
             continue
-        bound = b if b is not None else bound
+        if solve is _exact and b is not None:  # a stage of the hierarchy bounds only its stage
+            bound = b
         found.append(
             Placement(
                 devices,
@@ -851,6 +854,8 @@ def cp_sat(
         method, status = best.method, best.status if best in found else "baseline kept"
     else:
         method, status = "cp_sat", f"start kept ({best.method})"
+    if objective == "time":
+        bound = time_lower_bound(job, topo, keep_tp_in_domain)["total"]
     return Placement(best.devices, best.cost, method, status, bound, time.perf_counter() - t0)
 
 
@@ -980,3 +985,61 @@ def evaluate(
         "tp_in_domain": tp_in_domain(job, topo, dev),
         "by_type": by_type,
     }
+
+
+def _regions(topo: Topology) -> dict[str, str | None]:
+    """Each graph node's scale-up domain: a device's own; a switch's when every device it links to
+    is of one domain (a node's NVSwitch); None for a switch between domains (leaf, spine)."""
+    g, out = topo.graph, {}
+    for v, attrs in g.nodes(data=True):
+        if attrs["kind"] in DEVICE_KINDS:
+            out[v] = attrs["domain"]
+        else:
+            near = {g.nodes[u]["domain"] for u in g[v] if g.nodes[u]["kind"] in DEVICE_KINDS}
+            out[v] = near.pop() if len(near) == 1 else None
+    return out
+
+
+def time_lower_bound(job: Job, topo: Topology, keep_tp_in_domain: bool = True) -> dict[str, float]:
+    """A lower bound on :func:`evaluate`'s ``comm_time_s`` over every placement of ``job`` on
+    ``topo`` (with TP groups inside scale-up domains when ``keep_tp_in_domain``), per group type and
+    in ``total``: the optimality gap of any placement is at most (its time − bound) / its time.
+
+    Per type: a phase takes at least its slowest group's time alone (link sharing only slows it), and
+    a group's members sit in distinct TP groups (Megatron's axes are orthogonal), so with TP kept in
+    its domains a group of n members spans at least ⌈n / k⌉ domains, k the most TP groups any domain
+    holds (⌊available / tp⌋; without the constraint, k the most available devices of a domain).
+    A ring that must span two or more domains has a link out of a domain on its paths, so its
+    bandwidth is at most the fastest such link's (a domain holds its devices and the switches that
+    link only to them, such as a node's NVSwitch; a link out of it joins it to anything else, such as
+    a GPU's NIC link to its leaf); a ring that may stay inside one is at most the fastest link's.
+    Its time is the ring collective's at that bandwidth with no latency. A pipeline pair that must
+    cross domains sends half its wire bytes each way across its domain's links out, at most their
+    summed bandwidth; one that may stay inside is bounded by 0."""
+    region, g = _regions(topo), topo.graph
+    fastest, between, boundary = 0.0, 0.0, {}  # boundary: domain -> its links out, summed
+    for u, v, a in g.edges(data=True):
+        bw = float(a["bandwidth_Bps"])
+        fastest = max(fastest, bw)
+        if region[u] == region[v]:
+            continue  # inside a domain, or between two switches outside any
+        between = max(between, bw)  # a link out of a domain: every path between domains takes one
+        for r in {region[u], region[v]} - {None}:
+            boundary[r] = boundary.get(r, 0.0) + bw
+    avail = np.bincount(topo.domain_of[topo.available], minlength=len(topo.domains))
+    tp = job.degree("tp")
+    out: dict[str, float] = {}
+    for kind in dict.fromkeys(traffic(job).kinds):
+        n = job.degree(kind)
+        inside_tp = kind == "tp" and keep_tp_in_domain
+        per_domain = int(avail.max()) if inside_tp or not keep_tp_in_domain else int(np.max(avail // tp))
+        crosses = not inside_tp and n > max(per_domain, 1) and between > 0
+        if COLLECTIVE[kind] == "send_recv":
+            w = wire_bytes(job, kind)
+            out[kind] = (w / 2.0) / max(boundary.values()) if crosses and boundary else 0.0
+        else:
+            bw = between if crosses else fastest
+            s_bytes = float(job.bytes_per_step.get(kind, 0.0))
+            out[kind] = _ring_time_s(job.collective(kind), s_bytes, n, Link(float(bw), 0.0)) if n > 1 else 0.0
+    out["total"] = sum(out.values())
+    return out
