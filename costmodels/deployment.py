@@ -19,7 +19,7 @@ alike: round robin over equal requests). Requests go round robin over every engi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -73,20 +73,28 @@ class ServingPlan:
     prefill_tp: int | None = None
     across_nodes: bool = True
     ideal_network: bool = False
+    # (field, the tool's key for it) pairs, so that a refusal names the key the user set: dse.serve
+    # passes ("speculative_tokens", "speculative.tokens"), ...; a field not listed is named as itself
+    keys: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
+        k = self.key
         for name in ("tp", "pp", "replicas"):  # the engine checks its own (below)
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{k(name)} must be >= 1, got {getattr(self, name)}")
         for name in ("prefill_replicas", "speculative_tokens"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"{k(name)} must be >= 0, got {getattr(self, name)}")
         if self.prefill_tp is not None and self.prefill_tp < 1:
-            raise ConfigError(f"prefill_tp must be >= 1, got {self.prefill_tp}")
+            raise ConfigError(f"{k('prefill_tp')} must be >= 1, got {self.prefill_tp}")
         self.engine(kv_blocks=1)  # the engine's settings, checked where the engine defines them
         for name in ("offload_weights", "offload_kv"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"{name} is a fraction in [0, 1], got {getattr(self, name)}")
+                raise ConfigError(f"{k(name)} is a fraction in [0, 1], got {getattr(self, name)}")
+
+    def key(self, name: str) -> str:
+        """The user's key for field ``name`` (``keys``; the field's own name by default)."""
+        return dict(self.keys).get(name, name)
 
     @property
     def prefill_devices(self) -> int:
@@ -147,17 +155,19 @@ class ServingPlan:
         step tables across plans of one hardware, model and precision (the caller keeps one dict per
         such triple), built to ``cover`` (tokens, sequences) per step at least, so that one table
         serves every budget of a search."""
+        k = self.key
         for name, neutral in (("offload_weights", 0.0), ("offload_kv", 0.0)):
             if getattr(self, name) != neutral:
                 raise ConfigError(
-                    f"{name}={getattr(self, name)}: the request simulator runs whole replicas of tp devices "
-                    f"with the weights and cache in device memory; set {name}={neutral} (dse.calc "
+                    f"{k(name)}={getattr(self, name)}: the request simulator runs whole replicas of tp "
+                    f"devices with the weights and cache in device memory; set {k(name)}={neutral} (dse.calc "
                     "mode=inference prices it for one static batch)"
                 )
         if self.pp > 1 and self.speculative_tokens:
+            spec_key, pp_key = k("speculative_tokens"), k("pp")
             raise ConfigError(
-                f"speculative_tokens={self.speculative_tokens} with pp={self.pp}: the request simulator "
-                "speculates on replicas of one pipeline stage; set pp=1 or speculative_tokens=0"
+                f"{spec_key}={self.speculative_tokens} with {pp_key}={self.pp}: the request simulator "
+                f"speculates on replicas of one pipeline stage; set {pp_key}=1 or {spec_key}=0"
             )
         job = self.job(spec, precision, input_len, output_len)
         if spec.ssm is not None:  # a sequence's recurrent state is one slot, not blocks of tokens
@@ -168,11 +178,13 @@ class ServingPlan:
             ):
                 if getattr(self, name) != neutral:
                     raise ConfigError(
-                        f"{name}={getattr(self, name)}: {spec.model_type} keeps a recurrent state per "
-                        f"sequence, which the simulator does not roll back, share or swap: {name}={neutral}"
+                        f"{k(name)}={getattr(self, name)}: {spec.model_type} keeps a recurrent state per "
+                        "sequence, which the simulator does not roll back, share or swap: "
+                        f"{k(name)}={neutral}"
                     )
         if spec.num_heads % self.tp or (self.prefill_replicas and spec.num_heads % self.prefill_devices):
-            raise ConfigError(f"tp must divide num_attention_heads={spec.num_heads}")
+            tp_key = k("tp") if spec.num_heads % self.tp else k("prefill_tp")
+            raise ConfigError(f"{tp_key} must divide num_attention_heads={spec.num_heads}")
         context = input_len + output_len
         cache = {} if tables is None else tables
         width = self.speculative_tokens + 1
@@ -206,7 +218,8 @@ class ServingPlan:
                 where, per = (f"tp={tp}", "") if pp == 1 else (f"tp={tp}, pp={pp}", " per pipeline engine")
                 raise ConfigError(
                     f"{spec.model_type} on {where} leaves {tokens:,} tokens of KV cache{per} on {hw.name}, "
-                    f"fewer than one request's {context:,}: raise tp or lower max_num_batched_tokens"
+                    f"fewer than one request's {context:,}: raise {k('tp')} or lower "
+                    f"{k('max_num_batched_tokens')}"
                 )
             return tokens // self.block_size
 
@@ -266,6 +279,3 @@ class Deployment:
         if self.prefill is not None:
             return simulate_disaggregated(workload, self.prefill, self.decode, self.transfer_s(workload))
         return simulate_replicas(workload, self.decode.table, self.decode.scheduler, self.decode.replicas)
-
-
-PLAN_FIELDS = tuple(f.name for f in fields(ServingPlan))

@@ -163,6 +163,30 @@ def check_engine_choices(engine: Any, prefix: str) -> None:
             raise ConfigError(f"{prefix}{key} must be one of {', '.join(allowed)}, got {value!r}")
 
 
+# the ServingPlan field each key of conf/serve.yaml sets: a refusal names the key (ServingPlan.keys)
+_ENGINE_FIELDS = (
+    "scheduler",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "chunked_prefill",
+    "priority",
+    "block_size",
+    "kv_admission",
+    "preemption",
+    "prefix_caching",
+    "kv_cache_tokens",
+    "launch",
+)
+SERVE_KEYS = (
+    *((f, f"engine.{f}") for f in _ENGINE_FIELDS),
+    *((f"speculative_{f}", f"speculative.{f}") for f in ("tokens", "acceptance", "seed")),
+    *(
+        (f, f"disaggregation.{f}")
+        for f in ("prefill_replicas", "prefill_tp", "across_nodes", "ideal_network")
+    ),
+)
+
+
 def plan_from_config(cfg: DictConfig) -> ServingPlan:
     """The deployment the config describes (``tp``, ``pp``, ``replicas``, ``kv_precision``, ``engine.*``,
     ``speculative.*``, ``disaggregation.*``), each value checked under its own key."""
@@ -194,6 +218,7 @@ def plan_from_config(cfg: DictConfig) -> ServingPlan:
         prefill_tp=None if d.prefill_tp is None else positive_int(d.prefill_tp, "disaggregation.prefill_tp"),
         across_nodes=bool(d.across_nodes),
         ideal_network=bool(d.ideal_network),
+        keys=SERVE_KEYS,
     )
 
 

@@ -761,6 +761,32 @@ def test_a_bad_serve_setting_names_its_key(override: str, message: str) -> None:
     assert message in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["pp=2", "speculative.tokens=2"], "speculative.tokens=2 with pp=2: the request simulator speculates "
+         "on replicas of one pipeline stage; set pp=1 or speculative.tokens=0"),
+        (["model=mamba_2_8b", "engine.prefix_caching=true"], "engine.prefix_caching=True: mamba keeps a "
+         "recurrent state per sequence"),
+        (["model=llama3_70b"], "1,152: raise tp or lower engine.max_num_batched_tokens"),
+        (["disaggregation.prefill_replicas=1", "disaggregation.prefill_tp=3"],
+         "disaggregation.prefill_tp must divide num_attention_heads=32"),
+    ],
+)  # fmt: skip
+def test_a_deployment_dse_serve_cannot_simulate_names_the_users_keys(overrides, message) -> None:
+    """What only the deployment can refuse (ServingPlan.deploy) is one line naming dse.serve's keys
+    (``speculative.tokens``, ``engine.prefix_caching``, ...), not the plan's fields."""
+    from hydra import compose, initialize_config_dir
+
+    from dse import serve
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("serve", [*overrides, "workload.requests=10"])
+    with pytest.raises(ConfigError) as err:
+        serve.report(cfg)
+    assert message in str(err.value)
+
+
 # --- pipeline stages: a replica of pp stages runs pp engines ------------------------------------------
 
 
