@@ -49,6 +49,7 @@ class ServingPlan:
 
     tp: int = 1
     pp: int = 1  # pipeline stages of a replica (the simulator: pp engines per replica, module docstring)
+    ep: int = 1  # devices a replica spreads a MoE's experts over, one engine each (module docstring)
     replicas: int = 1
     launch: str = "tensorrt-llm"  # the engine preset of inference.ENGINES (its host launch times)
     kv_precision: str | None = None
@@ -79,7 +80,7 @@ class ServingPlan:
 
     def __post_init__(self) -> None:
         k = self.key
-        for name in ("tp", "pp", "replicas"):  # the engine checks its own (below)
+        for name in ("tp", "pp", "ep", "replicas"):  # the engine checks its own (below)
             if getattr(self, name) < 1:
                 raise ConfigError(f"{k(name)} must be >= 1, got {getattr(self, name)}")
         for name in ("prefill_replicas", "speculative_tokens"):
@@ -92,6 +93,22 @@ class ServingPlan:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{k(name)} is a fraction in [0, 1], got {getattr(self, name)}")
 
+    def _check_expert_parallel(self, spec: ModelSpec) -> None:
+        """Expert parallelism as the simulator runs it (module docstring): a MoE model, one device per
+        engine (tp = pp = 1), whole experts per device, colocated and without speculation."""
+        k, ep = self.key, f"{self.key('ep')}={self.ep}"
+        if spec.moe is None:
+            raise ConfigError(f"{ep}: {spec.model_type} has no experts to spread; set {k('ep')}=1")
+        if spec.moe.num_experts % self.ep:
+            raise ConfigError(f"{ep} must divide the {spec.moe.num_experts} experts of {spec.model_type}")
+        for name, neutral in (("tp", 1), ("pp", 1), ("prefill_replicas", 0), ("speculative_tokens", 0)):
+            if getattr(self, name) != neutral:
+                raise ConfigError(
+                    f"{ep} with {k(name)}={getattr(self, name)}: the request simulator spreads experts "
+                    f"over single-device engines (data-parallel attention); set {k(name)}={neutral} or "
+                    f"{k('ep')}=1"
+                )
+
     def key(self, name: str) -> str:
         """The user's key for field ``name`` (``keys``; the field's own name by default)."""
         return dict(self.keys).get(name, name)
@@ -103,7 +120,7 @@ class ServingPlan:
 
     @property
     def devices(self) -> int:
-        return self.tp * self.pp * self.replicas + self.prefill_devices * self.prefill_replicas
+        return self.tp * self.pp * self.ep * self.replicas + self.prefill_devices * self.prefill_replicas
 
     def job(self, spec: ModelSpec, precision: str, input_len: int, output_len: int) -> InferenceJob:
         """The cost model's job for requests of up to ``input_len`` + ``output_len`` tokens."""
@@ -169,6 +186,8 @@ class ServingPlan:
                 f"{spec_key}={self.speculative_tokens} with {pp_key}={self.pp}: the request simulator "
                 f"speculates on replicas of one pipeline stage; set {pp_key}=1 or {spec_key}=0"
             )
+        if self.ep > 1:
+            self._check_expert_parallel(spec)
         job = self.job(spec, precision, input_len, output_len)
         if spec.ssm is not None:  # a sequence's recurrent state is one slot, not blocks of tokens
             for name, neutral in (
@@ -191,7 +210,9 @@ class ServingPlan:
 
         budget, seqs = max(self.max_num_batched_tokens, cover[0]), max(self.max_num_seqs, cover[1])
 
-        def table(model_job: InferenceJob, tp: int, width_: int, what: str, pp: int = 1) -> StepTable:
+        def table(
+            model_job: InferenceJob, tp: int, width_: int, what: str, pp: int = 1, ep: int = 1
+        ) -> StepTable:
             key = (
                 what,
                 self.launch,
@@ -199,23 +220,25 @@ class ServingPlan:
                 self.attention_precision,
                 tp,
                 pp,
+                ep,
                 budget,
                 seqs,
                 context,
                 width_,
             )
             if key not in cache:
-                cache[key] = step_table(hw, model_job, tp, budget, seqs, context, width_, pp)
+                cache[key] = step_table(hw, model_job, tp, budget, seqs, context, width_, pp, ep)
             return cache[key]
 
-        def kv_blocks(tp: int, pp: int = 1) -> int:
-            """Blocks of one engine: the replica's KV tokens split over its ``pp`` engines."""
+        def kv_blocks(tp: int, pp: int = 1, ep: int = 1) -> int:
+            """Blocks of one engine: the replica's KV tokens split over its ``pp``·``ep`` engines."""
             tokens = (
                 self.kv_cache_tokens
-                or kv_capacity_tokens(hw, job, tp, self.max_num_batched_tokens, self.max_num_seqs, pp)
-            ) // pp
+                or kv_capacity_tokens(hw, job, tp, self.max_num_batched_tokens, self.max_num_seqs, pp, ep)
+            ) // (pp * ep)
             if tokens < context + self.speculative_tokens:
-                where, per = (f"tp={tp}", "") if pp == 1 else (f"tp={tp}, pp={pp}", " per pipeline engine")
+                where = f"tp={tp}" + (f", pp={pp}" if pp > 1 else "") + (f", ep={ep}" if ep > 1 else "")
+                per = " per engine" if pp * ep > 1 else ""
                 raise ConfigError(
                     f"{spec.model_type} on {where} leaves {tokens:,} tokens of KV cache{per} on {hw.name}, "
                     f"fewer than one request's {context:,}: raise {k('tp')} or lower "
@@ -236,10 +259,10 @@ class ServingPlan:
         def swap_s(tp: int, pp: int = 1) -> float:
             return kv_swap_block_s(hw, job, tp, self.block_size, pp) if self.preemption == "swap" else 0.0
 
-        decode_blocks = kv_blocks(self.tp, self.pp)
+        decode_blocks = kv_blocks(self.tp, self.pp, self.ep)
         decode_engine = self.engine(decode_blocks, speculation, swap_s(self.tp, self.pp))
-        decode_table = table(job, self.tp, width, "target", self.pp)
-        decode = Pool(decode_table, decode_engine, self.replicas * self.pp)
+        decode_table = table(job, self.tp, width, "target", self.pp, self.ep)
+        decode = Pool(decode_table, decode_engine, self.replicas * self.pp * self.ep)
         prefill = None
         if self.prefill_replicas:
             blocks = kv_blocks(self.prefill_devices)

@@ -511,8 +511,10 @@ def inference_memory(
     prefill_tokens: Scalar | None = None,
     workspace_bytes: Scalar | None = None,
     source_tokens: Scalar = 0.0,
+    ep: Scalar = 1.0,
 ) -> MemoryBreakdown:
-    """Serving memory per device: weights of the larger pipeline stage (all experts resident), the KV
+    """Serving memory per device: weights of the larger pipeline stage (all experts resident, or
+    1/``ep`` of them when the experts are spread over ``ep`` devices), the KV
     cache of batch_size sequences of context_tokens over L/pp layers (a sliding-window layer keeps its
     window: ``ModelSpec.cached_layer_tokens``) and, for state-space layers, each sequence's recurrent
     state in the 16-bit activation type (vLLM's ``mamba_ssm_cache_dtype`` "auto"), the activations of
@@ -520,12 +522,12 @@ def inference_memory(
     prefill of ``prefill_tokens``, default the whole batch·context), workspace. ``offload_*``: that
     fraction of weights / KV cache lives in host memory instead. ``source_tokens``: an
     encoder-decoder's encoder input per sequence, whose keys and values each decoder layer caches."""
-    _check("positive", tp=tp, pp=pp)
+    _check("positive", tp=tp, pp=pp, ep=ep)
     _check(">= 0", batch_size=batch_size, context_tokens=context_tokens, prefill_tokens=prefill_tokens)
     _check("in [0, 1]", offload_weights=offload_weights, offload_kv=offload_kv)
     w_b = weight_bytes_per_element(precision)
     kv_b = bytes_per_element(kv_cache_precision(precision, kv_precision))
-    first, last, experts = stage_parameters(spec, tp, pp)
+    first, last, experts = stage_parameters(spec, tp, pp, ep)
     weights = w_b * (jnp.maximum(first, last) + experts)
     layer_tokens = spec.cached_layer_tokens(context_tokens, source_tokens)
     kv = batch_size * layer_tokens / pp * kv_elements_per_token(spec, tp) * kv_b

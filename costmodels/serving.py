@@ -16,7 +16,14 @@ convolution and scan, which move a fixed state per sequence, are priced with the
 launch floor (``Engine``), one all-reduce of ``T`` tokens per block under tensor parallelism
 (``ModelSpec.tp_reductions``) and, through ``pp`` pipeline stages, one send of the ``T`` tokens'
 hidden states from each stage to the next (``inference.stage_transfer_s``): a step's latency is its
-pass through every stage, each stage running 1/pp of the kernels. Each op's time is
+pass through every stage, each stage running 1/pp of the kernels. With the experts spread over
+``ep`` devices (expert parallelism with data-parallel attention, as vLLM's and SGLang's wide-EP
+serving runs a MoE: each device an engine with its own requests and KV cache, every device holding
+the dense weights and 1/ep of the experts), a step's dense ops are its own tokens' and its expert
+ops those of the ``ep`` engines' tokens routed to its experts: ``ep·T`` tokens touch the experts,
+and the device computes ``T·top_k`` expert rows on average (``sharding.shard``'s ``ep``), plus each
+MoE layer's dispatch and combine all-to-alls; the engines run their MoE layers together, so this is
+exact while their steps are alike (round robin over equal requests). Each op's time is
 ``inference.op_seconds`` (``compute.kernel_time_s``), the model of a static batch:
 :func:`step_time_s` is that model evaluated directly. An engine that replays CUDA graphs does so for
 decode-only steps; a step with prompt tokens launches its kernels (``inference.prompt_launch``).
@@ -87,13 +94,13 @@ def _stack(tables: Sequence[OpTable]) -> dict[str, np.ndarray]:
     }
 
 
-def _check_servable(job: InferenceJob, tp: int, pp: int = 1) -> None:
+def _check_servable(job: InferenceJob, tp: int, pp: int = 1, ep: int = 1) -> None:
     if job.spec.encoder_layers or not job.spec.causal:
         raise ConfigError(
             f"{job.spec.model_type}: the request simulator serves decoder-only models; price an encoder "
             "or encoder-decoder with python -m dse.calc mode=inference"
         )
-    for name, value in (("tp", tp), ("pp", pp)):
+    for name, value in (("tp", tp), ("pp", pp), ("ep", ep)):
         if value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")
 
@@ -153,8 +160,8 @@ class StepOps:
         return _take(table, _core_ops(table))
 
 
-def _plan(tp: float) -> Plan:
-    return Plan(tp=tp, pp=1.0, microbatch=1.0)
+def _plan(tp: float, ep: float = 1.0) -> Plan:
+    return Plan(tp=tp, pp=1.0, ep=ep, microbatch=1.0)
 
 
 def _seconds(hw: Hardware, job: InferenceJob, table: OpTable, tp: float, seqs, tokens) -> jax.Array:
@@ -162,15 +169,20 @@ def _seconds(hw: Hardware, job: InferenceJob, table: OpTable, tp: float, seqs, t
     return jnp.sum(op_seconds(hw, job, table, _plan(tp), seqs, tokens) * table.layers)
 
 
-def _comm_s(hw: Hardware, job: InferenceJob, tp: float, pp: float, tokens) -> jax.Array:
+def step_comm_s(hw: Hardware, job: InferenceJob, tp: float, pp: float, tokens, ep: float = 1.0) -> jax.Array:
     """The step's communication: ``tp_reductions`` tensor-parallel all-reduces of ``tokens``·h 16-bit
-    activations and, through ``pp`` pipeline stages, ``pp − 1`` sends of them from stage to stage
-    (``inference.stage_transfer_s``)."""
+    activations; through ``pp`` pipeline stages, ``pp − 1`` sends of them from stage to stage
+    (``inference.stage_transfer_s``); with experts over ``ep`` devices, each MoE layer's dispatch and
+    combine, two all-to-alls of the tokens' top_k copies (as the training model's MoE layers)."""
+    spec = job.spec
     act_b = bytes_per_element(activation_precision(job.precision))
-    reductions = job.spec.tp_reductions * collective_s(
-        "all_reduce", hw, tokens * job.spec.hidden_size * act_b, 1.0, tp
-    )
-    return reductions + (pp - 1.0) * stage_transfer_s(hw, job, tp, tokens) if pp > 1 else reductions
+    out = spec.tp_reductions * collective_s("all_reduce", hw, tokens * spec.hidden_size * act_b, 1.0, tp)
+    if pp > 1:
+        out = out + (pp - 1.0) * stage_transfer_s(hw, job, tp, tokens)
+    if ep > 1 and spec.moe is not None:
+        routed = tokens * spec.moe.top_k * spec.hidden_size * act_b
+        out = out + 2.0 * spec.mlp_layers("moe") * collective_s("all_to_all", hw, routed, 1.0, ep)
+    return out
 
 
 def step_time_s(
@@ -181,14 +193,16 @@ def step_time_s(
     decode_contexts: Sequence[int] = (),
     logits: int | None = None,
     pp: int = 1,
+    ep: int = 1,
 ) -> float:
     """One step of prompt ``chunks`` (cached, new) and single-token decodes at ``decode_contexts``
     (the tokens each attends, its new one included), evaluated directly (module docstring).
     ``logits``: rows through the LM head (default: every chunk and every decode); ``pp``: pipeline
-    stages the step passes through."""
-    _check_servable(job, tp, pp)
+    stages the step passes through; ``ep``: devices the experts are spread over, each an engine
+    whose step is alike (module docstring)."""
+    _check_servable(job, tp, pp, ep)
     with jax.enable_x64(True):  # as the tables: float64, so the two agree to rounding
-        return _step_time_s(hw, job, tp, chunks, decode_contexts, logits, pp)
+        return _step_time_s(hw, job, tp, chunks, decode_contexts, logits, pp, ep)
 
 
 def _step_time_s(
@@ -199,6 +213,7 @@ def _step_time_s(
     decode_contexts: Sequence[int],
     logits: int | None,
     pp: int,
+    ep: int,
 ) -> float:
     job = prompt_launch(job) if chunks else job  # graphs replay decode-only steps
     step = StepOps.of(job)
@@ -208,7 +223,8 @@ def _step_time_s(
     if tokens <= 0:
         return 0.0
     token = step.tokens_table(tokens)
-    per_op = op_seconds(hw, job, token, _plan(float(tp)), np.where(step.per_token, tokens, rows), tokens)
+    seqs = np.where(step.per_token, tokens, rows)
+    per_op = op_seconds(hw, job, token, _plan(float(tp), float(ep)), seqs, ep * tokens)
     mask = step.per_token | step.per_logit
     kernels = jnp.sum(per_op * token.layers * mask)
     if d:
@@ -216,7 +232,8 @@ def _step_time_s(
         kernels += _seconds(hw, job, step.core(mean - 1.0, 1.0), float(tp), float(d), tokens)
     for cached, new in chunks:
         kernels += _seconds(hw, job, step.core(float(cached), float(new)), float(tp), 1.0, tokens)
-    return float(jnp.maximum(kernels, job.host_pass_s) + _comm_s(hw, job, float(tp), float(pp), tokens))
+    comm = step_comm_s(hw, job, float(tp), float(pp), tokens, float(ep))
+    return float(jnp.maximum(kernels, job.host_pass_s) + comm)
 
 
 def _geometric(low: float, high: float, ratio: float) -> np.ndarray:
@@ -327,27 +344,30 @@ def step_table(
     max_context: int,
     width: int = 1,
     pp: int = 1,
+    ep: int = 1,
 ) -> StepTable:
     """:class:`StepTable` of steps of up to ``max_tokens`` new tokens, ``max_seqs`` sequences and
     ``max_context`` tokens per sequence on one replica of ``tp`` devices per stage and ``pp`` stages
     (each step passes through all of them). ``width``: the tokens each decoding sequence feeds per
     step (1; k + 1 when it verifies k speculated tokens, each with its logits), so the decode core is
-    of queries of ``width`` tokens."""
-    _check_servable(job, tp, pp)
+    of queries of ``width`` tokens. ``ep``: devices the experts are spread over (:func:`step_time_s`)."""
+    _check_servable(job, tp, pp, ep)
     if width < 1:
         raise ConfigError(f"width must be >= 1, got {width}")
     for name, value in (("max_tokens", max_tokens), ("max_seqs", max_seqs), ("max_context", max_context)):
         if value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")
-    step, tpf, ppf = StepOps.of(job), float(tp), float(pp)
+    step, tpf, ppf, epf = StepOps.of(job), float(tp), float(pp), float(ep)
     exact = np.arange(1.0, max(min(max_tokens, EXACT_TOKENS), 2) + 1.0)  # two points at least
     above = _geometric(exact[-1], max_tokens, TOKEN_RATIO)[1:] if max_tokens > EXACT_TOKENS else np.array([])
     tokens = np.concatenate([exact, above])
     token = step.token
 
     def per_token(t):
-        per_op = op_seconds(hw, job, step.tokens_table(t), _plan(tpf), t, t)
-        return jnp.stack([jnp.sum(per_op * token.layers * step.per_token), _comm_s(hw, job, tpf, ppf, t)])
+        per_op = op_seconds(hw, job, step.tokens_table(t), _plan(tpf, epf), t, epf * t)
+        return jnp.stack(
+            [jnp.sum(per_op * token.layers * step.per_token), step_comm_s(hw, job, tpf, ppf, t, epf)]
+        )
 
     def per_logit(rows):
         per_op = op_seconds(hw, job, token, _plan(tpf), rows, 1.0)
@@ -423,7 +443,7 @@ def state_bytes_per_sequence(job: InferenceJob, tp: int) -> float:
 
 
 def kv_capacity_tokens(
-    hw: Hardware, job: InferenceJob, tp: int, max_tokens: int, max_seqs: int = 0, pp: int = 1
+    hw: Hardware, job: InferenceJob, tp: int, max_tokens: int, max_seqs: int = 0, pp: int = 1, ep: int = 1
 ) -> int:
     """Tokens of KV cache one replica of ``pp`` stages of ``tp`` devices holds: a device's HBM less
     its stage's weights (the larger of the first and last), the activations of a ``max_tokens`` step,
@@ -432,7 +452,9 @@ def kv_capacity_tokens(
     holds its layers' share of the states of all ``pp`` engines; ``memory.inference_memory``),
     divided by the cache of one token over the stage's 1/pp of the attention layers. A model with no
     attention layer caches no token: its capacity is then the tokens of ``max_seqs`` sequences per
-    engine of ``job``'s whole length, which never binds."""
+    engine of ``job``'s whole length, which never binds. With the experts spread over ``ep`` devices
+    (``tp`` = ``pp`` = 1), each device keeps the dense weights and 1/ep of the experts and caches its
+    own engine's tokens: the replica holds ``ep`` times one device's tokens."""
     spec = job.spec
     mem = inference_memory(
         spec,
@@ -444,6 +466,7 @@ def kv_capacity_tokens(
         job.precision,
         job.kv_precision,
         prefill_tokens=float(max_tokens),
+        ep=float(ep),
     )
     states = max_seqs * state_bytes_per_sequence(job, tp)  # pp engines' sequences, 1/pp of the layers each
     free = float(mem.capacity_bytes - mem.total_bytes) - states
@@ -455,8 +478,8 @@ def kv_capacity_tokens(
         )
     per_token = kv_bytes_per_token(job, tp) / pp
     if per_token == 0.0:
-        return pp * max_seqs * (job.prompt_tokens + job.output_len)
-    return max(int(free // per_token), 0)
+        return ep * pp * max_seqs * (job.prompt_tokens + job.output_len)
+    return ep * max(int(free // per_token), 0)
 
 
 def kv_swap_block_s(hw: Hardware, job: InferenceJob, tp: int, block_size: int, pp: int = 1) -> float:

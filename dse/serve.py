@@ -198,6 +198,7 @@ def plan_from_config(cfg: DictConfig) -> ServingPlan:
     return ServingPlan(
         tp=positive_int(cfg.tp, "tp"),
         pp=positive_int(cfg.pp, "pp"),
+        ep=positive_int(cfg.ep, "ep"),
         replicas=positive_int(cfg.replicas, "replicas"),
         launch=str(e.launch),
         kv_precision=cfg.kv_precision,
@@ -249,6 +250,13 @@ def assumptions(cfg: DictConfig) -> list[str]:
             f"speculative decoding: {sp.tokens} tokens proposed per step by {proposer}, each accepted with "
             f"probability {sp.acceptance} until the first rejection; ITL counts one gap per step's tokens"
         )
+    if cfg.ep > 1:
+        out.append(
+            f"experts: each replica's {cfg.ep} devices are {cfg.ep} engines (data-parallel attention, as "
+            f"vLLM's and SGLang's wide expert parallelism), each with its own requests, KV cache, the dense "
+            f"weights and 1/{cfg.ep} of the experts; a step's experts serve the {cfg.ep} engines' tokens "
+            "(alike steps, run together) and each MoE layer adds a dispatch and a combine all-to-all"
+        )
     if cfg.pp > 1:
         out.append(
             f"pipeline: each replica's {cfg.pp} stages run {cfg.pp} engines (vLLM's virtual engines), each "
@@ -256,8 +264,9 @@ def assumptions(cfg: DictConfig) -> list[str]:
             "is its pass through every stage, and the engines' steps fill the stages in turn without "
             "slowing one another (exact while their batches are alike)"
         )
-    if cfg.replicas > 1 or d.prefill_replicas > 1 or cfg.pp > 1:
-        out.append("requests go to the " + ("engines" if cfg.pp > 1 else "replicas") + " round robin")
+    engines = cfg.pp > 1 or cfg.ep > 1
+    if cfg.replicas > 1 or d.prefill_replicas > 1 or engines:
+        out.append("requests go to the " + ("engines" if engines else "replicas") + " round robin")
     if d.prefill_replicas:
         link = "the scale-out link" if d.across_nodes else "the scale-up link"
         link = "no time (ideal network)" if d.ideal_network else link
@@ -300,6 +309,7 @@ def report(cfg: DictConfig) -> dict[str, Any]:
         "hardware": hw.name,
         "tp": plan.tp,
         "pp": plan.pp,
+        "ep": plan.ep,
         "replicas": plan.replicas,
         "prefill_replicas": plan.prefill_replicas,
         "prefill_tp": plan.prefill_devices,
@@ -359,9 +369,11 @@ def render(rep: dict[str, Any]) -> str:
     m, s, w = rep["metrics"], rep["scheduler"], rep["workload"]
     head = "\n".join(
         [
-            f"{rep['model']} on {rep['replicas']} × {rep['tp'] * rep['pp']} {rep['hardware']} "
+            f"{rep['model']} on {rep['replicas']} × {rep['tp'] * rep['pp'] * rep['ep']} {rep['hardware']} "
             + (
-                f"(tp={rep['tp']} per replica)"
+                f"(experts over ep={rep['ep']} devices per replica, one engine each)"
+                if rep["ep"] > 1
+                else f"(tp={rep['tp']} per replica)"
                 if rep["pp"] == 1
                 else f"(tp={rep['tp']} × pp={rep['pp']} stages per replica, {rep['pp']} engines each)"
             )
@@ -374,7 +386,8 @@ def render(rep: dict[str, Any]) -> str:
             f"engine: {s['kind']} batching, {s['max_num_seqs']} sequences and {s['max_num_batched_tokens']} "
             f"tokens per step, chunked prefill {'on' if s['chunked_prefill'] else 'off'}, "
             f"{s['priority']} first; "
-            f"KV cache {rep['kv_cache_tokens']:,} tokens per {'replica' if rep['pp'] == 1 else 'engine'} "
+            f"KV cache {rep['kv_cache_tokens']:,} tokens per "
+            f"{'replica' if rep['pp'] * rep['ep'] == 1 else 'engine'} "
             f"({s['kv_blocks']:,} blocks of {s['block_size']})",
             f"workload: {w['requests']:,} requests, {w['arrival']} arrivals, mean {w['mean_input_len']:.0f} "
             f"input + {w['mean_output_len']:.0f} output tokens; SLO: TTFT ≤ {rep['slo']['ttft_ms']:g} ms, "
@@ -393,7 +406,7 @@ def render(rep: dict[str, Any]) -> str:
         ["goodput per GPU", f"{m['goodput_per_gpu']:.3f} req/s", f"goodput / {rep['devices']} device(s)"],
         ["SLO attainment", f"{m['slo_attainment'] * 100:.1f} %", "share of requests meeting both SLOs"],
         ["KV cache use", f"{m['kv_utilisation_mean']:.1%} mean, {m['kv_utilisation_peak']:.1%} peak",
-         ("replica 0" if rep["pp"] == 1 else "engine 0") + ", time-weighted"],
+         ("replica 0" if rep["pp"] * rep["ep"] == 1 else "engine 0") + ", time-weighted"],
         ["preemptions", f"{m['preemptions']:.0f}", PREEMPTED[s["preemption"]]],
         ["prefix cache hits", f"{m['prefix_hit_rate']:.1%}", "prompt tokens read from the prefix cache"],
         ["cost", f"${m['cost_usd_per_mtoken']:.3f} per M tokens", "device-hours at the preset's price"],

@@ -118,7 +118,7 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
     rows, seen = [], set()
     for i in np.argsort(np.asarray(table["objective"], float), kind="stable"):
         design = problem.describe({k: float(np.asarray(table[k])[i]) for k in KNOBS})
-        key = tuple(design[k] for k in ("tp", "pp", "prefill", "decode", "max_num_seqs",
+        key = tuple(design[k] for k in ("tp", "pp", "ep", "prefill", "decode", "max_num_seqs",
                                         "max_num_batched_tokens", "speculative_tokens"))  # fmt: skip
         if feasible[i] and key not in seen:  # two shares may give the same split: one row
             seen.add(key)
@@ -175,6 +175,7 @@ def _design(row: dict[str, Any] | None) -> str:
     )
     speculating = f", {row['speculative_tokens']} speculative tokens" if row["speculative_tokens"] else ""
     stages = f" × pp={row['pp']}" if row["pp"] > 1 else ""
+    stages += f", experts over ep={row['ep']} devices" if row.get("ep", 1) > 1 else ""
     return (
         f"tp={row['tp']}{stages}, {split} replica(s), max_num_seqs={row['max_num_seqs']}, "
         f"max_num_batched_tokens={row['max_num_batched_tokens']}{speculating}"

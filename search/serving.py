@@ -2,19 +2,21 @@
 of a pool of GPUs serves the most requests per second per GPU within the SLOs.
 
 A design is ``tp``, ``pp`` (pipeline stages of a replica, which runs one engine per stage:
-``costmodels/deployment.py``), ``max_num_seqs``, ``max_num_batched_tokens``, ``prefill_share`` (the
-share of the pool's replicas that only prefill; 0: colocated; pipelined designs are colocated, as
-a prefill replica runs one stage) and ``speculative_tokens`` (tokens proposed per decode step, by
-the setup's draft model or an n-gram lookup, each accepted with the setup's probability; 0: no
-speculation; pipelined designs do not speculate, as the simulator does not). A design is a mapping
-from each of ``KNOBS`` to its value; a space may leave out the ``OPTIONAL`` knobs. Its figure of
-merit is DistServe's per-GPU goodput (Zhong et al. 2024, Sec. 2): the highest Poisson request rate
-at which at least ``attainment`` of the requests meet both the TTFT and the TPOT SLO, divided by the
-GPUs used. The rate is found by doubling from ``START_RATE`` until the attainment drops below the goal, then
-bisecting (``BISECTIONS`` halvings, so within 1/2^6 of the bracket), each probe one simulation
+``costmodels/deployment.py``), ``ep`` (a MoE's experts spread over ep single-device engines with
+data-parallel attention; colocated, tp = pp = 1, no speculation), ``max_num_seqs``,
+``max_num_batched_tokens``, ``prefill_share`` (the share of the pool's replicas that only prefill;
+0: colocated; pipelined designs are colocated, as a prefill replica runs one stage) and
+``speculative_tokens`` (tokens proposed per decode step, by the setup's draft model or an n-gram
+lookup, each accepted with the setup's probability; 0: no speculation; pipelined designs do not
+speculate, as the simulator does not). A design is a mapping from each of ``KNOBS`` to its value;
+a space may leave out the ``OPTIONAL`` knobs. Its figure of merit is DistServe's per-GPU goodput
+(Zhong et al. 2024, Sec. 2): the highest Poisson request rate at which at least ``attainment`` of
+the requests meet both the TTFT and the TPOT SLO, divided by the GPUs used. The rate is found by
+doubling from ``START_RATE`` until the attainment drops below the goal, then bisecting
+(``BISECTIONS`` halvings, so within 1/2^6 of the bracket), each probe one simulation
 (``costmodels/requests.py``) of the same requests with their gaps scaled (common random numbers: the
 attainment falls with the rate without sampling noise between probes). The step tables are built
-once per (tp, pp), covering every engine budget of the space.
+once per (tp, pp, ep), covering every engine budget of the space.
 
 A finite trace can hide an overload: at a rate far above what a deployment serves, its requests
 arrive as one burst, and a burst small enough to drain within the SLOs meets them all. Such a rate
@@ -41,8 +43,8 @@ from costmodels.serving import StepTable
 from search.base import Problem
 
 SERVING_SIM_OBJECTIVES = ("neg_goodput_per_gpu", "cost_usd_per_mtoken")
-KNOBS = ("tp", "pp", "max_num_seqs", "max_num_batched_tokens", "prefill_share", "speculative_tokens")
-OPTIONAL = {"pp": 1, "speculative_tokens": 0}  # a space that leaves one out searches this value only
+KNOBS = ("tp", "pp", "ep", "max_num_seqs", "max_num_batched_tokens", "prefill_share", "speculative_tokens")
+OPTIONAL = {"pp": 1, "ep": 1, "speculative_tokens": 0}  # a space that leaves one out searches this only
 FRACTIONS = ("prefill_share",)  # every other knob is a whole number
 START_RATE = 0.25  # requests/s per replica: the first probe
 MAX_DOUBLINGS = 16
@@ -81,7 +83,7 @@ def split(gpus: int, devices: int, share: float) -> tuple[int, int]:
 
 
 class _Designs:
-    """Designs as plans, their step tables built once per (tp, pp) (to the largest
+    """Designs as plans, their step tables built once per (tp, pp, ep) (to the largest
     budgets of the space) and shared."""
 
     def __init__(self, setup: ServingSetup, space: Mapping[str, Sequence[float]]):
@@ -92,13 +94,14 @@ class _Designs:
     def plan(self, design: Mapping[str, float]) -> ServingPlan | None:
         """The design's plan; None when the pool leaves no decode replica."""
         d = knobs(design)
-        prefill, decode = split(self.s.gpus, d["tp"] * d["pp"], d["prefill_share"])
+        prefill, decode = split(self.s.gpus, d["tp"] * d["pp"] * d["ep"], d["prefill_share"])
         if not decode:
             return None
         return replace(
             self.s.plan,
             tp=d["tp"],
             pp=d["pp"],
+            ep=d["ep"],
             replicas=decode,
             prefill_replicas=prefill,
             prefill_tp=None,
@@ -242,16 +245,18 @@ def serving_problem(setup: ServingSetup, space: Mapping[str, Sequence[float]]) -
 
     def constraint(points: Mapping[str, np.ndarray]) -> np.ndarray:
         full = {k: np.asarray(points.get(k, v)) for k, v in OPTIONAL.items()} | dict(points)
-        tp, pp, share = (np.asarray(full[k]) for k in ("tp", "pp", "prefill_share"))
-        replicas = setup.gpus // (tp * pp)
-        whole = (setup.gpus % (tp * pp) == 0) & (setup.spec.num_heads % tp == 0) & (replicas >= 1)
-        pipelined = pp > 1  # colocated and not speculating (module docstring)
-        simple = ~pipelined | ((share == 0) & (np.asarray(full["speculative_tokens"]) == 0))
-        return whole & ((share == 0) | (replicas >= 2)) & simple
+        tp, pp, ep, share = (np.asarray(full[k]) for k in ("tp", "pp", "ep", "prefill_share"))
+        devices = tp * pp * ep
+        replicas = setup.gpus // devices
+        whole = (setup.gpus % devices == 0) & (setup.spec.num_heads % tp == 0) & (replicas >= 1)
+        plain = (share == 0) & (np.asarray(full["speculative_tokens"]) == 0)
+        experts = setup.spec.moe.num_experts if setup.spec.moe is not None else 1
+        spread = (ep == 1) | ((tp == 1) & (pp == 1) & (experts % ep == 0) & plain)  # module docstring
+        return whole & ((share == 0) | (replicas >= 2)) & ((pp == 1) | plain) & spread
 
     def describe(point: dict[str, float]) -> dict[str, Any]:
         out = knobs(point)
-        prefill, decode = split(setup.gpus, out["tp"] * out["pp"], out["prefill_share"])
+        prefill, decode = split(setup.gpus, out["tp"] * out["pp"] * out["ep"], out["prefill_share"])
         return out | {"prefill": prefill, "decode": decode}
 
     return Problem(dict(space), cost_fn, constraint, describe), designs

@@ -199,3 +199,20 @@ def test_a_bad_speculation_setting_is_one_line() -> None:
         ConfigError, match=r"serving.engine.preemption must be one of recompute, swap, got 'x'"
     ):
         _setup("serving.engine.preemption=x")
+
+
+def test_expert_parallel_designs_need_experts_and_single_device_engines() -> None:
+    """serving.space.ep: on the default dense Llama-3-70B no design spreads experts; on
+    Qwen3-30B-A3B one does, with tp = 1, colocated and without speculation."""
+    from search.serving import serving_problem
+
+    base = {"tp": 1, "pp": 1, "max_num_seqs": 64, "max_num_batched_tokens": 2048, "speculative_tokens": 0}
+    points = {k: np.array([v] * 4) for k, v in base.items()} | {
+        "ep": np.array([2, 2, 2, 1]),
+        "tp": np.array([1, 2, 1, 2]),
+        "prefill_share": np.array([0.0, 0.0, 0.5, 0.0]),
+    }
+    dense, space = _setup("serving.space.ep=[1,2]")
+    assert serving_problem(dense, space)[0].constraint(points).tolist() == [False, False, False, True]
+    moe, space = _setup("serving.space.ep=[1,2]", "model=qwen3_30b_a3b")
+    assert serving_problem(moe, space)[0].constraint(points).tolist() == [True, False, False, True]
