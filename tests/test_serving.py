@@ -702,7 +702,7 @@ def test_a_plan_refuses_what_cannot_serve_in_one_line() -> None:
         ConfigError, match=r"speculative_tokens=3 with pp=2: .*set pp=1 or speculative_tokens=0"
     ):
         ServingPlan(pp=2, speculative_tokens=3).deploy(H100, LLAMA, "bf16", 512, 64)
-    with pytest.raises(ConfigError, match=r"on tp=1, pp=2 leaves .* tokens of KV cache per pipeline engine"):
+    with pytest.raises(ConfigError, match=r"on tp=1, pp=2 leaves .* tokens of KV cache per engine"):
         ServingPlan(pp=2, kv_cache_tokens=1000).deploy(H100, LLAMA, "bf16", 512, 64)
 
 
