@@ -7,14 +7,18 @@ validator's serving cases call :meth:`ServingPlan.deploy`, which sizes the KV ca
 too) and the engines (``requests.Scheduler``), and returns a :class:`Deployment` that simulates a
 workload colocated or disaggregated. A new inference knob is a field here and its use in ``job`` or
 ``deploy``; each tool only reads it from its input. A knob one path does not model is refused there
-in one line, not ignored (``deploy``: offloading, and speculation across pipeline stages).
+in one line, not ignored (``deploy``: offloading, speculation across pipeline stages, and expert
+parallelism beyond single-device engines).
 
 A replica of ``pp`` pipeline stages serves as ``pp`` engines, each with its own scheduler, its own
 ``max_num_seqs`` and ``max_num_batched_tokens`` budgets and 1/pp of the replica's KV blocks (vLLM's
 virtual engines: ``num_gpu_blocks // pipeline_parallel_size`` per scheduler); their steps fill the
 stages in turn, so each engine's step takes its own pass through all ``pp`` stages
 (``serving.step_table``) and the engines do not slow one another (exact while their batches are
-alike: round robin over equal requests). Requests go round robin over every engine of every replica.
+alike: round robin over equal requests). A replica of ``ep`` devices spreads a MoE's experts over
+them, each device an engine with data-parallel attention (``serving`` module docstring): ``ep``
+engines of 1/ep of the replica's KV cache each. Requests go round robin over every engine of every
+replica.
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ class ServingPlan:
     kv_admission: str = "on_demand"
     preemption: str = "recompute"  # or "swap": a preempted sequence's blocks go to host memory
     prefix_caching: bool = False
-    kv_cache_tokens: int | None = None  # per replica (its pp engines share it); None: what memory leaves
+    kv_cache_tokens: int | None = None  # per replica (its pp·ep engines share it); None: what memory leaves
     speculative_tokens: int = 0
     speculative_acceptance: float = 0.7
     speculative_seed: int = 0

@@ -6,7 +6,7 @@ is one forward pass over a mix: prompt chunks being prefilled (chunk i: ``c_i`` 
 ``n_i`` new) and ``D`` sequences decoding one token each at contexts ``k_j``. In dse's op model
 
     step(mix) = max(Σ_ops per-token(T) + Σ_ops per-logit(L) + decode_core(D, K̄) + Σ_i chunk_core(c_i, n_i),
-                    host) + tp_comm(T) + (pp − 1)·stage_send(T)
+                    host) + tp_comm(T) + (pp − 1)·stage_send(T) + ep_all_to_alls(T)
 
 with ``T = Σ n_i + D`` new tokens (every projection, MLP, MoE, norm and the embedding see only these),
 ``L`` the rows that get logits (the decode sequences and each chunk that ends its prompt: the LM
@@ -474,7 +474,7 @@ def kv_capacity_tokens(
         raise ConfigError(
             f"{spec.model_type} on tp={tp}, pp={pp}: the recurrent states of max_num_seqs={max_seqs} "
             f"sequences ({states / 2**30:.1f} GiB per device) do not fit on {hw.name} beside the weights: "
-            "lower max_num_seqs or raise tp or pp"
+            "lower max_num_seqs or raise tp"
         )
     per_token = kv_bytes_per_token(job, tp) / pp
     if per_token == 0.0:
