@@ -54,7 +54,7 @@ from costmodels.inference import InferenceJob, launched, op_seconds, prompt_laun
 from costmodels.memory import inference_memory, kv_elements_per_token
 from costmodels.parallel import Plan
 from costmodels.sharding import OpTable, table_from_ops
-from costmodels.workload import Batch, forward_ops
+from costmodels.workload import Batch, forward_ops, moe_dispatch_bytes
 
 EXACT_TOKENS = 8192  # per-token time tabulated at every token count up to this
 TOKEN_RATIO = 1.02  # then on a geometric grid of this ratio
@@ -180,7 +180,7 @@ def step_comm_s(hw: Hardware, job: InferenceJob, tp: float, pp: float, tokens, e
     if pp > 1:
         out = out + (pp - 1.0) * stage_transfer_s(hw, job, tp, tokens)
     if ep > 1 and spec.moe is not None:
-        routed = tokens * spec.moe.top_k * spec.hidden_size * act_b
+        routed = moe_dispatch_bytes(spec, tokens, act_b)
         out = out + 2.0 * spec.mlp_layers("moe") * collective_s("all_to_all", hw, routed, 1.0, ep)
     return out
 

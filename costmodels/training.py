@@ -38,7 +38,7 @@ from costmodels.memory import MemoryBreakdown, stage_parameters, training_memory
 from costmodels.metrics import model_flops_per_sequence, recompute_flops_per_sequence
 from costmodels.parallel import Plan, stage_layers
 from costmodels.sharding import GROUP_FIRST, GROUP_LAST, GROUP_LAYER, OpTable, op_times, shard, table_from_ops
-from costmodels.workload import forward_ops, training_batch
+from costmodels.workload import forward_ops, moe_dispatch_bytes, training_batch
 
 Array = Any
 
@@ -234,8 +234,7 @@ def _ep_messages(job: TrainingJob, plan: Plan, act_bytes: float) -> tuple[Array,
     tokens' hidden states (top_k copies per token; 1/tp of them with sequence parallelism)."""
     spec = job.spec
     moe_layers = spec.mlp_layers("moe")
-    top_k = spec.moe.top_k if spec.moe is not None else 0
-    size = plan.microbatch / plan.cp * job.seq_len * top_k * spec.hidden_size * act_bytes
+    size = moe_dispatch_bytes(spec, plan.microbatch / plan.cp * job.seq_len, act_bytes)
     size = size / jnp.where(plan.sequence_parallel > 0, plan.tp, 1.0)
     passes = 4.0 + jnp.where(plan.recompute >= 2, 2.0, 0.0)
     return size, passes * moe_layers * _stage_layers(spec, plan) / spec.num_layers

@@ -597,6 +597,13 @@ def _mlp_ops(
     ]
 
 
+def moe_dispatch_bytes(spec: ModelSpec, tokens: Any, act_bytes: float) -> Any:
+    """Bytes one MoE dispatch (or combine) all-to-all moves for ``tokens`` tokens: each token's
+    top_k routed copies of its hidden state in the activation type (0 for a dense model)."""
+    top_k = spec.moe.top_k if spec.moe is not None else 0
+    return tokens * top_k * spec.hidden_size * act_bytes
+
+
 def experts_touched(num_experts: int, top_k: int, tokens: float) -> float:
     """Expected distinct experts hit by ``tokens`` tokens routed uniformly to ``top_k`` of ``num_experts``:
     E·(1 − (1 − k/E)^T)."""

@@ -175,7 +175,7 @@ def _design(row: dict[str, Any] | None) -> str:
     )
     speculating = f", {row['speculative_tokens']} speculative tokens" if row["speculative_tokens"] else ""
     stages = f" × pp={row['pp']}" if row["pp"] > 1 else ""
-    stages += f", experts over ep={row['ep']} devices" if row.get("ep", 1) > 1 else ""
+    stages += f", experts over ep={row['ep']} devices" if row["ep"] > 1 else ""
     return (
         f"tp={row['tp']}{stages}, {split} replica(s), max_num_seqs={row['max_num_seqs']}, "
         f"max_num_batched_tokens={row['max_num_batched_tokens']}{speculating}"
