@@ -10,8 +10,10 @@ for serving) plus ``objective`` and ``feasible``. Pure: no Hydra, no MLflow, no 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
+from functools import partial
 from typing import Any
 
 import jax
@@ -22,7 +24,14 @@ from costmodels.hardware import Hardware
 from costmodels.inference import InferenceJob, inference_step
 from costmodels.metrics import system_metrics
 from costmodels.parallel import Plan, recompute_name, valid_plans, with_defaults
-from costmodels.training import KERNEL_FIELDS, TIME_FIELDS, TrainingJob, kernel_sums, training_step
+from costmodels.training import (
+    KERNEL_FIELDS,
+    KERNEL_SUMS,
+    TIME_FIELDS,
+    TrainingJob,
+    kernel_sums,
+    training_step,
+)
 from search.base import Problem, signed_objective
 
 OBJECTIVES = ("step_time_s", "cost_usd_per_mtoken", "neg_mfu", "neg_tokens_per_s")  # training
@@ -39,36 +48,18 @@ SERVING_METRICS = (
 SERVING_OBJECTIVES = ("neg_tokens_per_s", "tpot_s", "ttft_s", "latency_s", "cost_usd_per_mtoken")
 
 
-def _plan_columns(
-    points: Mapping[str, Any], num_devices: float, global_batch: float
-) -> dict[str, np.ndarray]:
-    """Every Plan field as a float32 column for a batch of knob columns; dp is what the devices
-    leave, N / (tp·pp·cp); a field outside ``points`` at its default."""
-    n = len(next(iter(points.values())))
-    values = {f.name: np.full(n, f.default, dtype=np.float32) for f in fields(Plan)}
-    values |= {k: np.asarray(v, np.float32) for k, v in points.items() if k in values}
-    values["dp"] = np.float32(num_devices) / (values["tp"] * values["pp"] * values["cp"])
-    values["global_batch"] = np.full(n, global_batch, dtype=np.float32)
-    return values
-
-
 def _bucket(n: int, most: int) -> int:
     """The batch size ``n`` points are padded to: the next power of two, at most ``most`` (so that a
     run compiles one function per size class, not per count)."""
     return min(most, 1 << max(0, n - 1).bit_length())
 
 
-def _padded_columns(columns: Mapping[str, np.ndarray], size: int) -> dict[str, jax.Array]:
-    """``columns`` with their last row repeated to ``size`` rows, as JAX arrays."""
-    n = len(next(iter(columns.values())))
-    if n == size:
-        return {k: jnp.asarray(v) for k, v in columns.items()}
-    return {k: jnp.asarray(np.concatenate([v, np.repeat(v[-1:], size - n)])) for k, v in columns.items()}
-
-
 def _padded(columns: Mapping[str, np.ndarray], size: int) -> Plan:
     """A Plan of ``size`` points: ``columns`` with their last row repeated to the size."""
-    return Plan(**_padded_columns(columns, size))
+    n = len(next(iter(columns.values())))
+    return Plan(
+        **{k: jnp.asarray(np.concatenate([v, np.repeat(v[-1:], size - n)])) for k, v in columns.items()}
+    )
 
 
 def _unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -93,6 +84,13 @@ def _unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 CHUNK = 32768  # plans per compiled call: any number of points streams through one function, flat memory
+GRID_MOST = 1 << 14  # kernel tuples: the whole grid of the space's values up to this many, else the points'
+
+
+def _grid_columns(values: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The Cartesian product of ``values`` as columns, the last varying fastest (row-major mixed radix:
+    the row of the tuple with indices (i₀, i₁, …) is ((i₀·n₁ + i₁)·n₂ + i₂)…)."""
+    return [g.ravel() for g in np.meshgrid(*values, indexing="ij")]
 
 
 def training_mapping_problem(
@@ -109,8 +107,16 @@ def training_mapping_problem(
     zero_stage and sequence_parallel (0/1); dp is derived. The constraint keeps the points that
     break none of the mapping rules (``costmodels.parallel.RULES``; a field outside ``space`` at its
     default).
+
+    The cost function evaluates the per-op kernel model once per kernel tuple (``KERNEL_FIELDS``):
+    over the grid of the space's values of those fields (cached, so repeated calls reuse it), or over
+    the points' distinct tuples when that grid is large or a point lies outside it. The rest of the
+    model runs in chunks of ``CHUNK`` points through one compiled function that takes the knob
+    columns, gathers each point's kernel sums by its tuple's row and returns every metric as one
+    array; the Plan's other fields enter as scalars.
     """
     spec, table = job.spec, job.table()
+    defaults = {f.name: np.float32(f.default) for f in fields(Plan)}
 
     def constraint(c: dict[str, np.ndarray]) -> np.ndarray:
         dp = num_devices / (c["tp"] * c["pp"] * c["cp"])
@@ -130,30 +136,101 @@ def training_mapping_problem(
         m["objective"] = jnp.where(out.feasible, signed_objective(m, objective), jnp.inf)
         return m
 
-    batched = jax.jit(jax.vmap(metrics))
+    def plan_of(names: tuple[str, ...], x: jax.Array, constants: dict[str, jax.Array]) -> Plan:
+        """One point's Plan: ``x`` holds the ``names`` knobs, ``constants`` every other field but dp,
+        which is what the devices leave, N / (tp·pp·cp)."""
+        v = constants | {k: x[i] for i, k in enumerate(names)}
+        return Plan(**v, dp=jnp.float32(num_devices) / (v["tp"] * v["pp"] * v["cp"]))
+
+    @partial(jax.jit, static_argnums=0)
+    def run(names, x, constants, sums, grid, rows):
+        """The metrics of a chunk of points (``x``: knobs × points) and the number of points outside
+        ``grid``. A point's kernel sums are row ``rows`` of ``sums``, or with ``grid`` (each kernel
+        field's sorted values) the row of its tuple in that grid. The metrics leave as separate
+        arrays: stacking them into one stops XLA fusing the model (3.6× slower)."""
+
+        def one(x, row):
+            plan = plan_of(names, x, constants)
+            hit = jnp.bool_(True)
+            if grid is not None:
+                row = 0
+                for f, values in zip(KERNEL_FIELDS, grid, strict=True):
+                    value = getattr(plan, f)
+                    i = jnp.minimum(jnp.sum(values < value), len(values) - 1)
+                    row, hit = row * len(values) + i, hit & (values[i] == value)
+            return metrics(plan, dict(zip(KERNEL_SUMS, sums[row], strict=True))), ~hit
+
+        out, miss = jax.vmap(one, in_axes=(1, None if rows is None else 0))(x, rows)
+        return out, jnp.sum(miss)
+
     kernels = jax.jit(jax.vmap(lambda plan: kernel_sums(hw, job, table, plan)))
 
+    def sums_of(tuples: Sequence[np.ndarray]) -> jax.Array:
+        """The kernel sums (tuples × KERNEL_SUMS) of the kernel tuples given as KERNEL_FIELDS columns."""
+        n = len(tuples[0])
+        cols = {k: np.full(n, v) for k, v in defaults.items()} | dict(zip(KERNEL_FIELDS, tuples, strict=True))
+        out = kernels(_padded(cols, _bucket(n, 1 << 30)))
+        return jnp.stack([out[k][:n] for k in KERNEL_SUMS], axis=1)
+
+    grids: dict[tuple[tuple[float, ...], ...], jax.Array] = {}  # grid values → its kernel sums
+
+    def evaluate(names, columns, n, constants, sums, grid, rows) -> tuple[dict[str, np.ndarray], int]:
+        """``run`` over the points in chunks, the next chunk dispatched before the last one is read."""
+        size = _bucket(n, CHUNK)
+        out: dict[str, np.ndarray] = {}
+        misses = 0
+
+        def dispatch(lo: int):
+            hi = min(n, lo + size)
+            x = np.stack([c[lo:hi] for c in columns])
+            r = None if rows is None else rows[lo:hi]
+            if hi - lo < size:  # pad the last chunk with its last point
+                x = np.concatenate([x, np.repeat(x[:, -1:], size - (hi - lo), axis=1)], axis=1)
+                r = None if r is None else np.concatenate([r, np.repeat(r[-1:], size - (hi - lo))])
+            return lo, hi, run(names, x, constants, sums, grid, r)
+
+        pending = dispatch(0)
+        while pending is not None:
+            lo, hi, (metrics_, miss) = pending
+            pending = dispatch(hi) if hi < n else None
+            for k, v in metrics_.items():
+                v = np.asarray(v)
+                out.setdefault(k, np.empty(n, v.dtype))[lo:hi] = v[: hi - lo]
+            misses += int(miss)
+        return out, misses
+
     def cost_fn(points: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The metrics of every point: the kernel times once per distinct kernel tuple
-        (KERNEL_FIELDS), their sums gathered per plan, and the rest of the model in chunks of
-        CHUNK plans."""
-        cols = _plan_columns(points, float(num_devices), float(global_batch))
-        n = len(cols["tp"])
+        """The metrics of every point: the kernel sums once per kernel tuple, the rest in chunks."""
+        n = len(next(iter(points.values())))
+        names = tuple(f for f in defaults if (f in points or f == "tp") and f not in ("dp", "global_batch"))
+        columns = [
+            np.asarray(points[f], np.float32) if f in points else np.full(n, defaults[f]) for f in names
+        ]
         if n == 0:  # no point: the metric columns, empty
             return {k: v[:0] for k, v in cost_fn({"tp": np.ones(1)}).items()}
-        keys, kernel = _unique_rows(np.stack([cols[f] for f in KERNEL_FIELDS], 1))
-        unique = {k: v[: len(keys)] for k, v in cols.items()} | dict(zip(KERNEL_FIELDS, keys.T, strict=True))
-        sums = {
-            k: np.take(np.asarray(v), kernel)
-            for k, v in kernels(_padded(unique, _bucket(len(keys), n))).items()
+        constants = {k: jnp.asarray(v) for k, v in defaults.items() if k not in names and k != "dp"}
+        constants["global_batch"] = jnp.float32(global_batch)
+        values = tuple(
+            tuple(sorted({np.float32(v) for v in space[f]})) if f in names and f in space else (defaults[f],)
+            for f in KERNEL_FIELDS
+        )
+        if (
+            all(f in space or f not in names for f in KERNEL_FIELDS)
+            and math.prod(map(len, values)) <= GRID_MOST
+        ):
+            if values not in grids:
+                grids[values] = sums_of(_grid_columns([np.array(v, np.float32) for v in values]))
+            grid = tuple(jnp.asarray(np.array(v, np.float32)) for v in values)
+            result, misses = evaluate(names, columns, n, constants, grids[values], grid, None)
+            if not misses:
+                return result
+        # a large grid, or points outside it: the points' distinct kernel tuples
+        full = {
+            f: (columns[names.index(f)] if f in names else np.full(n, defaults[f])) for f in KERNEL_FIELDS
         }
-        size, parts = _bucket(n, CHUNK), []
-        for lo in range(0, n, size):
-            part = {k: v[lo : lo + size] for k, v in cols.items()}
-            chunk = {k: v[lo : lo + size] for k, v in sums.items()}
-            out = batched(_padded(part, size), _padded_columns(chunk, size))
-            parts.append({k: np.asarray(v)[: min(size, n - lo)] for k, v in out.items()})
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        keys, rows = _unique_rows(np.stack(list(full.values()), 1))
+        result, _ = evaluate(names, columns, n, constants, sums_of(list(keys.T)), None, rows.astype(np.int32))
+        return result
 
     def describe(point: dict[str, float]) -> dict[str, Any]:
         d = {k: int(v) for k, v in point.items() if k not in ("sequence_parallel",)}

@@ -194,30 +194,42 @@ MIXTRAL_SPACE = {"tp": [1, 2, 4, 8], "pp": [1, 2, 4], "cp": [1, 2], "ep": [1, 2,
                  "sequence_parallel": [0, 1]}  # fmt: skip
 
 
-def test_the_search_cost_function_is_the_direct_model_point_by_point(monkeypatch) -> None:
-    """The cost function shares kernel times among plans of one kernel tuple, pads to size classes
-    and streams chunks; on Mixtral over 64 H100s (every valid mapping of a 10,368-point grid, in
-    chunks of 512 so that the last one is padded) each metric equals ``jax.vmap(training_step)`` of
-    the same plans evaluated whole, to the last bit."""
+@pytest.mark.parametrize("path", ["grid", "distinct tuples", "points outside the space"])
+def test_the_search_cost_function_is_the_direct_model_point_by_point(path: str, monkeypatch) -> None:
+    """The cost function shares kernel times among plans of one kernel tuple, passes the Plan's
+    unsearched fields as scalars, pads to size classes and streams chunks; on Mixtral over 64 H100s
+    (every valid mapping of a 10,368-point grid, in chunks of 512 so that the last one is padded) each
+    metric equals ``jax.vmap(training_step)`` of the same plans, every field a column, evaluated
+    whole, to the last bit. It does so on each of its paths: kernel sums over the grid of the space's
+    values, over the points' distinct tuples (a grid too large), and over the distinct tuples again
+    when some points lie outside the space (tp = 8 not in it)."""
     import itertools
+    from dataclasses import fields
 
     import jax
 
+    from costmodels.parallel import Plan
     from search import problems
 
     monkeypatch.setattr(problems, "CHUNK", 512)
+    if path == "distinct tuples":
+        monkeypatch.setattr(problems, "GRID_MOST", 0)
+    space = MIXTRAL_SPACE | ({"tp": [1, 2, 4]} if path == "points outside the space" else {})
     hw, job = load_hardware("h100_sxm"), TrainingJob(load_model("mixtral_8x7b"), 4096, "bf16")
-    problem = training_mapping_problem(hw, job, 64, 256, MIXTRAL_SPACE)
+    problem = training_mapping_problem(hw, job, 64, 256, space)
     grid = np.array(list(itertools.product(*MIXTRAL_SPACE.values())), dtype=np.float64)
     cols = {k: grid[:, i] for i, k in enumerate(MIXTRAL_SPACE)}
     keep = problem.constraint(cols)
     cols = {k: v[keep] for k, v in cols.items()}
-    assert len(cols["tp"]) % 512 and len(cols["tp"]) > 2 * 512
+    n = len(cols["tp"])
+    assert n % 512 and n > 2 * 512 and 8 in cols["tp"]
     got = problem.cost_fn(cols)
     from costmodels.training import training_step
 
-    plans = problems._padded(problems._plan_columns(cols, 64.0, 256.0), len(cols["tp"]))
-    direct = jax.jit(jax.vmap(lambda p: training_step(hw, job, p, job.table())))(plans)
+    plan = {f.name: np.full(n, f.default, np.float32) for f in fields(Plan)}
+    plan |= {k: v.astype(np.float32) for k, v in cols.items()} | {"global_batch": np.full(n, 256, np.float32)}
+    plan["dp"] = np.float32(64) / (plan["tp"] * plan["pp"] * plan["cp"])
+    direct = jax.jit(jax.vmap(lambda p: training_step(hw, job, p, job.table())))(Plan(**plan))
     for name in ("step_time_s", "mfu", "compute_s", "tp_comm_s", "ep_comm_s", "bubble_s", "dp_comm_s"):
         assert np.array_equal(got[name], np.asarray(getattr(direct, name))), name
     assert np.array_equal(got["feasible"], np.asarray(direct.feasible))
