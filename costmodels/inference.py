@@ -320,6 +320,36 @@ def _pipelined_s(
     return one_pass + (m - 1.0) * stage, jnp.maximum(one_pass, m * stage), kernels, comm
 
 
+def step_memory(
+    hw: Hardware,
+    job: InferenceJob,
+    tp: Array,
+    pp: Array,
+    batch: Array,
+    offload_weights: Array = 0.0,
+    offload_kv: Array = 0.0,
+) -> MemoryBreakdown:
+    """The memory per device of :func:`inference_step` (its ``memory``, whose ``feasible`` is the
+    step's): ``inference_memory`` of ``batch`` sequences of prompt + output tokens, the largest
+    prefill step being the whole batch's prompts or the engine's token budget, whichever is less."""
+    prompts = batch * job.input_len
+    budget = job.engine.max_num_tokens
+    return inference_memory(
+        job.spec,
+        tp,
+        pp,
+        batch,
+        job.prompt_tokens + job.output_len,
+        hw,
+        job.precision,
+        job.kv_precision,
+        offload_weights=offload_weights,
+        offload_kv=offload_kv,
+        prefill_tokens=prompts if budget is None else jnp.minimum(prompts, budget),
+        source_tokens=job.source_tokens,
+    )
+
+
 def inference_step(
     hw: Hardware,
     job: InferenceJob,
@@ -337,22 +367,7 @@ def inference_step(
         _, decode_s, decode_k, decode_c = _pipelined_s(hw, job, decode_table, tp, pp, batch, False)
     else:  # an encoder: the forward pass is the whole request
         decode_s = decode_k = decode_c = jnp.zeros_like(prefill_s)
-    prompts = batch * job.input_len
-    budget = job.engine.max_num_tokens
-    memory = inference_memory(
-        job.spec,
-        tp,
-        pp,
-        batch,
-        job.prompt_tokens + job.output_len,
-        hw,
-        job.precision,
-        job.kv_precision,
-        offload_weights=offload_weights,
-        offload_kv=offload_kv,
-        prefill_tokens=prompts if budget is None else jnp.minimum(prompts, budget),
-        source_tokens=job.source_tokens,
-    )
+    memory = step_memory(hw, job, tp, pp, batch, offload_weights, offload_kv)
     host_bw = jnp.maximum(hw.host_bandwidth_Bps, 1.0)
     offload = memory.offloaded_bytes / host_bw  # every step streams the offloaded share in
     ttft = prefill_s + offload

@@ -40,9 +40,9 @@ from costmodels.architectures import ModelSpec, parse_hf_config
 from costmodels.deployment import ServingPlan
 from costmodels.errors import ConfigError
 from costmodels.hardware import Hardware, kv_cache_precision, peak_flops
-from costmodels.inference import ENGINES, InferenceJob, inference_step, launch_assumption
+from costmodels.inference import ENGINES, InferenceJob, inference_step, launch_assumption, step_memory
 from costmodels.memory import GiB, training_memory
-from costmodels.parallel import RECOMPUTE, check_plan, make_plan, plan_violations, with_defaults
+from costmodels.parallel import RECOMPUTE, Plan, check_plan, make_plan, plan_violations, with_defaults
 from costmodels.training import TrainingJob, training_step
 from dse.hardware import available_hardware, load_hardware
 
@@ -198,6 +198,21 @@ def _plans(case: dict[str, Any], spec: ModelSpec, hw: Hardware | None = None) ->
     return [r for r, keep in zip(rows, ok, strict=True) if keep]
 
 
+PLAN_BATCH = 256  # the size a case's options are padded to (more options: the next power of two)
+
+
+def _plan_batch(options: list[dict[str, Any]]) -> Plan:
+    """The options as one batched :class:`Plan` (every other field at its default), padded with the
+    last option to :data:`PLAN_BATCH` rows: the model runs op by op, and cases of one padded size
+    reuse each op's compiled program, where a new size costs about a thousand new ones (1.2 s of
+    compiling or reading the cache; a case's own run is 0.25 s)."""
+    cols = with_defaults({k: np.array([o[k] for o in options], dtype=np.float64) for k in options[0]})
+    pad = max(PLAN_BATCH, 1 << (len(options) - 1).bit_length()) - len(options)
+    return Plan(
+        **{k: jnp.asarray(np.concatenate([v, np.repeat(v[-1:], pad)]), jnp.float32) for k, v in cols.items()}
+    )
+
+
 def _describe(values: dict[str, Any], case: dict[str, Any]) -> str:
     """The options the prediction chose where the case left them open."""
     p, b = case["parallelism"], case["batch"]
@@ -226,9 +241,8 @@ def _training(case: dict[str, Any], quantity: str, notes: list[str], as_function
     notes.append("dp/fsdp overlap on, fsdp hierarchical" if current else "dp overlap off, zero-3 flat ring")
     job = TrainingJob(spec, seq, case["precision"], fused_attention=fused, fsdp_hierarchical=current)
     options = _plans(case, spec, hw)
-    plans = jax.tree.map(
-        lambda *xs: jnp.stack([jnp.asarray(x, float) for x in xs]), *[make_plan(**v) for v in options]
-    )
+    plans = _plan_batch(options)
+    n = len(options)
     if quantity.startswith("memory_gib"):
         mem = jax.vmap(lambda q: training_memory(spec, q, seq, hw, case["precision"]))(plans)
         if quantity == "memory_gib_activations":
@@ -246,8 +260,8 @@ def _training(case: dict[str, Any], quantity: str, notes: list[str], as_function
         return mfu * peak_tflops
 
     if as_function:  # the fastest memory-feasible plan (memory does not depend on efficiencies)
-        feasible = np.asarray(jax.vmap(lambda q: training_step(hw, job, q, table).feasible)(plans))
-        kept = jax.tree.map(lambda x: x[feasible], plans)
+        feasible = np.asarray(jax.vmap(lambda q: training_step(hw, job, q, table).feasible)(plans))[:n]
+        kept = jax.tree.map(lambda x: x[:n][feasible], plans)
 
         def best(h: Hardware) -> Any:
             out = jax.vmap(lambda q: training_step(h, job, q, table))(kept)
@@ -255,7 +269,7 @@ def _training(case: dict[str, Any], quantity: str, notes: list[str], as_function
             return value(out.step_time_s[i], out.mfu[i])
 
         return best
-    out = jax.vmap(lambda q: training_step(hw, job, q, table))(plans)
+    out = jax.tree.map(lambda x: x[:n], jax.vmap(lambda q: training_step(hw, job, q, table))(plans))
     times = np.where(np.asarray(out.feasible), np.asarray(out.step_time_s), np.inf)
     if not np.isfinite(times).any():
         i = int(np.argmin(np.asarray(out.memory.total_bytes)))
@@ -295,7 +309,7 @@ def _inference(case: dict[str, Any], quantity: str, notes: list[str], as_functio
     batch = b.get("batch_size")
     if batch is None:
         limit = engine.max_batch_size or 65536
-        batch = _max_batch(hw, job, p["tp"], p["pp"], tables, limit)
+        batch = _max_batch(hw, job, p["tp"], p["pp"], limit)
         cap = f", engine limit {limit}" if engine.max_batch_size else ""
         notes.append(f"batch {batch} (largest that fits{cap})")
     if engine.max_num_tokens is not None:
@@ -304,8 +318,10 @@ def _inference(case: dict[str, Any], quantity: str, notes: list[str], as_functio
         notes.append(launch_assumption(hw, engine))
     devices = p["tp"] * p["pp"]
 
-    def value(h: Hardware) -> Any:
-        r = inference_step(h, job, float(p["tp"]), float(p["pp"]), float(batch), tables=tables)
+    def step(h: Hardware) -> Any:
+        return inference_step(h, job, float(p["tp"]), float(p["pp"]), float(batch), tables=tables)
+
+    def quantity_of(r: Any) -> Any:
         return {
             "latency_ms": r.latency_s * 1e3,
             "ttft_ms": r.ttft_s * 1e3,
@@ -314,14 +330,14 @@ def _inference(case: dict[str, Any], quantity: str, notes: list[str], as_functio
             "output_tokens_per_s_per_gpu": r.output_tokens_per_s / devices,
         }[quantity]
 
-    r = inference_step(hw, job, float(p["tp"]), float(p["pp"]), float(batch), tables=tables)
+    r = step(hw)
     if not bool(r.feasible):
         raise ConfigError(
             f"infeasible: memory — batch {batch} needs {float(r.memory.total_bytes) / GiB:.1f} GiB per "
             f"device on tp={p['tp']}, pp={p['pp']}; the {case['hardware']} has "
             f"{float(hw.hbm_capacity_bytes) / GiB:.0f} GiB"
         )
-    return value if as_function else float(value(hw))
+    return (lambda h: quantity_of(step(h))) if as_function else float(quantity_of(r))
 
 
 def _serving(case: dict[str, Any], quantity: str, notes: list[str]) -> float:
@@ -400,11 +416,11 @@ def precision_options(case: dict[str, Any]) -> tuple[str | None, str | None]:
     return (kv.group(1).lower() if kv else None), (attention.group(1).lower() if attention else None)
 
 
-def _max_batch(hw: Hardware, job: InferenceJob, tp: int, pp: int, tables: Any, limit: int = 65536) -> int:
+def _max_batch(hw: Hardware, job: InferenceJob, tp: int, pp: int, limit: int = 65536) -> int:
     """The largest batch up to ``limit`` (powers of two, then a bisection) whose memory fits."""
 
-    def fits(n: int) -> bool:
-        return bool(inference_step(hw, job, float(tp), float(pp), float(n), tables=tables).feasible)
+    def fits(n: int) -> bool:  # the step's memory alone (``inference_step``'s feasibility)
+        return bool(step_memory(hw, job, float(tp), float(pp), float(n)).feasible)
 
     if not fits(1):
         raise ConfigError("even batch 1 does not fit in memory")

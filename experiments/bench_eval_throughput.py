@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import math
 import os
 import time
 
@@ -120,7 +121,8 @@ def main() -> None:
     tuples = len(np.unique(np.stack([knobs[f] for f in KERNEL_FIELDS], 1), axis=0))
     first, best, cpu = timed(problem.cost_fn, knobs)
     rate = args.points / best
-    print(f"kernel tuples: {tuples} distinct among the points (kernel times evaluated once each)")
+    grid = math.prod(len(space[f]) for f in KERNEL_FIELDS)
+    print(f"kernel tuples: {tuples} distinct among the points, {grid} in the grid of the space's values")
     print(
         f"search cost function (step time, breakdown, memory, feasibility, MFU, power, cost): "
         f"compile + first call {first:.2f} s, steady {best:.3f} s: {rate:,.0f} evaluations/s, "
