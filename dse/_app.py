@@ -20,6 +20,7 @@ Every entry point is a Hydra app over ``conf/<name>.yaml``. This module adds wha
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -27,6 +28,7 @@ import re
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -364,6 +366,7 @@ def run_app(
         sys.stdout.flush()
         if clock is not None:
             print(clock.line(), file=sys.stderr)
+        _end_now()
     except BrokenPipeError:
         _silence_stdout()
     except Interrupted as exc:
@@ -376,6 +379,19 @@ def run_app(
     except OSError as exc:  # Hydra creating the output or log directory
         where = exc.filename or "the output directory"
         fail(f"cannot write {where}: {exc.strerror}; set hydra.run.dir=<a writable directory>")
+
+
+def _end_now() -> None:
+    """End a command that finished: run the exit handlers (logging's flush, the sweep run's close,
+    a launcher's workers), flush the streams and leave without the interpreter's teardown, which
+    frees every module one by one (1.1 s after an MLflow run on the 2-core machine, 0.3 s after
+    dse.calc). Only when no other thread is alive: one would be joined at a normal exit."""
+    if threading.active_count() > 1:
+        return
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _silence_stdout() -> None:

@@ -549,6 +549,37 @@ def test_the_compilation_cache_can_be_turned_off_or_fail_quietly(
     assert compilation_cache_dir() == tmp_path / "xdg" / "dse" / "jax"
 
 
+END_NOW = """
+import atexit, sys, threading
+from dse._app import _end_now
+atexit.register(lambda: print("exit handler ran", flush=True))
+print("report", end="")  # buffered: a pipe
+if sys.argv[1] == "thread":
+    gate = threading.Event()
+    threading.Thread(target=gate.wait).start()
+    _end_now()
+    print(" returned", end="")
+    gate.set()
+else:
+    _end_now()
+    print(" not reached")
+"""
+
+
+@pytest.mark.parametrize("case", ["alone", "thread"])
+def test_a_finished_command_leaves_without_teardown_but_with_its_exit_handlers(case: str) -> None:
+    """``_end_now`` (the end of every command that finished) runs the exit handlers and flushes the
+    buffered output before it skips the interpreter's teardown; with another thread alive it returns
+    (a normal exit joins that thread)."""
+    proc = subprocess.run([sys.executable, "-c", END_NOW, case], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        proc.stdout
+        == {"alone": "reportexit handler ran\n", "thread": "report returnedexit handler ran\n"}[case]
+    )
+
+
 TIMING = re.compile(
     r"^timing: start-up and imports (?P<imports>[\d.]+) s, JAX tracing and lowering (?P<trace>[\d.]+) s, "
     r"XLA compilation (?P<compile>[\d.]+) s "
