@@ -560,23 +560,31 @@ if sys.argv[1] == "thread":
     _end_now()
     print(" returned", end="")
     gate.set()
+elif sys.argv[1] == "profiled":
+    import cProfile
+
+    profile = cProfile.Profile()
+    profile.enable()
+    _end_now()
+    profile.disable()
+    print(" returned", end="")
 else:
     _end_now()
     print(" not reached")
 """
 
 
-@pytest.mark.parametrize("case", ["alone", "thread"])
+@pytest.mark.parametrize("case", ["alone", "thread", "profiled"])
 def test_a_finished_command_leaves_without_teardown_but_with_its_exit_handlers(case: str) -> None:
     """``_end_now`` (the end of every command that finished) runs the exit handlers and flushes the
-    buffered output before it skips the interpreter's teardown; with another thread alive it returns
-    (a normal exit joins that thread)."""
+    buffered output before it skips the interpreter's teardown; with another thread alive (a normal
+    exit joins it) or a profiler on (it writes its results after the command) it returns."""
     proc = subprocess.run([sys.executable, "-c", END_NOW, case], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parents[1])  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    returned = "report returnedexit handler ran\n"
     assert (
-        proc.stdout
-        == {"alone": "reportexit handler ran\n", "thread": "report returnedexit handler ran\n"}[case]
+        proc.stdout == {"alone": "reportexit handler ran\n", "thread": returned, "profiled": returned}[case]
     )
 
 
