@@ -111,9 +111,9 @@ def training_mapping_problem(
     The cost function evaluates the per-op kernel model once per kernel tuple (``KERNEL_FIELDS``):
     over the grid of the space's values of those fields (cached, so repeated calls reuse it), or over
     the points' distinct tuples when that grid is large or a point lies outside it. The rest of the
-    model runs in chunks of ``CHUNK`` points through one compiled function that takes the knob
-    columns, gathers each point's kernel sums by its tuple's row and returns every metric as one
-    array; the Plan's other fields enter as scalars.
+    model runs in chunks of ``CHUNK`` points through one compiled function that takes the searched
+    knob columns (the Plan's other fields enter as scalars), gathers each point's kernel sums by its
+    tuple's row and returns the metric columns.
     """
     spec, table = job.spec, job.table()
     defaults = {f.name: np.float32(f.default) for f in fields(Plan)}

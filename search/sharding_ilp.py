@@ -43,7 +43,6 @@ cannot share a process with ortools 9.15 (DESIGN.md), so importing this module l
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -324,7 +323,7 @@ def _build(problem: ShardingProblem, rep: list[int], pins: dict[int, int], limit
 
     prob = pulp.LpProblem("sharding", pulp.LpMinimize)
     linear, pairs = _objective_terms(problem, rep)
-    s = {r: [pulp.LpVariable(f"s_{r}_{i}", cat="Binary") for i in range(len(c))] for r, c in linear.items()}
+    s = {r: [prob.add_variable(f"s_{r}_{i}", cat="Binary") for i in range(len(c))] for r, c in linear.items()}
     terms = [_dot(c, s[r]) for r, c in linear.items()]
     for r, row in s.items():
         prob += pulp.lpSum(row) == 1, f"one_{r}"
@@ -332,7 +331,7 @@ def _build(problem: ShardingProblem, rep: list[int], pins: dict[int, int], limit
             row[pins[r]].lowBound = 1
     for (u, v), mat in pairs.items():
         e = [
-            [pulp.LpVariable(f"e_{u}_{v}_{i}_{j}", 0) for j in range(mat.shape[1])]
+            [prob.add_variable(f"e_{u}_{v}_{i}_{j}", 0) for j in range(mat.shape[1])]
             for i in range(mat.shape[0])
         ]
         terms += [_dot(mat[i], e[i]) for i in range(mat.shape[0])]
@@ -348,23 +347,32 @@ def _build(problem: ShardingProblem, rep: list[int], pins: dict[int, int], limit
 
 def _add_memory(prob: Any, problem: ShardingProblem, rep: list[int], s: dict, limit: float) -> None:
     """One row per step of ``T*`` whose total can vary and whose row (after copies add to their
-    representative) is not already there, e.g. the same step of another repeat instance."""
+    representative) is not already there, e.g. the same step of another repeat instance. A step's
+    coefficients are one vector over all strategy variables, summed with ``np.add.at`` over its live
+    nodes in node order: the order, and so the rounding, of a running sum per representative."""
     import pulp
 
-    seen: set[tuple] = set()
     usages = [np.asarray(n.usages, float) for n in problem.nodes]
     varies = np.array([min(n.usages) != max(n.usages) for n in problem.nodes], bool)
+    offset, size = {}, 0
+    for r, row in s.items():
+        offset[r], size = size, size + len(row)
+    slots = [offset[rep[k]] + np.arange(len(u)) for k, u in enumerate(usages)]
+    owner = np.asarray(rep)
+    seen: set[tuple] = set()
     for t, live in live_steps(problem):
         if not varies[live].any():
             continue  # constant total, already checked by the bound
-        coef: dict[int, np.ndarray] = defaultdict(float)
-        for n in live:
-            coef[rep[n]] = coef[rep[n]] + usages[n]
-        key = tuple(sorted((r, tuple(c)) for r, c in coef.items()))
+        coef = np.zeros(size)
+        np.add.at(coef, np.concatenate([slots[n] for n in live]), np.concatenate([usages[n] for n in live]))
+        present = dict.fromkeys(owner[live].tolist())  # representatives, by first appearance
+        key = (tuple(sorted(present)), coef.tobytes())
         if key not in seen:
             seen.add(key)
-            row = pulp.LpAffineExpression([term for r, c in coef.items() for term in _dot(c, s[r]).items()])
-            prob += row <= limit, f"mem_t{t}"
+            terms = [
+                term for r in present for term in _dot(coef[offset[r] : offset[r] + len(s[r])], s[r]).items()
+            ]
+            prob += pulp.LpAffineExpression(terms) <= limit, f"mem_t{t}"
 
 
 def _dot(coefs: np.ndarray, variables: list[Any]) -> Any:
