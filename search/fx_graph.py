@@ -26,6 +26,7 @@ import itertools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from math import prod
 from typing import Any
 
@@ -623,8 +624,10 @@ _MOVES = {aten.t.default: _permutation, aten.transpose.int: _permutation, aten.p
 # --- strategy rules of anchor ops (per mesh axis; module docstring of search.fx_sharding) ---
 
 
+@lru_cache(maxsize=1 << 16)
 def _valid(shape: tuple[int, ...], spec: Spec, mesh: tuple[int, ...]) -> bool:
-    """Every sharded dim divides by the product of the mesh sizes sharding it."""
+    """Every sharded dim divides by the product of the mesh sizes sharding it (memoised: a graph of
+    repeated layers asks about the same shapes and specs about 10⁵ times)."""
     for d in {p[1] for p in spec if p[0] == "S"}:
         sf = max(p[2] for p in spec if p[0] == "S" and p[1] == d)
         parts = prod(n for n, p in zip(mesh, spec, strict=True) if p[0] == "S" and p[1] == d)
