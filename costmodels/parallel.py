@@ -435,6 +435,18 @@ def with_defaults(columns: Columns, derived: tuple[str, ...] = ()) -> dict[str, 
     return out | {k: np.asarray(v, dtype=np.float64) for k, v in columns.items()}
 
 
+def padded_plan(columns: Columns, size: int) -> Plan:
+    """A batched :class:`Plan` of ``size`` rows from one float column per field, each column's last
+    row repeated up to ``size`` (float32), so that batches padded to a few sizes share compiled
+    programs."""
+    return Plan(
+        **{
+            k: jnp.asarray(np.concatenate([v, np.repeat(v[-1:], size - len(v))]), jnp.float32)
+            for k, v in columns.items()
+        }
+    )
+
+
 def plan_columns(plan: Plan) -> dict[str, np.ndarray]:
     """Every field of ``plan`` as a float column (a scalar plan gives columns of length 1)."""
     return {f.name: np.atleast_1d(np.asarray(getattr(plan, f.name), dtype=np.float64)) for f in fields(Plan)}

@@ -42,7 +42,15 @@ from costmodels.errors import ConfigError
 from costmodels.hardware import Hardware, kv_cache_precision, peak_flops
 from costmodels.inference import ENGINES, InferenceJob, inference_step, launch_assumption, step_memory
 from costmodels.memory import GiB, training_memory
-from costmodels.parallel import RECOMPUTE, Plan, check_plan, make_plan, plan_violations, with_defaults
+from costmodels.parallel import (
+    RECOMPUTE,
+    Plan,
+    check_plan,
+    make_plan,
+    padded_plan,
+    plan_violations,
+    with_defaults,
+)
 from costmodels.training import TrainingJob, training_step
 from dse.hardware import available_hardware, load_hardware
 
@@ -207,10 +215,7 @@ def _plan_batch(options: list[dict[str, Any]]) -> Plan:
     reuse each op's compiled program, where a new size costs about a thousand new ones (1.2 s of
     compiling or reading the cache; a case's own run is 0.25 s)."""
     cols = with_defaults({k: np.array([o[k] for o in options], dtype=np.float64) for k in options[0]})
-    pad = max(PLAN_BATCH, 1 << (len(options) - 1).bit_length()) - len(options)
-    return Plan(
-        **{k: jnp.asarray(np.concatenate([v, np.repeat(v[-1:], pad)]), jnp.float32) for k, v in cols.items()}
-    )
+    return padded_plan(cols, max(PLAN_BATCH, 1 << (len(options) - 1).bit_length()))
 
 
 def _describe(values: dict[str, Any], case: dict[str, Any]) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 from costmodels.hardware import Hardware
 from costmodels.inference import InferenceJob, inference_step
 from costmodels.metrics import system_metrics
-from costmodels.parallel import Plan, recompute_name, valid_plans, with_defaults
+from costmodels.parallel import Plan, padded_plan, recompute_name, valid_plans, with_defaults
 from costmodels.training import (
     KERNEL_FIELDS,
     KERNEL_SUMS,
@@ -52,14 +52,6 @@ def _bucket(n: int, most: int) -> int:
     """The batch size ``n`` points are padded to: the next power of two, at most ``most`` (so that a
     run compiles one function per size class, not per count)."""
     return min(most, 1 << max(0, n - 1).bit_length())
-
-
-def _padded(columns: Mapping[str, np.ndarray], size: int) -> Plan:
-    """A Plan of ``size`` points: ``columns`` with their last row repeated to the size."""
-    n = len(next(iter(columns.values())))
-    return Plan(
-        **{k: jnp.asarray(np.concatenate([v, np.repeat(v[-1:], size - n)])) for k, v in columns.items()}
-    )
 
 
 def _unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -169,7 +161,7 @@ def training_mapping_problem(
         """The kernel sums (tuples × KERNEL_SUMS) of the kernel tuples given as KERNEL_FIELDS columns."""
         n = len(tuples[0])
         cols = {k: np.full(n, v) for k, v in defaults.items()} | dict(zip(KERNEL_FIELDS, tuples, strict=True))
-        out = kernels(_padded(cols, _bucket(n, 1 << 30)))
+        out = kernels(padded_plan(cols, _bucket(n, 1 << 30)))
         return jnp.stack([out[k][:n] for k in KERNEL_SUMS], axis=1)
 
     grids: dict[tuple[tuple[float, ...], ...], jax.Array] = {}  # grid values → its kernel sums
