@@ -42,6 +42,8 @@ from omegaconf.errors import MissingMandatoryValue
 
 from costmodels.errors import ConfigError
 from dse.checks import ResultError, register_plan_node
+from dse.mlflow_store import TrackingError
+from dse.tracking import prestart
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 register_plan_node()  # the ``plan/options`` node that dse.calc, placement and dse.topoeval compose
@@ -154,21 +156,22 @@ def precheck(
     config_name: str,
     known: Mapping[str, Sequence[str]] | None = None,
     check: Callable[[DictConfig], None] | None = None,
-) -> None:
+) -> DictConfig | None:
     """Compose the config once before the Hydra app so that a composition error (unknown key,
     unknown preset, bad override syntax, ``+key`` for a key the app does not have) is one
     ``error:`` line, not Hydra's multi-line report. A multirun (``-m``) checks every value of each
     comma-separated sweep (a sweep function such as ``range(1,4)`` is left to Hydra, as are flags
     such as ``--help`` and ``--cfg``). ``known`` maps a
     key prefix to its valid keys, for the message; ``check`` range-checks each composed config, so
-    a sweep with one bad value stops before any job runs."""
+    a sweep with one bad value stops before any job runs. Returns a single run's checked config
+    (without its ``hydra`` node), else None."""
     flags = [a for a in argv if a.startswith("-")]
     if any(f not in ("-m", "--multirun") for f in flags):
-        return
+        return None
     try:
         overrides = rewrite_argv([a for a in argv if not a.startswith("-")])
         if flags and any(_SWEEP_FUNCTION.match(o.partition("=")[2]) for o in overrides):
-            return
+            return None
         for o in overrides:
             key = o.partition("=")[0]
             root = key.lstrip("+~").split(".")[0].split("/")[0]
@@ -186,6 +189,7 @@ def precheck(
         fail(str(exc))
     except HydraException as exc:
         fail(_one_line(exc, known or {}))
+    return None if flags else cfg
 
 
 def _check_output_dir(path: str) -> None:
@@ -289,9 +293,9 @@ def _process_age_s() -> float | None:
 class PhaseClock:
     """Where a command's wall time goes (``DSE_TIMING=1``): start-up and imports (the process's age
     when the app starts), JAX tracing and lowering to XLA (every run), XLA compilation (JAX's own
-    duration events; a program the persistent cache holds is read back, not compiled), MLflow
-    (``tracking.MLFLOW_SECONDS``) and the rest: evaluating, solving, reporting. :meth:`line` is the
-    one-line summary."""
+    duration events; a program the persistent cache holds is read back, not compiled), the wait on MLflow
+    (``tracking.MLFLOW_SECONDS``: its calls, or waiting for the tracking process to finish them) and
+    the rest: evaluating, solving, reporting. :meth:`line` is the one-line summary."""
 
     TRACE = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration")
     COMPILE = "/jax/core/compile/backend_compile_duration"
@@ -340,7 +344,9 @@ def run_app(
     except ConfigError as exc:
         fail(str(exc))
     clock = PhaseClock() if os.environ.get(TIMING_SETTING, "") not in ("", "0") else None
-    precheck(sys.argv[1:], config_name, known, check)
+    single = precheck(sys.argv[1:], config_name, known, check)
+    if single is not None:
+        prestart(single)  # its tracking process imports MLflow while the job starts
     use_compilation_cache()
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
@@ -354,6 +360,9 @@ def run_app(
             fail(str(exc))
         except MissingMandatoryValue as exc:
             fail(f"missing required value '{exc.full_key}': pass {exc.full_key}=...")
+        except TrackingError as exc:  # the store refused a write, or the tracking process died
+            print(f"error: MLflow tracking failed: {exc}; or run with tracking=none", file=sys.stderr)
+            raise SystemExit(1) from None
         except ResultError as exc:  # a bug, not the user's mistake: one line, its own exit status
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(3) from None

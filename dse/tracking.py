@@ -23,13 +23,10 @@ and the task wraps its work in :class:`JobRun`::
 
 Why things are done the way they are (MLflow 3.17, Hydra 1.3.8):
 
-* A brand-new SQLite store is created once, under an exclusive lock on its directory, before any
-  job writes to it: several processes running MLflow's schema migrations at once corrupt it.
 * URIs are made absolute: Hydra jobs and joblib workers must all reach the same file.
-* Runs are driven through an explicit ``MlflowClient`` (not the fluent ``mlflow.start_run`` stack),
-  so nothing here touches process-global MLflow state or another library's active run.
-* Artifacts of an experiment created here for a SQLite store go next to the database
-  (``<db dir>/mlruns/<experiment>``), not into whatever directory the first process ran in.
+* The calls to MLflow itself are in :mod:`dse.mlflow_store`; a single run makes them in the
+  tracking process (:mod:`dse.tracking_process`), beside the job, because importing MLflow takes
+  1.5–2 s of every command.
 * Hydra calls ``on_multirun_end`` only when no job failed (a failed job's exception is re-raised
   first), so the sweep run is also closed by an ``atexit`` hook, as FAILED.
 """
@@ -44,12 +41,13 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 import traceback
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -61,6 +59,22 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from costmodels.errors import ConfigError
+from dse import tracking_process
+from dse.mlflow_store import (
+    ERROR_TAG,
+    KIND_TAG,
+    MAX_KEY_LENGTH,
+    MAX_PARAM_VAL_LENGTH,
+    MLFLOW_SECONDS,
+    PARENT_TAG,
+    Store,
+    context_tags,
+    ensure_store,
+    error_line,
+    experiment_id,
+    sqlite_path,
+)
+from dse.tracking_process import TrackingProcess
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -75,19 +89,7 @@ log = logging.getLogger(__name__)
 
 ENV_SWEEP_RUN_ID = "DSE_MLFLOW_SWEEP_RUN_ID"
 SWEEP_RUN_ID_FILE = "mlflow_sweep_run_id"
-PARENT_TAG = "mlflow.parentRunId"
-ERROR_TAG = "dse.error"
-KIND_TAG = "dse.kind"  # sweep | job | child
 KIND_LABEL = "dse.label"  # a sweep job's values of the swept keys ("a100_80gb / llama3_8b")
-
-# MLflow's limits (mlflow.utils.validation), copied so that importing this module stays cheap.
-MAX_PARAM_VAL_LENGTH = 6000
-MAX_KEY_LENGTH = 250
-MAX_TAG_VAL_LENGTH = 8000
-MAX_PARAMS_PER_BATCH = 100
-MAX_METRICS_PER_BATCH = 1000
-
-_READY: set[str] = set()  # URIs whose store this process has already checked
 
 
 # --------------------------------------------------------------------------- store and URI
@@ -119,19 +121,20 @@ def resolve_uri(
     return f"sqlite:///{(base / uri).resolve()}"  # a bare path: file stores are gone since MLflow 3.13
 
 
+def prestart(cfg: Mapping[str, Any]) -> None:
+    """Start the tracking process of a single run's job now, when tracking is on and MLflow is not
+    imported here: it imports MLflow and opens the store while the job's modules load and its
+    config is checked; the job's :class:`JobRun` takes it over (unused, it ends with this process)."""
+    uri = resolve_uri(cfg.get("tracking"), cwd=Path.cwd())
+    if uri is not None and "mlflow" not in sys.modules:
+        tracking_process.prestart(uri)
+
+
 def launch_dir() -> Path:
     """The directory the user launched from (Hydra's ``runtime.cwd``; outside Hydra the cwd)."""
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.cwd)
     return Path.cwd()
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI; None for other stores and in-memory SQLite."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri[len("sqlite:///") :].partition("?")[0]
-    return Path(path) if path and not path.startswith(":memory:") else None
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -192,74 +195,6 @@ def check_store(uri: str | None) -> None:
                 f"cannot reach the MLflow tracking server {uri} (GET /health: {answer}); start it, or set "
                 "tracking.uri to a reachable server, or tracking=none"
             )
-
-
-# Wall seconds this process spent in MLflow: importing it and opening the store (ensure_store),
-# starting the run (experiment, run, parameters) and every client call after; ``DSE_TIMING=1``
-# prints it (``dse._app``).
-MLFLOW_SECONDS = [0.0]
-
-
-def ensure_store(uri: str | None) -> None:
-    """Create the store behind ``uri`` if it is a new SQLite DB (schema migrations), once.
-
-    Call it in the parent process before any job runs. Creating holds an exclusive lock on the
-    DB's directory, so concurrent first calls wait instead of corrupting the schema; opening an
-    existing DB takes a shared lock (it only waits for a creator).
-    """
-    if uri is None or uri in _READY:
-        return
-    db, start = sqlite_path(uri), time.perf_counter()
-    if db is not None:
-        from mlflow.tracking import MlflowClient
-
-        db.parent.mkdir(parents=True, exist_ok=True)
-        with _dir_lock(db.parent, exclusive=not db.exists()):
-            MlflowClient(uri).get_experiment_by_name("Default")  # opens the store: runs migrations
-    _READY.add(uri)
-    MLFLOW_SECONDS[0] += time.perf_counter() - start
-
-
-@contextlib.contextmanager
-def _dir_lock(directory: Path, exclusive: bool) -> Iterator[None]:
-    """An advisory lock (flock) on a directory, released on exit."""
-    if fcntl is None:  # pragma: no cover
-        yield
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-# the experiment holds model-development runs, not GenAI traces (MLflow 3's experiment kind); its UI
-# (3.17) still opens on the GenAI overview: the runs table is at #/experiments/<id>/runs
-EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
-
-
-def experiment_id(client: MlflowClient, name: str, uri: str) -> str:
-    """The id of experiment ``name``, created if missing (artifacts next to a SQLite DB, tagged as
-    holding model-development runs)."""
-    from mlflow.exceptions import MlflowException
-
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        db = sqlite_path(uri)
-        location = str(db.parent / "mlruns" / re.sub(r"[^\w.-]", "_", name)) if db else None
-        try:
-            return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
-        except MlflowException:  # created by another process meanwhile
-            exp = client.get_experiment_by_name(name)
-            if exp is None:
-                raise
-    if exp.lifecycle_stage != "active":
-        raise RuntimeError(
-            f"MLflow experiment {name!r} is deleted: restore it (`mlflow experiments restore "
-            f"--experiment-id {exp.experiment_id}`) or pass tracking.experiment=<another name>"
-        )
-    return exp.experiment_id
 
 
 # --------------------------------------------------------------------------- value conversion
@@ -331,41 +266,17 @@ def _metric_items(metrics: Mapping[str, Any], prefix: str = "") -> Iterator[tupl
             yield f"{prefix}{key}", _number(f"{prefix}{key}", value)
 
 
-def _error_line(exc: BaseException) -> str:
-    """``Type: first line of the message``, within MLflow's tag length."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")[:MAX_TAG_VAL_LENGTH]
-
-
 def _outcome(exc: BaseException | None) -> tuple[str, str | None]:
     """(MLflow run status, error line) for how a ``with`` block ended."""
     if exc is None or (isinstance(exc, SystemExit) and exc.code in (0, None)):
         return "FINISHED", None
     if isinstance(exc, KeyboardInterrupt):
         return "KILLED", "KeyboardInterrupt"
-    return "FAILED", _error_line(exc)
-
-
-def _context_tags(extra: Mapping[str, str]) -> dict[str, str]:
-    """MLflow's default run tags (user, source, git commit) plus ``extra``."""
-    from mlflow.tracking.context import registry
-
-    try:
-        tags = dict(registry.resolve_tags())
-    except Exception as exc:  # a broken context provider must not stop the run
-        log.warning("mlflow context tags unavailable: %s", exc)
-        tags = {}
-    tags.update({k: str(v)[:MAX_TAG_VAL_LENGTH] for k, v in extra.items()})
-    return tags
+    return "FAILED", error_line(exc)
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
 
 
 # --------------------------------------------------------------------------- sweep parent run
@@ -427,7 +338,8 @@ def sweep_label() -> str | None:
 
 
 class SweepCallback(Callback):
-    """Hydra callback: one MLflow parent run per multirun; creates the store before any job.
+    """Hydra callback: one MLflow parent run per multirun; creates the store before any job. (A
+    single run's job creates the store itself, in its tracking process: nothing here imports MLflow.)
 
     Register it in the app's primary config::
 
@@ -442,10 +354,6 @@ class SweepCallback(Callback):
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         self.sweep_dir: Path | None = None
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Single run: create the store (the job's :class:`JobRun` makes a top-level run)."""
-        ensure_store(resolve_uri(config.get("tracking"), cwd=config.hydra.runtime.cwd))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """In the launching process: create the store and experiment, start the sweep run, and
@@ -463,7 +371,7 @@ class SweepCallback(Callback):
         overrides = [str(o) for o in config.hydra.overrides.task]
         tags = {KIND_TAG: "sweep", "dse.sweep_dir": str(directory), **_override_tags(overrides)}
         name = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
-        run = client.create_run(exp_id, run_name=name, tags=_context_tags(tags))
+        run = client.create_run(exp_id, run_name=name, tags=context_tags(tags))
         self.uri, self.run_id, self.experiment_id, self.sweep_dir = uri, run.info.run_id, exp_id, directory
         directory.mkdir(parents=True, exist_ok=True)
         (directory / SWEEP_RUN_ID_FILE).write_text(run.info.run_id + "\n")
@@ -572,27 +480,6 @@ def write_csv(table: Mapping[str, Any], path: Path) -> None:
         writer.writerows(zip(*columns.values(), strict=True))
 
 
-class _TimedClient:
-    """An ``MlflowClient`` whose calls add their wall time to :data:`MLFLOW_SECONDS`."""
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._client, name)
-        if not callable(attr):
-            return attr
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return attr(*args, **kwargs)
-            finally:
-                MLFLOW_SECONDS[0] += time.perf_counter() - start
-
-        return call
-
-
 class JobRun:
     """The MLflow run of one job, as a context manager; a no-op when tracking is disabled.
 
@@ -601,6 +488,14 @@ class JobRun:
     FINISHED; on an exception (``SystemExit`` with a non-zero code included) FAILED with the tag
     ``dse.error`` and the traceback in ``error.txt``, and the exception propagates;
     ``KeyboardInterrupt`` gives KILLED. Metric names are the caller's, logged as given.
+
+    Where (``process=None``): in a :class:`TrackingProcess`, so that MLflow's import and the store's
+    writes run beside the job, unless MLflow is imported here already or this is a multirun's job
+    (a launcher's worker process runs many jobs and imports MLflow once); then here.
+    Either way the calls are the same :class:`Store` calls in the same order, and leaving the
+    ``with`` block waits until all of them are done. Artifacts are written once to a private staging
+    directory (and to ``mirror_dir``) and logged from there, so a file changed later does not change
+    what was logged.
     """
 
     def __init__(
@@ -609,16 +504,19 @@ class JobRun:
         name: str | None = None,
         tags: Mapping[str, str] | None = None,
         mirror_dir: Path | None = None,
+        process: bool | None = None,
     ) -> None:
         tracking = cfg.get("tracking") if cfg is not None else None
         self.uri = resolve_uri(tracking)
         self.experiment = str(tracking.get("experiment", "dse")) if tracking is not None else "dse"
         self.name = name
-        self.run_id: str | None = None
         self._cfg = cfg
         self._tags = dict(tags or {})
-        self._client: MlflowClient | None = None
-        self._exp_id: str | None = None
+        self._process = process
+        self._store: Store | None = None  # the run is made in this process
+        self._worker: TrackingProcess | None = None  # ... or in the tracking process
+        self._ids: tuple[str, str] | None = None
+        self._staging: Path | None = None
         self.mirror_dir = mirror_dir  # artifacts are also written here (tracking on or off)
 
     @property
@@ -631,46 +529,80 @@ class JobRun:
         return self.enabled or self.mirror_dir is not None
 
     @property
+    def run_id(self) -> str | None:
+        """The run's id (None when tracking is off); waits for the tracking process to create it."""
+        ids = self._run_ids()
+        return ids[0] if ids else None
+
+    @property
     def experiment_id(self) -> str | None:
-        return self._exp_id
+        ids = self._run_ids()
+        return ids[1] if ids else None
+
+    def _run_ids(self) -> tuple[str, str] | None:
+        if self._ids is None and self._worker is not None:
+            start = time.perf_counter()
+            try:
+                self._ids = self._worker.wait_started()
+            finally:
+                MLFLOW_SECONDS[0] += time.perf_counter() - start
+        return self._ids
+
+    @property
+    def _open(self) -> bool:
+        return self._store is not None or self._worker is not None
+
+    def _call(self, method: str, *args: Any) -> None:
+        """One :class:`Store` call, here or in the tracking process; its wall time counts as MLflow's."""
+        start = time.perf_counter()
+        try:
+            if self._worker is not None:
+                self._worker.call(method, *args)
+            elif self._store is not None:
+                getattr(self._store, method)(*args)
+        finally:
+            MLFLOW_SECONDS[0] += time.perf_counter() - start
 
     def __enter__(self) -> JobRun:
         if self.uri is None:
             return self
-        before, start = MLFLOW_SECONDS[0], time.perf_counter()
-        try:
-            return self._start()
-        finally:  # the whole start, its client calls counted once
-            MLFLOW_SECONDS[0] = before + time.perf_counter() - start
-
-    def _start(self) -> JobRun:
-        from mlflow.tracking import MlflowClient
-
-        ensure_store(self.uri)
-        self._client = client = _TimedClient(MlflowClient(self.uri))
-        self._exp_id = experiment_id(client, self.experiment, self.uri)
         name, tags = self._name_and_tags()
-        run = client.create_run(self._exp_id, run_name=name, tags=_context_tags(tags))
-        self.run_id = run.info.run_id
+        argv0 = sys.argv[0] if sys.argv else ""
+        here = "mlflow" in sys.modules or _multirun()
+        if self._process is False or (self._process is None and here):
+            self._store = Store()
+            start = time.perf_counter()
+            try:
+                self._ids = self._store.start(self.uri, self.experiment, name, tags, argv0)
+            except BaseException:
+                self._store = None
+                raise
+            finally:
+                MLFLOW_SECONDS[0] += time.perf_counter() - start
+        else:
+            self._worker = tracking_process.take()
+            self._call("start", self.uri, self.experiment, name, tags, argv0)
         try:
             if self._cfg is not None:
                 self.log_params(flatten_config(self._cfg))
                 self.log_dict(_plain(self._cfg), "config.yaml")
         except BaseException as exc:
-            self._end(exc)
+            with contextlib.suppress(Exception):
+                self._end(exc)
             raise
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
-        if self.run_id is not None:
+        if self._open:
             try:
                 self._end(exc)
             except Exception as err:
                 if exc is None:
                     raise
-                log.warning("could not close MLflow run %s: %s", self.run_id, err)
+                if err is not exc:  # not the tracking error the job already stopped on
+                    log.warning("could not close MLflow run %s: %s", self._ids and self._ids[0], err)
         return False
 
     def _name_and_tags(self) -> tuple[str, dict[str, str]]:
@@ -694,67 +626,53 @@ class JobRun:
         return name, tags
 
     def _end(self, exc: BaseException | None) -> None:
-        """Close the run with the status ``exc`` implies (FINISHED, FAILED or KILLED)."""
-        assert self._client is not None and self.run_id is not None
+        """Close the run with the status ``exc`` implies (FINISHED, FAILED or KILLED), after every
+        call before it; then drop the staging directory."""
         status, error = _outcome(exc)
-        if error is not None:
-            self._client.set_tag(self.run_id, ERROR_TAG, error)
-            with contextlib.suppress(Exception):
-                self.log_text("".join(traceback.format_exception(exc)), "error.txt")
-        self._client.set_terminated(self.run_id, status)
+        try:
+            if error is not None:
+                with contextlib.suppress(Exception):
+                    self._log_file_as(
+                        lambda p: p.write_text("".join(traceback.format_exception(exc))), "error.txt"
+                    )
+            start = time.perf_counter()
+            try:
+                if self._worker is not None:
+                    try:
+                        self._worker.finish(status, error)
+                    finally:
+                        self._ids = self._ids or self._worker.started
+                elif self._store is not None:
+                    self._store.end(status, error)
+            finally:
+                MLFLOW_SECONDS[0] += time.perf_counter() - start
+        finally:
+            self._store = self._worker = None
+            if self._staging is not None:
+                shutil.rmtree(self._staging, ignore_errors=True)
+                self._staging = None
 
     # ----------------------------------------------------------------------- logging
 
-    def log_params(self, params: Mapping[str, Any], run_id: str | None = None) -> None:
+    def log_params(self, params: Mapping[str, Any]) -> None:
         """Parameters (values as strings, truncated to MLflow's limit), 100 per request."""
-        run_id = run_id or self.run_id
-        if run_id is None or self._client is None:
-            return
-        from mlflow.entities import Param
+        if self._open:
+            self._call("log", _param_items(params), [])
 
-        items = [Param(str(k), str(v)[:MAX_PARAM_VAL_LENGTH]) for k, v in params.items()]
-        for chunk in _chunks(items, MAX_PARAMS_PER_BATCH):
-            self._client.log_batch(run_id, params=chunk)
-
-    def log_metrics(
-        self, metrics: Mapping[str, Any], step: int | None = None, run_id: str | None = None
-    ) -> None:
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Numbers as metrics at ``step`` (default 0); nested mappings as ``a.b``; None skipped."""
-        run_id = run_id or self.run_id
-        if run_id is None or self._client is None:
+        if not self._open:
             return
-        from mlflow.entities import Metric
-
         now = _now_ms()
-        items = [Metric(k, v, now, step or 0) for k, v in _metric_items(metrics)]
-        self._log_metric_entities(items, run_id)
+        self._call("log", [], [(k, v, now, step or 0) for k, v in _metric_items(metrics)])
 
     def log_trajectory(
-        self,
-        rows: Sequence[Mapping[str, Any]],
-        step_key: str = "step",
-        prefix: str = "",
-        run_id: str | None = None,
+        self, rows: Sequence[Mapping[str, Any]], step_key: str = "step", prefix: str = ""
     ) -> None:
         """Stepped metrics, one row per step: ``row[step_key]`` (else the row index) is the step,
         every other number is logged as ``prefix + key``."""
-        run_id = run_id or self.run_id
-        if run_id is None or self._client is None or not rows:
-            return
-        from mlflow.entities import Metric
-
-        now = _now_ms()
-        items = []
-        for i, row in enumerate(rows):
-            step = int(_number(step_key, row[step_key])) if step_key in row else i
-            values = {k: v for k, v in row.items() if k != step_key}
-            items += [Metric(k, v, now, step) for k, v in _metric_items(values, prefix)]
-        self._log_metric_entities(items, run_id)
-
-    def _log_metric_entities(self, items: Sequence[Any], run_id: str) -> None:
-        assert self._client is not None
-        for chunk in _chunks(items, MAX_METRICS_PER_BATCH):
-            self._client.log_batch(run_id, metrics=chunk)
+        if self._open and rows:
+            self._call("log", [], _trajectory_items(rows, step_key, prefix))
 
     def child(
         self,
@@ -763,52 +681,50 @@ class JobRun:
         metrics: Mapping[str, Any],
         step_rows: Sequence[Mapping[str, Any]] | None = None,
         step_key: str = "step",
-    ) -> str | None:
+    ) -> None:
         """A finished child run under this run (one Optuna trial, one restart, one top-k design)."""
-        if self.run_id is None or self._client is None:
-            return None
-        tags = {PARENT_TAG: self.run_id, KIND_TAG: "child"}
-        run = self._client.create_run(str(self._exp_id), run_name=name, tags=tags)
-        child_id = run.info.run_id
-        try:
-            self.log_params(params, run_id=child_id)
-            self.log_metrics(metrics, run_id=child_id)
-            if step_rows:
-                self.log_trajectory(step_rows, step_key=step_key, run_id=child_id)
-        except BaseException as exc:
-            self._client.set_tag(child_id, ERROR_TAG, _error_line(exc))
-            self._client.set_terminated(child_id, "FAILED")
-            raise
-        self._client.set_terminated(child_id, "FINISHED")
-        return child_id
+        if not self._open:
+            return
+        now = _now_ms()
+        items = [(k, v, now, 0) for k, v in _metric_items(metrics)]
+        if step_rows:
+            items += _trajectory_items(step_rows, step_key, "")
+        self._call("child", name, _param_items(params), items)
 
-    def _mirror(self, artifact_file: str) -> Path | None:
-        """Where ``artifact_file`` is also written (under ``mirror_dir``), or None."""
-        if self.mirror_dir is None:
-            return None
-        path = Path(self.mirror_dir, artifact_file)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
+    def _log_file_as(self, write: Callable[[Path], object], artifact_file: str, mirror: bool = True) -> None:
+        """Write an artifact once with ``write(path)`` into the staging directory, copy it to the
+        mirror directory, and log it at the run-relative path ``artifact_file``."""
+        target = PurePosixPath(artifact_file)
+        copy = Path(self.mirror_dir, artifact_file) if mirror and self.mirror_dir is not None else None
+        if not self._open:
+            if copy is not None:
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                write(copy)
+            return
+        if self._staging is None:
+            self._staging = Path(tempfile.mkdtemp(prefix="dse-run-"))
+        path = Path(tempfile.mkdtemp(dir=self._staging), target.name)
+        write(path)
+        if copy is not None:
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, copy)
+        parent = str(target.parent)
+        self._call("artifact", str(path), None if parent == "." else parent)
 
     def log_file(self, path: str | os.PathLike[str]) -> None:
-        """A file from disk as an artifact, under its own name."""
-        copy = self._mirror(Path(path).name)
-        if copy is not None and copy.resolve() != Path(path).resolve():
-            shutil.copyfile(path, copy)
-        if self.run_id is not None and self._client is not None:
-            self._client.log_artifact(self.run_id, str(path))
+        """A file from disk as an artifact, under its own name (also copied to the mirror directory)."""
+        source = Path(path)
+        mirrored = Path(self.mirror_dir, source.name) if self.mirror_dir is not None else None
+        inside = mirrored is not None and mirrored.resolve() == source.resolve()
+        self._log_file_as(lambda p: shutil.copyfile(source, p), source.name, mirror=not inside)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         """A text artifact at the run-relative path ``artifact_file``."""
-        if (copy := self._mirror(artifact_file)) is not None:
-            copy.write_text(text)
-        if self.run_id is not None and self._client is not None:
-            self._client.log_text(self.run_id, text, artifact_file)
+        self._log_file_as(lambda p: p.write_text(text), artifact_file)
 
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
-        """A dict artifact, YAML for ``.yaml``/``.yml``, else JSON (numpy values made plain), written
-        once and logged as that text (the output directory's copy and MLflow's are the same bytes)."""
-        if self.mirror_dir is None and (self.run_id is None or self._client is None):
+        """A dict artifact, YAML for ``.yaml``/``.yml``, else JSON (numpy values made plain)."""
+        if self.mirror_dir is None and not self._open:
             return
         plain = _plain(data)
         yaml_file = PurePosixPath(artifact_file).suffix in (".yaml", ".yml")
@@ -816,23 +732,34 @@ class JobRun:
 
     def log_table_csv(self, table: Mapping[str, Any], artifact_file: str) -> None:
         """A column table (equal-length 1-D arrays) as a CSV artifact, header = column names."""
-        if (copy := self._mirror(artifact_file)) is not None:
-            write_csv(table, copy)
-        if self.run_id is None or self._client is None:
-            return
-        target = PurePosixPath(artifact_file)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp, target.name)
-            write_csv(table, path)
-            parent = str(target.parent)
-            self._client.log_artifact(self.run_id, str(path), None if parent == "." else parent)
+        self._log_file_as(lambda p: write_csv(table, p), artifact_file)
 
     def log_figure(self, fig: Figure, artifact_file: str) -> None:
-        """A matplotlib figure as an image artifact (PNG for ``.png``)."""
-        if (copy := self._mirror(artifact_file)) is not None:
-            fig.savefig(copy, dpi=120)
-        if self.run_id is not None and self._client is not None:
-            self._client.log_figure(self.run_id, fig, artifact_file)
+        """A matplotlib figure as an image artifact (PNG for ``.png``, 120 dpi)."""
+        self._log_file_as(lambda p: fig.savefig(p, dpi=120), artifact_file)
+
+
+def _multirun() -> bool:
+    """Whether this is a job of a Hydra multirun."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _param_items(params: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(key, value string) pairs, values truncated to MLflow's length limit."""
+    return [(str(k), str(v)[:MAX_PARAM_VAL_LENGTH]) for k, v in params.items()]
+
+
+def _trajectory_items(
+    rows: Sequence[Mapping[str, Any]], step_key: str, prefix: str
+) -> list[tuple[str, float, int, int]]:
+    """(key, value, timestamp ms, step) of every number of every row; the step is ``row[step_key]``,
+    else the row index."""
+    now, items = _now_ms(), []
+    for i, row in enumerate(rows):
+        step = int(_number(step_key, row[step_key])) if step_key in row else i
+        values = {k: v for k, v in row.items() if k != step_key}
+        items += [(k, v, now, step) for k, v in _metric_items(values, prefix)]
+    return items
 
 
 # --------------------------------------------------------------------------- where results are

@@ -8,9 +8,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -21,7 +23,10 @@ from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from dse.tracking import ENV_SWEEP_RUN_ID, JobRun, SweepCallback, ensure_store, flatten_config, resolve_uri
+from costmodels.errors import ConfigError
+from dse.mlflow_store import TrackingError, ensure_store
+from dse.tracking import ENV_SWEEP_RUN_ID, JobRun, SweepCallback, flatten_config, resolve_uri
+from dse.tracking_process import ORPHANED
 
 CONF_TRACKING_DIR = Path(__file__).resolve().parents[1] / "conf" / "tracking"
 
@@ -117,16 +122,21 @@ def test_flatten_config() -> None:
 # --------------------------------------------------------------------------- JobRun in process
 
 
-def test_job_run_logs_everything(use_store: str, tmp_path: Path) -> None:
-    cfg = _cfg(use_store, "inproc", model={"name": "llama3_8b", "layers": [1, 2]}, lr=0.1)
+IN_PROCESS = [pytest.param(False, id="here"), pytest.param(True, id="tracking-process")]
+
+
+@pytest.mark.parametrize("process", IN_PROCESS)
+def test_job_run_logs_everything(use_store: str, tmp_path: Path, process: bool) -> None:
+    """The same run whether its MLflow calls are made in this process or in the tracking process."""
+    experiment = f"inproc-{process}"
+    cfg = _cfg(use_store, experiment, model={"name": "llama3_8b", "layers": [1, 2]}, lr=0.1)
     params = {f"p{i}": i for i in range(150)}  # more than one params batch of 100
-    with JobRun(cfg, name="job") as run:
+    with JobRun(cfg, name="job", process=process) as run:
         run.log_params(params)
         run.log_metrics({"step_time_s": np.float32(1.5), "feasible": True, "mfu": None})
         run.log_trajectory([{"step": s, "objective": 10.0 - s} for s in range(5)], prefix="gd/")
-        kids = [
-            run.child(f"trial-{i}", {"tp": 2**i}, {"objective": float(i)}, [{"value": i}]) for i in range(3)
-        ]
+        for i in range(3):
+            assert run.child(f"trial-{i}", {"tp": 2**i}, {"objective": float(i)}, [{"value": i}]) is None
         run.log_table_csv({"tp": np.array([1, 2]), "objective": np.array([0.5, 0.25])}, "tables/grid.csv")
         run.log_dict({"best": {"tp": np.int64(2)}}, "best.yaml")
         run.log_text("hello", "notes.txt")
@@ -134,7 +144,7 @@ def test_job_run_logs_everything(use_store: str, tmp_path: Path) -> None:
         fig.add_subplot().plot([0, 1], [1, 0])
         run.log_figure(fig, "pareto.png")
 
-    job = _runs("inproc", f"attributes.run_id = '{run.run_id}'").iloc[0]
+    job = _runs(experiment, f"attributes.run_id = '{run.run_id}'").iloc[0]
     assert job.status == "FINISHED" and job["tags.mlflow.runName"] == "job"
     assert job["params.model.name"] == "llama3_8b" and job["params.model.layers"] == "[1, 2]"
     assert job["params.lr"] == "0.1" and job["params.p149"] == "149"
@@ -143,8 +153,10 @@ def test_job_run_logs_everything(use_store: str, tmp_path: Path) -> None:
     client = MlflowClient(use_store)
     assert [m.step for m in client.get_metric_history(run.run_id, "gd/objective")] == list(range(5))
 
-    children = _runs("inproc", f"tags.mlflow.parentRunId = '{run.run_id}'")
-    assert set(children.run_id) == set(kids) and (children.status == "FINISHED").all()
+    children = _runs(experiment, f"tags.mlflow.parentRunId = '{run.run_id}'")
+    assert sorted(children["tags.mlflow.runName"]) == ["trial-0", "trial-1", "trial-2"]
+    assert (children.status == "FINISHED").all() and (children["tags.dse.kind"] == "child").all()
+    assert [m.value for m in client.get_metric_history(children.run_id.iloc[0], "value")] in ([0], [1], [2])
     assert sorted(children["metrics.objective"]) == [0.0, 1.0, 2.0]
     assert sorted(children["params.tp"]) == ["1", "2", "4"]
 
@@ -153,29 +165,60 @@ def test_job_run_logs_everything(use_store: str, tmp_path: Path) -> None:
     assert [a.path for a in client.list_artifacts(run.run_id, "tables")] == ["tables/grid.csv"]
     csv = Path(client.download_artifacts(run.run_id, "tables/grid.csv", str(tmp_path))).read_text()
     assert csv.splitlines() == ["tp,objective", "1,0.5", "2,0.25"]
+    assert job["tags.mlflow.source.name"] == sys.argv[0]  # the command's, not the tracking process's
 
 
+@pytest.mark.parametrize("process", IN_PROCESS)
 @pytest.mark.parametrize(
     ("exc", "status", "error"),
     [
         (ValueError("bad design\nmore detail"), "FAILED", "ValueError: bad design"),
         (SystemExit(2), "FAILED", "SystemExit: 2"),
         (SystemExit(0), "FINISHED", None),
+        (KeyboardInterrupt(), "KILLED", "KeyboardInterrupt"),
     ],
 )
 def test_job_run_exception_sets_status(
-    use_store: str, exc: BaseException, status: str, error: str | None
+    use_store: str, exc: BaseException, status: str, error: str | None, process: bool
 ) -> None:
-    with pytest.raises(type(exc)), JobRun(_cfg(use_store, "errors"), name="boom") as run:
+    with pytest.raises(type(exc)), JobRun(_cfg(use_store, "errors"), name="boom", process=process) as run:
         raise exc
-    got = MlflowClient(use_store).get_run(run.run_id)
+    client = MlflowClient(use_store)
+    got = client.get_run(run.run_id)
     assert got.info.status == status
     assert got.data.tags.get("dse.error") == error
+    logged = {a.path for a in client.list_artifacts(run.run_id)}
+    assert ("error.txt" in logged) == (error is not None)
+
+
+@pytest.mark.parametrize("process", IN_PROCESS)
+def test_a_write_the_store_refuses_fails_the_run(use_store: str, process: bool) -> None:
+    """MLflow refuses to change a logged parameter: the job stops with the store's error (here at
+    once; from the tracking process at the next call, or when the run ends) and the run is FAILED
+    with that error, never FINISHED."""
+    cfg = _cfg(use_store, "refused")
+    with pytest.raises(Exception, match="lr") as caught, JobRun(cfg, process=process) as run:
+        run.log_params({"lr": 0.1})
+        run.log_params({"lr": 0.2})
+        run.log_metrics({"after": 1.0})
+    assert isinstance(caught.value, TrackingError) == process
+    got = MlflowClient(use_store).get_run(run.run_id)
+    assert got.info.status == "FAILED" and "lr" in got.data.tags["dse.error"]
+    assert "after" not in got.data.metrics
+
+
+@pytest.mark.parametrize("process", IN_PROCESS)
+def test_deleted_experiment_is_a_config_error_with_the_fix(use_store: str, process: bool) -> None:
+    client = MlflowClient(use_store)
+    client.delete_experiment(client.create_experiment(f"gone-{process}"))
+    fix, cfg = r"is deleted: restore it .* or pass tracking.experiment=", _cfg(use_store, f"gone-{process}")
+    with pytest.raises(ConfigError, match=fix), JobRun(cfg, process=process) as run:
+        run.log_metrics({"a": 1.0})
 
 
 def test_job_run_nests_under_env_sweep_run(use_store: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Outside Hydra the sweep parent comes from $DSE_MLFLOW_SWEEP_RUN_ID."""
-    with JobRun(_cfg(use_store, "env")) as parent:
+    with JobRun(_cfg(use_store, "env"), process=True) as parent:  # its id is waited for
         monkeypatch.setenv(ENV_SWEEP_RUN_ID, parent.run_id)
         with JobRun(_cfg(use_store, "env")) as job:
             pass
@@ -233,6 +276,87 @@ def test_disabled_is_noop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
             run.log_figure(Figure(), "f.png")
         assert run.run_id is None and not run.enabled
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- the tracking process
+
+JOB = """
+import sys, time
+from omegaconf import OmegaConf
+from dse import tracking, tracking_process
+from dse.tracking import JobRun
+
+uri, experiment, mode, children = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+cfg = OmegaConf.create({"tracking": {"enabled": True, "uri": uri, "experiment": experiment}})
+tracking.prestart(cfg)  # as dse's apps do for a single run
+with JobRun(cfg, name=mode) as run:
+    run.log_metrics({"m": 1.0})
+    for i in range(children):
+        run.child(f"c{i}", {"i": i}, {"m": float(i)})
+    waiting = len(tracking_process._WAITING)
+    print(run.run_id, run._worker._proc.pid, "mlflow" in sys.modules, waiting, flush=True)
+    if mode != "finish":
+        time.sleep(600)
+"""
+
+
+def _job(store: str, experiment: str, mode: str, children: int = 0, **popen: object) -> subprocess.Popen:
+    args = [sys.executable, "-c", JOB, store, experiment, mode, str(children)]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def _children(store: str, run_id: str) -> int:
+    client = MlflowClient(store)
+    experiment = client.get_run(run_id).info.experiment_id
+    return len(client.search_runs([experiment], f"tags.mlflow.parentRunId = '{run_id}'", max_results=5000))
+
+
+def test_a_job_without_mlflow_imported_logs_through_the_prestarted_tracking_process(store: str) -> None:
+    """The job's process never imports MLflow: it takes over the tracking process started ahead of
+    it, and the run is complete when the ``with`` block ends."""
+    proc = _job(store, "default", "finish", children=3)
+    out, err = proc.communicate(timeout=120)
+    run_id, pid, imported, waiting = out.split()
+    assert proc.returncode == 0, err
+    assert (imported, waiting) == ("False", "0")
+    got = MlflowClient(store).get_run(run_id)
+    assert got.info.status == "FINISHED" and got.data.metrics == {"m": 1.0}
+    assert int(pid) != proc.pid and _children(store, run_id) == 3
+
+
+def _status(store: str, run_id: str) -> str:
+    return MlflowClient(store).get_run(run_id).info.status
+
+
+def test_sigkilled_job_run_is_closed_failed_by_the_tracking_process(store: str) -> None:
+    """SIGKILL cannot be caught by the job: its tracking process sees the pipe close, drops the child
+    runs still queued and closes the run FAILED, saying why (in process, it stayed RUNNING)."""
+    proc = _job(store, "sigkill", "kill", children=500)
+    run_id = proc.stdout.readline().split()[0]
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while _status(store, run_id) == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    got = MlflowClient(store).get_run(run_id)
+    assert got.info.status == "FAILED" and got.data.tags["dse.error"] == ORPHANED
+    assert _children(store, run_id) < 500
+
+
+def test_ctrl_c_to_the_process_group_gives_a_killed_run_fast(store: str) -> None:
+    """Ctrl-C reaches the job and its tracking process (one process group): the tracking process
+    ignores it, closes the run KILLED on the job's word and drops the 2,000 queued child runs
+    (20 ms each), so the job ends within seconds."""
+    proc = _job(store, "ctrl-c", "ctrl-c", children=2000, start_new_session=True)
+    run_id = proc.stdout.readline().split()[0]
+    start = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - start < 10.0, err
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    assert _status(store, run_id) == "KILLED"
+    assert MlflowClient(store).get_run(run_id).data.tags["dse.error"] == "KeyboardInterrupt"
+    assert _children(store, run_id) < 2000
 
 
 # --------------------------------------------------------------------------- Hydra multiruns
