@@ -49,12 +49,15 @@ class TrackingProcess:
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[1])  # the directory holding the dse package
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "dse.tracking_process", *([uri] if uri else [])],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-        )
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "dse.tracking_process", *([uri] if uri else [])],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
+            )
+        except OSError as exc:  # no processes or memory left
+            raise TrackingError(f"cannot start the tracking process: {exc.strerror or exc}") from None
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._to = Connection(os.dup(self._proc.stdin.fileno()), readable=False)
         self._from = Connection(os.dup(self._proc.stdout.fileno()), writable=False)
@@ -144,6 +147,11 @@ def serve(requests: Connection, answers: Connection) -> None:
     """Make the calls read from ``requests`` until the run is closed or the job's end of the pipe is."""
     store, queue, failed = Store(), deque[tuple[str, tuple[Any, ...]]](), False
     orphaned = False
+
+    def answer(message: tuple[Any, ...]) -> None:
+        with contextlib.suppress(OSError):  # the job is gone: nobody to tell
+            answers.send(message)
+
     while True:
         try:
             if not queue:
@@ -164,9 +172,8 @@ def serve(requests: Connection, answers: Connection) -> None:
                 try:
                     store.end(*args)
                 except Exception as exc:
-                    answers.send(("error", "tracking", error_line(exc)))
-            if not orphaned:
-                answers.send(("ended",))
+                    answer(("error", "tracking", error_line(exc)))
+            answer(("ended",))
             return
         if failed:
             continue
@@ -175,13 +182,13 @@ def serve(requests: Connection, answers: Connection) -> None:
         except Exception as exc:
             failed = True
             kind = "config" if isinstance(exc, ConfigError) else "tracking"
-            answers.send(("error", kind, str(exc) if kind == "config" else error_line(exc)))
+            answer(("error", kind, str(exc) if kind == "config" else error_line(exc)))
             if store.run_id is not None:
                 with contextlib.suppress(Exception):  # the store itself is gone: nothing more to write
                     store.end("FAILED", error_line(exc))
             continue
         if method == "start":
-            answers.send(("started", *result))
+            answer(("started", *result))
 
 
 _WAITING: list[TrackingProcess] = []  # started ahead of its job run
@@ -190,7 +197,8 @@ _WAITING: list[TrackingProcess] = []  # started ahead of its job run
 def prestart(uri: str) -> None:
     """Start a tracking process now, warming up on the store ``uri``, for the next :func:`take`."""
     if not _WAITING:
-        _WAITING.append(TrackingProcess(uri))
+        with contextlib.suppress(TrackingError):  # the job's run meets it again, and reports it
+            _WAITING.append(TrackingProcess(uri))
 
 
 def take() -> TrackingProcess:
