@@ -192,8 +192,12 @@ def wafer_problem(
     batched = jax.jit(lambda d: design_metrics(system, job, global_batch, cols, d))
     checks = jax.jit(lambda d: constraints(system, d))
 
+    # an unset lanes_per_core means the node's reference core: given as that value, every design
+    # (a reference with 4-lane cores too) has the same structure and runs one compiled program
+    lanes = {"lanes_per_core": system.tech.reference_lanes_per_core}
+
     def evaluate(values: Mapping[str, float]) -> dict[str, Any]:
-        design = design_of({k: jnp.asarray(float(v)) for k, v in values.items()})
+        design = WaferDesign(**{k: jnp.asarray(float(v)) for k, v in {**lanes, **fixed, **values}.items()})
         m = {k: np.asarray(v) for k, v in batched(design).items()}
         viol = {k: float(v) for k, v in checks(design).items() if float(v) > 1e-6}
         if not m["feasible"].any() or viol:
