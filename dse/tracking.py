@@ -571,14 +571,14 @@ class JobRun:
         here = "mlflow" in sys.modules or _multirun()
         if self._process is False or (self._process is None and here):
             self._store = Store()
-            start = time.perf_counter()
+            before, start = MLFLOW_SECONDS[0], time.perf_counter()
             try:
                 self._ids = self._store.start(self.uri, self.experiment, name, tags, argv0)
             except BaseException:
                 self._store = None
                 raise
-            finally:
-                MLFLOW_SECONDS[0] += time.perf_counter() - start
+            finally:  # the whole start once (opening the store counts its own time too)
+                MLFLOW_SECONDS[0] = before + time.perf_counter() - start
         else:
             self._worker = tracking_process.take()
             self._call("start", self.uri, self.experiment, name, tags, argv0)
