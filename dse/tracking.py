@@ -703,6 +703,8 @@ class JobRun:
             return
         if self._staging is None:
             self._staging = Path(tempfile.mkdtemp(prefix="dse-run-"))
+            if self._worker is not None:  # removed by the tracking process if this one is killed
+                self._worker.call("staging", str(self._staging))
         path = Path(tempfile.mkdtemp(dir=self._staging), target.name)
         write(path)
         if copy is not None:

@@ -1,10 +1,13 @@
 """The tracking process: one job run's MLflow calls, made beside the job.
 
-:class:`dse.tracking.JobRun` starts ``python -m dse.tracking_process`` when MLflow is not imported
-in the job's process yet, and sends it :class:`dse.tracking.Store` calls through its stdin, in
-order, as ``(method, args)`` messages of :mod:`multiprocessing.connection`. It answers on its stdout
-(its own prints go to stderr): ``("started", run_id, experiment_id)`` once the run exists,
-``("error", "config" | "tracking", line)`` when a call fails, ``("ended",)`` after the run's close.
+A single run's app starts ``python -m dse.tracking_process <uri>`` as soon as its config is checked
+(:func:`prestart`); it imports MLflow and opens the store meanwhile. The job's
+:class:`dse.tracking.JobRun` takes it over (:func:`take`; it starts one itself when none waits) and
+sends it :class:`dse.mlflow_store.Store` calls through its stdin, in order, as ``(method, args)``
+messages of :mod:`multiprocessing.connection`, and ``("staging", (directory,))``, where its
+artifact files wait to be logged. It answers on its stdout (its own prints go to stderr):
+``("started", run_id, experiment_id)`` once the run exists, ``("error", "config" | "tracking",
+line)`` when a call fails, ``("ended",)`` after the run's close.
 
 How a run ends here:
 
@@ -12,7 +15,8 @@ How a run ends here:
   with ``status``. When the status is KILLED (Ctrl-C, SIGTERM), the child runs still queued are
   dropped, so that an interrupted command stops within a second, not after logging them all.
 * The job's process ends without a word (SIGKILL, the out-of-memory killer): the pipe closes, the
-  queued child runs are dropped and the run is closed FAILED with ``dse.error`` saying so.
+  queued child runs are dropped, the run is closed FAILED with ``dse.error`` saying so and the
+  job's staging directory is removed.
 * A call fails: the error is answered at once, the run is closed FAILED with that line, and every
   later call but the end is skipped.
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -146,7 +151,7 @@ def _drop_children(queue: deque[tuple[str, tuple[Any, ...]]]) -> None:
 def serve(requests: Connection, answers: Connection) -> None:
     """Make the calls read from ``requests`` until the run is closed or the job's end of the pipe is."""
     store, queue, failed = Store(), deque[tuple[str, tuple[Any, ...]]](), False
-    orphaned = False
+    orphaned, staging = False, None  # the job's staging directory: removed here if the job is gone
 
     def answer(message: tuple[Any, ...]) -> None:
         with contextlib.suppress(OSError):  # the job is gone: nobody to tell
@@ -167,6 +172,9 @@ def serve(requests: Connection, answers: Connection) -> None:
         if ends and (orphaned or ends[0][1][0] == INTERRUPTED):
             _drop_children(queue)
         method, args = queue.popleft()
+        if method == "staging":
+            staging = args[0]
+            continue
         if method == "end":
             if not failed and store.run_id is not None:
                 try:
@@ -174,6 +182,8 @@ def serve(requests: Connection, answers: Connection) -> None:
                 except Exception as exc:
                     answer(("error", "tracking", error_line(exc)))
             answer(("ended",))
+            if orphaned and staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
             return
         if failed:
             continue

@@ -291,10 +291,11 @@ cfg = OmegaConf.create({"tracking": {"enabled": True, "uri": uri, "experiment": 
 tracking.prestart(cfg)  # as dse's apps do for a single run
 with JobRun(cfg, name=mode) as run:
     run.log_metrics({"m": 1.0})
+    run.log_text("notes", "notes.txt")
     for i in range(children):
         run.child(f"c{i}", {"i": i}, {"m": float(i)})
     waiting = len(tracking_process._WAITING)
-    print(run.run_id, run._worker._proc.pid, "mlflow" in sys.modules, waiting, flush=True)
+    print(run.run_id, run._worker._proc.pid, "mlflow" in sys.modules, waiting, run._staging, flush=True)
     if mode != "finish":
         time.sleep(600)
 """
@@ -316,12 +317,13 @@ def test_a_job_without_mlflow_imported_logs_through_the_prestarted_tracking_proc
     it, and the run is complete when the ``with`` block ends."""
     proc = _job(store, "default", "finish", children=3)
     out, err = proc.communicate(timeout=120)
-    run_id, pid, imported, waiting = out.split()
+    run_id, pid, imported, waiting, staging = out.split()
     assert proc.returncode == 0, err
     assert (imported, waiting) == ("False", "0")
     got = MlflowClient(store).get_run(run_id)
     assert got.info.status == "FINISHED" and got.data.metrics == {"m": 1.0}
     assert int(pid) != proc.pid and _children(store, run_id) == 3
+    assert not Path(staging).exists()
 
 
 def _status(store: str, run_id: str) -> str:
@@ -330,9 +332,10 @@ def _status(store: str, run_id: str) -> str:
 
 def test_sigkilled_job_run_is_closed_failed_by_the_tracking_process(store: str) -> None:
     """SIGKILL cannot be caught by the job: its tracking process sees the pipe close, drops the child
-    runs still queued and closes the run FAILED, saying why (in process, it stayed RUNNING)."""
+    runs still queued, closes the run FAILED, saying why (in process, it stayed RUNNING), and removes
+    the job's staging directory of artifacts."""
     proc = _job(store, "sigkill", "kill", children=500)
-    run_id = proc.stdout.readline().split()[0]
+    run_id, *_, staging = proc.stdout.readline().split()
     proc.kill()
     proc.wait(timeout=30)
     deadline = time.monotonic() + 30
@@ -341,6 +344,10 @@ def test_sigkilled_job_run_is_closed_failed_by_the_tracking_process(store: str) 
     got = MlflowClient(store).get_run(run_id)
     assert got.info.status == "FAILED" and got.data.tags["dse.error"] == ORPHANED
     assert _children(store, run_id) < 500
+    deadline = time.monotonic() + 10  # the run is closed just before the directory goes
+    while Path(staging).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(staging).exists()
 
 
 def test_ctrl_c_to_the_process_group_gives_a_killed_run_fast(store: str) -> None:
