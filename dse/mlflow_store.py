@@ -59,18 +59,19 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(path) if path and not path.startswith(":memory:") else None
 
 
-# Wall seconds this process spent in MLflow: importing it and opening the store (ensure_store),
-# starting the run (experiment, run, parameters) and every client call after; ``DSE_TIMING=1``
-# prints it (``dse._app``).
+# Wall seconds this process spent on MLflow: importing it and opening the store (ensure_store),
+# its client calls, or the waits for the tracking process that makes them; ``DSE_TIMING=1`` prints
+# it (``dse._app``).
 MLFLOW_SECONDS = [0.0]
 
 
 def ensure_store(uri: str | None) -> None:
     """Create the store behind ``uri`` if it is a new SQLite DB (schema migrations), once.
 
-    Call it in the parent process before any job runs. Creating holds an exclusive lock on the
-    DB's directory, so concurrent first calls wait instead of corrupting the schema; opening an
-    existing DB takes a shared lock (it only waits for a creator).
+    A sweep's launching process calls it before any job runs; a single run's tracking process
+    calls it as it starts. Creating holds an exclusive lock on the DB's directory, so concurrent
+    first calls wait instead of corrupting the schema; opening an existing DB takes a shared lock
+    (it only waits for a creator).
     """
     if uri is None or uri in _READY:
         return
