@@ -80,11 +80,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from mlflow.tracking import MlflowClient
 
-try:  # POSIX only; elsewhere the store is created without a lock
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
-
 log = logging.getLogger(__name__)
 
 ENV_SWEEP_RUN_ID = "DSE_MLFLOW_SWEEP_RUN_ID"
@@ -326,7 +321,7 @@ def swept_keys(directory: Path) -> list[str]:
 
 def sweep_label() -> str | None:
     """In a multirun job, its values of the swept keys (``a100_80gb / llama3_8b``); else None."""
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    if not _multirun():
         return None
     hc = HydraConfig.get()
     values = {}
