@@ -114,7 +114,8 @@ def _figures(system: WaferSystem, design: WaferDesign) -> Any:
 _CLOCK_BRACKET_HZ = (1e6, 1e11)
 
 
-def _wafer_power_w(system: WaferSystem, design: WaferDesign, clock_hz: Array) -> Array:
+def wafer_power_w(system: WaferSystem, design: WaferDesign, clock_hz: Array) -> Array:
+    """The whole wafer's power with its dies at ``clock_hz``: dies_x · dies_y · P(clock_hz)."""
     return design.dies_x * design.dies_y * _figures(system, replace(design, clock_hz=clock_hz)).power_w
 
 
@@ -129,7 +130,7 @@ def capped_clock_hz(system: WaferSystem, design: WaferDesign) -> Array:
         return jnp.asarray(design.clock_hz, dtype=float)
 
     def excess(f: Array) -> Array:  # aims 0.01 % under the cap: float32 rounding stays under it
-        return _wafer_power_w(system, design, f) - system.power_cap_w * (1.0 - 1e-4)
+        return wafer_power_w(system, design, f) - system.power_cap_w * (1.0 - 1e-4)
 
     def bisect(g: Any, _guess: Array) -> Array:
         def step(_: int, bounds: tuple[Array, Array]) -> tuple[Array, Array]:
@@ -156,7 +157,7 @@ def constraints(system: WaferSystem, design: WaferDesign) -> dict[str, Array]:
         "area_fractions": fig.area_check - 1.0,
         "hbm_shoreline_mm": fig.shoreline_violation_mm,
         "clock_hz": fig.clock_violation_hz,
-        "power_cap_w": _wafer_power_w(system, design, capped_clock_hz(system, design)) - system.power_cap_w,
+        "power_cap_w": wafer_power_w(system, design, capped_clock_hz(system, design)) - system.power_cap_w,
     }
 
 

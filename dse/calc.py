@@ -45,6 +45,7 @@ from dse.checks import positive_int as _positive_int
 from dse.hardware import hardware_from_config
 from dse.models import SOURCE_OPTION, load_model, model_assumptions
 from dse.units import fmt_bytes, fmt_count, fmt_time
+from search.xla import jit_few_calls
 
 CONFIG_NAME = "calc"
 PARALLELISM_KEYS = tuple(option_defaults())  # every plan field but the workload's (global batch)
@@ -113,8 +114,8 @@ def training_report(cfg: DictConfig, spec: ModelSpec, hw: Hardware) -> dict[str,
     plan = make_plan(**par, global_batch=global_batch)
     check_plan(plan, spec, int(cfg.num_devices), seq_len)
     job = TrainingJob(spec, seq_len, cfg.precision, bool(cfg.fused_attention), cfg.optimizer)
-    with jax.enable_x64(True):  # one compiled program (not one per operation): one cache entry
-        result = _floats(jax.jit(lambda h, p: training_step(h, job, p))(hw, plan))
+    with jax.enable_x64(True):  # one compiled program (not one per operation), called once
+        result = _floats(jit_few_calls(lambda h, p: training_step(h, job, p))(hw, plan))
     peak = float(peak_flops(hw, cfg.precision))
     return {
         "mode": "training",

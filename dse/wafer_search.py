@@ -10,17 +10,15 @@ model, and a GPU cluster of the same power with its best mapping (grid search), 
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
-import jax
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from costmodels.errors import ConfigError
-from costmodels.parallel import Plan, make_plan, recompute_name
-from costmodels.training import TIME_FIELDS, TrainingJob, training_step
-from costmodels.wafer import WaferDesign, WaferSystem, capped_clock_hz, wafer_hardware
+from costmodels.parallel import recompute_name
+from costmodels.training import TrainingJob
+from costmodels.wafer import WaferDesign, WaferSystem
 from dse._app import format_table, progress_callback
 from dse.hardware import load_hardware
 from dse.models import load_model
@@ -39,7 +37,7 @@ from search import drivers
 from search.grid import grid_search
 from search.problems import training_mapping_problem
 from search.space import Knob
-from search.wafer import DESIGN_METRICS, wafer_problem
+from search.wafer import DESIGN_METRICS, WaferProblem, wafer_problem
 
 # Reference designs, in the same knobs (the node, wafer count and power cap are the experiment's).
 REFERENCES = {
@@ -129,14 +127,12 @@ def fixed_of(cfg: DictConfig) -> dict[str, float]:
     return {"lanes_per_core": float(lanes)}
 
 
-def _check_power(system: WaferSystem, knobs: dict[str, Knob], fixed: dict[str, float]) -> None:
+def _check_power(problem: WaferProblem, system: WaferSystem, fixed: dict[str, float]) -> None:
     """The cap must run some design: the smallest one (every knob at its lower bound) at the node's
     lowest-voltage clock must fit under it, else the power cap is the binding constraint."""
-    low = {**fixed, **{n: k.low for n, k in knobs.items()}}
+    low = {**fixed, **{n: k.low for n, k in problem.knobs.items()}}
     low["clock_hz"] = min(low.get("clock_hz", np.inf), system.tech.min_voltage_clock_hz)
-    design = WaferDesign(**low)
-    hw = wafer_hardware(replace(system, power_cap_w=float("inf")), design)
-    needed = float(hw.power_w) * float(design.dies_x) * float(design.dies_y)
+    needed = problem.figures(low)["uncapped_power_w"]
     if needed > system.power_cap_w:
         raise ConfigError(
             f"wafer.power_cap_w = {system.power_cap_w:g} W cannot run any design: the smallest "
@@ -177,7 +173,6 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
     if cfg.get("wafer") is None:
         raise ConfigError("problem=wafer needs a wafer system: use +experiment=wafer_arch")
     s, system, knobs, fixed = cfg.search, system_of(cfg), knobs_of(cfg), fixed_of(cfg)
-    _check_power(system, knobs, fixed)
     job = TrainingJob(
         load_model(cfg.model),
         cfg.workload.seq_len,
@@ -194,6 +189,7 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
         objective=s.objective,
         **({"temperature": s.temperature} if "temperature" in s else {}),  # gradient descent's soft-min
     )
+    _check_power(problem, system, fixed)
     from dse.search import driver_options
 
     generic = problem.problem()
@@ -209,9 +205,9 @@ def run(cfg: DictConfig, run_: JobRun) -> dict[str, Any]:
     found = driver.title.lower().replace(" ", "_")  # its row in the comparison: gradient_descent, ...
     rows = {found: best} | {k: problem.evaluate(v) for k, v in REFERENCES.items()}
     rows[f"{cfg.wafer.compare_gpu}_cluster_equal_power"] = gpu_cluster(cfg, job, system)
-    breakdown = step_breakdown(system, job, design, best)
+    breakdown = step_breakdown(best)
     _log(run_, result, design, best, rows, breakdown)
-    hardware = _hardware_summary(system, design)
+    hardware = _hardware_summary(problem, design)
     return {
         "driver": s.driver,
         "found_by": driver.title,
@@ -283,37 +279,16 @@ def _warnings(
     return out
 
 
-def step_breakdown(
-    system: WaferSystem, job: TrainingJob, values: dict[str, float], best: dict[str, Any]
-) -> dict[str, float]:
-    """Where the step time of the chosen design and mapping goes: ``step_time_s`` and its parts
+def step_breakdown(best: dict[str, Any]) -> dict[str, float]:
+    """Where the step time of an evaluated design's best mapping goes: ``step_time_s`` and its parts
     (``costmodels.training.TIME_FIELDS``, the ``TrainingBreakdown`` times that sum to it)."""
-    plan = make_plan(**{k: v for k, v in best["mapping"].items()}, global_batch=best["global_batch"])
-
-    @jax.jit  # one compiled program, not one per operation of the model
-    def parts(design: WaferDesign, plan: Plan) -> dict[str, jax.Array]:
-        out = training_step(wafer_hardware(system, design), job, plan)
-        return {k: getattr(out, k) for k in ("step_time_s", *TIME_FIELDS)}
-
-    design = WaferDesign(**{k: float(v) for k, v in values.items()})
-    return {k: float(v) for k, v in parts(design, plan).items()}
+    return {"step_time_s": best["step_time_s"], **best["breakdown"]}
 
 
-def _hardware_summary(system: WaferSystem, values: dict[str, float]) -> dict[str, float]:
-    design = WaferDesign(**{k: float(v) for k, v in values.items()})
-    hw = wafer_hardware(system, design)
-    keys = (
-        "peak_flops_bf16",
-        "hbm_capacity_bytes",
-        "hbm_bandwidth_Bps",
-        "sram_capacity_bytes",
-        "sram_bandwidth_Bps",
-        "scale_up_domain_size",
-        "scale_up_bandwidth_Bps",
-        "scale_out_bandwidth_Bps",
-        "power_w",
-    )
-    return {"clock_hz": float(capped_clock_hz(system, design))} | {k: float(getattr(hw, k)) for k in keys}
+def _hardware_summary(problem: WaferProblem, values: dict[str, float]) -> dict[str, float]:
+    """One die of the design: its clock under the power cap and its Hardware figures."""
+    figures = problem.figures(values)
+    return {"clock_hz": figures["clock_hz"], **figures["hardware"]}
 
 
 def _log(

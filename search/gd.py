@@ -37,6 +37,7 @@ import optax
 from costmodels.errors import ConfigError
 from search.base import Result
 from search.space import Knob, knob_values, project_coordinates, simplex_groups
+from search.xla import jit_few_calls
 
 LossFn = Callable[[dict[str, jax.Array]], jax.Array]
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adabelief", "lion", "nadam", "amsgrad")
@@ -80,7 +81,7 @@ def _starts(knobs: Mapping[str, Knob], restarts: int, seed: int) -> dict[str, ja
     simplex groups uniform weights projected onto their bounded simplex."""
     rng = np.random.default_rng(seed)
     raw = {name: jnp.asarray(rng.uniform(0.05, 0.95, restarts)) for name in knobs}  # f32 unless x64
-    return jax.vmap(lambda r: project_coordinates(r, knobs))(raw)
+    return jit_few_calls(jax.vmap(lambda r: project_coordinates(r, knobs)))(raw)
 
 
 def _descend(
@@ -101,7 +102,7 @@ def _descend(
         loss, x = batched(r)
         return jnp.sum(loss), (loss, x)
 
-    @jax.jit
+    @jit_few_calls  # called once per step: compile time is most of its cost
     def update(r: dict, state: optax.OptState) -> tuple:
         (_, (loss, x)), grads = jax.value_and_grad(total, has_aux=True)(r)
         updates, state = opt.update(_tangent(grads, groups), state, r)
@@ -142,7 +143,7 @@ def _score(
     if rescore is not None:
         return np.array([float(rescore(p)) for p in points])
     cols = {k: jnp.asarray(np.array([p[k] for p in points])) for k in points[0]}
-    return np.asarray(jax.jit(jax.vmap(loss_fn))(cols), dtype=float)
+    return np.asarray(jit_few_calls(jax.vmap(loss_fn))(cols), dtype=float)
 
 
 def _trajectory(losses: np.ndarray, values: dict[str, np.ndarray]) -> list[dict[str, float]]:

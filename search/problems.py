@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
-from functools import partial
 from typing import Any
 
 import jax
@@ -33,6 +32,7 @@ from costmodels.training import (
     training_step,
 )
 from search.base import Problem, signed_objective
+from search.xla import jit_few_calls
 
 OBJECTIVES = ("step_time_s", "cost_usd_per_mtoken", "neg_mfu", "neg_tokens_per_s")  # training
 SERVING_METRICS = (
@@ -134,7 +134,6 @@ def training_mapping_problem(
         v = constants | {k: x[i] for i, k in enumerate(names)}
         return Plan(**v, dp=jnp.float32(num_devices) / (v["tp"] * v["pp"] * v["cp"]))
 
-    @partial(jax.jit, static_argnums=0)
     def run(names, x, constants, sums, grid, rows):
         """The metrics of a chunk of points (``x``: knobs × points) and the number of points outside
         ``grid``. A point's kernel sums are row ``rows`` of ``sums``, or with ``grid`` (each kernel
@@ -155,7 +154,10 @@ def training_mapping_problem(
         out, miss = jax.vmap(one, in_axes=(1, None if rows is None else 0))(x, rows)
         return out, jnp.sum(miss)
 
-    kernels = jax.jit(jax.vmap(lambda plan: kernel_sums(hw, job, table, plan)))
+    # a chunk smaller than CHUNK: all the points there are, in one call (or a few, from a driver
+    # that asks for a handful at a time), so the program compiles for few calls (search.xla)
+    run_chunks, run_once = jax.jit(run, static_argnums=0), jit_few_calls(run, static_argnums=0)
+    kernels = jit_few_calls(jax.vmap(lambda plan: kernel_sums(hw, job, table, plan)))  # once per grid
 
     def sums_of(tuples: Sequence[np.ndarray]) -> jax.Array:
         """The kernel sums (tuples × KERNEL_SUMS) of the kernel tuples given as KERNEL_FIELDS columns."""
@@ -179,7 +181,7 @@ def training_mapping_problem(
             if hi - lo < size:  # pad the last chunk with its last point
                 x = np.concatenate([x, np.repeat(x[:, -1:], size - (hi - lo), axis=1)], axis=1)
                 r = None if r is None else np.concatenate([r, np.repeat(r[-1:], size - (hi - lo))])
-            return lo, hi, run(names, x, constants, sums, grid, r)
+            return lo, hi, (run_chunks if size == CHUNK else run_once)(names, x, constants, sums, grid, r)
 
         pending = dispatch(0)
         while pending is not None:

@@ -26,10 +26,18 @@ from costmodels.errors import ConfigError
 from costmodels.memory import GiB
 from costmodels.metrics import system_metrics
 from costmodels.parallel import Plan, valid_plans, with_defaults
-from costmodels.training import TrainingJob, training_step
-from costmodels.wafer import WaferDesign, WaferSystem, constraints, wafer_hardware
+from costmodels.training import TIME_FIELDS, TrainingJob, training_step
+from costmodels.wafer import (
+    WaferDesign,
+    WaferSystem,
+    capped_clock_hz,
+    constraints,
+    wafer_hardware,
+    wafer_power_w,
+)
 from search.base import Problem
 from search.space import Knob
+from search.xla import jit_few_calls
 
 Array = Any
 # pp includes 3, 5, 6, 7, 10, 12, 14 so die counts with odd factors still split into power-of-two dp
@@ -51,15 +59,29 @@ _NORMALISERS = {"area_fractions": 0.01, "hbm_shoreline_mm": 10.0, "clock_hz": 1e
 
 # the metrics of a design that a driver's table holds (the best mapping's; NaN where infeasible)
 DESIGN_METRICS = ("step_time_s", "mfu", "tokens_per_s", "memory_gib", "power_w", "joules_per_token")
+# the Hardware figures of a die that ``WaferProblem.figures`` reports
+HARDWARE_FIELDS = (
+    "peak_flops_bf16",
+    "hbm_capacity_bytes",
+    "hbm_bandwidth_Bps",
+    "sram_capacity_bytes",
+    "sram_bandwidth_Bps",
+    "scale_up_domain_size",
+    "scale_up_bandwidth_Bps",
+    "scale_out_bandwidth_Bps",
+    "power_w",
+)
 
 
 @dataclass(frozen=True)
 class WaferProblem:
-    """Knobs, a differentiable loss of the knob values, and an exact evaluator of a design."""
+    """Knobs, a differentiable loss of the knob values, an exact evaluator of a design, and the
+    figures of a design's die."""
 
     knobs: dict[str, Knob]
     loss: Any  # dict[str, jax.Array] -> jax.Array
-    evaluate: Any  # dict[str, float] -> dict[str, float]: exact metrics of the best mapping
+    evaluate: Any  # dict[str, float] -> dict[str, Any]: exact metrics of the best mapping
+    figures: Any  # dict[str, float] -> dict[str, Any]: constraints, clocks, power and die hardware
 
     def problem(self) -> Problem:
         """The same problem for any driver (``search.drivers``): the knobs as boxes, the loss for
@@ -139,6 +161,7 @@ def design_metrics(
     system = system_metrics(devices, hw, out.tokens_per_s, out.memory.total_bytes)
     return {
         "step_time_s": out.step_time_s,
+        **{k: getattr(out, k) for k in TIME_FIELDS},  # the parts of the step, which sum to it
         "mfu": out.mfu,
         "tokens_per_s": out.tokens_per_s,
         "memory_gib": system["memory_gib"],
@@ -151,6 +174,18 @@ def design_metrics(
         "capacity_gib": out.memory.capacity_bytes / GiB,
         "external_ok": out.memory.offloaded_bytes <= out.memory.host_capacity_bytes,
         "global_batch": plan.global_batch,
+    }
+
+
+def _design_figures(system: WaferSystem, design: WaferDesign) -> dict[str, Any]:
+    """A design's constraint values (≤ 0 satisfied), the clock it runs at under the power cap, the
+    wafer's power at the design's own clock (uncapped), and its die's Hardware figures."""
+    hw = wafer_hardware(system, design)
+    return {
+        "constraints": constraints(system, design),
+        "clock_hz": capped_clock_hz(system, design),
+        "uncapped_power_w": wafer_power_w(system, design, design.clock_hz),
+        "hardware": {k: getattr(hw, k) for k in HARDWARE_FIELDS},
     }
 
 
@@ -189,17 +224,24 @@ def wafer_problem(
         soft = -scale * jax.nn.logsumexp(-score / scale)
         return soft * (1.0 + 10.0 * _penalty(system, design))
 
-    batched = jax.jit(lambda d: design_metrics(system, job, global_batch, cols, d))
-    checks = jax.jit(lambda d: constraints(system, d))
+    # each compiled once and called a few dozen times (the candidates, the reference designs)
+    batched = jit_few_calls(lambda d: design_metrics(system, job, global_batch, cols, d))
+    figured = jit_few_calls(lambda d: _design_figures(system, d))
 
     # an unset lanes_per_core means the node's reference core: given as that value, every design
     # (a reference with 4-lane cores too) has the same structure and runs one compiled program
     lanes = {"lanes_per_core": system.tech.reference_lanes_per_core}
 
+    def exact_design(values: Mapping[str, float]) -> WaferDesign:
+        return WaferDesign(**{k: jnp.asarray(float(v)) for k, v in {**lanes, **fixed, **values}.items()})
+
+    def figures(values: Mapping[str, float]) -> dict[str, Any]:
+        return jax.tree.map(float, figured(exact_design(values)))
+
     def evaluate(values: Mapping[str, float]) -> dict[str, Any]:
-        design = WaferDesign(**{k: jnp.asarray(float(v)) for k, v in {**lanes, **fixed, **values}.items()})
+        design = exact_design(values)
         m = {k: np.asarray(v) for k, v in batched(design).items()}
-        viol = {k: float(v) for k, v in checks(design).items() if float(v) > 1e-6}
+        viol = {k: v for k, v in figures(values)["constraints"].items() if v > 1e-6}
         if not m["feasible"].any() or viol:
             fits_outside = m["valid"] & m["external_ok"]  # mappings whose external state (if any) fits
             return {
@@ -215,15 +257,13 @@ def wafer_problem(
         mapping = {k: int(v[i]) for k, v in cols.items()}
         devices = system.wafers * float(design.dies_x) * float(design.dies_y)
         mapping["dp"] = round(devices / (mapping["tp"] * mapping["pp"] * mapping["cp"]))
+        at = {k: float(np.broadcast_to(v, m["feasible"].shape)[i]) for k, v in m.items()}
         return {
             "feasible": True,
             "objective": float(per_batch[i]),
             "mapping": mapping,
-            **{
-                k: float(np.broadcast_to(v, m["feasible"].shape)[i])
-                for k, v in m.items()
-                if k not in ("feasible", "valid", "external_ok")
-            },
+            **{k: v for k, v in at.items() if k not in (*TIME_FIELDS, "feasible", "valid", "external_ok")},
+            "breakdown": {k: at[k] for k in TIME_FIELDS},  # the parts of step_time_s
         }
 
-    return WaferProblem(dict(knobs), jax.jit(loss), evaluate)
+    return WaferProblem(dict(knobs), jax.jit(loss), evaluate, figures)

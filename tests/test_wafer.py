@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from report_helpers import E_NOTATION
 
+from costmodels.parallel import make_plan
 from costmodels.technology import NODES, flops_per_mm2
-from costmodels.training import TIME_FIELDS, TrainingJob
+from costmodels.training import TIME_FIELDS, TrainingJob, training_step
 from costmodels.wafer import (
     WaferDesign,
     WaferSystem,
@@ -213,15 +214,44 @@ def test_relaxed_loss_ignores_streaming_mappings_the_external_memory_cannot_hold
 
 
 def test_step_breakdown_parts_sum_to_the_step_time() -> None:
-    """The printed and plotted breakdown holds only times, and they add up to the step."""
+    """The printed and plotted breakdown holds only times, they add up to the step, and each is the
+    training-step model's own figure for the chosen design and mapping (``training_step`` on one
+    plan, apart from the batched scorer that picked it)."""
     job = TrainingJob(load_model("llama3_8b"), 2048, "bf16")
     design = REFERENCES["deepflow_20_die_4_hbm"]
     best = wafer_problem(SYSTEM, job, 256, {}).evaluate(design)
-    parts = step_breakdown(SYSTEM, job, design, best)
+    parts = step_breakdown(best)
     step = parts.pop("step_time_s")
-    assert set(parts) == set(TIME_FIELDS)
+    assert list(parts) == list(TIME_FIELDS)
     assert sum(parts.values()) == pytest.approx(step, rel=1e-5)
     assert step == pytest.approx(best["step_time_s"], rel=1e-5)  # the evaluated mapping's step
+    lanes = {"lanes_per_core": SYSTEM.tech.reference_lanes_per_core}
+    hw = wafer_hardware(SYSTEM, WaferDesign(**{k: jnp.asarray(v) for k, v in {**lanes, **design}.items()}))
+    alone = training_step(hw, job, make_plan(**best["mapping"], global_batch=best["global_batch"]))
+    for k in TIME_FIELDS:
+        assert parts[k] == pytest.approx(float(getattr(alone, k)), rel=1e-5, abs=1e-9), k
+
+
+def test_figures_of_a_design_are_its_die_and_its_constraints() -> None:
+    """``WaferProblem.figures``: the capped clock and the die's Hardware as ``wafer_hardware`` gives
+    them, the constraints as ``constraints`` gives them, and the uncapped power: at a clock 2x over
+    the cap the uncapped figure exceeds the cap while the capped clock brings the power under it."""
+    job = TrainingJob(load_model("llama3_8b"), 2048, "bf16")
+    hot = {"compute_frac": 0.8, "sram_frac": 0.15, "io_frac": 0.05, "clock_hz": 3.0e9, "hbm_stacks": 2.0}
+    hot |= {"dies_x": 8.0, "dies_y": 8.0}
+    figures = wafer_problem(SYSTEM, job, 256, {}).figures(hot)
+    design = WaferDesign(
+        **{k: jnp.asarray(v) for k, v in hot.items()}, lanes_per_core=SYSTEM.tech.reference_lanes_per_core
+    )
+    hw = wafer_hardware(SYSTEM, design)
+    assert figures["clock_hz"] == pytest.approx(float(capped_clock_hz(SYSTEM, design)), rel=1e-5)
+    assert figures["clock_hz"] < 0.9 * hot["clock_hz"]  # the cap binds
+    assert figures["hardware"]["power_w"] == pytest.approx(float(hw.power_w), rel=1e-5)
+    assert figures["hardware"]["peak_flops_bf16"] == pytest.approx(float(hw.peak_flops_bf16), rel=1e-5)
+    for k, v in constraints(SYSTEM, design).items():
+        assert figures["constraints"][k] == pytest.approx(float(v), rel=1e-4, abs=0.1), k  # W at 25 kW: f32
+    assert figures["uncapped_power_w"] > SYSTEM.power_cap_w
+    assert 64 * figures["hardware"]["power_w"] <= SYSTEM.power_cap_w * (1 + 1e-4)
 
 
 def test_impossible_budgets_name_the_binding_constraint(tmp_path: Path) -> None:
