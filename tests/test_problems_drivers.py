@@ -194,15 +194,16 @@ MIXTRAL_SPACE = {"tp": [1, 2, 4, 8], "pp": [1, 2, 4], "cp": [1, 2], "ep": [1, 2,
                  "sequence_parallel": [0, 1]}  # fmt: skip
 
 
-@pytest.mark.parametrize("path", ["grid", "distinct tuples", "points outside the space"])
+@pytest.mark.parametrize("path", ["grid", "distinct tuples", "points outside the space", "one call"])
 def test_the_search_cost_function_is_the_direct_model_point_by_point(path: str, monkeypatch) -> None:
     """The cost function shares kernel times among plans of one kernel tuple, passes the Plan's
     unsearched fields as scalars, pads to size classes and streams chunks; on Mixtral over 64 H100s
     (every valid mapping of a 10,368-point grid, in chunks of 512 so that the last one is padded) each
     metric equals ``jax.vmap(training_step)`` of the same plans, every field a column, evaluated
     whole, to the last bit. It does so on each of its paths: kernel sums over the grid of the space's
-    values, over the points' distinct tuples (a grid too large), and over the distinct tuples again
-    when some points lie outside the space (tp = 8 not in it)."""
+    values, over the points' distinct tuples (a grid too large), over the distinct tuples again
+    when some points lie outside the space (tp = 8 not in it), and in one call of fewer points than
+    a chunk, a program compiled for few calls (``search.xla``)."""
     import itertools
     from dataclasses import fields
 
@@ -211,7 +212,7 @@ def test_the_search_cost_function_is_the_direct_model_point_by_point(path: str, 
     from costmodels.parallel import Plan
     from search import problems
 
-    monkeypatch.setattr(problems, "CHUNK", 512)
+    monkeypatch.setattr(problems, "CHUNK", 1 << 14 if path == "one call" else 512)
     if path == "distinct tuples":
         monkeypatch.setattr(problems, "GRID_MOST", 0)
     space = MIXTRAL_SPACE | ({"tp": [1, 2, 4]} if path == "points outside the space" else {})
@@ -223,6 +224,7 @@ def test_the_search_cost_function_is_the_direct_model_point_by_point(path: str, 
     cols = {k: v[keep] for k, v in cols.items()}
     n = len(cols["tp"])
     assert n % 512 and n > 2 * 512 and 8 in cols["tp"]
+    assert (problems._bucket(n, problems.CHUNK) < problems.CHUNK) == (path == "one call")
     got = problem.cost_fn(cols)
     from costmodels.training import training_step
 
