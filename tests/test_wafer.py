@@ -234,8 +234,8 @@ def test_step_breakdown_parts_sum_to_the_step_time() -> None:
 
 def test_figures_of_a_design_are_its_die_and_its_constraints() -> None:
     """``WaferProblem.figures``: the capped clock and the die's Hardware as ``wafer_hardware`` gives
-    them, the constraints as ``constraints`` gives them, and the uncapped power: at a clock 2x over
-    the cap the uncapped figure exceeds the cap while the capped clock brings the power under it."""
+    them, the constraints as ``constraints`` gives them, and the uncapped power: at 3 GHz the wafer
+    would draw more than its cap, and the capped clock brings its 64 dies under it."""
     job = TrainingJob(load_model("llama3_8b"), 2048, "bf16")
     hot = {"compute_frac": 0.8, "sram_frac": 0.15, "io_frac": 0.05, "clock_hz": 3.0e9, "hbm_stacks": 2.0}
     hot |= {"dies_x": 8.0, "dies_y": 8.0}

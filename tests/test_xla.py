@@ -18,12 +18,10 @@ def _soft_min_grad(x: jax.Array) -> jax.Array:
 
 def test_few_calls_program_computes_what_the_formula_gives() -> None:
     """The gradient of the soft minimum is softmax(-x) = exp(-x) / Σ exp(-x), by hand in NumPy."""
-    x = np.linspace(0.5, 3.0, 257, dtype=np.float32)
-    expected = np.exp(-x) / np.exp(-x).sum()
-    got = np.asarray(jit_few_calls(_soft_min_grad)(jnp.asarray(x)))
-    np.testing.assert_allclose(got, expected, rtol=1e-5)
-    again = np.asarray(jit_few_calls(_soft_min_grad)(jnp.asarray(2.0 * x)))  # a second call, new values
-    np.testing.assert_allclose(again, np.exp(-2 * x) / np.exp(-2 * x).sum(), rtol=1e-5)
+    fn = jit_few_calls(_soft_min_grad)
+    for scale in (1.0, 2.0):  # the compiled program's second call, with new values
+        x = scale * np.linspace(0.5, 3.0, 257, dtype=np.float32)
+        np.testing.assert_allclose(np.asarray(fn(jnp.asarray(x))), np.exp(-x) / np.exp(-x).sum(), rtol=1e-5)
 
 
 def test_an_option_this_xla_does_not_know_compiles_with_its_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
