@@ -278,7 +278,7 @@ def inference_slo_problem(
         m["objective"] = jnp.where(feasible, signed_objective(m, objective), jnp.inf)
         return m
 
-    batched = jax.jit(jax.vmap(metrics))
+    batched = jit_few_calls(jax.vmap(metrics))  # the whole space (tp, pp, batch sizes) in one call
 
     def cost_fn(points: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         tp = jnp.asarray(points["tp"], jnp.float32)
