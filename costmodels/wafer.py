@@ -55,6 +55,23 @@ class WaferDesign:
     lanes_per_core: Array | None = None
 
 
+# Bisection bracket of the capped clock (Hz): far below and above any DVFS range.
+_CLOCK_BRACKET_HZ = (1e6, 1e11)
+
+# The values each design field can physically take (inclusive), and what the field counts: a
+# fraction of the die, a clock inside the capped clock's bisection bracket, whole-die counts.
+FIELD_RANGES: dict[str, tuple[float, float, str]] = {
+    "compute_frac": (0.0, 1.0, "a fraction of the die's area"),
+    "sram_frac": (0.0, 1.0, "a fraction of the die's area"),
+    "io_frac": (0.0, 1.0, "a fraction of the die's area"),
+    "clock_hz": (*_CLOCK_BRACKET_HZ, "a clock in Hz"),
+    "hbm_stacks": (0.0, math.inf, "HBM stacks per die"),
+    "dies_x": (1.0, math.inf, "dies across the wafer"),
+    "dies_y": (1.0, math.inf, "dies down the wafer"),
+    "lanes_per_core": (1.0, math.inf, "FMA lanes per core"),
+}
+
+
 @dataclass(frozen=True)
 class WaferSystem:
     """The static part: technology node, wafer count and budget, and what a die inherits."""
@@ -108,10 +125,6 @@ def _figures(system: WaferSystem, design: WaferDesign) -> Any:
         design.hbm_stacks,
         lanes_per_core=design.lanes_per_core,
     )
-
-
-# Bisection bracket of the capped clock (Hz): far below and above any DVFS range.
-_CLOCK_BRACKET_HZ = (1e6, 1e11)
 
 
 def wafer_power_w(system: WaferSystem, design: WaferDesign, clock_hz: Array) -> Array:

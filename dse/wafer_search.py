@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from costmodels.errors import ConfigError
 from costmodels.parallel import recompute_name
 from costmodels.training import TrainingJob
-from costmodels.wafer import WaferDesign, WaferSystem
+from costmodels.wafer import FIELD_RANGES, WaferDesign, WaferSystem
 from dse._app import format_table, progress_callback
 from dse.hardware import load_hardware
 from dse.models import load_model
@@ -86,6 +86,8 @@ def knobs_of(cfg: DictConfig) -> dict[str, Knob]:
         if name not in valid:
             raise ConfigError(f"unknown wafer knob '{name}'; valid: {', '.join(sorted(valid))}")
         out[name] = Knob(**spec)
+        _check_range(f"wafer.knobs.{name}.low", name, out[name].low)
+        _check_range(f"wafer.knobs.{name}.high", name, out[name].high)
     groups: dict[str, list[str]] = {}
     for name, k in out.items():
         if k.group:
@@ -122,9 +124,17 @@ def fixed_of(cfg: DictConfig) -> dict[str, float]:
     lanes = cfg.wafer.get("lanes_per_core")
     if lanes is None or "lanes_per_core" in cfg.wafer.knobs:
         return {}
-    if float(lanes) < 1:
-        raise ConfigError(f"wafer.lanes_per_core = {lanes} must be >= 1 (FMA lanes per core)")
+    _check_range("wafer.lanes_per_core", "lanes_per_core", float(lanes))
     return {"lanes_per_core": float(lanes)}
+
+
+def _check_range(key: str, name: str, value: float) -> None:
+    """``value`` of design field ``name`` (set at ``key``) must be one it can physically take
+    (``costmodels.wafer.FIELD_RANGES``)."""
+    low, high, what = FIELD_RANGES[name]
+    if not low <= value <= high:
+        bounds = f">= {low:g}" if high == np.inf else f"in [{low:g}, {high:g}]"
+        raise ConfigError(f"{key} = {value:g} must be {bounds} ({what})")
 
 
 def _check_power(problem: WaferProblem, system: WaferSystem, fixed: dict[str, float]) -> None:

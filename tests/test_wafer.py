@@ -11,12 +11,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from omegaconf import OmegaConf
 from report_helpers import E_NOTATION
 
+from costmodels.errors import ConfigError
 from costmodels.parallel import make_plan
 from costmodels.technology import NODES, flops_per_mm2
 from costmodels.training import TIME_FIELDS, TrainingJob, training_step
 from costmodels.wafer import (
+    FIELD_RANGES,
     WaferDesign,
     WaferSystem,
     _figures,
@@ -26,7 +31,7 @@ from costmodels.wafer import (
 )
 from dse.hardware import load_hardware
 from dse.models import load_model
-from dse.wafer_search import REFERENCES, step_breakdown
+from dse.wafer_search import REFERENCES, knobs_of, step_breakdown
 from search.gd import gradient_descent
 from search.space import Knob
 from search.wafer import MAPPING_GRID, wafer_problem
@@ -252,6 +257,37 @@ def test_figures_of_a_design_are_its_die_and_its_constraints() -> None:
         assert figures["constraints"][k] == pytest.approx(float(v), rel=1e-4, abs=0.1), k  # W at 25 kW: f32
     assert figures["uncapped_power_w"] > SYSTEM.power_cap_w
     assert 64 * figures["hardware"]["power_w"] <= SYSTEM.power_cap_w * (1 + 1e-4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    name=st.sampled_from(sorted(FIELD_RANGES)),
+    side=st.sampled_from(["low", "high"]),
+    outside=st.floats(min_value=1e-3, max_value=1e3),
+)
+def test_a_knob_bound_no_design_can_take_is_one_line_naming_it(name: str, side: str, outside: float) -> None:
+    """A knob range reaching past what its field can physically be (a negative HBM stack count, a
+    fraction above 1, fewer than one die, a clock outside the capped clock's bisection bracket,
+    which gave "a die has -47.82 GiB" before) is refused naming ``wafer.knobs.<name>.<side>``."""
+    low, high, _ = FIELD_RANGES[name]
+    if side == "low":
+        bounds = {"low": low - outside * max(1.0, abs(low)), "high": min(high, max(low, 1.0) * 2)}
+    elif high == np.inf:
+        return  # no upper limit to pass
+    else:
+        bounds = {"low": low + 0.5 * (high - low), "high": high + outside * high}
+    cfg = OmegaConf.create({"wafer": {"knobs": {name: bounds}}})
+    with pytest.raises(ConfigError, match=rf"^wafer\.knobs\.{name}\.{side} = .* must be "):
+        knobs_of(cfg)
+
+
+def test_knob_bounds_on_the_physical_limits_are_accepted() -> None:
+    """The limits themselves are physical: every field's range [min, max] passes (min + 10 standing
+    in for an open top)."""
+    knobs = {}
+    for name, (low, high, _) in FIELD_RANGES.items():
+        knobs[name] = {"low": low, "high": high if high < np.inf else low + 10}
+    assert set(knobs_of(OmegaConf.create({"wafer": {"knobs": knobs}}))) == set(FIELD_RANGES)
 
 
 def test_impossible_budgets_name_the_binding_constraint(tmp_path: Path) -> None:
